@@ -1,0 +1,40 @@
+# Two commands: `make run` (all notebooks, headless) and `make test` (unit tests + nbval, smoke profile).
+# Each sets itself up on a fresh machine: a .venv with hwlib and its extras installed.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.hwlib-installed
+NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
+PYTEST_ARGS ?=
+
+.PHONY: setup run test bench clean-runs
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[notebooks,dev]"
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (hwlib)" >/dev/null
+	@touch $@
+
+setup: $(STAMP)
+
+# Every notebook, one after another, with profile `auto` (full on a GPU, quick on a CPU).
+run: setup
+	@mkdir -p runs
+	@set -e; for nb in $(NOTEBOOKS); do \
+	  echo "== papermill $$nb -> runs/$$(basename $$nb)"; \
+	  HWLIB_PROGRESS=plain $(BIN)/papermill "$$nb" "runs/$$(basename $$nb)" -k python3 -p profile auto --log-output --no-progress-bar; \
+	done
+	@echo "figures and GIFs are in figures/<notebook>/"
+
+# Unit tests and nbval on every notebook (smoke profile). pytest's exit code 5 (nothing collected) fails.
+test: setup
+	@HWLIB_PROFILE=smoke HWLIB_PROGRESS=off MPLBACKEND=Agg $(BIN)/python -m pytest tests $(NOTEBOOKS) \
+	  --nbval-lax --nbval-current-env $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+bench: setup
+	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python "$$b" || exit 1; done
+
+clean-runs:
+	rm -rf runs

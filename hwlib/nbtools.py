@@ -1,0 +1,83 @@
+"""Notebook housekeeping: publish an executed notebook (from ``runs/``) into ``notebooks/``.
+
+``python -m hwlib.nbtools publish runs/03_cgan_mnist.ipynb [notebooks/03_cgan_mnist.ipynb]``
+keeps the outputs but strips papermill and widget metadata, execution timestamps, and widget
+views (their plain-text fallback stays), and sets the kernelspec to ``python3``.
+``python -m hwlib.nbtools check notebooks/*.ipynb`` verifies the conventions.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+KERNELSPEC = {"display_name": "Python 3", "language": "python", "name": "python3"}
+WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
+
+
+def clean(nb: dict) -> dict:
+    """Strip run metadata from a notebook dict (in place) and return it."""
+    meta = nb.setdefault("metadata", {})
+    for key in ("papermill", "widgets", "vscode", "toc", "varInspector"):
+        meta.pop(key, None)
+    meta["kernelspec"] = dict(KERNELSPEC)
+    meta.setdefault("language_info", {"name": "python"})
+    for cell in nb["cells"]:
+        cmeta = cell.get("metadata", {})
+        for key in ("papermill", "execution", "collapsed", "scrolled", "jupyter"):
+            cmeta.pop(key, None)
+        cell.pop("id", None) if nb.get("nbformat_minor", 0) < 5 else None
+        if cell["cell_type"] != "code":
+            continue
+        outputs = []
+        for out in cell.get("outputs", []):
+            data = out.get("data", {})
+            if WIDGET_MIME in data:
+                data.pop(WIDGET_MIME)
+                if not data:
+                    continue
+            out.get("metadata", {}).pop("papermill", None)
+            outputs.append(out)
+        cell["outputs"] = outputs
+    return nb
+
+
+def problems(nb: dict, name: str) -> list[str]:
+    """Convention violations of one notebook."""
+    found = []
+    cells = nb["cells"]
+    tagged = [i for i, c in enumerate(cells) if "parameters" in c.get("metadata", {}).get("tags", [])]
+    if len(tagged) != 1:
+        found.append(f"{name}: {len(tagged)} cells tagged 'parameters' (need exactly one)")
+    elif "profile" not in "".join(cells[tagged[0]]["source"]):
+        found.append(f"{name}: the parameters cell does not set `profile`")
+    if nb.get("metadata", {}).get("kernelspec", {}).get("name") != "python3":
+        found.append(f"{name}: kernelspec is not python3")
+    if "papermill" in nb.get("metadata", {}) or "widgets" in nb.get("metadata", {}):
+        found.append(f"{name}: papermill/widget metadata not stripped")
+    first = "".join(cells[0]["source"]) if cells else ""
+    if "colab.research.google.com" not in first:
+        found.append(f"{name}: first cell lacks the Colab badge")
+    if not any("google.colab" in "".join(c["source"]) for c in cells[:3] if c["cell_type"] == "code"):
+        found.append(f"{name}: no Colab install cell at the top")
+    return found
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) >= 2 and argv[0] == "publish":
+        src = Path(argv[1])
+        dst = Path(argv[2]) if len(argv) > 2 else Path("notebooks") / src.name
+        nb = clean(json.loads(src.read_text()))
+        dst.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+        print(f"published {src} -> {dst}")
+        return 0
+    if len(argv) >= 2 and argv[0] == "check":
+        found = [p for f in argv[1:] for p in problems(json.loads(Path(f).read_text()), f)]
+        print("\n".join(found) or "notebooks follow the conventions")
+        return 1 if found else 0
+    print(__doc__)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

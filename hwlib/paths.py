@@ -1,0 +1,45 @@
+"""Where hwlib reads and writes: never relative to a notebook's working directory.
+
+- data:    ``$HWLIB_DATA``    or ``~/.cache/hwlib``              (datasets, reference statistics)
+- runs:    ``$HWLIB_RUNS``    or ``<data>/runs``                 (checkpoints, loss CSVs, per-epoch grids)
+- figures: ``$HWLIB_FIGURES`` or ``<repo>/figures`` in a checkout, else ``./figures``
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+_PACKAGE_ROOT = Path(__file__).resolve().parent
+
+
+def data_dir() -> Path:
+    """The data cache folder (created on first use)."""
+    path = Path(os.environ.get("HWLIB_DATA") or Path.home() / ".cache" / "hwlib").expanduser()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def repo_root() -> Path | None:
+    """The checkout that holds this package (``pyproject.toml`` + ``notebooks/``), or None when installed."""
+    root = _PACKAGE_ROOT.parent
+    if (root / "pyproject.toml").is_file() and (root / "notebooks").is_dir():
+        return root
+    return None
+
+
+def runs_dir(name: str = "") -> Path:
+    """Folder for one training run's checkpoints and logs, e.g. ``runs_dir("03_cgan_mnist/mlp")``."""
+    base = Path(os.environ.get("HWLIB_RUNS") or data_dir() / "runs").expanduser()
+    path = base / name if name else base
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def figures_dir(notebook: str = "") -> Path:
+    """Folder for a notebook's figures and GIFs, e.g. ``figures_dir("03_cgan_mnist")``."""
+    env = os.environ.get("HWLIB_FIGURES")
+    root = repo_root()
+    base = Path(env).expanduser() if env else (root / "figures" if root else Path.cwd() / "figures")
+    path = base / notebook if notebook else base
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -1,0 +1,72 @@
+"""Run profiles, in one place for every notebook.
+
+``smoke``: seconds, tiny data and models (tests). ``quick``: a 2-core CPU in ~10 minutes per
+notebook with recognisable results. ``full``: the assignment's settings on a GPU.
+``auto`` picks ``full`` when CUDA is available, else ``quick``; ``$HWLIB_PROFILE`` overrides the
+argument. Each notebook's settings live in ``hwlib/profiles/<notebook>.py`` as
+``PROFILES = {"smoke": {...}, "quick": {...}, "full": {...}}``.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from typing import Any
+
+NAMES = ("smoke", "quick", "full")
+
+
+class Config(dict):
+    """A dict whose keys are also attributes (``cfg.epochs``); nested dicts become Configs."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for key, value in self.items():
+            if isinstance(value, dict) and not isinstance(value, Config):
+                self[key] = Config(value)
+
+    def __getattr__(self, key: str) -> Any:
+        try:
+            return self[key]
+        except KeyError:
+            raise AttributeError(f"config has no key {key!r}; keys: {sorted(self)}") from None
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        self[key] = value
+
+
+def resolve_profile(profile: str = "auto") -> str:
+    """Turn ``profile`` (or ``$HWLIB_PROFILE`` when set) into one of ``smoke``, ``quick``, ``full``."""
+    chosen = (os.environ.get("HWLIB_PROFILE") or profile or "auto").strip().lower()
+    if chosen == "auto":
+        import torch
+
+        return "full" if torch.cuda.is_available() else "quick"
+    if chosen not in NAMES:
+        raise ValueError(
+            f"unknown profile {chosen!r}: choose one of 'auto', {', '.join(map(repr, NAMES))} "
+            "(set by the notebook's `profile` parameter or the HWLIB_PROFILE environment variable)"
+        )
+    return chosen
+
+
+def get_profile(notebook: str, profile: str = "auto", verbose: bool = True, **overrides: Any) -> Config:
+    """The settings of ``notebook`` (e.g. ``"03_cgan_mnist"``) under ``profile``.
+
+    The result carries ``profile`` and ``notebook`` keys; ``overrides`` replace top-level keys.
+    """
+    name = resolve_profile(profile)
+    module_name = notebook.split("_", 1)[-1] if notebook[:2].isdigit() else notebook
+    try:
+        module = importlib.import_module(f"hwlib.profiles.{module_name}")
+    except ModuleNotFoundError:
+        raise ValueError(f"no profiles for notebook {notebook!r} (expected hwlib/profiles/{module_name}.py)") from None
+    cfg = Config(module.PROFILES[name])
+    unknown = set(overrides) - set(cfg)
+    if unknown:
+        raise ValueError(f"unknown settings {sorted(unknown)} for {notebook!r}; known: {sorted(cfg)}")
+    cfg.update(overrides)
+    cfg.profile, cfg.notebook = name, notebook
+    if verbose:
+        source = " (from HWLIB_PROFILE)" if os.environ.get("HWLIB_PROFILE") else ""
+        print(f"hwlib: notebook {notebook}, profile {name!r}{source}")
+    return Config(cfg)

@@ -1,0 +1,425 @@
+"""The training core shared by every model: device, seeding, EMA, checkpoints and a resumable loop.
+
+``fit`` runs epochs of a user ``step_fn`` over a :class:`~hwlib.data.ResidentLoader` and takes care
+of the rest: progress bar, per-step loss history (CSV), per-epoch sample grids and their GIF,
+atomic checkpoints with every RNG state, bitwise-exact resume, and a clear stop on NaN/inf.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import json
+import math
+import os
+import random
+import sys
+import time
+from collections.abc import Callable, Iterator
+from copy import deepcopy
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+# ----------------------------------------------------------------------------- device and seeds
+
+
+def get_device(prefer: str | None = None) -> torch.device:
+    """``prefer`` if given, else CUDA, then Apple MPS, then CPU."""
+    if prefer:
+        return torch.device(prefer)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int, deterministic: bool = True) -> None:
+    """Seed python, numpy and torch (all devices); with ``deterministic``, ask for deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def autocast(device: torch.device | str, enabled: bool = True) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA (no grad scaler needed), a no-op elsewhere."""
+    device = torch.device(device)
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def maybe_compile(module: nn.Module, enabled: bool) -> nn.Module:
+    """``torch.compile(module)`` when enabled and a GPU is present; the module itself otherwise."""
+    if enabled and torch.cuda.is_available():
+        return torch.compile(module)
+    return module
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    """The original module behind ``torch.compile``."""
+    return getattr(module, "_orig_mod", module)
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG state (python, numpy, torch CPU and CUDA) in a form ``torch.load(weights_only=True)`` reads."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` returned."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ----------------------------------------------------------------------------- EMA
+
+
+class EMA:
+    """Exponential moving average of a model's weights: ``shadow = decay * shadow + (1 - decay) * weights``.
+
+    ``ema.module`` is the averaged copy (eval mode, no grads) to sample from. Buffers are copied.
+    With ``warmup``, the decay ramps as ``min(decay, (1 + n) / (10 + n))`` over the first updates.
+    """
+
+    def __init__(self, model: nn.Module, decay: float = 0.999, warmup: bool = True) -> None:
+        self.module = deepcopy(unwrap(model)).eval().requires_grad_(False)
+        self.decay, self.warmup, self.updates = decay, warmup, 0
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates)) if self.warmup else self.decay
+        src = unwrap(model)
+        for p_ema, p in zip(self.module.parameters(), src.parameters()):
+            p_ema.lerp_(p.detach(), 1.0 - d)
+        for b_ema, b in zip(self.module.buffers(), src.buffers()):
+            b_ema.copy_(b)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"module": self.module.state_dict(), "updates": self.updates}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.module.load_state_dict(state["module"])
+        self.updates = int(state["updates"])
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+class Checkpointer:
+    """Numbered checkpoints ``ckpt_<step>.pt`` in ``directory``, written atomically.
+
+    A save goes to a hidden temporary file in the same folder, is flushed and fsynced, then renamed
+    over its final name (an atomic step on POSIX): a kill at any moment leaves either the previous
+    newest checkpoint or the new one, never a half-written file under a checkpoint name. The
+    newest ``keep`` checkpoints are kept. Loading uses ``torch.load(weights_only=True)``.
+    """
+
+    def __init__(self, directory: str | os.PathLike, keep: int = 2) -> None:
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.keep = keep
+
+    def paths(self) -> list[Path]:
+        """Checkpoints, oldest first."""
+        return sorted(self.dir.glob("ckpt_*.pt"))
+
+    def save(self, state: dict[str, Any], step: int) -> Path:
+        final = self.dir / f"ckpt_{step:09d}.pt"
+        tmp = self.dir / f".{final.name}.{os.getpid()}.tmp"
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+        with contextlib.suppress(OSError):  # make the rename itself durable
+            fd = os.open(self.dir, os.O_RDONLY)
+            os.fsync(fd)
+            os.close(fd)
+        for old in self.paths()[: -self.keep]:
+            old.unlink(missing_ok=True)
+        for stale in self.dir.glob(".ckpt_*.tmp"):
+            if stale != tmp:
+                stale.unlink(missing_ok=True)
+        return final
+
+    def load_latest(self, map_location: torch.device | str = "cpu") -> dict[str, Any] | None:
+        """The newest checkpoint that loads, or None when there is none."""
+        for path in reversed(self.paths()):
+            try:
+                return torch.load(path, map_location=map_location, weights_only=True)
+            except Exception as err:  # noqa: BLE001 - any unreadable file: fall back to the previous one
+                print(f"hwlib: skipping unreadable checkpoint {path.name}: {err}", file=sys.stderr)
+        return None
+
+    def clear(self) -> None:
+        for path in self.paths():
+            path.unlink()
+
+
+# ----------------------------------------------------------------------------- loss history
+
+
+class History:
+    """Per-step scalars (``step``, ``epoch`` and whatever the step function returns), column-wise."""
+
+    def __init__(self, columns: dict[str, list[float]] | None = None) -> None:
+        self.columns: dict[str, list[float]] = {k: list(v) for k, v in (columns or {}).items()}
+
+    def append(self, row: dict[str, float]) -> None:
+        n = len(self)
+        for key in row:
+            if key not in self.columns:
+                self.columns[key] = [math.nan] * n
+        for key, col in self.columns.items():
+            col.append(float(row.get(key, math.nan)))
+
+    def __len__(self) -> int:
+        return len(next(iter(self.columns.values()), []))
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        return np.asarray(self.columns[key])
+
+    def keys(self) -> list[str]:
+        return list(self.columns)
+
+    def truncate(self, n: int) -> None:
+        for col in self.columns.values():
+            del col[n:]
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: torch.tensor(v, dtype=torch.float64) for k, v in self.columns.items()}
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, torch.Tensor]) -> History:
+        return cls({k: v.tolist() for k, v in state.items()})
+
+    def to_csv(self, path: str | os.PathLike) -> Path:
+        path = Path(path)
+        tmp = path.with_suffix(".csv.tmp")
+        with open(tmp, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(self.keys())
+            writer.writerows(zip(*self.columns.values()))
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def from_csv(cls, path: str | os.PathLike) -> History:
+        with open(path, newline="") as f:
+            rows = list(csv.reader(f))
+        return cls({k: [float(r[i]) for r in rows[1:]] for i, k in enumerate(rows[0])})
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def _progress(total: int, initial: int, desc: str, enabled: bool):
+    mode = os.environ.get("HWLIB_PROGRESS", "auto")
+    if not enabled or mode == "off":
+        from tqdm import tqdm
+
+        return tqdm(total=total, initial=initial, disable=True)
+    if mode == "plain":  # batch runs (make run): a text bar that updates rarely
+        from tqdm import tqdm
+
+        return tqdm(total=total, initial=initial, desc=desc, mininterval=15, file=sys.stdout, dynamic_ncols=False, ncols=100)
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc)
+
+
+def config_fingerprint(config: Any) -> str:
+    """A short hash of a JSON-able configuration, stored in checkpoints to refuse mismatched resumes."""
+    return hashlib.sha1(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def fit(
+    step_fn: Callable[[tuple[torch.Tensor, ...], int], dict[str, torch.Tensor | float]],
+    loader: Any,
+    *,
+    epochs: int,
+    run_dir: str | os.PathLike,
+    modules: dict[str, nn.Module],
+    optimizers: dict[str, torch.optim.Optimizer],
+    emas: dict[str, EMA] | None = None,
+    schedulers: dict[str, Any] | None = None,
+    seed: int = 0,
+    deterministic: bool = True,
+    resume: bool = True,
+    config: Any = None,
+    checkpoint_every: int | None = None,
+    sample_fn: Callable[[], torch.Tensor] | None = None,
+    grid_dir: str | os.PathLike | None = None,
+    grid_nrow: int = 10,
+    on_epoch_end: Callable[[int], None] | None = None,
+    log_every: int = 25,
+    progress: bool = True,
+    desc: str = "train",
+) -> History:
+    """Train for ``epochs`` epochs; return the per-step :class:`History`.
+
+    Args:
+        step_fn: ``step_fn(batch, step) -> {"loss_name": scalar, ...}``: one optimisation step on
+            ``batch`` (the tuple the loader yields). Returned tensors are logged lazily (no sync per step).
+        loader: a :class:`~hwlib.data.ResidentLoader` (``len`` and ``epoch(e, start)``).
+        run_dir: folder for ``ckpt_*.pt`` and ``history.csv``.
+        modules, optimizers, emas, schedulers: everything whose state a checkpoint must hold.
+            Schedulers are stepped by ``fit`` at each epoch end.
+        seed: seeds every RNG at the start of a fresh run (a resume restores them instead).
+        resume: continue from the newest checkpoint in ``run_dir`` (if its ``config`` matches).
+        checkpoint_every: also checkpoint every this many steps (default: at each epoch end only).
+        sample_fn: returns images (B, C, H, W) in [-1, 1]; saved after each epoch as
+            ``grid_dir/epoch_XXX.png`` and, at the end, gathered into ``grid_dir/progress.gif``.
+        on_epoch_end: called with the finished epoch's number (1-based) before the checkpoint.
+    """
+    from hwlib import viz  # local import: viz pulls in matplotlib
+
+    emas, schedulers = emas or {}, schedulers or {}
+    run_dir = Path(run_dir)
+    ckpt = Checkpointer(run_dir)
+    fingerprint = config_fingerprint(config)
+    history, step, epoch, start_batch = History(), 0, 0, 0
+    device = next(next(iter(modules.values())).parameters()).device
+
+    state = ckpt.load_latest(map_location=device) if resume else None
+    if state is not None and state.get("fingerprint") != fingerprint:
+        print(f"hwlib: checkpoints in {run_dir} belong to another configuration; starting afresh")
+        ckpt.clear()
+        state = None
+    if not resume:
+        ckpt.clear()
+    if state is None:
+        seed_everything(seed, deterministic)
+    else:
+        if deterministic:
+            seed_everything(seed, deterministic)  # sets the deterministic flags; RNG states follow
+        for name, m in modules.items():
+            unwrap(m).load_state_dict(state["modules"][name])
+        for name, o in optimizers.items():
+            o.load_state_dict(state["optimizers"][name])
+        for name, e in emas.items():
+            e.load_state_dict(state["emas"][name])
+        for name, s in schedulers.items():
+            s.load_state_dict(state["schedulers"][name])
+        set_rng_state(state["rng"])
+        history = History.from_state_dict(state["history"])
+        step, epoch, start_batch = int(state["step"]), int(state["epoch"]), int(state["batch"])
+        print(f"hwlib: resumed {run_dir.name} at epoch {epoch + 1 if start_batch else epoch}, step {step}")
+
+    def save() -> None:
+        ckpt.save({
+            "modules": {k: unwrap(m).state_dict() for k, m in modules.items()},
+            "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
+            "emas": {k: e.state_dict() for k, e in emas.items()},
+            "schedulers": {k: s.state_dict() for k, s in schedulers.items()},
+            "rng": rng_state(), "history": history.state_dict(), "fingerprint": fingerprint,
+            "step": step, "epoch": epoch, "batch": batch_in_epoch,
+        }, step)
+        history.to_csv(run_dir / "history.csv")
+
+    pending: list[tuple[int, int, dict[str, Any]]] = []
+
+    def flush() -> None:
+        for s, e, logs in pending:
+            row = {"step": s, "epoch": e}
+            for key, value in logs.items():
+                v = float(value.detach().float().cpu()) if torch.is_tensor(value) else float(value)
+                if not math.isfinite(v):
+                    pending.clear()
+                    raise TrainingDiverged(
+                        f"loss {key!r} became {v} at step {s} (epoch {e}); training stopped. The last good "
+                        f"checkpoint is kept in {run_dir}: lower the learning rate or check the inputs, "
+                        "then run again (resume=True continues from it)."
+                    )
+                row[key] = v
+            history.append(row)
+        pending.clear()
+
+    grid_dir = Path(grid_dir) if grid_dir is not None else None
+    total = epochs * len(loader)
+    batch_in_epoch = start_batch
+    bar = _progress(total, min(step, total), desc, progress)
+    try:
+        for module in modules.values():
+            module.train()
+        while epoch < epochs:
+            for batch in loader.epoch(epoch, start=start_batch):
+                logs = step_fn(batch, step)
+                step += 1
+                batch_in_epoch += 1
+                pending.append((step, epoch + 1, logs))
+                bar.update(1)
+                if len(pending) >= log_every:
+                    flush()
+                    bar.set_postfix({k: f"{history.columns[k][-1]:.3g}" for k in history.keys()[2:6]}, refresh=False)
+                if checkpoint_every and step % checkpoint_every == 0 and batch_in_epoch < len(loader):
+                    flush()
+                    save()
+            flush()
+            epoch, start_batch, batch_in_epoch = epoch + 1, 0, 0
+            for s in schedulers.values():
+                s.step()
+            if sample_fn is not None and grid_dir is not None:
+                was_training = {k: m.training for k, m in modules.items()}
+                with torch.no_grad():
+                    images = sample_fn()
+                for k, m in modules.items():
+                    m.train(was_training[k])
+                viz.save_grid(images, grid_dir / f"epoch_{epoch:03d}.png", nrow=grid_nrow)
+            if on_epoch_end is not None:
+                on_epoch_end(epoch)
+            save()
+    finally:
+        bar.close()
+    if grid_dir is not None and sample_fn is not None:
+        viz.make_gif(sorted(grid_dir.glob("epoch_*.png")), grid_dir / "progress.gif")
+    return history
+
+
+@contextlib.contextmanager
+def timer() -> Iterator[dict[str, float]]:
+    """``with timer() as t: ...`` then ``t["seconds"]``; synchronises CUDA around the block."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    out: dict[str, float] = {}
+    start = time.perf_counter()
+    try:
+        yield out
+    finally:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        out["seconds"] = time.perf_counter() - start

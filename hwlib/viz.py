@@ -1,0 +1,110 @@
+"""Plotting and image output: sample grids (PNG), GIFs, loss curves.
+
+Images everywhere in hwlib are tensors (B, C, H, W) in [-1, 1]; these helpers map them to [0, 1].
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def to_unit(images: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] -> [0, 1], clamped, float32 on the CPU."""
+    return images.detach().float().cpu().add(1).div(2).clamp(0, 1)
+
+
+def make_grid(images: torch.Tensor, nrow: int = 10, padding: int = 2, pad_value: float = 1.0) -> np.ndarray:
+    """Tile images (B, C, H, W) in [-1, 1] into one uint8 array (H', W', 3), ``nrow`` images per row."""
+    from torchvision.utils import make_grid as tv_grid
+
+    grid = tv_grid(to_unit(images), nrow=nrow, padding=padding, pad_value=pad_value)
+    return (grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+
+
+def save_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int = 10, scale: int = 1) -> Path:
+    """Save a grid of images (B, C, H, W) in [-1, 1] as PNG; ``scale`` enlarges by pixel repetition."""
+    import imageio.v3 as iio
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    grid = make_grid(images, nrow=nrow)
+    if scale > 1:
+        grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)
+    iio.imwrite(path, grid)
+    return path
+
+
+def make_gif(frames: Sequence[str | os.PathLike | np.ndarray], path: str | os.PathLike, fps: float = 4.0,
+             hold_last: int = 4) -> Path | None:
+    """Assemble PNG files (or uint8 arrays) into a looping GIF; the last frame is held ``hold_last`` times."""
+    import imageio.v2 as imageio
+
+    if not frames:
+        return None
+    images = [imageio.imread(f) if not isinstance(f, np.ndarray) else f for f in frames]
+    images += [images[-1]] * hold_last
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    imageio.mimsave(path, images, duration=1000.0 / fps, loop=0)
+    return path
+
+
+def smooth(values: np.ndarray, window: int) -> np.ndarray:
+    """Trailing moving average that ignores NaNs (same length as ``values``)."""
+    values = np.asarray(values, dtype=np.float64)
+    ok = np.isfinite(values)
+    csum = np.cumsum(np.where(ok, values, 0.0))
+    ccnt = np.cumsum(ok)
+    lo = np.arange(len(values)) - window
+    prev_sum = np.where(lo >= 0, csum[np.clip(lo, 0, None)], 0.0)
+    prev_cnt = np.where(lo >= 0, ccnt[np.clip(lo, 0, None)], 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (csum - prev_sum) / (ccnt - prev_cnt)
+
+
+def plot_losses(history, keys: Sequence[str] | None = None, window: int = 50, ax=None, title: str = "",
+                x: str = "step"):
+    """Plot per-step losses of a :class:`~hwlib.train.History`: raw (faint) and smoothed (solid)."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(8, 3.5))
+    keys = keys or [k for k in history.keys() if k not in ("step", "epoch")]
+    steps = history[x]
+    for i, key in enumerate(keys):
+        color = f"C{i}"
+        values = history[key]
+        ax.plot(steps, values, color=color, alpha=0.25, linewidth=0.7)
+        ax.plot(steps, smooth(values, window), color=color, linewidth=1.6, label=f"{key} (mean of {window})")
+    ax.set_xlabel(x)
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    ax.legend(loc="best", fontsize=8)
+    ax.grid(alpha=0.3)
+    return ax
+
+
+def show_images(images: torch.Tensor, nrow: int = 10, title: str = "", ax=None, figsize=None):
+    """Show a grid of images (B, C, H, W) in [-1, 1] with matplotlib."""
+    import matplotlib.pyplot as plt
+
+    grid = make_grid(images, nrow=nrow)
+    if ax is None:
+        _, ax = plt.subplots(figsize=figsize or (grid.shape[1] / 60, grid.shape[0] / 60))
+    ax.imshow(grid, interpolation="nearest")
+    ax.set_title(title)
+    ax.axis("off")
+    return ax
+
+
+def savefig(fig, notebook: str, name: str, dpi: int = 120) -> Path:
+    """Save a matplotlib figure as ``figures/<notebook>/<name>.png``."""
+    from hwlib.paths import figures_dir
+
+    path = figures_dir(notebook) / f"{name}.png"
+    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    return path
