@@ -1,0 +1,45 @@
+"""Benchmark bookkeeping: name the device and write ``benchmarks/results/<name>.json``."""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hwlib.paths import repo_root
+
+
+def device_name(device: torch.device | str | None = None) -> str:
+    """A human-readable name: the GPU model, or the CPU model with its core count."""
+    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"CPU: {cpu} ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
+
+
+def write_result(name: str, result: dict[str, Any], device: torch.device | str | None = None) -> Path:
+    """Write ``result`` plus device, versions and date to ``benchmarks/results/<name>.json``; print it."""
+    root = repo_root() or Path.cwd()
+    out = root / "benchmarks" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    record = {
+        "benchmark": name,
+        "device": device_name(device),
+        "torch": torch.__version__,
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        **result,
+    }
+    path = out / f"{name}.json"
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    print(json.dumps(record, indent=2))
+    return path
