@@ -1,0 +1,55 @@
+"""The seed's conditional GAN (Mirza & Osindero, 2014) for MNIST: multilayer perceptrons.
+
+Both networks embed the class label with ``nn.Embedding`` and concatenate the embedding to their
+input: to the noise vector in the generator, to the flattened 784-pixel image in the
+discriminator. Hidden layers use LeakyReLU(0.2); the discriminator adds dropout after each
+hidden layer; the generator ends in tanh (pixels in [-1, 1]), the discriminator in one logit.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+
+def _mlp(sizes: Sequence[int], dropout: float = 0.0) -> nn.Sequential:
+    """Linear -> LeakyReLU(0.2) [-> Dropout] for each consecutive pair in ``sizes``."""
+    layers: list[nn.Module] = []
+    for a, b in zip(sizes[:-1], sizes[1:]):
+        layers += [nn.Linear(a, b), nn.LeakyReLU(0.2, True)]
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+    return nn.Sequential(*layers)
+
+
+class MLPGenerator(nn.Module):
+    """z (B, z_dim) and labels y (B,) int64 in [0, num_classes) -> images (B, 1, 28, 28) in [-1, 1]."""
+
+    def __init__(self, z_dim: int = 100, num_classes: int = 10, embed_dim: int = 10,
+                 hidden: Sequence[int] = (256, 512, 1024)) -> None:
+        super().__init__()
+        self.z_dim, self.num_classes = z_dim, num_classes
+        self.embed = nn.Embedding(num_classes, embed_dim)
+        self.body = _mlp([z_dim + embed_dim, *hidden])
+        self.out = nn.Sequential(nn.Linear(hidden[-1], 28 * 28), nn.Tanh())
+
+    def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        h = self.body(torch.cat([z, self.embed(y)], dim=1))
+        return self.out(h).view(-1, 1, 28, 28)
+
+
+class MLPDiscriminator(nn.Module):
+    """images (B, 1, 28, 28) in [-1, 1] and labels y (B,) -> real/fake logits (B,)."""
+
+    def __init__(self, num_classes: int = 10, embed_dim: int = 10, hidden: Sequence[int] = (1024, 512, 256),
+                 dropout: float = 0.3) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.embed = nn.Embedding(num_classes, embed_dim)
+        self.body = _mlp([28 * 28 + embed_dim, *hidden], dropout=dropout)
+        self.out = nn.Linear(hidden[-1], 1)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        h = self.body(torch.cat([x.flatten(1), self.embed(y)], dim=1))
+        return self.out(h).flatten()
