@@ -1,0 +1,237 @@
+"""StackGAN (Zhang et al., 2017): conditioning augmentation, Stage-I and Stage-II generators and discriminators.
+
+Shapes (paper widths: ``gf=128``, ``df=64``, ``c_dim=128``, ``z_dim=100``, 4 residual blocks):
+
+- :class:`CondAugment`  text embedding (B, t_dim) -> c (B, c_dim), mu, logvar; c = mu + sigma * eps.
+- :class:`Stage1G`      z (B, 100) ++ c -> fc -> (B, 8gf, 4, 4) -> 4 up-blocks -> image (B, 3, 64, 64) in [-1, 1].
+- :class:`Stage2G`      Stage-I image (B, 3, 64, 64) -> encoder (B, 4gf, 16, 16) ++ c -> joint conv -> residual
+                        blocks -> up-blocks -> image (B, 3, 64 * 2**(n_up - 2), ...) (256 with 4 up-blocks); no z.
+- :class:`StageD`       image (B, 3, S, S) -> stride-2 convs -> (B, 8df, 4, 4) ++ mu (spatially replicated)
+                        -> conv3x3 -> conv4x4 -> matching-aware logit (B,). Stage-I D is ``StageD(64)``,
+                        Stage-II D ``StageD(256)`` (two extra down-sampling convs and two 3x3 reductions).
+
+Up-blocks double the resolution by nearest-neighbour up-sampling + 3x3 conv (the default, as the
+official code) or by a 3x3 conv to 4x the channels + ``PixelShuffle(2)`` initialised with ICNR
+(Aitken et al., 2017), which starts out identical to nearest up-sampling and so avoids checkerboards.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def kl_loss(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, diag(exp(logvar))) || N(0, I)), summed over dimensions, averaged over the batch."""
+    return 0.5 * (mu.float().pow(2) + logvar.float().exp() - 1 - logvar.float()).sum(1).mean()
+
+
+class CondAugment(nn.Module):
+    """Conditioning augmentation: a linear map of the text embedding to (mu, logvar) and one Gaussian sample."""
+
+    def __init__(self, t_dim: int = 1024, c_dim: int = 128) -> None:
+        super().__init__()
+        self.fc = nn.Linear(t_dim, 2 * c_dim)
+        self.c_dim = c_dim
+
+    def forward(self, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        mu, logvar = self.fc(text).chunk(2, dim=1)
+        c = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
+        return c, mu, logvar
+
+
+def icnr_(weight: torch.Tensor, scale: int = 2) -> torch.Tensor:
+    """ICNR init of a conv weight (C_out * scale**2, C_in, k, k) feeding ``PixelShuffle(scale)``.
+
+    PixelShuffle sends channel ``c * scale**2 + k`` to sub-pixel ``k`` of channel ``c``; giving those
+    ``scale**2`` channels the same kernel makes the block start as conv + nearest up-sampling.
+    """
+    out = weight.shape[0] // scale**2
+    sub = torch.empty(out, *weight.shape[1:])
+    nn.init.kaiming_normal_(sub)
+    with torch.no_grad():
+        weight.copy_(sub.repeat_interleave(scale**2, dim=0))
+    return weight
+
+
+def up_block(c_in: int, c_out: int, mode: str = "nearest") -> nn.Sequential:
+    """(B, c_in, H, W) -> (B, c_out, 2H, 2W): nearest + conv3x3, or conv3x3 (ICNR) + PixelShuffle; then BN + ReLU."""
+    if mode == "nearest":
+        layers = [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c_in, c_out, 3, 1, 1, bias=False)]
+    elif mode == "pixelshuffle":
+        conv = nn.Conv2d(c_in, 4 * c_out, 3, 1, 1, bias=False)
+        icnr_(conv.weight)
+        layers = [conv, nn.PixelShuffle(2)]
+    else:
+        raise ValueError(f"upsample must be 'nearest' or 'pixelshuffle', not {mode!r}")
+    return nn.Sequential(*layers, nn.BatchNorm2d(c_out), nn.ReLU(True))
+
+
+class ResBlock(nn.Module):
+    """conv3x3-BN-ReLU-conv3x3-BN plus identity, then ReLU; channels and size unchanged."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(c, c, 3, 1, 1, bias=False), nn.BatchNorm2d(c), nn.ReLU(True),
+                                  nn.Conv2d(c, c, 3, 1, 1, bias=False), nn.BatchNorm2d(c))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x + self.body(x))
+
+
+class Stage1G(nn.Module):
+    """Stage-I generator: (text (B, t_dim), z (B, z_dim)) -> (image (B, 3, 64, 64) in [-1, 1], mu, logvar)."""
+
+    def __init__(self, t_dim: int = 1024, c_dim: int = 128, z_dim: int = 100, gf: int = 128,
+                 upsample: str = "nearest") -> None:
+        super().__init__()
+        ngf = 8 * gf
+        self.z_dim, self.ngf = z_dim, ngf
+        self.ca = CondAugment(t_dim, c_dim)
+        self.fc = nn.Sequential(nn.Linear(z_dim + c_dim, ngf * 16, bias=False), nn.BatchNorm1d(ngf * 16), nn.ReLU(True))
+        self.up = nn.Sequential(*(up_block(ngf // 2**i, ngf // 2 ** (i + 1), upsample) for i in range(4)))
+        self.to_img = nn.Sequential(nn.Conv2d(ngf // 16, 3, 3, 1, 1), nn.Tanh())
+
+    def forward(self, text: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        c, mu, logvar = self.ca(text)
+        h = self.fc(torch.cat([z, c], 1)).view(-1, self.ngf, 4, 4)
+        return self.to_img(self.up(h)), mu, logvar
+
+
+class Stage2G(nn.Module):
+    """Stage-II generator: (Stage-I image (B, 3, 64, 64), text (B, t_dim)) -> (image (B, 3, S, S), mu, logvar).
+
+    ``S = 16 * 2**n_up`` (256 for the paper's 4 up-blocks). It has its own conditioning augmentation.
+    """
+
+    def __init__(self, t_dim: int = 1024, c_dim: int = 128, gf: int = 128, n_res: int = 4, n_up: int = 4,
+                 upsample: str = "nearest") -> None:
+        super().__init__()
+        self.ca = CondAugment(t_dim, c_dim)
+        self.encoder = nn.Sequential(
+            nn.Conv2d(3, gf, 3, 1, 1), nn.ReLU(True),
+            nn.Conv2d(gf, 2 * gf, 4, 2, 1, bias=False), nn.BatchNorm2d(2 * gf), nn.ReLU(True),
+            nn.Conv2d(2 * gf, 4 * gf, 4, 2, 1, bias=False), nn.BatchNorm2d(4 * gf), nn.ReLU(True))
+        self.joint = nn.Sequential(nn.Conv2d(4 * gf + c_dim, 4 * gf, 3, 1, 1, bias=False), nn.BatchNorm2d(4 * gf), nn.ReLU(True))
+        self.res = nn.Sequential(*(ResBlock(4 * gf) for _ in range(n_res)))
+        widths = [max(4 * gf // 2**i, 8) for i in range(n_up + 1)]
+        self.up = nn.Sequential(*(up_block(widths[i], widths[i + 1], upsample) for i in range(n_up)))
+        self.to_img = nn.Sequential(nn.Conv2d(widths[-1], 3, 3, 1, 1), nn.Tanh())
+
+    def forward(self, image: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        c, mu, logvar = self.ca(text)
+        h = self.encoder(image)
+        h = self.joint(torch.cat([h, c[:, :, None, None].expand(-1, -1, *h.shape[2:])], 1))
+        return self.to_img(self.up(self.res(h))), mu, logvar
+
+
+class StageD(nn.Module):
+    """Matching-aware discriminator: (image (B, 3, S, S), condition mu (B, c_dim)) -> logit (B,)."""
+
+    def __init__(self, image_size: int = 64, c_dim: int = 128, df: int = 64) -> None:
+        super().__init__()
+        n_down = int(math.log2(image_size)) - 2
+        if 4 * 2**n_down != image_size or n_down < 4:
+            raise ValueError(f"image_size must be a power of two >= 64, not {image_size}")
+        widths = [df * 2**i for i in range(n_down)]
+        layers: list[nn.Module] = [nn.Conv2d(3, df, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, True)]
+        for a, b in zip(widths, widths[1:]):
+            layers += [nn.Conv2d(a, b, 4, 2, 1, bias=False), nn.BatchNorm2d(b), nn.LeakyReLU(0.2, True)]
+        c = widths[-1]
+        while c > 8 * df:  # Stage-II: 3x3 convs back to 8df
+            layers += [nn.Conv2d(c, c // 2, 3, 1, 1, bias=False), nn.BatchNorm2d(c // 2), nn.LeakyReLU(0.2, True)]
+            c //= 2
+        self.encode = nn.Sequential(*layers)
+        self.joint = nn.Sequential(nn.Conv2d(c + c_dim, c, 3, 1, 1, bias=False), nn.BatchNorm2d(c), nn.LeakyReLU(0.2, True))
+        self.logit = nn.Conv2d(c, 1, 4, 4)
+
+    def forward(self, image: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        h = self.encode(image)
+        h = self.joint(torch.cat([h, cond[:, :, None, None].expand(-1, -1, *h.shape[2:])], 1))
+        return self.logit(h).view(-1)
+
+
+def build(t_dim: int, c_dim: int = 128, z_dim: int = 100, gf: int = 128, df: int = 64, n_res: int = 4,
+          stage2_size: int = 256, upsample: str = "nearest", gf2: int | None = None, df2: int | None = None) -> dict[str, nn.Module]:
+    """The four sub-networks ``{"G1", "D1", "G2", "D2"}``; ``gf2``/``df2`` (default gf/df) size Stage II."""
+    n_up = int(math.log2(stage2_size // 16))
+    return {"G1": Stage1G(t_dim, c_dim, z_dim, gf, upsample), "D1": StageD(64, c_dim, df),
+            "G2": Stage2G(t_dim, c_dim, gf2 or gf, n_res, n_up, upsample), "D2": StageD(stage2_size, c_dim, df2 or df)}
+
+
+# ----------------------------------------------------------------------------- training steps
+
+
+def make_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer, *,
+              images: torch.Tensor, embeddings: torch.Tensor, class_ids: torch.Tensor, out_size: int,
+              kl_coef: float = 2.0, z_dim: int = 100, G1: nn.Module | None = None):
+    """One StackGAN step for :func:`hwlib.train.fit` over a loader of dataset indices ``(idx (B,),)``.
+
+    ``images`` uint8 (N, 3, L, L) (L = 76 for Stage I, 304 for Stage II), ``embeddings`` (N, 10, t_dim),
+    ``class_ids`` (N,), all on the training device. Per step: random crop + flip of the real images and
+    of "wrong" images (another class), one caption embedding each, then one D update on
+    real / wrong / fake pairs (matching-aware loss, D conditioned on ``mu`` detached) and one G update
+    with ``g_loss + kl_coef * KL``. With ``G1`` (frozen, eval mode) the step trains Stage II on
+    Stage-I images. Returns detached ``loss_d``, ``loss_g``, ``kl``, ``d_real``/``d_wrong``/``d_fake`` (mean sigmoid).
+    """
+    from hwlib.data.cub import augment, pick_embedding, wrong_indices
+    from hwlib.gan import g_loss, matching_aware_d_loss
+    from hwlib.train import autocast
+
+    device = images.device
+
+    def step(batch: tuple[torch.Tensor, ...], _: int) -> dict[str, torch.Tensor]:
+        (idx,) = batch
+        real = augment(images[idx], out_size)
+        wrong = augment(images[wrong_indices(class_ids, idx)], out_size)
+        text = pick_embedding(embeddings[idx]).float()
+        z = torch.randn(len(idx), z_dim, device=device)
+        with autocast(device):
+            if G1 is None:
+                fake, mu, logvar = G(text, z)
+            else:
+                with torch.no_grad():
+                    low, _, _ = G1(text, z)
+                fake, mu, logvar = G(low, text)
+            cond = mu.detach()
+            real_logit, wrong_logit, fake_logit = D(real, cond), D(wrong, cond), D(fake.detach(), cond)
+            loss_d = matching_aware_d_loss(real_logit, wrong_logit, fake_logit)
+        opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        opt_d.step()
+        with autocast(device):
+            loss_g = g_loss(D(fake, cond))
+            kl = kl_loss(mu, logvar)
+        opt_g.zero_grad(set_to_none=True)
+        (loss_g + kl_coef * kl).backward()
+        opt_g.step()
+        return {"loss_d": loss_d.detach(), "loss_g": loss_g.detach(), "kl": kl.detach(),
+                "d_real": torch.sigmoid(real_logit.detach().float()).mean(),
+                "d_wrong": torch.sigmoid(wrong_logit.detach().float()).mean(),
+                "d_fake": torch.sigmoid(fake_logit.detach().float()).mean()}
+
+    return step
+
+
+@torch.no_grad()
+def generate(G1: nn.Module, text: torch.Tensor, G2: nn.Module | None = None, z: torch.Tensor | None = None,
+             batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Stage-I images (N, 3, 64, 64) and, with ``G2``, Stage-II images (N, 3, S, S), in [-1, 1], on the CPU.
+
+    ``text`` (N, t_dim); ``z`` (N, z_dim) defaults to fresh Gaussian noise. Networks run in eval mode.
+    """
+    G1.eval()
+    if G2 is not None:
+        G2.eval()
+    device = next(G1.parameters()).device
+    z = torch.randn(len(text), G1.z_dim) if z is None else z
+    lows, highs = [], []
+    for i in range(0, len(text), batch_size):
+        t, zz = text[i:i + batch_size].to(device).float(), z[i:i + batch_size].to(device)
+        low = G1(t, zz)[0]
+        lows.append(low.float().cpu())
+        if G2 is not None:
+            highs.append(G2(low, t)[0].float().cpu())
+    return torch.cat(lows), (torch.cat(highs) if G2 is not None else None)
