@@ -1,0 +1,41 @@
+"""Evaluation metrics: FID (MNIST or Inception features), precision/recall, IS, conditional accuracy.
+
+- ``evaluate(sampler, real="mnist-test", n=10_000, features="mnist")`` -- one call for the notebooks
+- ``frechet_distance``, ``FeatureStats``, ``fid_from_features``         -- FID pieces (``frechet``, ``stats``)
+- ``precision_recall``                                                -- k-NN manifolds (``prdc``)
+- ``inception_score``, ``InceptionFeatures``                            -- FID Inception-v3 (``inception``)
+- ``mnist_classifier``, ``conditional_accuracy``, ``per_class_accuracy`` -- the shipped CNN (``mnist_net``)
+- ``feature_net``, ``extract_features``, ``reference_stats``           -- features and cached real statistics
+
+Names are imported lazily, so ``python -m hwlib.metrics.mnist_net`` and light imports stay cheap.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "evaluate": "evaluation", "fid_from_features": "evaluation",
+    "frechet_distance": "frechet", "trace_sqrt_product": "frechet",
+    "FeatureStats": "stats",
+    "precision_recall": "prdc",
+    "inception_score": "inception", "InceptionFeatures": "inception", "InceptionWeightsMissing": "inception",
+    "inception_weights_path": "inception",
+    "MnistNet": "mnist_net", "mnist_classifier": "mnist_net", "conditional_accuracy": "mnist_net",
+    "per_class_accuracy": "mnist_net",
+    "feature_net": "features", "extract_features": "features", "feature_stats": "features",
+    "reference_stats": "reference",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f"hwlib.metrics.{_EXPORTS[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'hwlib.metrics' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__

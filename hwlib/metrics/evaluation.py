@@ -1,0 +1,98 @@
+"""One call for the notebooks: FID, precision/recall, conditional accuracy and sampling speed of a generator."""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from hwlib.metrics.features import feature_net
+from hwlib.metrics.frechet import frechet_distance
+from hwlib.metrics.prdc import precision_recall
+from hwlib.metrics.reference import reference_stats
+from hwlib.metrics.stats import FeatureStats
+
+Sampler = Callable[[int], "torch.Tensor | tuple[torch.Tensor, torch.Tensor]"]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def fid_from_features(feats_a: torch.Tensor | np.ndarray, feats_b: torch.Tensor | np.ndarray) -> float:
+    """FID between two feature sets (N, D) and (M, D) (streamed float64 statistics, then Fréchet)."""
+    a, b = FeatureStats.from_features(feats_a), FeatureStats.from_features(feats_b)
+    return frechet_distance(a.mean, a.cov, b.mean, b.cov)
+
+
+def evaluate(sampler: Sampler, real: str | torch.Tensor = "mnist-test", n: int = 10_000,
+             features: str | nn.Module = "mnist", batch_size: int = 500, device: torch.device | str | None = None,
+             k: int = 3, seed: int | None = 0) -> dict[str, Any]:
+    """Score a generator against real data.
+
+    Args:
+        sampler: ``sampler(m)`` -> images (m, C, H, W) in [-1, 1], or ``(images, labels)`` with labels
+            (m,) the classes the images were generated for. Called with ``batch_size`` (the last call
+            with the remainder) until ``n`` images are drawn, under ``torch.no_grad()``.
+        real: ``"mnist-test"``, ``"mnist-train"`` (first ``n`` images; statistics cached) or images.
+        features: ``"mnist"`` (FID-MNIST, 128-d), ``"inception"`` (2048-d) or a feature module.
+        seed: seeds torch's RNG for the sampling (the caller's RNG state is left untouched); None: no seeding.
+
+    Returns:
+        ``{"fid", "precision", "recall", "samples_per_s", "n", "features"}`` and, when the sampler
+        returns labels, ``"accuracy"`` (conditional accuracy under the MNIST classifier) and
+        ``"per_class_accuracy"`` (np.ndarray (10,)).
+    """
+    net = feature_net(features, device)
+    dev = next(net.parameters()).device
+    ref = reference_stats(real, n, net, batch_size)
+    stats, feats, images_labels = FeatureStats(), [], []
+    sample_time, drawn = 0.0, 0
+    labelled: bool | None = None
+    fork_devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=fork_devices, enabled=seed is not None):
+        if seed is not None:
+            torch.manual_seed(seed)
+        while drawn < n:
+            m = min(batch_size, n - drawn)
+            _sync(dev)
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                out = sampler(m)
+            images, labels = out if isinstance(out, (tuple, list)) else (out, None)
+            _sync(images.device)
+            sample_time += time.perf_counter() - t0
+            if images.shape[0] != m:
+                raise ValueError(f"sampler({m}) returned {images.shape[0]} images")
+            if labelled is None:
+                labelled = labels is not None
+            with torch.inference_mode():
+                x = images.detach().to(dev, torch.float32).clamp(-1, 1)
+                f = net.features(x).float()
+            stats.update(f)
+            feats.append(f.cpu())
+            if labelled:
+                images_labels.append((x.cpu(), torch.as_tensor(labels).detach().cpu().long()))
+            drawn += m
+    fake = torch.cat(feats)
+    precision, recall = precision_recall(ref["feats"], fake, k=k)
+    result: dict[str, Any] = {
+        "fid": frechet_distance(ref["mu"], ref["sigma"], stats.mean, stats.cov),
+        "precision": precision,
+        "recall": recall,
+        "samples_per_s": n / sample_time if sample_time > 0 else float("inf"),
+        "n": n,
+        "features": getattr(net, "tag", type(net).__name__),
+    }
+    if labelled:
+        from hwlib.metrics.mnist_net import per_class_accuracy, predict
+
+        x = torch.cat([a for a, _ in images_labels])
+        y = torch.cat([b for _, b in images_labels])
+        result["accuracy"] = float((predict(x, batch_size, dev) == y).float().mean())
+        result["per_class_accuracy"] = per_class_accuracy(x, y, batch_size, dev)
+    return result
