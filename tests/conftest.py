@@ -1,0 +1,19 @@
+"""Shared test set-up: quiet, single-threaded torch and a private data cache per test session."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HWLIB_PROGRESS", "off")
+os.environ.setdefault("MPLBACKEND", "Agg")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture
+def isolated_paths(tmp_path, monkeypatch):
+    """Point HWLIB_DATA / HWLIB_RUNS / HWLIB_FIGURES at a fresh temporary folder."""
+    for var, sub in (("HWLIB_DATA", "data"), ("HWLIB_RUNS", "runs"), ("HWLIB_FIGURES", "figures")):
+        monkeypatch.setenv(var, str(tmp_path / sub))
+    return tmp_path
