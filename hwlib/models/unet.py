@@ -1,0 +1,167 @@
+"""The DDPM U-Net (Ho et al. 2020, appendix B; a PixelCNN++-style backbone), sized for 28×28 MNIST.
+
+- sinusoidal timestep embedding (Transformer-style) -> MLP (Linear, SiLU, Linear) to 4·ch
+- ResNet blocks: GroupNorm, SiLU, 3×3 conv, + projected time(/class) embedding, GroupNorm, SiLU, dropout, 3×3 conv,
+  1×1 skip when the width changes
+- ``num_res_blocks`` blocks per resolution; down-sampling by a stride-2 3×3 conv, up-sampling by nearest ×2 + 3×3 conv;
+  skip connections from every down-path block concatenated into the up path (``num_res_blocks + 1`` blocks each)
+- single-head self-attention at the resolutions in ``attn_resolutions`` and in the middle (Res, Attn, Res)
+- optional class embedding (``num_classes``), with one extra "null" class (index ``num_classes``) for
+  classifier-free guidance; it is added to the time embedding.
+
+For 28×28 and ``channel_mult=(1, 2, 2)`` the resolutions are 28, 14, 7.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
+    """Sinusoidal embedding of timesteps ``t`` (B,) -> (B, dim): [sin(t·ω_k), cos(t·ω_k)], ω_k = max_period^(-k/(dim/2))."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = t.float()[:, None] * freqs[None]
+    emb = torch.cat([torch.sin(args), torch.cos(args)], dim=1)
+    return F.pad(emb, (0, dim % 2))
+
+
+def norm(channels: int, groups: int = 32) -> nn.GroupNorm:
+    """GroupNorm with at most ``groups`` groups that divide ``channels``."""
+    g = math.gcd(channels, groups)
+    return nn.GroupNorm(g, channels)
+
+
+class ResBlock(nn.Module):
+    """(B, C_in, H, W), emb (B, E) -> (B, C_out, H, W)."""
+
+    def __init__(self, c_in: int, c_out: int, emb_dim: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.norm1, self.conv1 = norm(c_in), nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.emb = nn.Linear(emb_dim, c_out)
+        self.norm2, self.drop, self.conv2 = norm(c_out), nn.Dropout(dropout), nn.Conv2d(c_out, c_out, 3, padding=1)
+        nn.init.zeros_(self.conv2.weight)  # each block starts as the identity (as in the DDPM code)
+        nn.init.zeros_(self.conv2.bias)
+        self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = h + self.emb(F.silu(emb))[:, :, None, None]
+        h = self.conv2(self.drop(F.silu(self.norm2(h))))
+        return self.skip(x) + h
+
+
+class AttnBlock(nn.Module):
+    """Single-head self-attention over the H·W positions, with a residual: (B, C, H, W) -> (B, C, H, W)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.norm, self.qkv, self.proj = norm(channels), nn.Conv2d(channels, 3 * channels, 1), nn.Conv2d(channels, channels, 1)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        q, k, v = self.qkv(self.norm(x)).reshape(b, 3, c, h * w).transpose(-1, -2).unbind(1)  # each (B, HW, C)
+        out = F.scaled_dot_product_attention(q[:, None], k[:, None], v[:, None])[:, 0]  # (B, HW, C)
+        return x + self.proj(out.transpose(-1, -2).reshape(b, c, h, w))
+
+
+class Downsample(nn.Module):
+    """Stride-2 3×3 conv: (B, C, H, W) -> (B, C, ceil(H/2), ceil(W/2))."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    """Nearest-neighbour ×2 then 3×3 conv: (B, C, H, W) -> (B, C, 2H, 2W)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class UNet(nn.Module):
+    """ε/v/x_0-prediction network: ``model(x_t (B, C, H, W), t (B,) int64, labels (B,) int64 | None) -> (B, C, H, W)``.
+
+    Args:
+        in_channels, image_size: the image shape (1, 28 for MNIST); ``image_size`` must be divisible by
+            2^(len(channel_mult) - 1).
+        ch: base width; level i has ``ch * channel_mult[i]`` channels.
+        num_res_blocks: ResNet blocks per resolution on the way down (one more on the way up).
+        attn_resolutions: resolutions (side lengths) that get self-attention after each ResNet block.
+        num_classes: for a class-conditional model; label ``num_classes`` is the null class (unconditional);
+            ``labels=None`` also means unconditional.
+    """
+
+    def __init__(self, in_channels: int = 1, image_size: int = 28, ch: int = 64, channel_mult: tuple[int, ...] = (1, 2, 2),
+                 num_res_blocks: int = 2, attn_resolutions: tuple[int, ...] = (7,), dropout: float = 0.1,
+                 num_classes: int | None = None) -> None:
+        super().__init__()
+        if image_size % 2 ** (len(channel_mult) - 1):
+            raise ValueError(f"image_size {image_size} is not divisible by 2^{len(channel_mult) - 1}")
+        self.in_channels, self.image_size, self.ch, self.num_classes = in_channels, image_size, ch, num_classes
+        emb_dim = 4 * ch
+        self.time_mlp = nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.class_emb = nn.Embedding(num_classes + 1, emb_dim) if num_classes is not None else None
+        self.conv_in = nn.Conv2d(in_channels, ch, 3, padding=1)
+
+        self.down = nn.ModuleList()
+        widths, c, res = [ch], ch, image_size  # widths: channels of every skip connection
+        for level, mult in enumerate(channel_mult):
+            for _ in range(num_res_blocks):
+                self.down.append(nn.ModuleList([ResBlock(c, ch * mult, emb_dim, dropout),
+                                                AttnBlock(ch * mult) if res in attn_resolutions else nn.Identity()]))
+                c = ch * mult
+                widths.append(c)
+            if level < len(channel_mult) - 1:
+                self.down.append(Downsample(c))
+                widths.append(c)
+                res //= 2
+        self.mid = nn.ModuleList([ResBlock(c, c, emb_dim, dropout), AttnBlock(c), ResBlock(c, c, emb_dim, dropout)])
+
+        self.up = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(channel_mult))):
+            for _ in range(num_res_blocks + 1):
+                self.up.append(nn.ModuleList([ResBlock(c + widths.pop(), ch * mult, emb_dim, dropout),
+                                              AttnBlock(ch * mult) if res in attn_resolutions else nn.Identity()]))
+                c = ch * mult
+            if level > 0:
+                self.up.append(Upsample(c))
+                res *= 2
+        self.out = nn.Sequential(norm(c), nn.SiLU(), nn.Conv2d(c, in_channels, 3, padding=1))
+        nn.init.zeros_(self.out[-1].weight)
+        nn.init.zeros_(self.out[-1].bias)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        emb = self.time_mlp(timestep_embedding(t, self.ch))
+        if self.class_emb is not None:
+            if labels is None:
+                labels = torch.full((x.shape[0],), self.num_classes, device=x.device, dtype=torch.long)
+            emb = emb + self.class_emb(labels)
+        h = self.conv_in(x)
+        skips = [h]
+        for block in self.down:
+            if isinstance(block, Downsample):
+                h = block(h)
+            else:
+                h = block[1](block[0](h, emb))
+            skips.append(h)
+        h = self.mid[2](self.mid[1](self.mid[0](h, emb)), emb)
+        for block in self.up:
+            if isinstance(block, Upsample):
+                h = block(h)
+            else:
+                h = block[1](block[0](torch.cat([h, skips.pop()], dim=1), emb))
+        return self.out(h)
