@@ -1,0 +1,40 @@
+"""Notebook 04: VAE vs GAN vs DDPM on MNIST, measured on the generative trilemma.
+
+The three models share the data and the training budget: ``epochs`` passes over the same ``n_train``
+images with batch ``batch_size`` (so the same number of parameter updates; a GAN update is one D step
+plus one G step, as in DCGAN). ``full`` follows the papers: VAE (Kingma & Welling 2014) with Adam 1e-3;
+DCGAN (Radford et al. 2016): z 100, width 64, Adam 2e-4 (0.5, 0.999); DDPM (Ho et al. 2020): T = 1000,
+linear betas 1e-4 .. 0.02, Adam 2e-4, EMA 0.9999, dropout 0.1, a U-Net sized for 28x28; evaluation on
+10,000 samples against the MNIST test set. ``quick`` fits a 2-core CPU: narrow networks, a 10k-image
+subset, 3 epochs, T = 200 (betas scaled by 1000 / T so that alpha_bar_T still vanishes) and 500
+evaluation samples. ``smoke`` runs in seconds.
+"""
+
+_COMMON = {
+    "batch_size": 128,
+    # VAE: Bernoulli decoder for quality (z 16) and for the 2-D map (z 2); a Gaussian decoder to compare
+    "vae_latent": 16, "vae_lr": 1e-3, "vae_sigma": None,  # None: learn the Gaussian decoder's scale
+    # DCGAN
+    "z_dim": 100, "gan_lr": 2e-4, "gan_betas": (0.5, 0.999), "n_critic": 1,
+    # DDPM
+    "schedule": "linear", "ddpm_lr": 2e-4, "ddim_steps": 20, "grad_clip": 1.0,
+    # evaluation
+    "eval_batch": 500, "grid_n": 100,
+    # question 3: the optimal-discriminator experiment on two 1-D Gaussians
+    "d_data": (0.0, 1.0), "d_model": (1.5, 0.7),
+}
+
+PROFILES = {
+    "smoke": {**_COMMON, "n_train": 512, "epochs": 1, "batch_size": 64,
+              "vae_ch": 8, "vae_hidden": 32, "gan_ch": 8, "unet_ch": 8, "unet_mult": (1, 2), "unet_blocks": 1,
+              "unet_attn": (), "dropout": 0.0, "T": 50, "ema_decay": 0.99, "ddpm_lr": 1e-3, "warmup": 0,
+              "n_eval": 100, "d_steps": 150, "grid_n": 20},
+    "quick": {**_COMMON, "n_train": 10_000, "epochs": 3,
+              "vae_ch": 16, "vae_hidden": 128, "gan_ch": 16, "unet_ch": 16, "unet_mult": (1, 2), "unet_blocks": 1,
+              "unet_attn": (), "dropout": 0.0, "T": 200, "ema_decay": 0.995, "ddpm_lr": 1e-3, "warmup": 50,
+              "n_eval": 500, "d_steps": 600},
+    "full": {**_COMMON, "n_train": 60_000, "epochs": 40,
+             "vae_ch": 32, "vae_hidden": 256, "gan_ch": 64, "unet_ch": 64, "unet_mult": (1, 2, 2), "unet_blocks": 2,
+             "unet_attn": (7,), "dropout": 0.1, "T": 1000, "ema_decay": 0.9999, "warmup": 1000,
+             "n_eval": 10_000, "d_steps": 3000},
+}
