@@ -40,16 +40,16 @@ def save_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int = 10, sca
 
 def make_gif(frames: Sequence[str | os.PathLike | np.ndarray], path: str | os.PathLike, fps: float = 4.0,
              hold_last: int = 4) -> Path | None:
-    """Assemble PNG files (or uint8 arrays) into a looping GIF; the last frame is held ``hold_last`` times."""
+    """Assemble PNG files (or uint8 arrays) into a looping GIF; the last frame shows ``1 + hold_last`` times as long."""
     import imageio.v2 as imageio
 
     if not frames:
         return None
     images = [imageio.imread(f) if not isinstance(f, np.ndarray) else f for f in frames]
-    images += [images[-1]] * hold_last
+    durations = [1000.0 / fps] * (len(images) - 1) + [1000.0 / fps * (1 + hold_last)]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    imageio.mimsave(path, images, duration=1000.0 / fps, loop=0)
+    imageio.mimsave(path, images, duration=durations, loop=0)
     return path
 
 

@@ -1,0 +1,94 @@
+"""GAN losses and the shared alternating update (hwlib.gan)."""
+import math
+
+import torch
+from torch import nn
+
+from hwlib.gan import d_loss, g_loss, make_gan_step, matching_aware_d_loss
+
+
+def test_losses_at_the_equilibrium_logit():
+    zero = torch.zeros(8)
+    assert math.isclose(d_loss(zero, zero).item(), 2 * math.log(2), rel_tol=1e-6)
+    assert math.isclose(g_loss(zero).item(), math.log(2), rel_tol=1e-6)
+    assert math.isclose(g_loss(zero, saturating=True).item(), -math.log(2), rel_tol=1e-6)
+    assert math.isclose(matching_aware_d_loss(zero, zero, zero).item(), 2 * math.log(2), rel_tol=1e-6)
+    # one-sided label smoothing: BCE against 0.9 at logit 0 is still log 2
+    assert math.isclose(d_loss(zero, zero, real_label=0.9).item(), 2 * math.log(2), rel_tol=1e-6)
+
+
+def test_saturating_gradient_vanishes_where_d_rejects_fakes():
+    logits = torch.tensor([-10.0, -5.0, 0.0, 5.0], requires_grad=True)
+    (g_sat,) = torch.autograd.grad(g_loss(logits, saturating=True) * 4, logits)
+    (g_ns,) = torch.autograd.grad(g_loss(logits) * 4, logits)
+    d = torch.sigmoid(logits.detach())
+    # d/dl log(1 - sigmoid(l)) = -D ; d/dl -log sigmoid(l) = -(1 - D)
+    torch.testing.assert_close(g_sat, -d)
+    torch.testing.assert_close(g_ns, -(1 - d))
+    assert g_sat[0].abs() < 1e-4 and g_ns[0].abs() > 0.99  # D(G(z)) ~ 0: only the non-saturating loss still pushes
+
+
+class _Toy(nn.Module):
+    def __init__(self, n_in: int, n_out: int, num_classes: int = 0):
+        super().__init__()
+        self.embed = nn.Embedding(num_classes, 2) if num_classes else None
+        self.net = nn.Sequential(nn.Linear(n_in + (2 if num_classes else 0), 32), nn.LeakyReLU(0.2), nn.Linear(32, n_out))
+
+    def forward(self, x, y=None):
+        if self.embed is not None:
+            x = torch.cat([x, self.embed(y)], 1)
+        return self.net(x).squeeze(-1)
+
+
+def _count_steps(opt):
+    calls = []
+    orig = opt.step
+
+    def step(*a, **k):
+        calls.append(1)
+        return orig(*a, **k)
+
+    opt.step = step
+    return calls
+
+
+def test_step_makes_n_critic_d_updates_then_one_g_update():
+    torch.manual_seed(0)
+    G, D = _Toy(4, 2, num_classes=3), _Toy(2, 1, num_classes=3)
+    opt_g, opt_d = torch.optim.SGD(G.parameters(), 0.1), torch.optim.SGD(D.parameters(), 0.1)
+    g_calls, d_calls = _count_steps(opt_g), _count_steps(opt_d)
+    step = make_gan_step(G, D, opt_g, opt_d, z_dim=4, n_critic=3, num_classes=3)
+    logs = step((torch.randn(16, 2), torch.randint(0, 3, (16,))), 0)
+    assert (len(d_calls), len(g_calls)) == (3, 1)
+    assert set(logs) == {"loss_d", "loss_g", "d_real", "d_fake"}
+    assert all(not v.requires_grad and v.dim() == 0 for v in logs.values())
+    assert 0 < logs["d_real"] < 1 and 0 < logs["d_fake"] < 1
+    assert all(p.requires_grad for p in D.parameters())  # D is unfrozen again afterwards
+
+
+def test_g_update_leaves_d_weights_alone():
+    torch.manual_seed(0)
+    G, D = _Toy(4, 2), _Toy(2, 1)
+    opt_g, opt_d = torch.optim.SGD(G.parameters(), 0.1), torch.optim.SGD(D.parameters(), 0.0)  # D frozen by lr 0
+    before = [p.clone() for p in D.parameters()]
+    g_before = [p.clone() for p in G.parameters()]
+    make_gan_step(G, D, opt_g, opt_d, z_dim=4, n_critic=1, conditional=False)((torch.randn(16, 2),), 0)
+    assert all(torch.equal(a, b) for a, b in zip(before, D.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(g_before, G.parameters()))
+
+
+def test_alternating_training_moves_fakes_to_the_data():
+    """A 2-D toy GAN: the generated mean travels from ~0 to the data mean (3, -2)."""
+    torch.manual_seed(0)
+    G, D = _Toy(4, 2), _Toy(2, 1)
+    opt_g = torch.optim.Adam(G.parameters(), 2e-3, betas=(0.5, 0.999))
+    opt_d = torch.optim.Adam(D.parameters(), 2e-3, betas=(0.5, 0.999))
+    step = make_gan_step(G, D, opt_g, opt_d, z_dim=4, n_critic=2, conditional=False)
+    target = torch.tensor([3.0, -2.0])
+    with torch.no_grad():
+        start = (G(torch.randn(2000, 4)).mean(0) - target).norm()
+    for i in range(600):
+        step((torch.randn(64, 2) * 0.3 + target,), i)
+    with torch.no_grad():
+        end = (G(torch.randn(2000, 4)).mean(0) - target).norm()
+    assert start > 3 and end < 0.5, (start, end)

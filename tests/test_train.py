@@ -1,0 +1,177 @@
+"""The training core: checkpoints, bitwise resume after SIGKILL, atomic writes, NaN stop, EMA, history."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from hwlib.data import ResidentLoader
+from hwlib.train import EMA, Checkpointer, History, TrainingDiverged, fit, rng_state, seed_everything, set_rng_state
+
+JOB = Path(__file__).with_name("train_job.py")
+
+
+def _run_job(run_dir: Path, out: Path, **env: int) -> int:
+    full_env = dict(os.environ, **{k: str(v) for k, v in env.items()})
+    return subprocess.run([sys.executable, str(JOB), str(run_dir), str(out)], env=full_env,
+                          capture_output=True, text=True, timeout=300).returncode
+
+
+def _assert_same_weights(a: Path, b: Path) -> None:
+    sa, sb = torch.load(a, weights_only=True), torch.load(b, weights_only=True)
+    for part in ("model", "ema"):
+        for key in sa[part]:
+            assert torch.equal(sa[part][key], sb[part][key]), f"{part}.{key} differs"
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    """Weights of one uninterrupted run."""
+    folder = tmp_path_factory.mktemp("reference")
+    assert _run_job(folder / "run", folder / "final.pt") == 0
+    return folder / "final.pt"
+
+
+def test_resume_after_sigkill_is_bitwise_identical(tmp_path, reference):
+    run, out = tmp_path / "run", tmp_path / "final.pt"
+    # 24 steps in 3 epochs of 8; checkpoints every 3 steps and at epoch ends.
+    # Kill mid-epoch between checkpoints, right after a checkpoint, and on an epoch's first step.
+    for kill_at in (5, 7, 17):
+        assert _run_job(run, out, KILL_AT_STEP=kill_at) == -signal.SIGKILL
+        assert not out.exists()
+    assert _run_job(run, out) == 0
+    _assert_same_weights(out, reference)
+    history = History.from_csv(run / "history.csv")
+    assert history["step"].tolist() == list(range(1, 25))  # no step lost or repeated in the log
+
+
+def test_kill_while_writing_checkpoint_leaves_readable_newest(tmp_path, reference):
+    run, out = tmp_path / "run", tmp_path / "final.pt"
+    assert _run_job(run, out, KILL_IN_SAVE=3) == -signal.SIGKILL  # dies half-way through its 3rd checkpoint
+    ckpt = Checkpointer(run)
+    assert [p.name for p in ckpt.paths()] == ["ckpt_000000003.pt", "ckpt_000000006.pt"]
+    for path in ckpt.paths():  # every file under a checkpoint name loads
+        torch.load(path, weights_only=True)
+    assert ckpt.load_latest()["step"] == 6
+    # resumed at step 6: it saves the epoch end (step 8), then dies writing step 9's checkpoint
+    assert _run_job(run, out, KILL_IN_SAVE=2) == -signal.SIGKILL
+    assert ckpt.load_latest()["step"] == 8
+    assert _run_job(run, out) == 0
+    assert not list(run.glob(".*.tmp"))  # the half-written temporaries are cleaned up
+    _assert_same_weights(out, reference)
+
+
+def _tiny(tmp_path, step_fn_factory, epochs=2, **kwargs):
+    torch.manual_seed(0)
+    model = nn.Linear(4, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    loader = ResidentLoader(torch.randn(32, 4), batch_size=8, seed=1)
+    hist = fit(step_fn_factory(model, opt), loader, epochs=epochs, run_dir=tmp_path / "run",
+               modules={"m": model}, optimizers={"o": opt}, progress=False, **kwargs)
+    return model, hist
+
+
+def _sgd_step(model, opt):
+    def step(batch, i):
+        loss = model(batch[0]).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return {"loss": loss.detach()}
+    return step
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    def diverging(model, opt):
+        def step(batch, i):
+            loss = model(batch[0]).pow(2).mean() * (float("nan") if i >= 6 else 1.0)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            return {"loss": loss.detach()}
+        return step
+
+    with pytest.raises(TrainingDiverged, match=r"loss 'loss' became nan at step 7.*last good checkpoint"):
+        _tiny(tmp_path, diverging, epochs=3)
+    state = Checkpointer(tmp_path / "run").load_latest()
+    assert state["step"] == 4  # the end of epoch 1; nothing written after the NaN
+    assert all(torch.isfinite(v).all() for v in state["modules"]["m"].values())
+
+
+def test_completed_run_is_restored_not_retrained(tmp_path):
+    model, hist = _tiny(tmp_path, _sgd_step, config={"a": 1})
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    calls = []
+
+    def counting(model, opt):
+        def step(batch, i):
+            calls.append(i)
+            return {"loss": torch.tensor(0.0)}
+        return step
+
+    model2, hist2 = _tiny(tmp_path, counting, config={"a": 1})
+    assert calls == [] and len(hist2) == len(hist) == 8
+    assert all(torch.equal(weights[k], v) for k, v in model2.state_dict().items())
+    _, hist3 = _tiny(tmp_path, counting, config={"a": 2})  # another configuration starts afresh
+    assert len(calls) == 8 and len(hist3) == 8
+
+
+def test_sample_grids_and_gif(tmp_path):
+    _tiny(tmp_path, _sgd_step, sample_fn=lambda: torch.rand(4, 1, 8, 8) * 2 - 1, grid_dir=tmp_path / "grids", grid_nrow=2)
+    names = sorted(p.name for p in (tmp_path / "grids").iterdir())
+    assert names == ["epoch_001.png", "epoch_002.png", "progress.gif"]
+    import imageio.v3 as iio
+
+    frames = iio.imread(tmp_path / "grids" / "progress.gif", index=None)
+    assert frames.shape[0] == 2  # one frame per epoch
+    assert (frames[-1][..., :3] == iio.imread(tmp_path / "grids" / "epoch_002.png")[..., :3]).mean() > 0.99
+
+
+def test_checkpoint_round_trip_with_rng(tmp_path):
+    seed_everything(3)
+    model = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3))
+    opt = torch.optim.Adam(model.parameters())
+    model(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    state = {"model": model.state_dict(), "opt": opt.state_dict(), "rng": rng_state(), "step": 1}
+    ckpt = Checkpointer(tmp_path, keep=2)
+    for step in (1, 2, 3):
+        ckpt.save(state, step)
+    assert [p.name for p in ckpt.paths()] == ["ckpt_000000002.pt", "ckpt_000000003.pt"]
+    expected = (torch.rand(3), __import__("numpy").random.rand(), __import__("random").random())
+    loaded = ckpt.load_latest()
+    set_rng_state(loaded["rng"])
+    again = (torch.rand(3), __import__("numpy").random.rand(), __import__("random").random())
+    assert torch.equal(expected[0], again[0]) and expected[1:] == again[1:]
+    model2 = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3))
+    model2.load_state_dict(loaded["model"])
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), model2.state_dict().values()))
+    opt2 = torch.optim.Adam(model2.parameters())
+    opt2.load_state_dict(loaded["opt"])
+    assert torch.equal(opt2.state_dict()["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
+
+
+def test_ema_matches_formula():
+    model = nn.Linear(2, 1, bias=False)
+    ema = EMA(model, decay=0.5, warmup=False)
+    w0 = model.weight.detach().clone()
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    ema.update(model)
+    assert torch.allclose(ema.module.weight, 0.5 * w0 + 0.5 * (w0 + 1))
+    assert not ema.module.weight.requires_grad
+
+
+def test_history_csv_round_trip(tmp_path):
+    h = History()
+    h.append({"step": 1, "loss_d": 0.5})
+    h.append({"step": 2, "loss_d": 0.25, "loss_g": 2.0})
+    back = History.from_csv(h.to_csv(tmp_path / "h.csv"))
+    assert back.keys() == ["step", "loss_d", "loss_g"]
+    assert back["loss_d"].tolist() == [0.5, 0.25] and back["loss_g"][1] == 2.0 and back["loss_g"][0] != back["loss_g"][0]
