@@ -49,7 +49,7 @@ def make_gif(frames: Sequence[str | os.PathLike | np.ndarray], path: str | os.Pa
     durations = [1000.0 / fps] * (len(images) - 1) + [1000.0 / fps * (1 + hold_last)]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    imageio.mimsave(path, images, duration=durations, loop=0)
+    imageio.mimsave(path, images, duration=durations if len(images) > 1 else durations[0], loop=0)  # Pillow: one frame needs a scalar
     return path
 
 
