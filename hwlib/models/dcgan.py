@@ -4,7 +4,8 @@ The DCGAN recipe: no pooling or fully connected hidden layers; the generator ups
 strided transposed convolutions, the discriminator downsamples with strided convolutions;
 batch norm in both (not on the generator output nor the discriminator input); ReLU in the
 generator with a tanh output, LeakyReLU(0.2) in the discriminator. At 28x28 the spatial path is
-1 -> 7 -> 14 -> 28 in G and 28 -> 14 -> 7 -> 1 in D.
+1 -> 7 -> 14 -> 28 in G (2ch, ch, 1 channels) and 28 -> 14 -> 7 -> 1 in D (ch, 2ch, 1),
+the layout of the MNIST networks in InfoGAN (Chen et al., 2016).
 
 With ``num_classes > 0`` the networks become a conditional GAN (Mirza & Osindero, 2014):
 the generator concatenates a learned label embedding to the noise; the discriminator either
@@ -28,13 +29,11 @@ class DCGANGenerator(nn.Module):
         self.embed = nn.Embedding(num_classes, embed_dim) if num_classes > 0 else None
         in_dim = z_dim + (embed_dim if num_classes > 0 else 0)
         self.net = nn.Sequential(
-            nn.ConvTranspose2d(in_dim, ch * 4, 7, 1, 0, bias=False),  # 1x1 -> 7x7
-            nn.BatchNorm2d(ch * 4), nn.ReLU(True),
-            nn.ConvTranspose2d(ch * 4, ch * 2, 4, 2, 1, bias=False),  # 7 -> 14
+            nn.ConvTranspose2d(in_dim, ch * 2, 7, 1, 0, bias=False),  # 1x1 -> 7x7 (project and reshape)
             nn.BatchNorm2d(ch * 2), nn.ReLU(True),
-            nn.ConvTranspose2d(ch * 2, ch, 4, 2, 1, bias=False),  # 14 -> 28
+            nn.ConvTranspose2d(ch * 2, ch, 4, 2, 1, bias=False),  # 7 -> 14
             nn.BatchNorm2d(ch), nn.ReLU(True),
-            nn.Conv2d(ch, img_channels, 3, 1, 1),  # 28 -> 28, to pixels
+            nn.ConvTranspose2d(ch, img_channels, 4, 2, 1),  # 14 -> 28, to pixels
             nn.Tanh(),
         )
         init_dcgan(self)
@@ -63,11 +62,9 @@ class DCGANDiscriminator(nn.Module):
             nn.LeakyReLU(0.2, True), nn.Dropout2d(dropout),
             nn.Conv2d(ch, ch * 2, 4, 2, 1, bias=False),  # 14 -> 7
             nn.BatchNorm2d(ch * 2), nn.LeakyReLU(0.2, True), nn.Dropout2d(dropout),
-            nn.Conv2d(ch * 2, ch * 4, 3, 1, 1, bias=False),  # 7 -> 7
-            nn.BatchNorm2d(ch * 4), nn.LeakyReLU(0.2, True),
         )
-        self.out = nn.Conv2d(ch * 4, 1, 7, 1, 0)  # 7 -> 1: the logit
-        self.proj = nn.Embedding(num_classes, ch * 4) if num_classes > 0 and label_mode == "projection" else None
+        self.out = nn.Conv2d(ch * 2, 1, 7, 1, 0)  # 7 -> 1: the logit
+        self.proj = nn.Embedding(num_classes, ch * 2) if num_classes > 0 and label_mode == "projection" else None
         init_dcgan(self)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
@@ -92,3 +89,22 @@ def init_dcgan(module: nn.Module) -> None:
         elif isinstance(m, nn.BatchNorm2d):
             nn.init.normal_(m.weight, 1.0, 0.02)
             nn.init.zeros_(m.bias)
+
+
+def transposed_conv2d_reference(x: torch.Tensor, weight: torch.Tensor, stride: int = 1, padding: int = 0) -> torch.Tensor:
+    """A transposed convolution written as what it is: every input pixel scatters a scaled kernel.
+
+    ``x`` (C_in, H, W), ``weight`` (C_in, C_out, k, k) (PyTorch's ``ConvTranspose2d`` layout) ->
+    (C_out, (H - 1) * stride - 2 * padding + k, same for W). Input pixel (i, j) adds
+    ``x[:, i, j] * weight`` to the output window whose top-left corner is (i * stride, j * stride);
+    overlapping windows sum; ``padding`` then crops that many pixels from each border.
+    Equal to ``F.conv_transpose2d`` (slow: for worked examples and tests only).
+    """
+    c_in, h, w = x.shape
+    k = weight.shape[-1]
+    out = x.new_zeros(weight.shape[1], (h - 1) * stride + k, (w - 1) * stride + k)
+    for i in range(h):
+        for j in range(w):
+            window = torch.einsum("c,cokl->okl", x[:, i, j], weight)
+            out[:, i * stride: i * stride + k, j * stride: j * stride + k] += window
+    return out[:, padding: out.shape[1] - padding, padding: out.shape[2] - padding]
