@@ -300,3 +300,10 @@ def wrong_indices(class_ids: torch.Tensor, index: torch.Tensor, generator: torch
         out[same] = torch.randint(0, n, (int(same.sum()),), generator=generator).to(index.device)
         same = class_ids[out] == class_ids[index]
     return out
+
+
+def index_loader(n: int, batch_size: int, seed: int = 0, device: torch.device | str | None = None):
+    """A :class:`~hwlib.data.resident.ResidentLoader` over dataset indices ``(idx (B,),)``; the step gathers the rest."""
+    from hwlib.data.resident import ResidentLoader
+
+    return ResidentLoader(torch.arange(n), batch_size=batch_size, shuffle=True, drop_last=True, seed=seed, device=device)

@@ -115,8 +115,8 @@ def draw_bird(species: dict, rng: np.random.Generator, size: int = 304) -> tuple
     if rng.random() < 0.5:
         bottom = bottom * np.array([0.6, 1.0, 0.6])  # foliage-like
     grad = np.linspace(0, 1, big)[:, None, None]
-    bg = (top * (1 - grad) + bottom * grad) * np.ones((1, big, 1))
-    im = Image.fromarray(np.clip(bg, 0, 255).astype(np.uint8))
+    column = np.clip(top * (1 - grad) + bottom * grad, 0, 255).astype(np.uint8)  # (big, 1, 3)
+    im = Image.fromarray(np.ascontiguousarray(np.broadcast_to(column, (big, big, 3))))
     d = ImageDraw.Draw(im)
 
     s = big * 0.2 * species["size"] * rng.uniform(0.9, 1.1)  # body half-length in pixels
@@ -166,7 +166,7 @@ def draw_bird(species: dict, rng: np.random.Generator, size: int = 304) -> tuple
     pts = np.concatenate([np.asarray(p) for p in drawn]) / ss
     x0, y0 = np.clip(pts.min(0), 0, size)
     x1, y1 = np.clip(pts.max(0), 0, size)
-    image = np.asarray(im.resize((size, size), Image.LANCZOS))
+    image = np.asarray(im.resize((size, size), Image.BOX))
     return image, (float(x0), float(y0), float(x1 - x0), float(y1 - y0))
 
 
