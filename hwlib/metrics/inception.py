@@ -93,6 +93,15 @@ def build_pytorch_fid_inception(state_dict: dict[str, torch.Tensor] | None):
     return model, built["net"]
 
 
+def he_init_(net: nn.Module) -> nn.Module:
+    """Random He-normal weights for every conv/linear layer: pool3 activations stay O(1) (the default
+    initialisation that pytorch-fid leaves before loading its weights shrinks them to ~1e-8)."""
+    for m in net.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+    return net
+
+
 class InceptionFeatures(nn.Module):
     """FID features and class probabilities of images (B, C, H, W) in [-1, 1] (C = 1 or 3).
 
@@ -110,9 +119,7 @@ class InceptionFeatures(nn.Module):
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
                 self.model, net = build_pytorch_fid_inception(None)
-                for m in net.modules():  # He init keeps pool3 activations O(1) (the default init decays them)
-                    if isinstance(m, (nn.Conv2d, nn.Linear)):
-                        nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+                he_init_(net)
             self.tag = f"inception-random{seed}"
         else:
             path = Path(weights) if weights is not None else inception_weights_path()

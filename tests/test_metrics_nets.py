@@ -1,0 +1,107 @@
+"""hwlib.metrics feature networks: the shipped MNIST classifier and the pytorch-fid Inception path."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hwlib.metrics import conditional_accuracy, evaluate, mnist_classifier, per_class_accuracy
+from hwlib.metrics import inception as inception_module
+from hwlib.metrics.inception import WEIGHTS_FILE, InceptionFeatures, InceptionWeightsMissing, inception_weights_path
+from hwlib.metrics.mnist_net import WEIGHTS
+
+
+@pytest.fixture(scope="module")
+def mnist_test():
+    from hwlib.data import load_mnist
+
+    x, y = load_mnist("test", verbose=False)
+    return x[:2000], y[:2000]
+
+
+def test_shipped_weights_small_and_loadable():
+    assert WEIGHTS.is_file() and WEIGHTS.stat().st_size < 2 * 2**20
+    net = mnist_classifier("cpu")
+    assert not net.training and not any(p.requires_grad for p in net.parameters())
+    assert mnist_classifier("cpu") is net  # cached
+    x = torch.zeros(3, 1, 28, 28)
+    assert net(x).shape == (3, 10) and net.features(x).shape == (3, 128)
+    assert net.tag.startswith("mnist-")
+
+
+def test_classifier_accuracy_and_conditional_accuracy(mnist_test):
+    x, y = mnist_test
+    acc = conditional_accuracy(x, y, batch_size=500, device="cpu")
+    assert acc > 0.99  # the full test set gives >= 99.3 % (python -m hwlib.metrics.mnist_net)
+    per_class = per_class_accuracy(x, y, device="cpu")
+    assert per_class.shape == (10,) and per_class.min() > 0.95
+    assert conditional_accuracy(x, (y + 1) % 10, device="cpu") < 0.02  # wrong labels are caught
+    absent = per_class_accuracy(x[y != 3], y[y != 3], device="cpu")
+    assert np.isnan(absent[3]) and np.isfinite(np.delete(absent, 3)).all()
+
+
+def test_evaluate_real_digits_with_labels(mnist_test):
+    x, y = mnist_test
+    pool_x, pool_y, real = x[:1000], y[:1000], x[1000:]
+
+    def sampler(m: int):  # "generates" real digits with their labels
+        idx = torch.randint(0, len(pool_x), (m,))
+        return pool_x[idx], pool_y[idx]
+
+    def noisy(m: int):
+        idx = torch.randint(0, len(pool_x), (m,))
+        return (pool_x[idx] + 0.8 * torch.randn(m, 1, 28, 28)).clamp(-1, 1), pool_y[idx]
+
+    good = evaluate(sampler, real=real, n=1000, features="mnist", batch_size=500, device="cpu")
+    bad = evaluate(noisy, real=real, n=1000, features="mnist", batch_size=500, device="cpu")
+    assert good["accuracy"] > 0.98 and good["per_class_accuracy"].shape == (10,)
+    assert good["precision"] > 0.6 and good["recall"] > 0.6
+    assert bad["fid"] > 10 * good["fid"] and bad["accuracy"] < good["accuracy"]
+
+
+def test_missing_inception_weights_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("HWLIB_DATA", str(tmp_path / "data"))
+    monkeypatch.delenv("HWLIB_INCEPTION_WEIGHTS", raising=False)
+    with pytest.raises(InceptionWeightsMissing) as err:
+        inception_weights_path(download=False)
+    message = str(err.value)
+    assert WEIGHTS_FILE in message and "HWLIB_INCEPTION_WEIGHTS" in message
+    assert str(tmp_path / "torch" / "hub" / "checkpoints" / WEIGHTS_FILE) in message
+    monkeypatch.setenv("HWLIB_INCEPTION_WEIGHTS", str(tmp_path / "nowhere" / WEIGHTS_FILE))
+    with pytest.raises(InceptionWeightsMissing, match="nowhere"):
+        inception_weights_path()  # an explicit location is reported, not silently downloaded around
+    (tmp_path / "w").mkdir()
+    (tmp_path / "w" / WEIGHTS_FILE).write_bytes(b"stub")
+    monkeypatch.setenv("HWLIB_INCEPTION_WEIGHTS", str(tmp_path / "w"))  # a folder holding the file
+    assert inception_weights_path() == tmp_path / "w" / WEIGHTS_FILE
+
+
+@pytest.mark.slow
+def test_inception_random_weights_path(tmp_path, monkeypatch):
+    """The pytorch-fid network end to end with random weights, loaded from a weights file as the real ones are."""
+    torch.manual_seed(0)
+    model, net = inception_module.build_pytorch_fid_inception(None)
+    model.eval()
+    inception_module.he_init_(net)
+    path = tmp_path / WEIGHTS_FILE
+    torch.save(net.state_dict(), path)
+    monkeypatch.setenv("HWLIB_INCEPTION_WEIGHTS", str(path))
+    feats_net = InceptionFeatures()  # finds the file through the environment variable
+    assert feats_net.tag.startswith("inception-")
+    grey = torch.rand(2, 1, 28, 28) * 2 - 1
+    with torch.inference_mode():
+        ours = feats_net.features(grey)
+        # pytorch-fid's own convention: RGB in [0, 1] (grey repeated), bilinear resize to 299 inside its model
+        theirs = model(grey.repeat(1, 3, 1, 1).add(1).div(2))[0].flatten(1)
+        manual = F.interpolate(grey.repeat(1, 3, 1, 1).add(1).div(2), size=(299, 299), mode="bilinear",
+                               align_corners=False) * 2 - 1
+        for block in model.blocks:
+            manual = block(manual)
+        probs = feats_net.probs(grey)
+    assert ours.shape == (2, 2048) and torch.isfinite(ours).all() and ours.abs().mean() > 1e-2
+    torch.testing.assert_close(ours, theirs)
+    torch.testing.assert_close(ours, manual.flatten(1))
+    assert probs.shape == (2, 1008)
+    torch.testing.assert_close(probs.sum(1), torch.ones(2, dtype=probs.dtype))
