@@ -1,0 +1,86 @@
+"""StackGAN networks: shapes, paper-size parameter counts, ICNR, the KL term and one training step."""
+from __future__ import annotations
+
+import torch
+
+from hwlib.data.cub import index_loader
+from hwlib.models import stackgan
+from hwlib.train import count_parameters
+
+
+def test_shapes_small() -> None:
+    torch.manual_seed(0)
+    nets = stackgan.build(t_dim=384, gf=4, df=4, n_res=1, stage2_size=128)
+    text, z = torch.randn(3, 384), torch.randn(3, 100)
+    low, mu, logvar = nets["G1"](text, z)
+    assert low.shape == (3, 3, 64, 64) and mu.shape == logvar.shape == (3, 128)
+    assert low.abs().max() <= 1
+    high, mu2, _ = nets["G2"](low, text)
+    assert high.shape == (3, 3, 128, 128)
+    assert nets["D1"](low, mu).shape == (3,) and nets["D2"](high, mu2).shape == (3,)
+
+
+def test_full_configuration_matches_paper_widths() -> None:
+    nets = stackgan.build(t_dim=1024)  # gf 128, df 64, 4 residual blocks, 64 -> 256
+    g1, g2, d2 = nets["G1"], nets["G2"], nets["D2"]
+    assert g1.fc[0].out_features == 1024 * 4 * 4  # 4x4x(8 gf)
+    assert [b[1].out_channels for b in g1.up] == [512, 256, 128, 64]
+    assert len(g2.res) == 4 and g2.res[0].body[0].in_channels == 512
+    assert [b[1].out_channels for b in g2.up] == [256, 128, 64, 32]
+    assert d2.logit.in_channels == 8 * 64
+    counts = {k: round(count_parameters(v) / 1e6, 2) for k, v in nets.items()}
+    assert counts == {"G1": 10.30, "D1": 5.72, "G2": 26.29, "D2": 71.26}
+    with torch.no_grad():
+        out = g2.eval()(torch.zeros(1, 3, 64, 64), torch.zeros(1, 1024))[0]
+    assert out.shape == (1, 3, 256, 256)
+
+
+def test_pixelshuffle_icnr_starts_as_nearest() -> None:
+    torch.manual_seed(0)
+    block = stackgan.up_block(6, 5, "pixelshuffle")
+    conv = block[0]
+    x = torch.randn(2, 6, 8, 8)
+    shuffled = block[1](conv(x))
+    nearest = torch.nn.functional.interpolate(torch.nn.functional.conv2d(x, conv.weight[::4], padding=1), scale_factor=2)
+    assert shuffled.shape == (2, 5, 16, 16) and torch.allclose(shuffled, nearest, atol=1e-5)
+
+
+def test_kl_loss_and_conditioning_augmentation() -> None:
+    assert stackgan.kl_loss(torch.zeros(4, 8), torch.zeros(4, 8)).item() == 0
+    mu, logvar = torch.full((1, 2), 1.0), torch.full((1, 2), 0.5)
+    expected = 0.5 * 2 * (1 + torch.exp(torch.tensor(0.5)) - 1 - 0.5)
+    assert torch.isclose(stackgan.kl_loss(mu, logvar), expected)
+    ca = stackgan.CondAugment(16, 4)
+    torch.manual_seed(0)
+    c1, mu1, _ = ca(torch.ones(2, 16))
+    c2, mu2, _ = ca(torch.ones(2, 16))
+    assert torch.equal(mu1, mu2) and not torch.equal(c1, c2)  # same mean, fresh noise
+
+
+def test_training_step_updates_both_players_and_stage2_keeps_stage1_frozen() -> None:
+    torch.manual_seed(0)
+    nets = stackgan.build(t_dim=32, gf=4, df=4, n_res=1, stage2_size=128)
+    n = 8
+    data = dict(images=torch.randint(0, 256, (n, 3, 76, 76), dtype=torch.uint8), embeddings=torch.randn(n, 10, 32),
+                class_ids=torch.tensor([1, 1, 2, 2, 3, 3, 4, 4]))
+    g, d = nets["G1"], nets["D1"]
+    opt_g, opt_d = torch.optim.Adam(g.parameters(), 2e-4), torch.optim.Adam(d.parameters(), 2e-4)
+    step = stackgan.make_step(g, d, opt_g, opt_d, out_size=64, **data)
+    before_g, before_d = g.to_img[0].weight.clone(), d.logit.weight.clone()
+    (batch,) = list(index_loader(n, 4).epoch(0))[:1]
+    logs = step(batch, 0)
+    assert set(logs) == {"loss_d", "loss_g", "kl", "d_real", "d_wrong", "d_fake"}
+    assert all(torch.isfinite(v) for v in logs.values())
+    assert not torch.equal(before_g, g.to_img[0].weight) and not torch.equal(before_d, d.logit.weight)
+
+    g1 = g.eval().requires_grad_(False)
+    frozen = g1.fc[0].weight.clone()
+    hi = dict(data, images=torch.randint(0, 256, (n, 3, 152, 152), dtype=torch.uint8))
+    g2, d2 = nets["G2"], nets["D2"]
+    step2 = stackgan.make_step(g2, d2, torch.optim.Adam(g2.parameters()), torch.optim.Adam(d2.parameters()),
+                               out_size=128, G1=g1, **hi)
+    before2 = g2.to_img[0].weight.clone()
+    step2(batch, 0)
+    assert torch.equal(frozen, g1.fc[0].weight) and not torch.equal(before2, g2.to_img[0].weight)
+    low, high = stackgan.generate(g1, torch.randn(5, 32), g2, batch_size=2)
+    assert low.shape == (5, 3, 64, 64) and high.shape == (5, 3, 128, 128)

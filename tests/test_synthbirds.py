@@ -1,0 +1,89 @@
+"""SynthBirds: drawing, captions, the CUB layout it writes (read back by the CUB loader), and the caption encoder."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from hwlib.data import cub, synthbirds
+from hwlib.models.attributes import AttributeNet, attribute_accuracy, predict
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    return synthbirds.make_synthbirds(8, 4, seed=3, root=tmp_path_factory.mktemp("sb") / "synth", embed=False)
+
+
+def test_species_table_is_seeded_and_split_class_disjoint(root: Path) -> None:
+    assert synthbirds.species_table(1) == synthbirds.species_table(1) != synthbirds.species_table(2)
+    train = cub.load_pickle(root / "birds/train/class_info.pickle")
+    test = cub.load_pickle(root / "birds/test/class_info.pickle")
+    assert train == list(range(1, 9)) and test == list(range(151, 155))
+    assert json.loads((root / "synthbirds.json").read_text())["species"][0] == synthbirds.species_table(3)[0]
+
+
+def test_drawing_is_antialiased_and_boxed() -> None:
+    species = dict(synthbirds.species_table(0)[0], body="red", wing="blue")
+    image, (x, y, w, h) = synthbirds.draw_bird(species, np.random.default_rng(0))
+    assert image.shape == (304, 304, 3) and image.dtype == np.uint8
+    assert 60 < w < 304 and 30 < h < 304 and 0 <= x and x + w <= 304.01
+    inside = image[int(y):int(y + h), int(x):int(x + w)].reshape(-1, 3).astype(int)
+    red = (inside[:, 0] > 150) & (inside[:, 1] < 90) & (inside[:, 2] < 90)
+    blue = (inside[:, 2] > 150) & (inside[:, 0] < 100)
+    assert red.mean() > 0.05 and blue.mean() > 0.02  # the body and wing colours are drawn inside the box
+    _, counts = np.unique(image.reshape(-1, 3), axis=0, return_counts=True)
+    assert (counts <= 3).sum() > 60  # rare mixed colours: anti-aliased edges (fills and gradient rows are frequent)
+
+
+def test_captions_name_the_true_attributes() -> None:
+    table = synthbirds.species_table(0)
+    rng = np.random.default_rng(0)
+    for species in table[:20]:
+        captions = synthbirds.captions_for(species, rng)
+        assert len(captions) == len(set(captions)) == 10
+        for caption in captions:
+            named = synthbirds.parse_caption(caption)
+            assert named and all(species[k] == v for k, v in named.items()), caption
+    assert synthbirds.parse_caption("this bird has a red crown, blue wings and a short black beak") == {
+        "crown": "red", "wing": "blue", "beak_length": "short", "beak_colour": "black"}
+    assert synthbirds.parse_caption("this bird is mostly gray") == {"body": "grey"}
+
+
+def test_layout_is_read_by_the_cub_loader(root: Path, monkeypatch) -> None:
+    from hwlib import text
+
+    monkeypatch.setattr(text, "encode", lambda caps: np.ones((len(caps), 384), np.float32))
+    train = cub.open_birds(root, "train", embedding="all-MiniLM-L6-v2")
+    assert len(train) == 8 and train.embeddings.shape == (8, 10, 384)
+    assert (root / "birds/train/all-MiniLM-L6-v2-embeddings.npy").is_file()
+    crops = train.images(76)
+    assert crops.shape == (8, 3, 76, 76)
+    labels = synthbirds.attribute_labels(root, train.class_ids)
+    table = synthbirds.species_table(3)
+    assert [synthbirds.ATTRIBUTES["wing"][i] for i in labels["wing"]] == [table[c - 1]["wing"] for c in train.class_ids]
+    for i in range(8):
+        named = synthbirds.parse_caption(train.captions(i)[0])
+        assert all(table[train.class_ids[i] - 1][k] == v for k, v in named.items())
+
+
+def test_attribute_net_and_accuracy() -> None:
+    net = AttributeNet({"body": 10, "beak_length": 2}, width=4)
+    out = net(torch.randn(3, 3, 256, 256))
+    assert out["body"].shape == (3, 10) and net.features(torch.randn(3, 3, 64, 64)).shape == (3, 16)
+    loss = net.loss(torch.randn(3, 3, 64, 64), {"body": torch.tensor([1, -1, 2]), "beak_length": torch.tensor([-1, -1, 0])})
+    assert torch.isfinite(loss)
+    assert set(predict(net, torch.randn(5, 3, 64, 64), batch_size=2)) == {"body", "beak_length"}
+    acc = attribute_accuracy({"a": np.array([1, 2, 3])}, {"a": np.array([1, -1, 0])})
+    assert acc == {"a": 0.5}
+
+
+def test_minilm_encoder_is_offline_and_semantic() -> None:
+    from hwlib import text
+
+    emb = text.encode(["this bird has a red crown and blue wings", "a bird with blue wings and a red crown",
+                       "the bird has a yellow belly and a long black beak", "this bird has a red crown and blue wings"])
+    assert emb.shape == (4, 384) and np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-4)
+    assert np.array_equal(emb[0], emb[3]) and emb[0] @ emb[1] > emb[0] @ emb[2] + 0.1
