@@ -1,0 +1,91 @@
+"""Notebook 03's networks (MLP CGAN, DCGAN), its profiles, and a tiny resumable CGAN run through fit."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import hwlib
+from hwlib.data import ResidentLoader
+from hwlib.gan import make_gan_step
+from hwlib.models.cgan import MLPDiscriminator, MLPGenerator
+from hwlib.models.dcgan import DCGANDiscriminator, DCGANGenerator, transposed_conv2d_reference
+from hwlib.profiles.cgan_mnist import PROFILES
+from hwlib.train import count_parameters, fit
+
+
+def test_seed_mlp_shapes_ranges_and_parameter_count():
+    G, D = MLPGenerator(), MLPDiscriminator()
+    z, y = torch.randn(5, 100), torch.arange(5)
+    x = G(z, y)
+    assert x.shape == (5, 1, 28, 28) and x.abs().max() <= 1
+    assert D(x, y).shape == (5,)
+    # Linear layers 110-256-512-1024-784 plus a 10x10 embedding; 794-1024-512-256-1 plus the embedding
+    g = 100 + (110 * 256 + 256) + (256 * 512 + 512) + (512 * 1024 + 1024) + (1024 * 784 + 784)
+    d = 100 + (794 * 1024 + 1024) + (1024 * 512 + 512) + (512 * 256 + 256) + (256 + 1)
+    assert (count_parameters(G), count_parameters(D)) == (g, d)
+
+
+@pytest.mark.parametrize("num_classes,label_mode", [(0, "channel"), (10, "channel"), (10, "projection")])
+def test_dcgan_shapes_and_ranges(num_classes, label_mode):
+    torch.manual_seed(0)
+    G = DCGANGenerator(z_dim=16, num_classes=num_classes, ch=8)
+    D = DCGANDiscriminator(num_classes=num_classes, ch=8, label_mode=label_mode)
+    y = torch.arange(6) % 10 if num_classes else None
+    x = G(torch.randn(6, 16), y)
+    assert x.shape == (6, 1, 28, 28) and x.abs().max() <= 1
+    assert D(x, y).shape == (6,)
+
+
+def test_conditional_networks_use_the_label():
+    torch.manual_seed(0)
+    z = torch.randn(4, 100)
+    a, b = torch.zeros(4, dtype=torch.long), torch.full((4,), 7)
+    for G in (MLPGenerator(), DCGANGenerator(num_classes=10, ch=8).eval()):
+        assert not torch.allclose(G(z, a), G(z, b))
+    x = torch.rand(4, 1, 28, 28) * 2 - 1
+    for D in (MLPDiscriminator().eval(), DCGANDiscriminator(10, ch=8).eval(),
+              DCGANDiscriminator(10, ch=8, label_mode="projection").eval()):
+        assert not torch.allclose(D(x, a), D(x, b))
+    with pytest.raises(ValueError):
+        DCGANGenerator(num_classes=10)(z)
+
+
+@pytest.mark.parametrize("stride,padding", [(1, 0), (2, 0), (2, 1)])
+def test_transposed_conv_reference_matches_pytorch(stride, padding):
+    torch.manual_seed(0)
+    x, w = torch.randn(3, 4, 5), torch.randn(3, 2, 4, 4)
+    ref = transposed_conv2d_reference(x, w, stride, padding)
+    torch.testing.assert_close(ref, F.conv_transpose2d(x[None], w, stride=stride, padding=padding)[0])
+    assert ref.shape[1:] == ((4 - 1) * stride - 2 * padding + 4, (5 - 1) * stride - 2 * padding + 4)
+
+
+def test_profiles():
+    full = PROFILES["full"]
+    assert (full["batch_size"], full["n_critic"], full["epochs"], full["mlp"]["lr"]) == (128, 5, 60, 1e-4)
+    assert full["train_subset"] is None and full["mlp"]["dropout"] > 0
+    for name in ("smoke", "quick", "full"):
+        cfg = hwlib.get_profile("03_cgan_mnist", name, verbose=False)
+        assert cfg.profile in ("smoke", "quick", "full") and cfg.conv.label_mode in ("channel", "projection")
+
+
+def test_tiny_cgan_run_resumes_exactly(tmp_path):
+    def run(epochs):
+        torch.manual_seed(0)
+        G, D = DCGANGenerator(z_dim=8, num_classes=10, ch=4), DCGANDiscriminator(10, ch=4)
+        opt_g, opt_d = torch.optim.Adam(G.parameters(), 2e-4), torch.optim.Adam(D.parameters(), 2e-4)
+        x, y = torch.rand(64, 1, 28, 28) * 2 - 1, torch.arange(64) % 10
+        zf, yf = torch.randn(10, 8), torch.arange(10)
+        hist = fit(make_gan_step(G, D, opt_g, opt_d, z_dim=8, n_critic=2), ResidentLoader(x, y, batch_size=16),
+                   epochs=epochs, run_dir=tmp_path / "run", modules={"G": G, "D": D},
+                   optimizers={"G": opt_g, "D": opt_d}, config={"t": 1}, progress=False,
+                   sample_fn=lambda: G.eval()(zf, yf), grid_dir=tmp_path / "grids")
+        return hist, G
+
+    run(1)
+    hist, G = run(2)  # resumes after epoch 1
+    assert len(hist) == 8 and {"loss_d", "loss_g", "d_real", "d_fake"} <= set(hist.keys())
+    assert (tmp_path / "grids" / "epoch_002.png").exists() and (tmp_path / "grids" / "progress.gif").exists()
+    import shutil
+    shutil.rmtree(tmp_path / "run")
+    hist2, G2 = run(2)  # straight through
+    assert all(torch.equal(a, b) for a, b in zip(G.state_dict().values(), G2.state_dict().values()))
+    assert (hist["loss_g"] == hist2["loss_g"]).all()
