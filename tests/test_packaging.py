@@ -1,0 +1,39 @@
+"""The project's set-up files agree with each other."""
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _name(req: str) -> str:
+    return re.split(r"[<>=!~\[ ;]", req.strip(), maxsplit=1)[0].lower()
+
+
+def test_environment_yml_lists_the_pyproject_dependencies():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = {_name(r) for r in project["dependencies"]}
+    for extra in project["optional-dependencies"].values():
+        wanted |= {_name(r) for r in extra}
+    text = (ROOT / "environment.yml").read_text().split("dependencies:", 1)[1]
+    listed = {_name(line.strip()[2:]) for line in text.splitlines()
+              if line.strip().startswith("- ") and not line.strip().startswith("- -e")}
+    listed -= {"python", "pip", "pip:"}
+    assert wanted == listed, f"only in pyproject: {wanted - listed}; only in environment.yml: {listed - wanted}"
+
+
+def test_ci_runs_make_test_and_make_catches_no_tests():
+    assert "make test" in (ROOT / ".ci" / "run").read_text()
+    makefile = (ROOT / "Makefile").read_text()
+    assert "rc -eq 5" in makefile and "--nbval-lax" in makefile and "HWLIB_PROFILE=smoke" in makefile
+
+
+def test_notebooks_follow_conventions():
+    import json
+
+    from hwlib.nbtools import problems
+
+    found = [p for nb in sorted((ROOT / "notebooks").glob("*.ipynb")) for p in problems(json.loads(nb.read_text()), nb.name)]
+    assert not found, "\n".join(found)
