@@ -18,6 +18,7 @@ which :func:`gaussian_log_ratio` gives exactly for two Gaussians.
 """
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -34,9 +35,14 @@ def _log_normal(x: np.ndarray, mean: float, std: float) -> np.ndarray:
     return -0.5 * ((x - mean) / std) ** 2 - math.log(std) - 0.5 * math.log(2 * math.pi)
 
 
+@functools.lru_cache(maxsize=8)
+def _hermite_nodes(nodes: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.polynomial.hermite_e.hermegauss(nodes)
+
+
 def _gauss_expect(fn: Callable[[np.ndarray], np.ndarray], mean: float, std: float, nodes: int = 200) -> float:
     """``E_{x ~ N(mean, std^2)}[fn(x)]`` by Gauss-Hermite quadrature (probabilists' weights)."""
-    t, w = np.polynomial.hermite_e.hermegauss(nodes)
+    t, w = _hermite_nodes(nodes)
     return float(np.sum(w * fn(mean + std * t)) / math.sqrt(2 * math.pi))
 
 
