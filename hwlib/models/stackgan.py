@@ -166,7 +166,7 @@ def build(t_dim: int, c_dim: int = 128, z_dim: int = 100, gf: int = 128, df: int
 
 def make_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer, *,
               images: torch.Tensor, embeddings: torch.Tensor, class_ids: torch.Tensor, out_size: int,
-              kl_coef: float = 2.0, z_dim: int = 100, G1: nn.Module | None = None):
+              kl_coef: float = 2.0, z_dim: int = 100, G1: nn.Module | None = None, amp: bool = True):
     """One StackGAN step for :func:`hwlib.train.fit` over a loader of dataset indices ``(idx (B,),)``.
 
     ``images`` uint8 (N, 3, L, L) (L = 76 for Stage I, 304 for Stage II), ``embeddings`` (N, 10, t_dim),
@@ -174,7 +174,7 @@ def make_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_d: t
     of "wrong" images (another class), one caption embedding each, then one D update on
     real / wrong / fake pairs (matching-aware loss, D conditioned on ``mu`` detached) and one G update
     with ``g_loss + kl_coef * KL``. With ``G1`` (frozen, eval mode) the step trains Stage II on
-    Stage-I images. Returns detached ``loss_d``, ``loss_g``, ``kl``, ``d_real``/``d_wrong``/``d_fake`` (mean sigmoid).
+    Stage-I images. ``amp``: bf16 autocast on CUDA (no-op on the CPU). Returns detached ``loss_d``, ``loss_g``, ``kl``, ``d_real``/``d_wrong``/``d_fake`` (mean sigmoid).
     """
     from hwlib.data.cub import augment, pick_embedding, wrong_indices
     from hwlib.gan import g_loss, matching_aware_d_loss
@@ -188,7 +188,7 @@ def make_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_d: t
         wrong = augment(images[wrong_indices(class_ids, idx)], out_size)
         text = pick_embedding(embeddings[idx]).float()
         z = torch.randn(len(idx), z_dim, device=device)
-        with autocast(device):
+        with autocast(device, amp):
             if G1 is None:
                 fake, mu, logvar = G(text, z)
             else:
@@ -201,7 +201,7 @@ def make_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_d: t
         opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         opt_d.step()
-        with autocast(device):
+        with autocast(device, amp):
             loss_g = g_loss(D(fake, cond))
             kl = kl_loss(mu, logvar)
         opt_g.zero_grad(set_to_none=True)
