@@ -11,6 +11,7 @@ from torch import nn
 
 from hwlib.metrics.features import feature_net
 from hwlib.metrics.frechet import frechet_distance
+from hwlib.metrics.mnist_net import class_accuracy, mnist_classifier
 from hwlib.metrics.prdc import precision_recall
 from hwlib.metrics.reference import reference_stats
 from hwlib.metrics.stats import FeatureStats
@@ -45,14 +46,14 @@ def evaluate(sampler: Sampler, real: str | torch.Tensor = "mnist-test", n: int =
     Returns:
         ``{"fid", "precision", "recall", "samples_per_s", "n", "features"}`` and, when the sampler
         returns labels, ``"accuracy"`` (conditional accuracy under the MNIST classifier) and
-        ``"per_class_accuracy"`` (np.ndarray (10,)).
+        ``"per_class_accuracy"`` (np.ndarray (10,), NaN for a label never drawn); accuracy needs
+        MNIST-shaped images (1, 28, 28) and is left out otherwise.
     """
     net = feature_net(features, device)
     dev = next(net.parameters()).device
     ref = reference_stats(real, n, net, batch_size)
-    stats, feats, images_labels = FeatureStats(), [], []
+    stats, feats, preds, targets = FeatureStats(), [], [], []
     sample_time, drawn = 0.0, 0
-    labelled: bool | None = None
     fork_devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
     with torch.random.fork_rng(devices=fork_devices, enabled=seed is not None):
         if seed is not None:
@@ -68,15 +69,16 @@ def evaluate(sampler: Sampler, real: str | torch.Tensor = "mnist-test", n: int =
             sample_time += time.perf_counter() - t0
             if images.shape[0] != m:
                 raise ValueError(f"sampler({m}) returned {images.shape[0]} images")
-            if labelled is None:
-                labelled = labels is not None
             with torch.inference_mode():
                 x = images.detach().to(dev, torch.float32).clamp(-1, 1)
                 f = net.features(x).float()
-            stats.update(f)
-            feats.append(f.cpu())
-            if labelled:
-                images_labels.append((x.cpu(), torch.as_tensor(labels).detach().cpu().long()))
+                stats.update(f)
+                feats.append(f.cpu())
+                if labels is not None and tuple(x.shape[1:]) == (1, 28, 28):  # digits: classify them
+                    clf = mnist_classifier(dev)
+                    logits = clf.head(f) if net is clf else clf(x)  # FID-MNIST features are its penultimate layer
+                    preds.append(logits.argmax(1).cpu())
+                    targets.append(torch.as_tensor(labels).detach().cpu().long())
             drawn += m
     fake = torch.cat(feats)
     precision, recall = precision_recall(ref["feats"], fake, k=k)
@@ -88,11 +90,8 @@ def evaluate(sampler: Sampler, real: str | torch.Tensor = "mnist-test", n: int =
         "n": n,
         "features": getattr(net, "tag", type(net).__name__),
     }
-    if labelled:
-        from hwlib.metrics.mnist_net import per_class_accuracy, predict
-
-        x = torch.cat([a for a, _ in images_labels])
-        y = torch.cat([b for _, b in images_labels])
-        result["accuracy"] = float((predict(x, batch_size, dev) == y).float().mean())
-        result["per_class_accuracy"] = per_class_accuracy(x, y, batch_size, dev)
+    if preds:
+        pred, target = torch.cat(preds), torch.cat(targets)
+        result["accuracy"] = float((pred == target).float().mean())
+        result["per_class_accuracy"] = class_accuracy(pred, target)
     return result

@@ -97,7 +97,12 @@ def conditional_accuracy(images: torch.Tensor, labels: torch.Tensor, batch_size:
 def per_class_accuracy(images: torch.Tensor, labels: torch.Tensor, batch_size: int = 500,
                        device: torch.device | str | None = None) -> np.ndarray:
     """Conditional accuracy for each label 0..9: float64 (10,), NaN for a label that does not occur."""
-    pred, labels = predict(images, batch_size, device), torch.as_tensor(labels).cpu().long()
+    return class_accuracy(predict(images, batch_size, device), torch.as_tensor(labels))
+
+
+def class_accuracy(pred: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
+    """Share of correct predictions per label 0..9 from int (N,) predictions and labels; NaN if absent."""
+    pred, labels = pred.cpu().long(), labels.cpu().long()
     hits = torch.bincount(labels[pred == labels], minlength=10).double()
     counts = torch.bincount(labels, minlength=10).double()
     return (hits / counts).numpy()  # 0/0 -> NaN for absent labels
