@@ -31,7 +31,7 @@ def scipy_frechet(mu1, s1, mu2, s2) -> float:
     return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean.real))
 
 
-@pytest.mark.parametrize("d", [2, 16, 128, 512])
+@pytest.mark.parametrize("d", [2, 16, 128, 256])
 def test_frechet_matches_scipy(d):
     rng = np.random.default_rng(d)
     mu1, mu2 = rng.standard_normal(d), rng.standard_normal(d)

@@ -17,7 +17,7 @@ def mnist_test():
     from hwlib.data import load_mnist
 
     x, y = load_mnist("test", verbose=False)
-    return x[:2000], y[:2000]
+    return x[:1500], y[:1500]
 
 
 def test_shipped_weights_small_and_loadable():
@@ -53,8 +53,8 @@ def test_evaluate_real_digits_with_labels(mnist_test):
         idx = torch.randint(0, len(pool_x), (m,))
         return (pool_x[idx] + 0.8 * torch.randn(m, 1, 28, 28)).clamp(-1, 1), pool_y[idx]
 
-    good = evaluate(sampler, real=real, n=1000, features="mnist", batch_size=500, device="cpu")
-    bad = evaluate(noisy, real=real, n=1000, features="mnist", batch_size=500, device="cpu")
+    good = evaluate(sampler, real=real, n=500, features="mnist", batch_size=500, device="cpu")
+    bad = evaluate(noisy, real=real, n=500, features="mnist", batch_size=500, device="cpu")
     assert good["accuracy"] > 0.98 and good["per_class_accuracy"].shape == (10,)
     assert good["precision"] > 0.6 and good["recall"] > 0.6
     assert bad["fid"] > 10 * good["fid"] and bad["accuracy"] < good["accuracy"]
