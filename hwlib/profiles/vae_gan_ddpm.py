@@ -28,7 +28,7 @@ PROFILES = {
     "smoke": {**_COMMON, "n_train": 512, "epochs": 1, "batch_size": 64,
               "vae_ch": 8, "vae_hidden": 32, "gan_ch": 8, "unet_ch": 8, "unet_mult": (1, 2), "unet_blocks": 1,
               "unet_attn": (), "dropout": 0.0, "T": 50, "ema_decay": 0.99, "ddpm_lr": 1e-3, "warmup": 0,
-              "n_eval": 100, "d_steps": 150, "grid_n": 20},
+              "n_eval": 100, "d_steps": 150},
     "quick": {**_COMMON, "n_train": 10_000, "epochs": 3, "batch_size": 32,
               "vae_ch": 16, "vae_hidden": 128, "gan_ch": 16, "unet_ch": 16, "unet_mult": (1, 2), "unet_blocks": 1,
               "unet_attn": (), "dropout": 0.0, "T": 200, "ema_decay": 0.995, "ddpm_lr": 1e-3, "warmup": 50,
