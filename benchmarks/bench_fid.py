@@ -8,11 +8,12 @@
    ``calculate_fid_given_paths``, sqrtm). The Inception network costs ~6 GFLOP per image, so on a
    CPU n defaults to a few hundred; on a GPU to 10,000.
 
-    python benchmarks/bench_fid.py [--n N] [--skip-e2e]
+    python benchmarks/bench_fid.py [--n N] [--skip-e2e] [--reuse-frechet]
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import tempfile
 import time
@@ -130,8 +131,16 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=10_000 if torch.cuda.is_available() else 200)
     parser.add_argument("--batch-size", type=int, default=500 if torch.cuda.is_available() else 50)
     parser.add_argument("--skip-e2e", action="store_true")
+    parser.add_argument("--reuse-frechet", action="store_true",
+                        help="keep frechet_2048 from the existing results/fid.json (sqrtm takes minutes on a CPU)")
     args = parser.parse_args()
-    result = {"frechet_2048": bench_frechet()}
+    previous = Path(__file__).parent / "results" / "fid.json"
+    if args.reuse_frechet and previous.is_file():
+        old = json.loads(previous.read_text())
+        result = {"frechet_2048": {**old["frechet_2048"], "measured": old["date"],
+                                   "load_average_1min": old.get("load_average_1min")}}
+    else:
+        result = {"frechet_2048": bench_frechet()}
     if not args.skip_e2e:
         result["end_to_end"] = bench_end_to_end(args.n, args.batch_size)
     result["load_average_1min"] = os.getloadavg()[0]
