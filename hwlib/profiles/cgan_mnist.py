@@ -3,11 +3,12 @@
 ``full`` is the seed's setting: batch 128, Adam lr 1e-4, 5 discriminator updates per generator
 update, 60 epochs over the 60,000 training digits, the seed's MLP widths; the conv CGAN gets the same
 budget (batch, updates, epochs) with DCGAN's optimiser (Adam lr 2e-4, beta1 0.5; Radford et al.).
-``quick`` shrinks the budget to ~10 minutes on a 2-core CPU: 20,000 digits, batch 32, 3 epochs, one
-discriminator update per generator update, DCGAN's optimiser for both models, half-width MLPs with 50-d label
-embeddings (10-d ones were ignored for thousands of steps), a conv net at half DCGAN width (ch 32;
-at ch 16 the discriminator was too weak and G ignored z within each class), and an EMA of the
-generator's weights (decay 0.999) to sample from, which damps the oscillations of short GAN runs. ``smoke`` only checks that everything runs.
+``quick`` shrinks the budget to ~10 minutes on a 2-core CPU: 20,000 digits, batch 32, 3 epochs,
+one discriminator update per generator update, DCGAN's optimiser for both models, half-width MLPs
+with 50-d label embeddings (10-d ones were ignored for thousands of steps), a conv net at half
+DCGAN width (ch 32; at ch 16 the discriminator was too weak and G ignored z within each class), and
+an EMA of the generator's weights (decay 0.999) to sample from, which damps the oscillations of short
+GAN runs. ``smoke`` only checks that everything runs.
 """
 
 _MLP = {"g_hidden": [256, 512, 1024], "d_hidden": [1024, 512, 256], "embed_dim": 10, "dropout": 0.3}
