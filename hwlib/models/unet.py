@@ -30,9 +30,12 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) 
 
 
 def norm(channels: int, groups: int = 32) -> nn.GroupNorm:
-    """GroupNorm with at most ``groups`` groups that divide ``channels``."""
-    g = math.gcd(channels, groups)
-    return nn.GroupNorm(g, channels)
+    """GroupNorm with at most ``groups`` groups (DDPM: 32) and at least 4 channels per group.
+
+    With one channel per group the norm would subtract the per-channel constant that carries the time and class
+    embedding in :class:`ResBlock`, i.e. erase the conditioning; narrow networks therefore use fewer groups.
+    """
+    return nn.GroupNorm(math.gcd(channels, min(groups, max(1, channels // 4))), channels)
 
 
 class ResBlock(nn.Module):

@@ -1,0 +1,92 @@
+"""The DDPM U-Net: shapes, the time embedding, the null class, attention placement, gradients."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from hwlib.models.unet import AttnBlock, Downsample, UNet, Upsample, timestep_embedding
+
+
+def _net(**kw) -> UNet:
+    args = dict(ch=8, channel_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(7,), dropout=0.0)
+    return UNet(**{**args, **kw})
+
+
+def test_output_shape_and_resolutions():
+    torch.manual_seed(0)
+    net = _net(num_classes=10)
+    x, t, y = torch.randn(3, 1, 28, 28), torch.tensor([0, 500, 999]), torch.tensor([1, 2, 10])
+    assert net(x, t, y).shape == (3, 1, 28, 28)
+    assert sum(isinstance(m, Downsample) for m in net.modules()) == 2
+    assert sum(isinstance(m, Upsample) for m in net.modules()) == 2
+    # attention only at 7x7: one after the level-2 down block, 2 in the level-2 up blocks, 1 in the middle
+    assert sum(isinstance(m, AttnBlock) for m in net.modules()) == 4
+    seen = []
+    hooks = [m.register_forward_hook(lambda m, i, o: seen.append(o.shape[-1])) for m in net.modules() if isinstance(m, AttnBlock)]
+    net(x, t, y)
+    for h in hooks:
+        h.remove()
+    assert set(seen) == {7}
+
+
+def test_timestep_embedding():
+    e = timestep_embedding(torch.tensor([0, 1, 999]), 16)
+    assert e.shape == (3, 16)
+    assert torch.allclose(e[0, :8], torch.zeros(8)) and torch.allclose(e[0, 8:], torch.ones(8))  # sin 0, cos 0
+    assert torch.allclose(e[2, 0], torch.tensor(math.sin(999.0)), atol=1e-4)
+    assert torch.allclose(e.pow(2).view(3, 2, 8).sum(1), torch.ones(3, 8), atol=1e-5)  # sin² + cos² = 1
+
+
+def test_null_class_equals_no_labels_and_classes_matter():
+    torch.manual_seed(0)
+    net = _net(num_classes=10).eval()
+    with torch.no_grad():  # break the zero initialisation so that the output depends on the inputs
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    x, t = torch.randn(2, 1, 28, 28), torch.tensor([10, 10])
+    with torch.no_grad():
+        none = net(x, t)
+        null = net(x, t, torch.tensor([10, 10]))
+        three = net(x, t, torch.tensor([3, 3]))
+        later = net(x, torch.tensor([900, 900]), torch.tensor([3, 3]))
+    assert torch.equal(none, null)
+    assert not torch.allclose(null, three, atol=1e-4)
+    assert not torch.allclose(three, later, atol=1e-4)
+
+
+def test_zero_initialised_output_and_gradients_reach_every_parameter():
+    torch.manual_seed(0)
+    net = _net(num_classes=10)
+    x, t, y = torch.randn(4, 1, 28, 28), torch.randint(0, 1000, (4,)), torch.randint(0, 11, (4,))
+    assert torch.count_nonzero(net(x, t, y)) == 0  # as in the DDPM code: the network starts at zero
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    for _ in range(3):  # after a few steps the zero-initialised layers pass gradients on
+        opt.zero_grad()
+        (net(x, t, y) - x).pow(2).mean().backward()
+        opt.step()
+    opt.zero_grad()
+    (net(x, t, y) - x).pow(2).mean().backward()
+    used = torch.unique(torch.cat([y, torch.tensor([10])]))
+    for name, p in net.named_parameters():
+        if name == "class_emb.weight":
+            assert p.grad[y].abs().sum() > 0
+            continue
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    assert used.numel() >= 1
+
+
+def test_unconditional_model_and_size_checks():
+    net = _net()
+    assert net.class_emb is None and net.num_classes is None
+    assert net(torch.randn(2, 1, 28, 28), torch.tensor([1, 2])).shape == (2, 1, 28, 28)
+    with pytest.raises(ValueError, match="divisible"):
+        UNet(image_size=28, channel_mult=(1, 2, 2, 2))
+
+
+def test_full_size_parameter_count_is_stable():
+    from hwlib.train import count_parameters
+
+    net = UNet(ch=64, channel_mult=(1, 2, 2), num_res_blocks=2, attn_resolutions=(14, 7), num_classes=10)
+    assert 6_000_000 < count_parameters(net) < 8_000_000
