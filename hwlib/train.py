@@ -263,7 +263,12 @@ def _progress(total: int, initial: int, desc: str, enabled: bool):
 
 
 def config_fingerprint(config: Any) -> str:
-    """A short hash of a JSON-able configuration, stored in checkpoints to refuse mismatched resumes."""
+    """A short hash of a JSON-able configuration, stored in checkpoints to refuse mismatched resumes.
+
+    A top-level ``epochs`` key is left out, so that a finished run can be extended by asking for more epochs.
+    """
+    if isinstance(config, dict):
+        config = {k: v for k, v in config.items() if k != "epochs"}
     return hashlib.sha1(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 

@@ -122,6 +122,12 @@ def test_completed_run_is_restored_not_retrained(tmp_path):
     assert len(calls) == 8 and len(hist3) == 8
 
 
+def test_finished_run_can_be_extended(tmp_path):
+    _, hist = _tiny(tmp_path, _sgd_step, epochs=2, config={"a": 1, "epochs": 2})
+    _, longer = _tiny(tmp_path, _sgd_step, epochs=3, config={"a": 1, "epochs": 3})
+    assert len(hist) == 8 and longer["step"].tolist() == list(range(1, 13))  # 4 more steps, none repeated
+
+
 def test_sample_grids_and_gif(tmp_path):
     _tiny(tmp_path, _sgd_step, sample_fn=lambda: torch.rand(4, 1, 8, 8) * 2 - 1, grid_dir=tmp_path / "grids", grid_nrow=2)
     names = sorted(p.name for p in (tmp_path / "grids").iterdir())
