@@ -30,9 +30,14 @@ run: setup
 	@echo "figures and GIFs are in figures/<notebook>/"
 
 # Unit tests and nbval on every notebook (smoke profile). pytest's exit code 5 (nothing collected) fails.
+# Smoke runs write their figures and checkpoints to a throwaway folder, never over the committed figures/;
+# one torch thread keeps the tiny smoke models fast even on a busy machine.
 test: setup
-	@HWLIB_PROFILE=smoke HWLIB_PROGRESS=off MPLBACKEND=Agg $(BIN)/python -m pytest tests $(NOTEBOOKS) \
-	  --nbval-lax --nbval-current-env $(PYTEST_ARGS); rc=$$?; \
+	@tmp=$$(mktemp -d); \
+	HWLIB_PROFILE=smoke HWLIB_PROGRESS=off MPLBACKEND=Agg OMP_NUM_THREADS=1 \
+	HWLIB_FIGURES=$$tmp/figures HWLIB_RUNS=$$tmp/runs \
+	  $(BIN)/python -m pytest tests $(NOTEBOOKS) --nbval-lax --nbval-current-env $(PYTEST_ARGS); rc=$$?; \
+	rm -rf $$tmp; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 bench: setup

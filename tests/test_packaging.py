@@ -28,6 +28,7 @@ def test_ci_runs_make_test_and_make_catches_no_tests():
     assert "make test" in (ROOT / ".ci" / "run").read_text()
     makefile = (ROOT / "Makefile").read_text()
     assert "rc -eq 5" in makefile and "--nbval-lax" in makefile and "HWLIB_PROFILE=smoke" in makefile
+    assert "HWLIB_FIGURES=$$tmp/figures" in makefile  # smoke runs never overwrite the committed figures
 
 
 def test_notebooks_follow_conventions():
