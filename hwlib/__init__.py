@@ -9,8 +9,30 @@ One import serves every notebook (``import hwlib``); the pieces live in small mo
 - ``hwlib.viz``       -- grids, GIFs, loss curves
 - ``hwlib.models``    -- the networks; ``hwlib.diffusion`` the diffusion maths; ``hwlib.metrics``
 """
+import os as _os
+import sys as _sys
+
 from hwlib.paths import data_dir, figures_dir, runs_dir
 from hwlib.profiles import get_profile, resolve_profile
+
+
+def _figures_inline_in_kernels() -> None:
+    """Show figures inline in a Jupyter kernel even if it inherited ``MPLBACKEND=Agg`` from its shell.
+
+    papermill and nbval kernels inherit the environment; with Agg (usual in CI and headless shells)
+    every ``plt.show()`` would silently produce nothing and executed notebooks would lose their figures.
+    """
+    if "ipykernel" not in _sys.modules or _os.environ.get("MPLBACKEND", "").lower() != "agg":
+        return
+    from IPython import get_ipython
+
+    shell = get_ipython()
+    if shell is not None:
+        del _os.environ["MPLBACKEND"]
+        shell.run_line_magic("matplotlib", "inline")  # backend, PNG formatters and the flush hook
+
+
+_figures_inline_in_kernels()
 
 __version__ = "0.1.0"
 __all__ = ["data_dir", "figures_dir", "runs_dir", "get_profile", "resolve_profile", "__version__"]
