@@ -70,19 +70,21 @@ def parse_caption(caption: str) -> dict[str, str]:
     return found
 
 
-def species_table(seed: int = 0) -> list[dict]:
-    """Attributes of the 200 species (index 0 is class 1): colour names, beak length, bars, size, shape."""
-    rng = np.random.default_rng(seed)
+def random_species(rng: np.random.Generator) -> dict:
+    """One species' attributes drawn uniformly: colour names, beak length, bars, size, shape."""
     names = list(COLOURS)
-    table = []
-    for _ in range(N_CLASSES):
-        body, wing, crown, belly = (names[i] for i in rng.integers(0, len(names), 4))
-        table.append({"body": body, "wing": wing, "crown": crown, "belly": belly,
-                      "beak_colour": BEAK_COLOURS[rng.integers(0, len(BEAK_COLOURS))],
-                      "beak_length": ("short", "long")[rng.integers(0, 2)],
-                      "bars": bool(rng.random() < 0.4), "size": float(rng.uniform(0.85, 1.15)),
-                      "tail": float(rng.uniform(0.6, 1.2)), "plump": float(rng.uniform(0.8, 1.15))})
-    return table
+    body, wing, crown, belly = (names[i] for i in rng.integers(0, len(names), 4))
+    return {"body": body, "wing": wing, "crown": crown, "belly": belly,
+            "beak_colour": BEAK_COLOURS[rng.integers(0, len(BEAK_COLOURS))],
+            "beak_length": ("short", "long")[rng.integers(0, 2)],
+            "bars": bool(rng.random() < 0.4), "size": float(rng.uniform(0.85, 1.15)),
+            "tail": float(rng.uniform(0.6, 1.2)), "plump": float(rng.uniform(0.8, 1.15))}
+
+
+def species_table(seed: int = 0) -> list[dict]:
+    """Attributes of the 200 species (index 0 is class 1), each from :func:`random_species`."""
+    rng = np.random.default_rng(seed)
+    return [random_species(rng) for _ in range(N_CLASSES)]
 
 
 def captions_for(species: dict, rng: np.random.Generator) -> list[str]:
@@ -235,3 +237,37 @@ def attribute_labels(root: str | Path, class_ids: np.ndarray) -> dict[str, np.nd
     table = meta["species"]
     return {a: np.array([ATTRIBUTES[a].index(table[c - 1][a]) for c in np.asarray(class_ids)], dtype=np.int64)
             for a in ATTRIBUTES}
+
+
+def attribute_birds(n: int, seed: int = 0, load_size: int = 76, root: str | Path | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Training set of the attribute classifier: ``n`` birds whose attributes are drawn *per image*.
+
+    The 200 species tie attributes together (150 train species cannot show every colour pair), so a
+    classifier trained on them learns species shortcuts; here every bird gets fresh uniform attributes
+    (:func:`random_species`), is drawn at ``2 * load_size`` px, JPEG-encoded and cropped around its box as
+    the dataset's images (:func:`hwlib.data.cub.crop_and_resize`). Cached under ``data_dir()/synthbirds``.
+    Returns uint8 images (n, 3, load_size, load_size) and {attribute: int64 (n,)} value indices.
+    """
+    import io
+
+    from PIL import Image
+
+    from hwlib.data.cub import crop_and_resize
+
+    path = (Path(root) if root is not None else data_dir() / "synthbirds") / f"attribute_birds_n{n}_px{load_size}_seed{seed}.npz"
+    if not path.is_file():
+        rng = np.random.default_rng(seed + 1_000_003)
+        images = np.empty((n, load_size, load_size, 3), np.uint8)
+        labels = {a: np.empty(n, np.int64) for a in ATTRIBUTES}
+        for i in range(n):
+            species = random_species(rng)
+            image, box = draw_bird(species, rng, 2 * load_size)
+            buf = io.BytesIO()
+            Image.fromarray(image).save(buf, format="JPEG", quality=92)
+            images[i] = crop_and_resize(buf, np.array(box), load_size)
+            for a, values in ATTRIBUTES.items():
+                labels[a][i] = values.index(species[a])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(path, images=images, **labels)
+    data = np.load(path)
+    return data["images"].transpose(0, 3, 1, 2).copy(), {a: data[a] for a in ATTRIBUTES}

@@ -1,10 +1,11 @@
 """The SynthBirds attribute classifier: scores text-image consistency and gives FID features.
 
-A small CNN reads a bird image (B, 3, 64, 64) in [-1, 1] (larger images are area-downsampled to 64)
-and predicts each attribute of :data:`hwlib.data.synthbirds.ATTRIBUTES` (body / wing / crown /
-belly / beak colour, beak length) with one linear head each over a shared 4w-dim feature vector.
-It is trained on *real* SynthBirds images of the train species; applied to generated images it
-tells whether the attributes the caption asked for were drawn.
+A small CNN reads a bird image (B, 3, 64, 64) in [-1, 1] (larger images are area-downsampled to 64):
+four stride-2 conv blocks to a (4w, 4, 4) map, flattened (keeping where each colour is) into a 4w-dim
+feature vector, and one linear head per attribute of :data:`hwlib.data.synthbirds.ATTRIBUTES` (body /
+wing / crown / belly / beak colour, beak length). It is trained on *real* SynthBirds drawings whose
+attributes are drawn per image (:func:`hwlib.data.synthbirds.attribute_birds`, so no species shortcut
+exists); applied to generated images it tells whether the attributes the caption asked for were drawn.
 """
 from __future__ import annotations
 
@@ -24,8 +25,9 @@ class AttributeNet(nn.Module):
         def block(a: int, b: int) -> list[nn.Module]:
             return [nn.Conv2d(a, b, 3, 2, 1, bias=False), nn.BatchNorm2d(b), nn.ReLU(True)]
 
+        # the 4x4 map is flattened, not averaged: which colour sits *where* (head, wing, belly) is the signal
         self.body = nn.Sequential(*block(3, w), *block(w, 2 * w), *block(2 * w, 4 * w), *block(4 * w, 4 * w),
-                                  nn.AdaptiveAvgPool2d(1), nn.Flatten())
+                                  nn.Flatten(), nn.Linear(16 * 4 * w, 4 * w), nn.ReLU(True))
         self.heads = nn.ModuleDict({name: nn.Linear(4 * w, n) for name, n in heads.items()})
 
     def features(self, x: torch.Tensor) -> torch.Tensor:

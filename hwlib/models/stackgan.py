@@ -29,15 +29,30 @@ def kl_loss(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
 
 
 class CondAugment(nn.Module):
-    """Conditioning augmentation: a linear map of the text embedding to (mu, logvar) and one Gaussian sample."""
+    """Conditioning augmentation: a linear map of the text embedding to (mu, logvar) and one Gaussian sample.
+
+    The embedding is first standardised per dimension with buffers ``t_mean`` / ``t_std`` (identity until
+    :meth:`fit_text_stats` sets them from the training embeddings). Sentence embeddings such as MiniLM's are
+    unit vectors dominated by one shared direction (per-dimension spread ~0.03), so without this the caption-
+    specific part of ``mu`` is tiny and the KL term erases it before the generator learns to use it.
+    """
 
     def __init__(self, t_dim: int = 1024, c_dim: int = 128) -> None:
         super().__init__()
         self.fc = nn.Linear(t_dim, 2 * c_dim)
         self.c_dim = c_dim
+        self.register_buffer("t_mean", torch.zeros(t_dim))
+        self.register_buffer("t_std", torch.ones(t_dim))
+
+    @torch.no_grad()
+    def fit_text_stats(self, embeddings: torch.Tensor) -> None:
+        """Set the standardisation from training embeddings (N, t_dim) (or (N, 10, t_dim))."""
+        e = embeddings.reshape(-1, embeddings.shape[-1]).float()
+        self.t_mean.copy_(e.mean(0))
+        self.t_std.copy_(e.std(0).clamp_min(1e-6))
 
     def forward(self, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        mu, logvar = self.fc(text).chunk(2, dim=1)
+        mu, logvar = self.fc((text - self.t_mean) / self.t_std).chunk(2, dim=1)
         c = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
         return c, mu, logvar
 
