@@ -3,8 +3,9 @@
 ``full`` is the paper's setting (Zhang et al. 2017, sec. 4 and the official birds configs): widths
 gf 128 / df 64, 4 residual blocks, 64 -> 256, batch 64, Adam 2e-4 (0.5, 0.999), 600 epochs per
 stage with the learning rate halved every 100, KL weight 2 (official birds config), on the full
-CUB-size SynthBirds (8,855 / 2,933). ``quick`` fits a 2-core CPU: narrow networks, a few thousand
-birds, a few epochs; Stage II is tiny and short. ``smoke`` runs in seconds (Stage II output 128).
+CUB-size SynthBirds (8,855 / 2,933); ``attr_n`` random-attribute birds train the attribute classifier.
+``quick`` fits a 2-core CPU: narrow networks, a few thousand birds, a few epochs; Stage II is tiny
+and short. ``smoke`` runs in seconds (Stage II output 128).
 """
 
 _COMMON = {
@@ -17,14 +18,14 @@ _COMMON = {
 PROFILES = {
     "smoke": {**_COMMON, "n_train": 60, "n_test": 20, "gf": 4, "df": 4, "gf2": 4, "df2": 4, "n_res": 1,
               "stage2_size": 128, "stage2_n": 60, "batch_size": 12, "batch_size2": 6, "epochs1": 2, "epochs2": 1,
-              "lr_decay_epochs": 1, "attr_epochs": 2, "attr_width": 8, "n_eval": 40, "compare_epochs": 1,
+              "lr_decay_epochs": 1, "attr_n": 200, "attr_epochs": 1, "attr_width": 8, "n_eval": 40, "compare_epochs": 1,
               "compare_n": 60},
     "quick": {**_COMMON, "n_train": 1800, "n_test": 600, "gf": 16, "df": 16, "gf2": 4, "df2": 4, "n_res": 2,
               "stage2_size": 256, "stage2_n": 160, "batch_size": 16, "batch_size2": 8, "epochs1": 8, "epochs2": 1,
-              "lr_decay_epochs": 4, "attr_epochs": 15, "attr_width": 16, "n_eval": 600, "compare_epochs": 1,
+              "lr_decay_epochs": 4, "attr_n": 4000, "attr_epochs": 12, "attr_width": 16, "n_eval": 600, "compare_epochs": 1,
               "compare_n": 640},
     "full": {**_COMMON, "n_train": 8855, "n_test": 2933, "gf": 128, "df": 64, "gf2": 128, "df2": 64, "n_res": 4,
              "stage2_size": 256, "stage2_n": 8855, "batch_size": 64, "batch_size2": 64, "epochs1": 600, "epochs2": 600,
-             "lr_decay_epochs": 100, "attr_epochs": 20, "attr_width": 32, "n_eval": 2933, "compare_epochs": 60,
+             "lr_decay_epochs": 100, "attr_n": 20000, "attr_epochs": 20, "attr_width": 32, "n_eval": 2933, "compare_epochs": 60,
              "compare_n": 8855},
 }
