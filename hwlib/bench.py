@@ -37,6 +37,7 @@ def write_result(name: str, result: dict[str, Any], device: torch.device | str |
         "device": device_name(device),
         "torch": torch.__version__,
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "load_average_1min": round(os.getloadavg()[0], 2),  # CPU timings on a shared machine need this
         **result,
     }
     path = out / f"{name}.json"
