@@ -1,7 +1,6 @@
 """One call for the notebooks: FID, precision/recall, conditional accuracy and sampling speed of a generator."""
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -15,13 +14,9 @@ from hwlib.metrics.mnist_net import class_accuracy, mnist_classifier
 from hwlib.metrics.prdc import precision_recall
 from hwlib.metrics.reference import reference_stats
 from hwlib.metrics.stats import FeatureStats
+from hwlib.train import timer
 
 Sampler = Callable[[int], "torch.Tensor | tuple[torch.Tensor, torch.Tensor]"]
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def fid_from_features(feats_a: torch.Tensor | np.ndarray, feats_b: torch.Tensor | np.ndarray) -> float:
@@ -60,13 +55,10 @@ def evaluate(sampler: Sampler, real: str | torch.Tensor = "mnist-test", n: int =
             torch.manual_seed(seed)
         while drawn < n:
             m = min(batch_size, n - drawn)
-            _sync(dev)
-            t0 = time.perf_counter()
-            with torch.no_grad():
+            with timer() as t, torch.no_grad():  # synchronises CUDA around the sampler call
                 out = sampler(m)
+            sample_time += t["seconds"]
             images, labels = out if isinstance(out, (tuple, list)) else (out, None)
-            _sync(images.device)
-            sample_time += time.perf_counter() - t0
             if images.shape[0] != m:
                 raise ValueError(f"sampler({m}) returned {images.shape[0]} images")
             with torch.inference_mode():
