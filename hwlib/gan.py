@@ -14,11 +14,15 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def _bce(logits: torch.Tensor, target: float) -> torch.Tensor:
+    """Mean BCE of ``logits`` against the constant label ``target``, computed in float32."""
+    logits = logits.float()
+    return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target))
+
+
 def d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor, real_label: float = 1.0) -> torch.Tensor:
     """Discriminator loss ``-log D(x) - log(1 - D(G(z)))``; ``real_label`` < 1 gives one-sided label smoothing."""
-    real = F.binary_cross_entropy_with_logits(real_logits.float(), torch.full_like(real_logits, real_label, dtype=torch.float32))
-    fake = F.binary_cross_entropy_with_logits(fake_logits.float(), torch.zeros_like(fake_logits, dtype=torch.float32))
-    return real + fake
+    return _bce(real_logits, real_label) + _bce(fake_logits, 0.0)
 
 
 def g_loss(fake_logits: torch.Tensor, saturating: bool = False) -> torch.Tensor:
@@ -27,10 +31,7 @@ def g_loss(fake_logits: torch.Tensor, saturating: bool = False) -> torch.Tensor:
     The saturating form is the minimax game's; its gradient vanishes when D confidently rejects fakes
     (D(G(z)) -> 0), which is why GANs train with the non-saturating one.
     """
-    fake_logits = fake_logits.float()
-    if saturating:
-        return -F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
-    return F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
+    return -_bce(fake_logits, 0.0) if saturating else _bce(fake_logits, 1.0)
 
 
 def matching_aware_d_loss(real_logits: torch.Tensor, wrong_logits: torch.Tensor, fake_logits: torch.Tensor,
@@ -41,10 +42,7 @@ def matching_aware_d_loss(real_logits: torch.Tensor, wrong_logits: torch.Tensor,
     (label 0); ``fake``: generated image with its caption (label 0). As in StackGAN, the two negative
     terms are averaged: ``L = BCE(real, 1) + (BCE(wrong, 0) + BCE(fake, 0)) / 2``.
     """
-    real = F.binary_cross_entropy_with_logits(real_logits.float(), torch.full_like(real_logits, real_label, dtype=torch.float32))
-    wrong = F.binary_cross_entropy_with_logits(wrong_logits.float(), torch.zeros_like(wrong_logits, dtype=torch.float32))
-    fake = F.binary_cross_entropy_with_logits(fake_logits.float(), torch.zeros_like(fake_logits, dtype=torch.float32))
-    return real + 0.5 * (wrong + fake)
+    return _bce(real_logits, real_label) + 0.5 * (_bce(wrong_logits, 0.0) + _bce(fake_logits, 0.0))
 
 
 def make_gan_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer, *,
