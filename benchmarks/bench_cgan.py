@@ -25,7 +25,7 @@ def sync(device):
 
 def bench(cfg, name, device, steps):
     if name == "mlp":
-        G = MLPGenerator(cfg.z_dim, 10, cfg.mlp.embed_dim, cfg.mlp.g_hidden)
+        G = MLPGenerator(cfg.z_dim, 10, cfg.mlp.embed_dim, cfg.mlp.g_hidden, cfg.mlp.batchnorm)
         D = MLPDiscriminator(10, cfg.mlp.embed_dim, cfg.mlp.d_hidden, cfg.mlp.dropout)
     else:
         G, D = DCGANGenerator(cfg.z_dim, 10, cfg.conv.ch, cfg.conv.embed_dim), DCGANDiscriminator(10, cfg.conv.ch)

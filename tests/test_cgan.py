@@ -22,6 +22,16 @@ def test_seed_mlp_shapes_ranges_and_parameter_count():
     g = 100 + (110 * 256 + 256) + (256 * 512 + 512) + (512 * 1024 + 1024) + (1024 * 784 + 784)
     d = 100 + (794 * 1024 + 1024) + (1024 * 512 + 512) + (512 * 256 + 256) + (256 + 1)
     assert (count_parameters(G), count_parameters(D)) == (g, d)
+    assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in G.modules())  # the seed's G has no batch norm
+
+
+def test_mlp_generator_batchnorm_option():
+    G = MLPGenerator(hidden=(32, 64), batchnorm=True)
+    norms = [m for m in G.modules() if isinstance(m, torch.nn.BatchNorm1d)]
+    assert [n.num_features for n in norms] == [32, 64]  # one after every hidden linear layer
+    assert count_parameters(G) == count_parameters(MLPGenerator(hidden=(32, 64))) + 2 * (32 + 64)
+    x = G.eval()(torch.randn(3, 100), torch.arange(3))
+    assert x.shape == (3, 1, 28, 28) and x.abs().max() <= 1
 
 
 @pytest.mark.parametrize("num_classes,label_mode", [(0, "channel"), (10, "channel"), (10, "projection")])
@@ -61,7 +71,7 @@ def test_transposed_conv_reference_matches_pytorch(stride, padding):
 def test_profiles():
     full = PROFILES["full"]
     assert (full["batch_size"], full["n_critic"], full["epochs"], full["mlp"]["lr"]) == (128, 5, 60, 1e-4)
-    assert full["train_subset"] is None and full["mlp"]["dropout"] > 0
+    assert full["train_subset"] is None and full["mlp"]["dropout"] > 0 and not full["mlp"]["batchnorm"]
     for name in ("smoke", "quick", "full"):
         cfg = hwlib.get_profile("03_cgan_mnist", name, verbose=False)
         assert cfg.profile in ("smoke", "quick", "full") and cfg.conv.label_mode in ("channel", "projection")

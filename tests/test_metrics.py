@@ -82,7 +82,7 @@ def test_frechet_commuting_pair_closed_form():
     s1, s2 = (q * a) @ q.T, (q * b) @ q.T
     mu = np.zeros(d)
     expected = a.sum() + b.sum() - 2 * np.sqrt(a * b).sum()
-    assert frechet_distance(mu, s1, mu, s2) == pytest.approx(expected, rel=1e-9)
+    assert frechet_distance(mu, s1, mu, s2) == pytest.approx(expected, rel=1e-6)
 
 
 @pytest.mark.parametrize("which", ["first", "second", "both"])
@@ -224,3 +224,22 @@ def test_evaluate_on_given_real_images():
     assert good["fid"] >= 0 and bad["fid"] > 3 * good["fid"]
     assert good["samples_per_s"] > 0 and good["n"] == 400
     assert 0.5 < good["precision"] <= 1 and bad["precision"] < good["precision"]
+
+
+def test_within_class_spread_detects_collapse_and_streams():
+    from hwlib.metrics import ClassSpread, within_class_spread
+
+    torch.manual_seed(0)
+    labels = torch.arange(300) % 3
+    images = torch.rand(300, 1, 4, 4) * 2 - 1
+    by_hand = torch.stack([images[labels == k].std(0).mean() for k in range(3)]).mean()
+    assert within_class_spread(images, labels, num_classes=3) == pytest.approx(float(by_hand), rel=1e-6)
+    streamed = ClassSpread(num_classes=3)
+    for i in range(0, 300, 70):  # uneven chunks
+        streamed.update(images[i:i + 70], labels[i:i + 70])
+    assert streamed.value() == pytest.approx(float(by_hand), rel=1e-6)
+    prototypes = torch.rand(3, 1, 4, 4)
+    assert within_class_spread(prototypes[labels], labels, num_classes=3) == pytest.approx(0.0, abs=1e-7)
+    # a class seen once has no spread and is left out rather than counted as 0
+    assert within_class_spread(images[:4], torch.tensor([0, 0, 1, 2]), num_classes=3) == pytest.approx(
+        float(images[:2].std(0).mean()), rel=1e-6)

@@ -57,6 +57,7 @@ def test_evaluate_real_digits_with_labels(mnist_test):
     assert good["accuracy"] > 0.98 and good["per_class_accuracy"].shape == (10,)
     assert good["precision"] > 0.6 and good["recall"] > 0.6
     assert bad["fid"] > 10 * good["fid"] and bad["accuracy"] < good["accuracy"]
+    assert 0.25 < good["spread"] < 0.4  # real digits: ~0.31 within a class
 
 
 def test_missing_inception_weights_error(tmp_path, monkeypatch):

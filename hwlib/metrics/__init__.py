@@ -1,6 +1,7 @@
 """Evaluation metrics: FID (MNIST or Inception features), precision/recall, IS, conditional accuracy.
 
 - ``evaluate(sampler, real="mnist-test", n=10_000, features="mnist")`` -- one call for the notebooks
+- ``within_class_spread``, ``ClassSpread``                              -- diversity within a class (mode collapse)
 - ``frechet_distance``, ``FeatureStats``, ``fid_from_features``         -- FID pieces (``frechet``, ``stats``)
 - ``precision_recall``                                                -- k-NN manifolds (``prdc``)
 - ``inception_score``, ``InceptionFeatures``                            -- FID Inception-v3 (``inception``)
@@ -15,7 +16,8 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "evaluate": "evaluation", "fid_from_features": "evaluation",
+    "evaluate": "evaluation", "fid_from_features": "evaluation", "ClassSpread": "evaluation",
+    "within_class_spread": "evaluation",
     "frechet_distance": "frechet", "trace_sqrt_product": "frechet",
     "FeatureStats": "stats",
     "precision_recall": "prdc",

@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from hwlib.metrics.features import feature_net
@@ -25,6 +26,40 @@ def fid_from_features(feats_a: torch.Tensor | np.ndarray, feats_b: torch.Tensor 
     return frechet_distance(a.mean, a.cov, b.mean, b.cov)
 
 
+class ClassSpread:
+    """Streaming within-class spread: the per-pixel standard deviation of the images of each class, averaged
+    over pixels, then over the classes seen. Real MNIST test digits score 0.31 (pixels in [-1, 1]); a generator
+    that ignores its noise and draws one image per class scores 0 (mode collapse within a class, which
+    precision/recall only hint at and conditional accuracy cannot see)."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        self.num_classes = num_classes
+        self.n = self.s = self.s2 = None
+
+    def update(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        """images (B, C, H, W), labels (B,) int64 in [0, num_classes)."""
+        x = images.detach().flatten(1).double().cpu()
+        onehot = F.one_hot(torch.as_tensor(labels).cpu().long(), self.num_classes).double()  # (B, K)
+        n, s, s2 = onehot.sum(0), onehot.T @ x, onehot.T @ x.square()
+        if self.n is None:
+            self.n, self.s, self.s2 = n, s, s2
+        else:
+            self.n, self.s, self.s2 = self.n + n, self.s + s, self.s2 + s2
+
+    def value(self) -> float:
+        seen = self.n > 1
+        n = self.n[seen, None]
+        var = ((self.s2[seen] - self.s[seen].square() / n) / (n - 1)).clamp_min(0)  # unbiased, per class and pixel
+        return float(var.sqrt().mean(1).mean())
+
+
+def within_class_spread(images: torch.Tensor, labels: torch.Tensor, num_classes: int = 10) -> float:
+    """:class:`ClassSpread` of one batch: images (N, C, H, W), labels (N,) -> mean within-class pixel std."""
+    spread = ClassSpread(num_classes)
+    spread.update(images, labels)
+    return spread.value()
+
+
 def evaluate(sampler: Sampler, real: str | torch.Tensor = "mnist-test", n: int = 10_000,
              features: str | nn.Module = "mnist", batch_size: int = 500, device: torch.device | str | None = None,
              k: int = 3, seed: int | None = 0) -> dict[str, Any]:
@@ -41,13 +76,14 @@ def evaluate(sampler: Sampler, real: str | torch.Tensor = "mnist-test", n: int =
     Returns:
         ``{"fid", "precision", "recall", "samples_per_s", "n", "features"}`` and, when the sampler
         returns labels, ``"accuracy"`` (conditional accuracy under the MNIST classifier) and
-        ``"per_class_accuracy"`` (np.ndarray (10,), NaN for a label never drawn); accuracy needs
-        MNIST-shaped images (1, 28, 28) and is left out otherwise.
+        ``"per_class_accuracy"`` (np.ndarray (10,), NaN for a label never drawn) and ``"spread"``
+        (:class:`ClassSpread`, diversity within a class); these need MNIST-shaped images (1, 28, 28)
+        and are left out otherwise.
     """
     net = feature_net(features, device)
     dev = next(net.parameters()).device
     ref = reference_stats(real, n, net, batch_size)
-    stats, feats, preds, targets = FeatureStats(), [], [], []
+    stats, feats, preds, targets, spread = FeatureStats(), [], [], [], ClassSpread()
     sample_time, drawn = 0.0, 0
     fork_devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
     with torch.random.fork_rng(devices=fork_devices, enabled=seed is not None):
@@ -71,6 +107,7 @@ def evaluate(sampler: Sampler, real: str | torch.Tensor = "mnist-test", n: int =
                     logits = clf.head(f) if net is clf else clf(x)  # FID-MNIST features are its penultimate layer
                     preds.append(logits.argmax(1).cpu())
                     targets.append(torch.as_tensor(labels).detach().cpu().long())
+                    spread.update(x, targets[-1])
             drawn += m
     fake = torch.cat(feats)
     precision, recall = precision_recall(ref["feats"], fake, k=k)
@@ -86,4 +123,5 @@ def evaluate(sampler: Sampler, real: str | torch.Tensor = "mnist-test", n: int =
         pred, target = torch.cat(preds), torch.cat(targets)
         result["accuracy"] = float((pred == target).float().mean())
         result["per_class_accuracy"] = class_accuracy(pred, target)
+        result["spread"] = spread.value()
     return result

@@ -13,25 +13,29 @@ import torch
 from torch import nn
 
 
-def _mlp(sizes: Sequence[int], dropout: float = 0.0) -> nn.Sequential:
-    """Linear -> LeakyReLU(0.2) [-> Dropout] for each consecutive pair in ``sizes``."""
+def _mlp(sizes: Sequence[int], dropout: float = 0.0, batchnorm: bool = False) -> nn.Sequential:
+    """Linear [-> BatchNorm1d] -> LeakyReLU(0.2) [-> Dropout] for each consecutive pair in ``sizes``."""
     layers: list[nn.Module] = []
     for a, b in zip(sizes[:-1], sizes[1:]):
-        layers += [nn.Linear(a, b), nn.LeakyReLU(0.2, True)]
+        layers += [nn.Linear(a, b), *([nn.BatchNorm1d(b)] if batchnorm else []), nn.LeakyReLU(0.2, True)]
         if dropout > 0:
             layers.append(nn.Dropout(dropout))
     return nn.Sequential(*layers)
 
 
 class MLPGenerator(nn.Module):
-    """z (B, z_dim) and labels y (B,) int64 in [0, num_classes) -> images (B, 1, 28, 28) in [-1, 1]."""
+    """z (B, z_dim) and labels y (B,) int64 in [0, num_classes) -> images (B, 1, 28, 28) in [-1, 1].
+
+    ``batchnorm=True`` puts BatchNorm1d after every hidden linear layer, DCGAN's recipe for the
+    generator; the seed's generator has none.
+    """
 
     def __init__(self, z_dim: int = 100, num_classes: int = 10, embed_dim: int = 10,
-                 hidden: Sequence[int] = (256, 512, 1024)) -> None:
+                 hidden: Sequence[int] = (256, 512, 1024), batchnorm: bool = False) -> None:
         super().__init__()
         self.z_dim, self.num_classes = z_dim, num_classes
         self.embed = nn.Embedding(num_classes, embed_dim)
-        self.body = _mlp([z_dim + embed_dim, *hidden])
+        self.body = _mlp([z_dim + embed_dim, *hidden], batchnorm=batchnorm)
         self.out = nn.Sequential(nn.Linear(hidden[-1], 28 * 28), nn.Tanh())
 
     def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

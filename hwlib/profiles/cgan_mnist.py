@@ -1,37 +1,45 @@
 """Profiles of notebook 03 (conditional GAN on MNIST).
 
 ``full`` is the seed's setting: batch 128, Adam lr 1e-4, 5 discriminator updates per generator
-update, 60 epochs over the 60,000 training digits, the seed's MLP widths; the conv CGAN gets the same
-budget (batch, updates, epochs) with DCGAN's optimiser (Adam lr 2e-4, beta1 0.5; Radford et al.).
-``quick`` shrinks the budget to ~10 minutes on a 2-core CPU: 20,000 digits, batch 32, 3 epochs,
+update, 60 epochs over the 60,000 training digits, the seed's MLP widths with no batch norm; the conv
+CGAN gets the same budget (batch, updates, epochs) with DCGAN's optimiser (Adam lr 2e-4, beta1 0.5;
+Radford et al.).
+
+``quick`` shrinks the budget to a few minutes on a 2-core CPU: 20,000 digits, batch 32, 5 epochs,
 one discriminator update per generator update, DCGAN's optimiser for both models, half-width MLPs
-with 50-d label embeddings (10-d ones were ignored for thousands of steps), a conv net at half
-DCGAN width (ch 32; at ch 16 the discriminator was too weak and G ignored z within each class), and
-an EMA of the generator's weights (decay 0.999) to sample from, which damps the oscillations of short
-GAN runs. ``smoke`` only checks that everything runs.
+with 50-d label embeddings (10-d ones were ignored for thousands of steps), batch norm in the MLP
+generator (without it the generator ignored z: one image per class, within-class pixel std 0.02
+against 0.31 for real digits, and 40-60 % conditional accuracy; with it 82-86 % over seeds 0-2),
+a conv net at half DCGAN width (ch 32; at ch 16 the discriminator was too weak), and an EMA of the
+generator's weights (decay 0.999) to sample from, which damps the oscillations of short GAN runs.
+
+Every profile also trains the MLP CGAN with the other ``batchnorm`` setting, the notebook's
+mode-collapse ablation. ``smoke`` only checks that everything runs.
 """
 
-_MLP = {"g_hidden": [256, 512, 1024], "d_hidden": [1024, 512, 256], "embed_dim": 10, "dropout": 0.3}
+_MLP = {"g_hidden": [256, 512, 1024], "d_hidden": [1024, 512, 256], "embed_dim": 10, "dropout": 0.3,
+        "batchnorm": False}
 _DCGAN_OPT = {"lr": 2e-4, "betas": [0.5, 0.999]}
 
 PROFILES = {
     "smoke": {
         "train_subset": 512, "batch_size": 64, "epochs": 2, "z_dim": 100, "n_critic": 2,
-        "mlp": {"g_hidden": [32, 64], "d_hidden": [64, 32], "embed_dim": 10, "dropout": 0.3, **_DCGAN_OPT},
+        "mlp": {"g_hidden": [32, 64], "d_hidden": [64, 32], "embed_dim": 10, "dropout": 0.3, "batchnorm": True,
+                **_DCGAN_OPT},
         "conv": {"ch": 8, "embed_dim": 10, "label_mode": "channel", **_DCGAN_OPT},
-"ema_decay": 0.99, "n_eval": 500, "eval_batch": 250,
+        "ema_decay": 0.99, "n_eval": 500, "eval_batch": 250,
     },
     "quick": {
-        "train_subset": 20_000, "batch_size": 32, "epochs": 3, "z_dim": 100, "n_critic": 1,
+        "train_subset": 20_000, "batch_size": 32, "epochs": 5, "z_dim": 100, "n_critic": 1,
         "mlp": {"g_hidden": [128, 256, 512], "d_hidden": [512, 256, 128], "embed_dim": 50, "dropout": 0.3,
-                **_DCGAN_OPT},
+                "batchnorm": True, **_DCGAN_OPT},
         "conv": {"ch": 32, "embed_dim": 50, "label_mode": "channel", **_DCGAN_OPT},
-"ema_decay": 0.999, "n_eval": 5_000, "eval_batch": 500,
+        "ema_decay": 0.999, "n_eval": 5_000, "eval_batch": 500,
     },
     "full": {
         "train_subset": None, "batch_size": 128, "epochs": 60, "z_dim": 100, "n_critic": 5,
         "mlp": {**_MLP, "lr": 1e-4, "betas": [0.9, 0.999]},
         "conv": {"ch": 64, "embed_dim": 50, "label_mode": "channel", **_DCGAN_OPT},
-"ema_decay": None, "n_eval": 10_000, "eval_batch": 500,
+        "ema_decay": None, "n_eval": 10_000, "eval_batch": 500,
     },
 }
