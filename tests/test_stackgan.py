@@ -48,8 +48,10 @@ def test_pixelshuffle_icnr_starts_as_nearest() -> None:
 def test_kl_loss_and_conditioning_augmentation() -> None:
     assert stackgan.kl_loss(torch.zeros(4, 8), torch.zeros(4, 8)).item() == 0
     mu, logvar = torch.full((1, 2), 1.0), torch.full((1, 2), 0.5)
-    expected = 0.5 * 2 * (1 + torch.exp(torch.tensor(0.5)) - 1 - 0.5)
+    expected = 0.5 * (1 + torch.exp(torch.tensor(0.5)) - 1 - 0.5)  # per dimension, as the official code
     assert torch.isclose(stackgan.kl_loss(mu, logvar), expected)
+    mu2 = torch.tensor([[1.0, 0.0], [0.0, 0.0]])  # mean over batch and dimensions: 0.5 * 1 / 4
+    assert torch.isclose(stackgan.kl_loss(mu2, torch.zeros(2, 2)), torch.tensor(0.125))
     ca = stackgan.CondAugment(16, 4)
     torch.manual_seed(0)
     c1, mu1, _ = ca(torch.ones(2, 16))

@@ -50,6 +50,11 @@ def test_captions_name_the_true_attributes() -> None:
     assert synthbirds.parse_caption("this bird has a red crown, blue wings and a short black beak") == {
         "crown": "red", "wing": "blue", "beak_length": "short", "beak_colour": "black"}
     assert synthbirds.parse_caption("this bird is mostly gray") == {"body": "grey"}
+    targets = synthbirds.caption_targets(["a bird with blue wings and a white breast", "this bird is mostly gray"])
+    colours = synthbirds.ATTRIBUTES["body"]
+    assert targets["wing"].tolist() == [colours.index("blue"), -1]
+    assert targets["belly"].tolist() == [colours.index("white"), -1]
+    assert targets["body"].tolist() == [-1, colours.index("grey")] and targets["beak_length"].tolist() == [-1, -1]
 
 
 def test_layout_is_read_by_the_cub_loader(root: Path, monkeypatch) -> None:
@@ -78,6 +83,18 @@ def test_attribute_net_and_accuracy() -> None:
     assert set(predict(net, torch.randn(5, 3, 64, 64), batch_size=2)) == {"body", "beak_length"}
     acc = attribute_accuracy({"a": np.array([1, 2, 3])}, {"a": np.array([1, -1, 0])})
     assert acc == {"a": 0.5}
+
+
+def test_train_attribute_net_learns_and_resumes(tmp_path) -> None:
+    from hwlib.models.attributes import train_attribute_net
+
+    images, labels = synthbirds.attribute_birds(200, seed=0, root=tmp_path)
+    net, hist = train_attribute_net(images, labels, width=8, epochs=2, run_dir=tmp_path / "clf")
+    assert not net.training and len(hist) == 2 * (200 // 64) and hist["loss"][-1] < hist["loss"][0]
+    again, hist2 = train_attribute_net(images, labels, width=8, epochs=2, run_dir=tmp_path / "clf")  # restored
+    assert len(hist2) == len(hist)
+    for a, b in zip(net.state_dict().values(), again.state_dict().values()):
+        assert torch.equal(a, b)
 
 
 def test_minilm_encoder_is_offline_and_semantic() -> None:

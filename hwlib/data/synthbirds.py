@@ -70,6 +70,16 @@ def parse_caption(caption: str) -> dict[str, str]:
     return found
 
 
+def caption_targets(captions: list[str]) -> dict[str, np.ndarray]:
+    """Targets for the attribute classifier from N captions: {attribute: int64 (N,)}, the index of the
+    value each caption names (:func:`parse_caption`) and -1 where it names none."""
+    targets = {k: np.full(len(captions), -1, dtype=np.int64) for k in ATTRIBUTES}
+    for j, caption in enumerate(captions):
+        for k, v in parse_caption(caption).items():
+            targets[k][j] = ATTRIBUTES[k].index(v)
+    return targets
+
+
 def random_species(rng: np.random.Generator) -> dict:
     """One species' attributes drawn uniformly: colour names, beak length, bars, size, shape."""
     names = list(COLOURS)

@@ -73,3 +73,40 @@ def attribute_accuracy(predicted: dict[str, np.ndarray], targets: dict[str, np.n
         mask = np.asarray(t) >= 0
         acc[k] = float((np.asarray(predicted[k])[mask] == np.asarray(t)[mask]).mean()) if mask.any() else float("nan")
     return acc
+
+
+def train_attribute_net(images: torch.Tensor, labels: dict[str, np.ndarray], *, width: int, epochs: int,
+                        run_dir, seed: int = 0, resume: bool = True, device: torch.device | str = "cpu",
+                        batch_size: int = 64, lr: float = 2e-3) -> tuple[AttributeNet, object]:
+    """Train an :class:`AttributeNet` on uint8 birds (N, 3, L, L) (L >= 64) and their value indices.
+
+    Random 64 px crops and flips (:func:`hwlib.data.cub.augment`), Adam(``lr``) with a cosine schedule,
+    through :func:`hwlib.train.fit` (checkpoints in ``run_dir``, resumable). ``labels``: {attribute:
+    int64 (N,)}, one entry per head. Returns the network (eval mode) and the training history.
+    """
+    from hwlib.data.cub import augment, index_loader
+    from hwlib.train import fit, seed_everything
+
+    names = list(labels)
+    seed_everything(seed)
+    from hwlib.data.synthbirds import ATTRIBUTES
+
+    net = AttributeNet({k: len(ATTRIBUTES[k]) for k in names}, width=width).to(device)
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    x = torch.as_tensor(images).to(device)
+    ys = [torch.as_tensor(labels[k]).to(device) for k in names]
+
+    def step(batch, _):
+        (idx,) = batch
+        loss = net.loss(augment(x[idx], 64), {k: t[idx] for k, t in zip(names, ys)})
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return {"loss": loss.detach()}
+
+    history = fit(step, index_loader(len(x), min(batch_size, len(x)), seed=seed, device=device), epochs=epochs,
+                  run_dir=run_dir, modules={"clf": net}, optimizers={"clf": opt},
+                  schedulers={"clf": torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)}, seed=seed,
+                  resume=resume, config={"n": len(x), "w": width, "epochs": epochs, "arch": "flat"},
+                  desc="attribute classifier")
+    return net.eval(), history

@@ -24,8 +24,14 @@ from torch import nn
 
 
 def kl_loss(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """KL(N(mu, diag(exp(logvar))) || N(0, I)), summed over dimensions, averaged over the batch."""
-    return 0.5 * (mu.float().pow(2) + logvar.float().exp() - 1 - logvar.float()).sum(1).mean()
+    """KL(N(mu, diag(exp(logvar))) || N(0, I)) per dimension: mu, logvar (B, c_dim) -> scalar.
+
+    Averaged over the batch *and* the ``c_dim`` dimensions, as the official StackGAN code does
+    (``KL_loss`` in StackGAN-Pytorch), so ``kl_coef = 2`` weighs it as the birds configuration does. The
+    sum over dimensions is ``c_dim`` (128) times larger; with it, weight 2 squeezed the caption code to
+    under one nat and the generator could not read the colours a caption names.
+    """
+    return 0.5 * (mu.float().pow(2) + logvar.float().exp() - 1 - logvar.float()).mean()
 
 
 class CondAugment(nn.Module):
