@@ -1,0 +1,87 @@
+"""Text-image consistency of StackGAN Stage-I on SynthBirds as a function of training steps.
+
+Trains Stage-I at a profile's settings (default ``quick``: gf = df = 16, batch 16, 1,800 birds) at a
+constant learning rate for ``--steps`` steps and, every ``--every`` steps, scores 64x64 images generated
+from the first caption of ``n_eval`` test birds (unseen species) with notebook 01's attribute classifier:
+body / wing / crown / belly colour accuracy against chance (1/10). Answers "would `quick` reach the goal
+(>= 2x chance on body and wing colour) if it trained longer?". Writes
+``benchmarks/results/stackgan_consistency_<profile>.json``.
+Usage: ``python benchmarks/bench_stackgan_consistency.py [--profile quick] [--steps 6000] [--every 1000]``.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import time
+
+import numpy as np
+import torch
+
+import hwlib
+from hwlib.bench import write_result
+from hwlib.data import cub, synthbirds
+from hwlib.models import attributes, stackgan
+from hwlib.train import fit, get_device, seed_everything
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--profile", default="quick")
+    parser.add_argument("--steps", type=int, default=6000)
+    parser.add_argument("--every", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    cfg, device, seed = hwlib.get_profile("01_stackgan_cub", args.profile, verbose=False), get_device(), args.seed
+    root = synthbirds.make_synthbirds(cfg.n_train, cfg.n_test, seed=seed)
+    train = cub.open_birds(root, "train", embedding=cfg.embedding)
+    test = cub.open_birds(root, "test", embedding=cfg.embedding)
+    runs = hwlib.runs_dir(f"bench/stackgan_consistency/{cfg.profile}")
+
+    attr_images, attr_labels = synthbirds.attribute_birds(cfg.attr_n, seed=seed)
+    clf, _ = attributes.train_attribute_net(torch.from_numpy(attr_images), attr_labels, width=cfg.attr_width,
+                                            epochs=cfg.attr_epochs, run_dir=runs / "attributes", seed=seed, device=device)
+    n_eval = min(cfg.n_eval, len(test))
+    eval_idx = np.random.default_rng(seed + 11).choice(len(test), n_eval, replace=False)
+    targets = synthbirds.caption_targets([test.captions(i)[0] for i in eval_idx])
+    eval_text = torch.from_numpy(test.embeddings[eval_idx, 0])
+    eval_z = torch.randn(n_eval, cfg.z_dim, generator=torch.Generator().manual_seed(seed + 1))
+
+    seed_everything(seed)
+    G = stackgan.Stage1G(train.embeddings.shape[-1], cfg.c_dim, cfg.z_dim, cfg.gf, upsample=cfg.upsample).to(device)
+    D = stackgan.StageD(64, cfg.c_dim, cfg.df).to(device)
+    images = train.images(76).to(device)
+    embeddings = torch.from_numpy(train.embeddings).to(device)
+    G.ca.fit_text_stats(embeddings)
+    opt_g, opt_d = (torch.optim.Adam(n.parameters(), lr=cfg.lr, betas=tuple(cfg.betas)) for n in (G, D))
+    step = stackgan.make_step(G, D, opt_g, opt_d, images=images, embeddings=embeddings,
+                              class_ids=torch.from_numpy(train.class_ids).to(device), out_size=64,
+                              kl_coef=cfg.kl_coef, z_dim=cfg.z_dim)
+    loader = cub.index_loader(len(train), cfg.batch_size, seed=seed, device=device)
+    every_epochs = max(1, round(args.every / len(loader)))
+    epochs = math.ceil(args.steps / (every_epochs * len(loader))) * every_epochs
+    curve: list[dict] = []
+    t0 = time.perf_counter()
+
+    def score(epoch: int) -> None:
+        if epoch % every_epochs:
+            return
+        low = stackgan.generate(G, eval_text, z=eval_z)[0]
+        acc = attributes.attribute_accuracy(attributes.predict(clf, low), targets)
+        row = {"step": epoch * len(loader), "epoch": epoch, "seconds": round(time.perf_counter() - t0, 1),
+               **{k: round(acc[k], 3) for k in ("body", "wing", "crown", "belly")}}
+        curve.append(row)
+        G.train()
+        print(f"step {row['step']:6d} ({row['seconds']:.0f} s): body {row['body']:.3f} ({row['body'] / 0.1:.1f}x chance), "
+              f"wing {row['wing']:.3f} ({row['wing'] / 0.1:.1f}x), crown {row['crown']:.3f}, belly {row['belly']:.3f}", flush=True)
+
+    fit(step, loader, epochs=epochs, run_dir=runs / "stage1", modules={"G": G, "D": D},
+        optimizers={"G": opt_g, "D": opt_d}, seed=seed, resume=False, on_epoch_end=score,
+        config={"profile": cfg.profile, "epochs": epochs}, desc="Stage-I", progress=False)
+    write_result(f"stackgan_consistency_{cfg.profile}", {
+        "profile": cfg.profile, "gf": cfg.gf, "df": cfg.df, "batch_size": cfg.batch_size, "n_train": len(train),
+        "lr": cfg.lr, "lr_schedule": "constant", "kl_coef": cfg.kl_coef, "n_eval": n_eval, "chance": 0.1,
+        "profile_steps": cfg.epochs1 * len(loader), "curve": curve}, device)
+
+
+if __name__ == "__main__":
+    main()
