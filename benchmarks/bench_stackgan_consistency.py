@@ -5,8 +5,8 @@ constant learning rate for ``--steps`` steps and, every ``--every`` steps, score
 from the first caption of ``n_eval`` test birds (unseen species) with notebook 01's attribute classifier:
 body / wing / crown / belly colour accuracy against chance (1/10). Answers "would `quick` reach the goal
 (>= 2x chance on body and wing colour) if it trained longer?". Writes
-``benchmarks/results/stackgan_consistency_<profile>.json``.
-Usage: ``python benchmarks/bench_stackgan_consistency.py [--profile quick] [--steps 6000] [--every 1000]``.
+``benchmarks/results/stackgan_consistency_<profile>[_n<n_train>].json``.
+Usage: ``python benchmarks/bench_stackgan_consistency.py [--profile quick] [--steps 6000] [--every 1000] [--n-train N]``.
 """
 from __future__ import annotations
 
@@ -30,12 +30,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6000)
     parser.add_argument("--every", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--n-train", type=int, default=None, help="training birds (default: the profile's n_train)")
     args = parser.parse_args()
     cfg, device, seed = hwlib.get_profile("01_stackgan_cub", args.profile, verbose=False), get_device(), args.seed
-    root = synthbirds.make_synthbirds(cfg.n_train, cfg.n_test, seed=seed)
+    n_train = args.n_train or cfg.n_train
+    root = synthbirds.make_synthbirds(n_train, cfg.n_test, seed=seed)
     train = cub.open_birds(root, "train", embedding=cfg.embedding)
     test = cub.open_birds(root, "test", embedding=cfg.embedding)
-    runs = hwlib.runs_dir(f"bench/stackgan_consistency/{cfg.profile}")
+    tag = cfg.profile if n_train == cfg.n_train else f"{cfg.profile}_n{n_train}"
+    runs = hwlib.runs_dir(f"bench/stackgan_consistency/{tag}")
 
     attr_images, attr_labels = synthbirds.attribute_birds(cfg.attr_n, seed=seed)
     clf, _ = attributes.train_attribute_net(torch.from_numpy(attr_images), attr_labels, width=cfg.attr_width,
@@ -77,7 +80,7 @@ def main() -> None:
     fit(step, loader, epochs=epochs, run_dir=runs / "stage1", modules={"G": G, "D": D},
         optimizers={"G": opt_g, "D": opt_d}, seed=seed, resume=False, on_epoch_end=score,
         config={"profile": cfg.profile, "epochs": epochs}, desc="Stage-I", progress=False)
-    write_result(f"stackgan_consistency_{cfg.profile}", {
+    write_result(f"stackgan_consistency_{tag}", {
         "profile": cfg.profile, "gf": cfg.gf, "df": cfg.df, "batch_size": cfg.batch_size, "n_train": len(train),
         "lr": cfg.lr, "lr_schedule": "constant", "kl_coef": cfg.kl_coef, "n_eval": n_eval, "chance": 0.1,
         "profile_steps": cfg.epochs1 * len(loader), "curve": curve}, device)

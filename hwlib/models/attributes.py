@@ -9,10 +9,16 @@ exists); applied to generated images it tells whether the attributes the caption
 """
 from __future__ import annotations
 
+import os
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+if TYPE_CHECKING:
+    from hwlib.train import History
 
 
 class AttributeNet(nn.Module):
@@ -76,8 +82,9 @@ def attribute_accuracy(predicted: dict[str, np.ndarray], targets: dict[str, np.n
 
 
 def train_attribute_net(images: torch.Tensor, labels: dict[str, np.ndarray], *, width: int, epochs: int,
-                        run_dir, seed: int = 0, resume: bool = True, device: torch.device | str = "cpu",
-                        batch_size: int = 64, lr: float = 2e-3) -> tuple[AttributeNet, object]:
+                        run_dir: str | os.PathLike, seed: int = 0, resume: bool = True,
+                        device: torch.device | str = "cpu", batch_size: int = 64,
+                        lr: float = 2e-3) -> tuple[AttributeNet, History]:
     """Train an :class:`AttributeNet` on uint8 birds (N, 3, L, L) (L >= 64) and their value indices.
 
     Random 64 px crops and flips (:func:`hwlib.data.cub.augment`), Adam(``lr``) with a cosine schedule,
@@ -85,12 +92,11 @@ def train_attribute_net(images: torch.Tensor, labels: dict[str, np.ndarray], *, 
     int64 (N,)}, one entry per head. Returns the network (eval mode) and the training history.
     """
     from hwlib.data.cub import augment, index_loader
+    from hwlib.data.synthbirds import ATTRIBUTES
     from hwlib.train import fit, seed_everything
 
     names = list(labels)
     seed_everything(seed)
-    from hwlib.data.synthbirds import ATTRIBUTES
-
     net = AttributeNet({k: len(ATTRIBUTES[k]) for k in names}, width=width).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     x = torch.as_tensor(images).to(device)
