@@ -14,7 +14,6 @@ import argparse
 import math
 import time
 
-import numpy as np
 import torch
 
 import hwlib
@@ -44,10 +43,7 @@ def main() -> None:
     clf, _ = attributes.train_attribute_net(torch.from_numpy(attr_images), attr_labels, width=cfg.attr_width,
                                             epochs=cfg.attr_epochs, run_dir=runs / "attributes", seed=seed, device=device)
     n_eval = min(cfg.n_eval, len(test))
-    eval_idx = np.random.default_rng(seed + 11).choice(len(test), n_eval, replace=False)
-    targets = synthbirds.caption_targets([test.captions(i)[0] for i in eval_idx])
-    eval_text = torch.from_numpy(test.embeddings[eval_idx, 0])
-    eval_z = torch.randn(n_eval, cfg.z_dim, generator=torch.Generator().manual_seed(seed + 1))
+    eval_text, eval_z, targets = synthbirds.consistency_set(test, n_eval, cfg.z_dim, seed)
 
     seed_everything(seed)
     G = stackgan.Stage1G(train.embeddings.shape[-1], cfg.c_dim, cfg.z_dim, cfg.gf, upsample=cfg.upsample).to(device)

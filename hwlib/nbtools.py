@@ -61,7 +61,7 @@ def problems(nb: dict, name: str) -> list[str]:
     if not any("google.colab" in "".join(c["source"]) for c in cells[:3] if c["cell_type"] == "code"):
         found.append(f"{name}: no Colab install cell at the top")
     missing = sum("id" not in c for c in cells)
-    if (nb.get("nbformat"), nb.get("nbformat_minor", 0)) >= (4, 5) and missing:
+    if (nb.get("nbformat", 0), nb.get("nbformat_minor", 0)) >= (4, 5) and missing:
         found.append(f"{name}: {missing} cells without an id (nbformat 4.5 requires one per cell)")
     return found
 

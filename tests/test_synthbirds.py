@@ -104,3 +104,21 @@ def test_minilm_encoder_is_offline_and_semantic() -> None:
                        "the bird has a yellow belly and a long black beak", "this bird has a red crown and blue wings"])
     assert emb.shape == (4, 384) and np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-4)
     assert np.array_equal(emb[0], emb[3]) and emb[0] @ emb[1] > emb[0] @ emb[2] + 0.1
+
+
+def test_consistency_set_is_seeded_and_matches_its_captions() -> None:
+    class Split:  # the two things consistency_set reads from a BirdSplit
+        embeddings = np.arange(20 * 10 * 3, dtype=np.float32).reshape(20, 10, 3)
+
+        def __len__(self) -> int:
+            return 20
+
+        def captions(self, i: int) -> list[str]:
+            return [f"a bird with {synthbirds.ATTRIBUTES['wing'][i % 10]} wings"] + ["other"] * 9
+
+    text, z, targets = synthbirds.consistency_set(Split(), 8, z_dim=5, seed=3)
+    again = synthbirds.consistency_set(Split(), 8, z_dim=5, seed=3)
+    assert text.shape == (8, 3) and z.shape == (8, 5)
+    assert torch.equal(text, again[0]) and torch.equal(z, again[1])
+    idx = (text[:, 0] / 30).long().numpy()  # row i of the embeddings starts at 30 i: which birds were drawn
+    assert len(set(idx)) == 8 and targets["wing"].tolist() == (idx % 10).tolist()  # first caption of each

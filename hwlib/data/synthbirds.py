@@ -80,6 +80,21 @@ def caption_targets(captions: list[str]) -> dict[str, np.ndarray]:
     return targets
 
 
+def consistency_set(split, n: int, z_dim: int, seed: int = 0) -> tuple["torch.Tensor", "torch.Tensor", dict[str, np.ndarray]]:
+    """The text-image consistency evaluation of notebook 01 (and its benchmark) on a :class:`~hwlib.data.cub.BirdSplit`.
+
+    ``n`` birds of ``split`` drawn with ``seed + 11``, each with its first caption. Returns their caption
+    embeddings float32 (n, t_dim), noise float32 (n, z_dim) drawn with ``seed + 1``, and the caption
+    targets (:func:`caption_targets`).
+    """
+    import torch
+
+    idx = np.random.default_rng(seed + 11).choice(len(split), n, replace=False)
+    targets = caption_targets([split.captions(i)[0] for i in idx])
+    z = torch.randn(n, z_dim, generator=torch.Generator().manual_seed(seed + 1))
+    return torch.from_numpy(split.embeddings[idx, 0]), z, targets
+
+
 def random_species(rng: np.random.Generator) -> dict:
     """One species' attributes drawn uniformly: colour names, beak length, bars, size, shape."""
     names = list(COLOURS)
