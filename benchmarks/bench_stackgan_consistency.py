@@ -20,7 +20,7 @@ import hwlib
 from hwlib.bench import write_result
 from hwlib.data import cub, synthbirds
 from hwlib.models import attributes, stackgan
-from hwlib.train import fit, get_device, seed_everything
+from hwlib.train import get_device, seed_everything
 
 
 def main() -> None:
@@ -48,16 +48,9 @@ def main() -> None:
     seed_everything(seed)
     G = stackgan.Stage1G(train.embeddings.shape[-1], cfg.c_dim, cfg.z_dim, cfg.gf, upsample=cfg.upsample).to(device)
     D = stackgan.StageD(64, cfg.c_dim, cfg.df).to(device)
-    images = train.images(76).to(device)
-    embeddings = torch.from_numpy(train.embeddings).to(device)
-    G.ca.fit_text_stats(embeddings)
-    opt_g, opt_d = (torch.optim.Adam(n.parameters(), lr=cfg.lr, betas=tuple(cfg.betas)) for n in (G, D))
-    step = stackgan.make_step(G, D, opt_g, opt_d, images=images, embeddings=embeddings,
-                              class_ids=torch.from_numpy(train.class_ids).to(device), out_size=64,
-                              kl_coef=cfg.kl_coef, z_dim=cfg.z_dim)
-    loader = cub.index_loader(len(train), cfg.batch_size, seed=seed, device=device)
-    every_epochs = max(1, round(args.every / len(loader)))
-    epochs = math.ceil(args.steps / (every_epochs * len(loader))) * every_epochs
+    n_batches = len(train) // cfg.batch_size
+    every_epochs = max(1, round(args.every / n_batches))
+    epochs = math.ceil(args.steps / (every_epochs * n_batches)) * every_epochs
     curve: list[dict] = []
     t0 = time.perf_counter()
 
@@ -66,20 +59,22 @@ def main() -> None:
             return
         low = stackgan.generate(G, eval_text, z=eval_z)[0]
         acc = attributes.attribute_accuracy(attributes.predict(clf, low), targets)
-        row = {"step": epoch * len(loader), "epoch": epoch, "seconds": round(time.perf_counter() - t0, 1),
+        row = {"step": epoch * n_batches, "epoch": epoch, "seconds": round(time.perf_counter() - t0, 1),
                **{k: round(acc[k], 3) for k in ("body", "wing", "crown", "belly")}}
         curve.append(row)
         G.train()
         print(f"step {row['step']:6d} ({row['seconds']:.0f} s): body {row['body']:.3f} ({row['body'] / 0.1:.1f}x chance), "
               f"wing {row['wing']:.3f} ({row['wing'] / 0.1:.1f}x), crown {row['crown']:.3f}, belly {row['belly']:.3f}", flush=True)
 
-    fit(step, loader, epochs=epochs, run_dir=runs / "stage1", modules={"G": G, "D": D},
-        optimizers={"G": opt_g, "D": opt_d}, seed=seed, resume=False, on_epoch_end=score,
-        config={"profile": cfg.profile, "epochs": epochs}, desc="Stage-I", progress=False)
+    stackgan.train_stage(G, D, images=train.images(76).to(device), embeddings=torch.from_numpy(train.embeddings).to(device),
+                         class_ids=torch.from_numpy(train.class_ids).to(device), out_size=64, epochs=epochs,
+                         batch_size=cfg.batch_size, run_dir=runs / "stage1", lr=cfg.lr, betas=cfg.betas, kl_coef=cfg.kl_coef,
+                         z_dim=cfg.z_dim, lr_decay_epochs=None, seed=seed, resume=False, on_epoch_end=score,
+                         config={"profile": cfg.profile, "epochs": epochs}, desc="Stage-I", progress=False)
     write_result(f"stackgan_consistency_{tag}", {
         "profile": cfg.profile, "gf": cfg.gf, "df": cfg.df, "batch_size": cfg.batch_size, "n_train": len(train),
         "lr": cfg.lr, "lr_schedule": "constant", "kl_coef": cfg.kl_coef, "n_eval": n_eval, "chance": 0.1,
-        "profile_steps": cfg.epochs1 * len(loader), "curve": curve}, device)
+        "profile_steps": cfg.epochs1 * n_batches, "curve": curve}, device)
 
 
 if __name__ == "__main__":

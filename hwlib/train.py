@@ -190,10 +190,15 @@ class Checkpointer:
 
 
 class History:
-    """Per-step scalars (``step``, ``epoch`` and whatever the step function returns), column-wise."""
+    """Per-step scalars (``step``, ``epoch`` and whatever the step function returns), column-wise.
 
-    def __init__(self, columns: dict[str, list[float]] | None = None) -> None:
+    ``seconds``: the wall-clock time :func:`fit` has spent training this run, summed over resumed
+    sessions (restored from the checkpoint, so a run restored without training reports its original cost).
+    """
+
+    def __init__(self, columns: dict[str, list[float]] | None = None, seconds: float = 0.0) -> None:
         self.columns: dict[str, list[float]] = {k: list(v) for k, v in (columns or {}).items()}
+        self.seconds = float(seconds)
 
     def append(self, row: dict[str, float]) -> None:
         n = len(self)
@@ -295,7 +300,7 @@ def fit(
     progress: bool = True,
     desc: str = "train",
 ) -> History:
-    """Train for ``epochs`` epochs; return the per-step :class:`History`.
+    """Train for ``epochs`` epochs; return the per-step :class:`History` (``.seconds``: training wall time, over resumes).
 
     Args:
         step_fn: ``step_fn(batch, step) -> {"loss_name": scalar, ...}``: one optimisation step on
@@ -342,17 +347,21 @@ def fit(
             s.load_state_dict(state["schedulers"][name])
         set_rng_state(state["rng"])
         history = History.from_state_dict(state["history"])
+        history.seconds = float(state.get("seconds", 0.0))  # checkpoints written before this field: 0
         step, epoch, start_batch = int(state["step"]), int(state["epoch"]), int(state["batch"])
         print(f"hwlib: resumed {run_dir.name} at epoch {epoch + 1 if start_batch else epoch}, step {step}")
 
+    clock, spent = time.perf_counter(), history.seconds
+
     def save() -> None:
+        history.seconds = spent + time.perf_counter() - clock
         ckpt.save({
             "modules": {k: unwrap(m).state_dict() for k, m in modules.items()},
             "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
             "emas": {k: e.state_dict() for k, e in emas.items()},
             "schedulers": {k: s.state_dict() for k, s in schedulers.items()},
             "rng": rng_state(), "history": history.state_dict(), "fingerprint": fingerprint,
-            "step": step, "epoch": epoch, "batch": batch_in_epoch,
+            "step": step, "epoch": epoch, "batch": batch_in_epoch, "seconds": history.seconds,
         }, step)
         history.to_csv(run_dir / "history.csv")
 

@@ -86,3 +86,25 @@ def test_training_step_updates_both_players_and_stage2_keeps_stage1_frozen() -> 
     assert torch.equal(frozen, g1.fc[0].weight) and not torch.equal(before2, g2.to_img[0].weight)
     low, high = stackgan.generate(g1, torch.randn(5, 32), g2, batch_size=2)
     assert low.shape == (5, 3, 64, 64) and high.shape == (5, 3, 128, 128)
+
+
+def test_train_stage_sets_text_stats_halves_lr_and_resumes(tmp_path) -> None:
+    torch.manual_seed(0)
+    n = 8
+    data = dict(images=torch.randint(0, 256, (n, 3, 76, 76), dtype=torch.uint8), embeddings=3 + 2 * torch.randn(n, 10, 32),
+                class_ids=torch.tensor([1, 1, 2, 2, 3, 3, 4, 4]))
+
+    def run(epochs: int, resume: bool = True):
+        g, d = stackgan.Stage1G(32, 8, 10, 2), stackgan.StageD(64, 8, 2)
+        hist = stackgan.train_stage(g, d, out_size=64, epochs=epochs, batch_size=4, run_dir=tmp_path, z_dim=10,
+                                    lr_decay_epochs=1, resume=resume, progress=False, **data)
+        return g, hist
+
+    g, hist = run(2, resume=False)
+    assert len(hist) == 4 and set(hist.keys()) >= {"loss_d", "loss_g", "kl"}
+    flat = data["embeddings"].reshape(-1, 32)
+    assert torch.allclose(g.ca.t_mean, flat.mean(0)) and torch.allclose(g.ca.t_std, flat.std(0))
+    g3, hist3 = run(3)  # resumes from the 2-epoch checkpoint and trains one more epoch
+    assert len(hist3) == 6 and torch.equal(torch.tensor(hist3["loss_d"][:4]), torch.tensor(hist["loss_d"]))
+    state = torch.load(sorted(tmp_path.glob("ckpt_*.pt"))[-1], weights_only=True)
+    assert [round(gr["lr"], 8) for gr in state["optimizers"]["G"]["param_groups"]] == [2.5e-5]  # 2e-4 halved 3 times

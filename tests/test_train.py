@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -126,6 +127,23 @@ def test_finished_run_can_be_extended(tmp_path):
     _, hist = _tiny(tmp_path, _sgd_step, epochs=2, config={"a": 1, "epochs": 2})
     _, longer = _tiny(tmp_path, _sgd_step, epochs=3, config={"a": 1, "epochs": 3})
     assert len(hist) == 8 and longer["step"].tolist() == list(range(1, 13))  # 4 more steps, none repeated
+
+
+def test_training_seconds_add_up_over_resumes(tmp_path):
+    def slow(model, opt):
+        inner = _sgd_step(model, opt)
+
+        def step(batch, i):
+            time.sleep(0.02)
+            return inner(batch, i)
+        return step
+
+    _, hist = _tiny(tmp_path, slow, epochs=2, config={"a": 1, "epochs": 2})
+    assert 8 * 0.02 <= hist.seconds < 8 * 0.02 + 5
+    _, restored = _tiny(tmp_path, slow, epochs=2, config={"a": 1, "epochs": 2})  # nothing to train
+    assert restored.seconds == pytest.approx(hist.seconds)  # the original cost, not the restore's
+    _, longer = _tiny(tmp_path, slow, epochs=3, config={"a": 1, "epochs": 3})
+    assert longer.seconds >= hist.seconds + 4 * 0.02
 
 
 def test_sample_grids_and_gif(tmp_path):

@@ -236,6 +236,34 @@ def make_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_d: t
     return step
 
 
+def train_stage(G: nn.Module, D: nn.Module, *, images: torch.Tensor, embeddings: torch.Tensor, class_ids: torch.Tensor,
+                out_size: int, epochs: int, batch_size: int, run_dir, lr: float = 2e-4,
+                betas: tuple[float, float] = (0.5, 0.999), kl_coef: float = 2.0, z_dim: int = 100,
+                lr_decay_epochs: int | None = None, G1: nn.Module | None = None, seed: int = 0, resume: bool = True,
+                config=None, **fit_kwargs):
+    """Train one StackGAN stage (Stage I, or Stage II with a frozen ``G1``) through :func:`hwlib.train.fit`.
+
+    ``images`` uint8 (N, 3, L, L), ``embeddings`` (N, 10, t_dim) and ``class_ids`` (N,) on the training device,
+    as :func:`make_step` takes them. Sets G's text standardisation from ``embeddings``, then trains with Adam
+    (``lr``, ``betas``) for G and D, the learning rate halved every ``lr_decay_epochs`` epochs (constant if
+    None), over shuffled batches of ``batch_size`` dataset indices. ``run_dir``, ``seed``, ``resume``,
+    ``config`` and ``fit_kwargs`` (``sample_fn``, ``grid_dir``, ``on_epoch_end``, ``desc``, ...) go to ``fit``.
+    Returns fit's per-step :class:`~hwlib.train.History`.
+    """
+    from hwlib.data.cub import index_loader
+    from hwlib.train import fit
+
+    G.ca.fit_text_stats(embeddings)
+    optimizers = {k: torch.optim.Adam(net.parameters(), lr=lr, betas=tuple(betas)) for k, net in (("G", G), ("D", D))}
+    schedulers = ({k: torch.optim.lr_scheduler.StepLR(o, step_size=lr_decay_epochs, gamma=0.5) for k, o in optimizers.items()}
+                  if lr_decay_epochs else {})
+    step = make_step(G, D, optimizers["G"], optimizers["D"], images=images, embeddings=embeddings, class_ids=class_ids,
+                     out_size=out_size, kl_coef=kl_coef, z_dim=z_dim, G1=G1)
+    loader = index_loader(len(images), batch_size, seed=seed, device=images.device)
+    return fit(step, loader, epochs=epochs, run_dir=run_dir, modules={"G": G, "D": D}, optimizers=optimizers,
+               schedulers=schedulers, seed=seed, resume=resume, config=config, **fit_kwargs)
+
+
 @torch.no_grad()
 def generate(G1: nn.Module, text: torch.Tensor, G2: nn.Module | None = None, z: torch.Tensor | None = None,
              batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor | None]:
