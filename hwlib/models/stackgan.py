@@ -17,10 +17,15 @@ official code) or by a 3x3 conv to 4x the channels + ``PixelShuffle(2)`` initial
 from __future__ import annotations
 
 import math
+import os
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+if TYPE_CHECKING:
+    from hwlib.train import History
 
 
 def kl_loss(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -237,10 +242,10 @@ def make_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_d: t
 
 
 def train_stage(G: nn.Module, D: nn.Module, *, images: torch.Tensor, embeddings: torch.Tensor, class_ids: torch.Tensor,
-                out_size: int, epochs: int, batch_size: int, run_dir, lr: float = 2e-4,
+                out_size: int, epochs: int, batch_size: int, run_dir: str | os.PathLike, lr: float = 2e-4,
                 betas: tuple[float, float] = (0.5, 0.999), kl_coef: float = 2.0, z_dim: int = 100,
                 lr_decay_epochs: int | None = None, G1: nn.Module | None = None, seed: int = 0, resume: bool = True,
-                config=None, **fit_kwargs):
+                config: Any = None, **fit_kwargs: Any) -> History:
     """Train one StackGAN stage (Stage I, or Stage II with a frozen ``G1``) through :func:`hwlib.train.fit`.
 
     ``images`` uint8 (N, 3, L, L), ``embeddings`` (N, 10, t_dim) and ``class_ids`` (N,) on the training device,
