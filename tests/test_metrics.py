@@ -82,7 +82,7 @@ def test_frechet_commuting_pair_closed_form():
     s1, s2 = (q * a) @ q.T, (q * b) @ q.T
     mu = np.zeros(d)
     expected = a.sum() + b.sum() - 2 * np.sqrt(a * b).sum()
-    assert frechet_distance(mu, s1, mu, s2) == pytest.approx(expected, rel=1e-6)
+    assert frechet_distance(mu, s1, mu, s2) == pytest.approx(expected, rel=1e-9)
 
 
 @pytest.mark.parametrize("which", ["first", "second", "both"])
