@@ -1,61 +1,118 @@
-"""Text-image consistency of StackGAN Stage-I on SynthBirds as a function of training steps.
+"""Text-image consistency of StackGAN Stage-I on SynthBirds: a ladder of conditions, recipes and seeds.
 
-Trains Stage-I at a profile's settings (default ``quick``: gf = df = 16, batch 16, 1,800 birds) at a constant
-learning rate (``--halving``: halved as the profile does) for ``--steps`` steps and, every ``--every`` steps,
-scores 64x64 images generated from the first caption of ``n_eval`` test birds (unseen species) with notebook
-01's attribute classifier: body / wing / crown / belly colour accuracy against chance (1/10). Answers "would
-`quick` reach the goal (>= 2x chance on body and wing colour) if it trained longer?" and, with ``--train-seed``
-(networks and batches only; data, classifier and evaluation set keep ``--seed``), how much the answer moves
-from one training run to the next. Writes
-``benchmarks/results/stackgan_consistency_<profile>[_n<n_train>][_train<seed>][_halving].json``.
-Usage: ``python benchmarks/bench_stackgan_consistency.py [--profile quick] [--steps 6000] [--every 1000]
-[--n-train N] [--train-seed S] [--halving]``.
+Trains Stage-I at a profile's settings (default ``quick``) for ``--steps`` steps and, every ``--every`` steps,
+scores 64x64 images with notebook 01's attribute classifier (body / wing / crown / belly colour, chance 1/10):
+
+- ``--condition caption`` (the task): images from the first caption of ``n_eval`` birds of *unseen* test
+  species (targets: what the caption names) and of *seen* training species;
+- ``--condition species``: G and D get a one-hot species code instead of the caption (10 copies of it); scored
+  on seen species against the species' attributes (unseen species have no code);
+- ``--condition none``: every caption embedding is zero and there are no wrong pairs: an unconditional GAN.
+
+Every row also gives the attribute-feature FID against real crops of the evaluated split (lower is better),
+which asks "does G draw birds at all?" whatever the condition. ``--recipe paper|stable`` picks the training
+recipe (:data:`hwlib.models.stackgan.RECIPES`); ``--set field=value`` overrides one field of it (repeatable,
+e.g. ``--set loss=hinge --set ema=0.999``); ``--gf``/``--df`` override the widths; ``--train-seed`` changes only
+the networks and batches (data, classifier and evaluation keep ``--seed``). Writes
+``benchmarks/results/stackgan_ladder/<profile>_<condition>_<recipe>[_<overrides>]_train<seed>.json``.
+Usage: ``python benchmarks/bench_stackgan_consistency.py [--profile quick] [--condition caption] [--recipe paper]
+[--steps 896] [--every 448] [--train-seed 0] [--halving]``.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import time
 
+import numpy as np
 import torch
 
 import hwlib
+from hwlib import metrics
 from hwlib.bench import write_result
 from hwlib.data import cub, synthbirds
 from hwlib.models import attributes, stackgan
-from hwlib.train import get_device, seed_everything
+from hwlib.train import EMA, get_device, seed_everything
+
+COLOURS = ("body", "wing", "crown", "belly")
+
+
+def _override(recipe: stackgan.Recipe, pairs: list[str]) -> stackgan.Recipe:
+    fields = recipe.as_dict()
+    for pair in pairs:
+        key, value = pair.split("=", 1)
+        if key not in fields:
+            raise SystemExit(f"--set {pair}: Recipe has no field {key!r}; fields: {sorted(fields)}")
+        fields[key] = json.loads(value) if value[:1] in "0123456789.-tfn[{\"" else value
+    return stackgan.Recipe(**fields)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--profile", default="quick")
-    parser.add_argument("--steps", type=int, default=6000)
-    parser.add_argument("--every", type=int, default=1000)
+    parser.add_argument("--condition", choices=("caption", "species", "none"), default="caption")
+    parser.add_argument("--recipe", default="paper", choices=sorted(stackgan.RECIPES))
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override one Recipe field")
+    parser.add_argument("--gf", type=int, default=None)
+    parser.add_argument("--df", type=int, default=None)
+    parser.add_argument("--steps", type=int, default=896)
+    parser.add_argument("--every", type=int, default=448)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--n-train", type=int, default=None, help="training birds (default: the profile's n_train)")
-    parser.add_argument("--train-seed", type=int, default=None,
-                        help="seed of the networks and batches only (default: --seed); data, classifier and evaluation keep --seed")
+    parser.add_argument("--train-seed", type=int, default=0, help="seed of the networks and batches only")
     parser.add_argument("--halving", action="store_true", help="halve the learning rate as the profile does (default: constant)")
+    parser.add_argument("--tag", default="", help="extra name for the result file")
     args = parser.parse_args()
     cfg, device, seed = hwlib.get_profile("01_stackgan_cub", args.profile, verbose=False), get_device(), args.seed
+    recipe = _override(stackgan.get_recipe(args.recipe), args.set)
+    gf, df = args.gf or cfg.gf, args.df or cfg.df
     n_train = args.n_train or cfg.n_train
     root = synthbirds.make_synthbirds(n_train, cfg.n_test, seed=seed)
     train = cub.open_birds(root, "train", embedding=cfg.embedding)
     test = cub.open_birds(root, "test", embedding=cfg.embedding)
-    train_seed = seed if args.train_seed is None else args.train_seed
-    tag = (cfg.profile + ("" if n_train == cfg.n_train else f"_n{n_train}")
-           + ("" if train_seed == seed else f"_train{train_seed}") + ("_halving" if args.halving else ""))
-    runs = hwlib.runs_dir(f"bench/stackgan_consistency/{tag}")
+    parts = [cfg.profile, args.condition, args.recipe] + [p.replace("=", "-").replace(",", "+") for p in args.set]
+    parts += [f"gf{gf}"] if gf != cfg.gf else []
+    parts += [f"df{df}"] if df != cfg.df else []
+    parts += [f"n{n_train}"] if n_train != cfg.n_train else []
+    parts += ["halving"] if args.halving else []
+    parts += [args.tag] if args.tag else []
+    name = "_".join(parts + [f"train{args.train_seed}"])
+    runs = hwlib.runs_dir(f"bench/stackgan_ladder/{name}")
 
     attr_images, attr_labels = synthbirds.attribute_birds(cfg.attr_n, seed=seed)
     clf, _ = attributes.train_attribute_net(torch.from_numpy(attr_images), attr_labels, width=cfg.attr_width,
-                                            epochs=cfg.attr_epochs, run_dir=runs / "attributes", seed=seed, device=device)
-    n_eval = min(cfg.n_eval, len(test))
-    eval_text, eval_z, targets = synthbirds.consistency_set(test, n_eval, cfg.z_dim, seed)
+                                            epochs=cfg.attr_epochs, run_dir=hwlib.runs_dir("bench/stackgan_ladder/attributes"),
+                                            seed=seed, device=device)
+    train_76, test_76 = train.images(76), test.images(76)
 
-    seed_everything(train_seed)
-    G = stackgan.Stage1G(train.embeddings.shape[-1], cfg.c_dim, cfg.z_dim, cfg.gf, upsample=cfg.upsample).to(device)
-    D = stackgan.StageD(64, cfg.c_dim, cfg.df).to(device)
+    # conditions and evaluation sets: {name: (text (n, t_dim), z (n, z_dim), targets, real 64 px crops)}
+    n_eval = min(cfg.n_eval, len(test))
+    embeddings = torch.from_numpy(train.embeddings)
+    evals: dict[str, tuple] = {}
+    if args.condition == "species":
+        eye = torch.eye(synthbirds.N_CLASSES)
+        embeddings = eye[torch.from_numpy(train.class_ids) - 1][:, None].expand(-1, 10, -1).contiguous()
+        idx = np.random.default_rng(seed + 11).choice(len(train), n_eval, replace=False)
+        labels = synthbirds.attribute_labels(root, train.class_ids[idx])
+        z = torch.randn(n_eval, cfg.z_dim, generator=torch.Generator().manual_seed(seed + 1))
+        evals["seen"] = (eye[torch.from_numpy(train.class_ids[idx]) - 1], z, {k: labels[k] for k in COLOURS}, train_76)
+    else:
+        for split_name, split, real in (("unseen", test, test_76), ("seen", train, train_76)):
+            text, z, targets = synthbirds.consistency_set(split, n_eval, cfg.z_dim, seed)
+            if args.condition == "none":
+                text = torch.zeros_like(text)
+            evals[split_name] = (text, z, {k: targets[k] for k in COLOURS}, real)
+        if args.condition == "none":
+            embeddings = torch.zeros_like(embeddings)
+            recipe = stackgan.Recipe(**{**recipe.as_dict(), "wrong": "none"})
+    real_feats = {k: attributes.features(clf, v[3][:n_eval, :, 6:70, 6:70].float() / 127.5 - 1) for k, v in evals.items()}
+
+    seed_everything(args.train_seed)
+    G = stackgan.Stage1G(embeddings.shape[-1], cfg.c_dim, cfg.z_dim, gf, upsample=cfg.upsample,
+                         ca_logvar_init=recipe.ca_logvar_init).to(device)
+    D = stackgan.StageD(64, cfg.c_dim, df, spectral_norm=recipe.spectral_norm, projection=recipe.projection).to(device)
+    ema = EMA(G, recipe.ema) if recipe.ema else None
     n_batches = len(train) // cfg.batch_size
     every_epochs = max(1, round(args.every / n_batches))
     epochs = math.ceil(args.steps / (every_epochs * n_batches)) * every_epochs
@@ -65,26 +122,31 @@ def main() -> None:
     def score(epoch: int) -> None:
         if epoch % every_epochs:
             return
-        low = stackgan.generate(G, eval_text, z=eval_z)[0]
-        acc = attributes.attribute_accuracy(attributes.predict(clf, low), targets)
-        row = {"step": epoch * n_batches, "epoch": epoch, "seconds": round(time.perf_counter() - t0, 1),
-               **{k: round(acc[k], 3) for k in ("body", "wing", "crown", "belly")}}
+        sampler = ema.module if ema is not None else G
+        row: dict = {"step": epoch * n_batches, "epoch": epoch, "seconds": round(time.perf_counter() - t0, 1)}
+        for split_name, (text, z, targets, _) in evals.items():
+            low = stackgan.generate(sampler, text, z=z)[0]
+            acc = attributes.attribute_accuracy(attributes.predict(clf, low), targets)
+            fid = metrics.fid_from_features(real_feats[split_name], attributes.features(clf, low))
+            row[split_name] = {**{k: round(acc[k], 3) for k in COLOURS}, "fid": round(float(fid), 2)}
         curve.append(row)
         G.train()
-        print(f"step {row['step']:6d} ({row['seconds']:.0f} s): body {row['body']:.3f} ({row['body'] / 0.1:.1f}x chance), "
-              f"wing {row['wing']:.3f} ({row['wing'] / 0.1:.1f}x), crown {row['crown']:.3f}, belly {row['belly']:.3f}", flush=True)
+        print(f"step {row['step']:6d} ({row['seconds']:.0f} s): " + "; ".join(
+            f"{s} body {r['body']:.3f} wing {r['wing']:.3f} crown {r['crown']:.3f} belly {r['belly']:.3f} FID {r['fid']:.1f}"
+            for s, r in ((s, row[s]) for s in evals)), flush=True)
 
-    stackgan.train_stage(G, D, images=train.images(76).to(device), embeddings=torch.from_numpy(train.embeddings).to(device),
+    stackgan.train_stage(G, D, images=train_76.to(device), embeddings=embeddings.to(device),
                          class_ids=torch.from_numpy(train.class_ids).to(device), out_size=64, epochs=epochs,
-                         batch_size=cfg.batch_size, run_dir=runs / "stage1", lr=cfg.lr, betas=cfg.betas, kl_coef=cfg.kl_coef,
-                         z_dim=cfg.z_dim, lr_decay_epochs=cfg.lr_decay_epochs if args.halving else None, seed=train_seed,
-                         resume=False, on_epoch_end=score,
-                         config={"profile": cfg.profile, "epochs": epochs}, desc="Stage-I", progress=False)
-    write_result(f"stackgan_consistency_{tag}", {
-        "profile": cfg.profile, "gf": cfg.gf, "df": cfg.df, "batch_size": cfg.batch_size, "n_train": len(train),
-        "train_seed": train_seed, "lr": cfg.lr, "kl_coef": cfg.kl_coef, "n_eval": n_eval, "chance": 0.1,
+                         batch_size=cfg.batch_size, run_dir=runs, lr=cfg.lr, betas=cfg.betas, kl_coef=cfg.kl_coef,
+                         z_dim=cfg.z_dim, lr_decay_epochs=cfg.lr_decay_epochs if args.halving else None,
+                         seed=args.train_seed, resume=False, recipe=recipe, ema=ema, on_epoch_end=score,
+                         config={"name": name, "epochs": epochs}, desc="Stage-I", progress=False)
+    write_result(f"stackgan_ladder/{name}", {
+        "profile": cfg.profile, "condition": args.condition, "recipe": args.recipe, "recipe_fields": recipe.as_dict(),
+        "gf": gf, "df": df, "batch_size": cfg.batch_size, "n_train": len(train), "train_seed": args.train_seed,
+        "lr": cfg.lr, "kl_coef": cfg.kl_coef, "n_eval": n_eval, "chance": 0.1,
         "lr_schedule": f"halved every {cfg.lr_decay_epochs} epochs" if args.halving else "constant",
-        "profile_steps": cfg.epochs1 * n_batches, "curve": curve}, device)
+        "profile_steps": cfg.epochs1 * n_batches, "threads": torch.get_num_threads(), "curve": curve}, device)
 
 
 if __name__ == "__main__":

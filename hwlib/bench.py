@@ -41,6 +41,7 @@ def write_result(name: str, result: dict[str, Any], device: torch.device | str |
         **result,
     }
     path = out / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=2) + "\n")
     print(json.dumps(record, indent=2))
     return path

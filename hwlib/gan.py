@@ -25,24 +25,73 @@ def d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor, real_label: flo
     return _bce(real_logits, real_label) + _bce(fake_logits, 0.0)
 
 
-def g_loss(fake_logits: torch.Tensor, saturating: bool = False) -> torch.Tensor:
+def g_loss(fake_logits: torch.Tensor, saturating: bool = False, loss: str = "bce") -> torch.Tensor:
     """Generator loss. Non-saturating (default): ``-log D(G(z))``. Saturating: ``log(1 - D(G(z)))``.
+    ``loss="hinge"``: ``-mean(D(G(z)))`` on logits (Lim & Ye 2017).
 
     The saturating form is the minimax game's; its gradient vanishes when D confidently rejects fakes
     (D(G(z)) -> 0), which is why GANs train with the non-saturating one.
     """
+    if loss == "hinge":
+        return -fake_logits.float().mean()
     return -_bce(fake_logits, 0.0) if saturating else _bce(fake_logits, 1.0)
 
 
-def matching_aware_d_loss(real_logits: torch.Tensor, wrong_logits: torch.Tensor, fake_logits: torch.Tensor,
-                          real_label: float = 1.0) -> torch.Tensor:
-    """Matching-aware discriminator loss (GAN-CLS, used by StackGAN).
+def _real_term(logits: torch.Tensor, loss: str, real_label: float = 1.0) -> torch.Tensor:
+    return F.relu(1 - logits.float()).mean() if loss == "hinge" else _bce(logits, real_label)
 
-    ``real``: real image with its caption (label 1); ``wrong``: real image with a mismatched caption
-    (label 0); ``fake``: generated image with its caption (label 0). As in StackGAN, the two negative
-    terms are averaged: ``L = BCE(real, 1) + (BCE(wrong, 0) + BCE(fake, 0)) / 2``.
+
+def _fake_term(logits: torch.Tensor, loss: str) -> torch.Tensor:
+    return F.relu(1 + logits.float()).mean() if loss == "hinge" else _bce(logits, 0.0)
+
+
+def matching_aware_d_loss(real_logits: torch.Tensor, wrong_logits: torch.Tensor | None, fake_logits: torch.Tensor,
+                          real_label: float = 1.0, *, real_uncond: torch.Tensor | None = None,
+                          fake_uncond: torch.Tensor | None = None, loss: str = "bce") -> torch.Tensor:
+    """Matching-aware discriminator loss (GAN-CLS, used by StackGAN), as the official StackGAN code.
+
+    ``real``: real image with its caption (target real); ``wrong``: real image with a mismatched caption
+    (target fake); ``fake``: generated image with its caption (target fake). Conditional head only:
+    ``L = real + (wrong + fake) / 2``. With an unconditional head (``real_uncond``/``fake_uncond``, Stage-II):
+    ``L = (real + real_u) / 2 + (wrong + fake + fake_u) / 3``. ``wrong_logits=None`` drops the wrong term.
+    Each term is BCE (``loss="bce"``) or the hinge ``relu(1 - l)`` / ``relu(1 + l)`` (``loss="hinge"``).
     """
-    return _bce(real_logits, real_label) + 0.5 * (_bce(wrong_logits, 0.0) + _bce(fake_logits, 0.0))
+    real = _real_term(real_logits, loss, real_label)
+    fakes = [_fake_term(fake_logits, loss)] + ([] if wrong_logits is None else [_fake_term(wrong_logits, loss)])
+    if real_uncond is not None:
+        real = (real + _real_term(real_uncond, loss, real_label)) / 2
+        fakes.append(_fake_term(fake_uncond, loss))
+    return real + sum(fakes) / len(fakes)
+
+
+def diff_augment(x: torch.Tensor, policy: str = "translation,cutout") -> torch.Tensor:
+    """DiffAugment (Zhao et al. 2020): differentiable augmentation of images (B, C, H, W), fresh per sample.
+
+    ``translation``: shift by up to 1/8 of the size, zero-padded; ``cutout``: zero a random square of half
+    the size. Applied to everything D sees (real and fake, in D's and G's updates), so D cannot memorise a
+    small training set while G still receives gradients. ``""`` returns ``x`` unchanged.
+    """
+    for name in filter(None, (p.strip() for p in policy.split(","))):
+        b, _, h, w = x.shape
+        dev = x.device
+        if name == "translation":
+            sy, sx = int(h / 8 + 0.5), int(w / 8 + 0.5)
+            ty = torch.randint(-sy, sy + 1, (b, 1, 1), device=dev)
+            tx = torch.randint(-sx, sx + 1, (b, 1, 1), device=dev)
+            gy = (torch.arange(h, device=dev)[None, :, None] + ty + 1).clamp(0, h + 1)
+            gx = (torch.arange(w, device=dev)[None, None, :] + tx + 1).clamp(0, w + 1)
+            padded = F.pad(x, [1, 1, 1, 1])
+            x = padded.permute(0, 2, 3, 1)[torch.arange(b, device=dev)[:, None, None], gy, gx].permute(0, 3, 1, 2)
+        elif name == "cutout":
+            ch, cw = int(h / 2 + 0.5), int(w / 2 + 0.5)
+            oy = torch.randint(0, h + (1 - ch % 2), (b, 1, 1), device=dev) - ch // 2
+            ox = torch.randint(0, w + (1 - cw % 2), (b, 1, 1), device=dev) - cw // 2
+            ys, xs = torch.arange(h, device=dev)[None, :, None], torch.arange(w, device=dev)[None, None, :]
+            inside = (ys >= oy) & (ys < oy + ch) & (xs >= ox) & (xs < ox + cw)
+            x = x * (~inside)[:, None].to(x.dtype)
+        else:
+            raise ValueError(f"unknown DiffAugment policy {name!r}; use 'translation' and/or 'cutout'")
+    return x.contiguous()
 
 
 def make_gan_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer, *,

@@ -24,6 +24,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from hwlib.checkpoints import (Checkpointer, RunLock, RunLocked, RunMismatch, check_free_space, identity_diff,  # noqa: F401
+                               split_config, state_nbytes)
+
 # ----------------------------------------------------------------------------- device and seeds
 
 
@@ -135,57 +138,6 @@ class EMA:
 # ----------------------------------------------------------------------------- checkpoints
 
 
-class Checkpointer:
-    """Numbered checkpoints ``ckpt_<step>.pt`` in ``directory``, written atomically.
-
-    A save goes to a hidden temporary file in the same folder, is flushed and fsynced, then renamed
-    over its final name (an atomic step on POSIX): a kill at any moment leaves either the previous
-    newest checkpoint or the new one, never a half-written file under a checkpoint name. The
-    newest ``keep`` checkpoints are kept. Loading uses ``torch.load(weights_only=True)``.
-    """
-
-    def __init__(self, directory: str | os.PathLike, keep: int = 2) -> None:
-        self.dir = Path(directory)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.keep = keep
-
-    def paths(self) -> list[Path]:
-        """Checkpoints, oldest first."""
-        return sorted(self.dir.glob("ckpt_*.pt"))
-
-    def save(self, state: dict[str, Any], step: int) -> Path:
-        final = self.dir / f"ckpt_{step:09d}.pt"
-        tmp = self.dir / f".{final.name}.{os.getpid()}.tmp"
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-        with contextlib.suppress(OSError):  # make the rename itself durable
-            fd = os.open(self.dir, os.O_RDONLY)
-            os.fsync(fd)
-            os.close(fd)
-        for old in self.paths()[: -self.keep]:
-            old.unlink(missing_ok=True)
-        for stale in self.dir.glob(".ckpt_*.tmp"):
-            if stale != tmp:
-                stale.unlink(missing_ok=True)
-        return final
-
-    def load_latest(self, map_location: torch.device | str = "cpu") -> dict[str, Any] | None:
-        """The newest checkpoint that loads, or None when there is none."""
-        for path in reversed(self.paths()):
-            try:
-                return torch.load(path, map_location=map_location, weights_only=True)
-            except Exception as err:  # noqa: BLE001 - any unreadable file: fall back to the previous one
-                print(f"hwlib: skipping unreadable checkpoint {path.name}: {err}", file=sys.stderr)
-        return None
-
-    def clear(self) -> None:
-        for path in self.paths():
-            path.unlink()
-
-
 # ----------------------------------------------------------------------------- loss history
 
 
@@ -230,7 +182,7 @@ class History:
 
     def to_csv(self, path: str | os.PathLike) -> Path:
         path = Path(path)
-        tmp = path.with_suffix(".csv.tmp")
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # unique per process
         with open(tmp, "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(self.keys())
@@ -318,33 +270,94 @@ def fit(
     """
     from hwlib import viz  # local import: viz pulls in matplotlib
 
+    _check_settings(epochs, loader)
     emas, schedulers = emas or {}, schedulers or {}
+    identity, schedule = split_config(config)  # refuses configs that are not plain JSON
     run_dir = Path(run_dir)
-    ckpt = Checkpointer(run_dir)
-    fingerprint = config_fingerprint(config)
-    history, step, epoch, start_batch = History(), 0, 0, 0
-    device = next(next(iter(modules.values())).parameters()).device
+    with RunLock(run_dir):
+        return _fit_locked(step_fn, loader, epochs=epochs, run_dir=run_dir, modules=modules, optimizers=optimizers,
+                           emas=emas, schedulers=schedulers, seed=seed, deterministic=deterministic, resume=resume,
+                           config=config, identity=identity, schedule=schedule, checkpoint_every=checkpoint_every,
+                           sample_fn=sample_fn, grid_dir=grid_dir, grid_nrow=grid_nrow, on_epoch_end=on_epoch_end,
+                           log_every=log_every, progress=progress, desc=desc, viz=viz)
 
-    state = ckpt.load_latest(map_location=device) if resume else None
-    if state is not None and state.get("fingerprint") != fingerprint:
-        print(f"hwlib: checkpoints in {run_dir} belong to another configuration; starting afresh")
-        ckpt.clear()
-        state = None
+
+def _check_settings(epochs: Any, loader: Any) -> None:
+    if isinstance(epochs, bool) or not isinstance(epochs, int):
+        raise TypeError(f"epochs must be a whole number, not {epochs!r} ({type(epochs).__name__})")
+    if epochs <= 0:
+        raise ValueError(f"epochs must be at least 1, not {epochs}")
+    if len(loader) == 0:
+        raise ValueError("the loader yields no batch: the data set is smaller than one batch (lower batch_size or "
+                         "use drop_last=False)")
+
+
+def _restore(state: dict[str, Any], *, run_dir: Path, config: Any, identity: dict, schedule: dict,
+             modules: dict, optimizers: dict, emas: dict, schedulers: dict) -> None:
+    """Load a checkpoint's state into the run's objects, refusing another run's and applying a changed schedule."""
+    stored = state.get("identity")
+    if stored is None:  # written before identities were stored: compare the old whole-config hash
+        if state.get("fingerprint") != config_fingerprint(config):
+            raise RunMismatch(f"the checkpoints in {run_dir} were written by an older hwlib for another configuration. "
+                              "To start afresh, run with resume=False (the old files are moved to "
+                              f"{run_dir}/superseded/<time>/, not deleted), or train into another run directory.")
+    else:
+        diff = identity_diff(json.loads(stored), identity)
+        if diff:
+            raise RunMismatch(f"the checkpoints in {run_dir} belong to another run; these settings differ:\n  "
+                              + "\n  ".join(diff) + "\nTo keep training that run, restore its settings. To start a new "
+                              "run here, call with resume=False: the old files are moved to "
+                              f"{run_dir}/superseded/<time>/, never deleted. Or train into another run directory.")
+    fresh_lrs = {k: [g["lr"] for g in o.param_groups] for k, o in optimizers.items()}
+    fresh_sched = {k: s.state_dict() for k, s in schedulers.items()}
+    for name, m in modules.items():
+        unwrap(m).load_state_dict(state["modules"][name])
+    for name, o in optimizers.items():
+        o.load_state_dict(state["optimizers"][name])
+    for name, e in emas.items():
+        e.load_state_dict(state["emas"][name])
+    for name, s in schedulers.items():
+        s.load_state_dict(state["schedulers"][name])
+    old_schedule = json.loads(state.get("schedule", "null") or "null")
+    if old_schedule is not None and old_schedule != schedule:
+        changes = identity_diff(old_schedule, schedule)
+        print(f"hwlib: the schedule of {run_dir.name} changed ({'; '.join(changes)}); resuming with the new one")
+        old_lrs = state.get("initial_lrs", {})
+        for name, o in optimizers.items():
+            s = schedulers.get(name)
+            if s is not None:  # the new scheduler's settings, the old one's position
+                counters = {k: v for k, v in s.state_dict().items() if k in ("last_epoch", "_step_count")}
+                s.load_state_dict({**fresh_sched[name], **counters})
+            closed = getattr(s, "_get_closed_form_lr", None) if s is not None else None
+            for i, g in enumerate(o.param_groups):
+                g["initial_lr"] = fresh_lrs[name][i]
+                if closed is not None:
+                    g["lr"] = closed()[i]
+                elif name in old_lrs and old_lrs[name][i]:
+                    g["lr"] *= fresh_lrs[name][i] / old_lrs[name][i]
+            if s is not None:
+                s._last_lr = [g["lr"] for g in o.param_groups]  # noqa: SLF001 - what get_last_lr reports
+
+
+def _fit_locked(step_fn, loader, *, epochs, run_dir, modules, optimizers, emas, schedulers, seed, deterministic, resume,
+                config, identity, schedule, checkpoint_every, sample_fn, grid_dir, grid_nrow, on_epoch_end, log_every,
+                progress, desc, viz) -> History:
+    ckpt = Checkpointer(run_dir)
+    params = sum(state_nbytes(dict(unwrap(m).state_dict())) for m in modules.values())
+    check_free_space(run_dir, 3 * params + sum(state_nbytes(e.state_dict()) for e in emas.values()))
+    fingerprint = config_fingerprint(config)
+    initial_lrs = {k: [g.get("initial_lr", g["lr"]) for g in o.param_groups] for k, o in optimizers.items()}
+    history, step, epoch, start_batch = History(), 0, 0, 0
+    state = ckpt.load_latest(map_location=next(next(iter(modules.values())).parameters()).device) if resume else None
     if not resume:
-        ckpt.clear()
+        ckpt.supersede()
     if state is None:
         seed_everything(seed, deterministic)
     else:
         if deterministic:
             seed_everything(seed, deterministic)  # sets the deterministic flags; RNG states follow
-        for name, m in modules.items():
-            unwrap(m).load_state_dict(state["modules"][name])
-        for name, o in optimizers.items():
-            o.load_state_dict(state["optimizers"][name])
-        for name, e in emas.items():
-            e.load_state_dict(state["emas"][name])
-        for name, s in schedulers.items():
-            s.load_state_dict(state["schedulers"][name])
+        _restore(state, run_dir=run_dir, config=config, identity=identity, schedule=schedule, modules=modules,
+                 optimizers=optimizers, emas=emas, schedulers=schedulers)
         set_rng_state(state["rng"])
         history = History.from_state_dict(state["history"])
         history.seconds = float(state.get("seconds", 0.0))  # checkpoints written before this field: 0
@@ -361,6 +374,8 @@ def fit(
             "emas": {k: e.state_dict() for k, e in emas.items()},
             "schedulers": {k: s.state_dict() for k, s in schedulers.items()},
             "rng": rng_state(), "history": history.state_dict(), "fingerprint": fingerprint,
+            "identity": json.dumps(identity, sort_keys=True), "schedule": json.dumps(schedule, sort_keys=True),
+            "initial_lrs": initial_lrs,
             "step": step, "epoch": epoch, "batch": batch_in_epoch, "seconds": history.seconds,
         }, step)
         history.to_csv(run_dir / "history.csv")

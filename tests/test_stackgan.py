@@ -28,8 +28,10 @@ def test_full_configuration_matches_paper_widths() -> None:
     assert len(g2.res) == 4 and g2.res[0].body[0].in_channels == 512
     assert [b[1].out_channels for b in g2.up] == [256, 128, 64, 32]
     assert d2.logit.in_channels == 8 * 64
-    counts = {k: round(count_parameters(v) / 1e6, 2) for k, v in nets.items()}
-    assert counts == {"G1": 10.30, "D1": 5.72, "G2": 26.29, "D2": 71.26}
+    # counted by instantiating StackGAN-Pytorch's code/model.py (STAGE1_G, STAGE1_D, STAGE2_G less its frozen
+    # STAGE1_G, STAGE2_D) with GF_DIM 128, DF_DIM 64, CONDITION_DIM 128, Z_DIM 100, R_NUM 4, TEXT.DIMENSION 1024
+    official = {"G1": 10_301_248, "D1": 5_715_713, "G2": 26_290_080, "D2": 71_269_122}
+    assert {k: count_parameters(v) for k, v in nets.items()} == official
     with torch.no_grad():
         out = g2.eval()(torch.zeros(1, 3, 64, 64), torch.zeros(1, 1024))[0]
     assert out.shape == (1, 3, 256, 256)

@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 from hwlib.data import ResidentLoader
-from hwlib.train import EMA, Checkpointer, History, TrainingDiverged, fit, rng_state, seed_everything, set_rng_state
+from hwlib.train import (EMA, Checkpointer, History, RunMismatch, TrainingDiverged, fit, rng_state, seed_everything,
+                         set_rng_state)
 
 JOB = Path(__file__).with_name("train_job.py")
 
@@ -119,8 +120,13 @@ def test_completed_run_is_restored_not_retrained(tmp_path):
     model2, hist2 = _tiny(tmp_path, counting, config={"a": 1})
     assert calls == [] and len(hist2) == len(hist) == 8
     assert all(torch.equal(weights[k], v) for k, v in model2.state_dict().items())
-    _, hist3 = _tiny(tmp_path, counting, config={"a": 2})  # another configuration starts afresh
+    with pytest.raises(RunMismatch, match=r"(?s)run.*a: 1 -> 2.*resume=False"):  # another run: refused, kept
+        _tiny(tmp_path, counting, config={"a": 2})
+    assert calls == [] and len(Checkpointer(tmp_path / "run").paths()) == 2
+    _, hist3 = _tiny(tmp_path, counting, config={"a": 2}, resume=False)  # an explicit restart moves them aside
     assert len(calls) == 8 and len(hist3) == 8
+    (old,) = (tmp_path / "run" / "superseded").iterdir()
+    assert sorted(p.name for p in old.iterdir()) == ["ckpt_000000004.pt", "ckpt_000000008.pt", "history.csv"]
 
 
 def test_finished_run_can_be_extended(tmp_path):

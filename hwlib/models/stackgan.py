@@ -6,9 +6,15 @@ Shapes (paper widths: ``gf=128``, ``df=64``, ``c_dim=128``, ``z_dim=100``, 4 res
 - :class:`Stage1G`      z (B, 100) ++ c -> fc -> (B, 8gf, 4, 4) -> 4 up-blocks -> image (B, 3, 64, 64) in [-1, 1].
 - :class:`Stage2G`      Stage-I image (B, 3, 64, 64) -> encoder (B, 4gf, 16, 16) ++ c -> joint conv -> residual
                         blocks -> up-blocks -> image (B, 3, 64 * 2**(n_up - 2), ...) (256 with 4 up-blocks); no z.
-- :class:`StageD`       image (B, 3, S, S) -> stride-2 convs -> (B, 8df, 4, 4) ++ mu (spatially replicated)
-                        -> conv3x3 -> conv4x4 -> matching-aware logit (B,). Stage-I D is ``StageD(64)``,
-                        Stage-II D ``StageD(256)`` (two extra down-sampling convs and two 3x3 reductions).
+- :class:`StageD`       image (B, 3, S, S) -> stride-2 convs -> features (B, 8df, 4, 4); the conditional head
+                        concatenates mu (spatially replicated) -> conv3x3 -> conv4x4 -> matching-aware logit (B,),
+                        the optional unconditional head conv4x4 -> logit (B,). Stage-I D is ``StageD(64)`` (conditional
+                        head only), Stage-II D ``StageD(256, uncond=True)`` (both heads, two extra down-sampling convs
+                        and two 3x3 reductions), as the official code.
+
+Every network starts from the official initialisation (:func:`weights_init`). The training choices -- loss,
+wrong pairs, augmentation, EMA, spectral norm, projection head -- live in one :class:`Recipe`;
+``RECIPES["paper"]`` is the official code's, ``RECIPES["stable"]`` adds established GAN stabilisers.
 
 Up-blocks double the resolution by nearest-neighbour up-sampling + 3x3 conv (the default, as the
 official code) or by a 3x3 conv to 4x the channels + ``PixelShuffle(2)`` initialised with ICNR
@@ -18,6 +24,7 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -39,6 +46,74 @@ def kl_loss(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return 0.5 * (mu.float().pow(2) + logvar.float().exp() - 1 - logvar.float()).mean()
 
 
+def weights_init(m: nn.Module) -> None:
+    """The official initialisation (``weights_init`` in StackGAN-Pytorch), for ``net.apply``: conv and linear
+    weights N(0, 0.02), BatchNorm weights N(1, 0.02), biases 0."""
+    if isinstance(m, (nn.Conv2d, nn.Linear)):
+        weight = m.parametrizations.weight.original if hasattr(m, "parametrizations") else m.weight
+        nn.init.normal_(weight, 0.0, 0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        nn.init.normal_(m.weight, 1.0, 0.02)
+        nn.init.zeros_(m.bias)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Every training choice of a StackGAN stage; the defaults are the official code's.
+
+    - ``loss``: ``"bce"`` (the paper's GAN loss on logits) or ``"hinge"`` (Lim & Ye 2017; Miyato et al. 2018).
+    - ``wrong``: matching-aware negatives. ``"shift"``: the real images' D features with the captions shifted
+      by one place in the batch (official, no extra D pass); ``"class"``: real images of another class, as
+      the paper describes; ``"none"``: no wrong pairs (an unconditional or label-only ablation).
+    - ``diffaug``: DiffAugment policy (Zhao et al. 2020) applied to every image D sees, real and fake:
+      ``"translation,cutout"`` or ``""``. No colour policy: it would change the colours a caption names.
+    - ``ema``: decay of an exponential moving average of G's weights to sample from (None: sample G).
+    - ``spectral_norm``: spectral normalisation of every D weight, and no BatchNorm in D (Miyato et al. 2018).
+    - ``projection``: the projection discriminator's conditional head (Miyato & Koyama 2018),
+      ``psi(phi(x)) + <V mu, phi(x)>`` with ``phi`` D's sum-pooled features, instead of concatenating mu.
+    - ``lr_d``: D's learning rate as a multiple of G's (1: the paper's equal rates).
+    - ``ca_logvar_init``: initial bias of the log-variance half of the conditioning augmentation (0: the
+      official initialisation, sigma = 1). ``c = mu + sigma * eps``: with sigma = 1 and mu's spread ~0.4 at
+      initialisation, the caption is a whisper under the noise until mu grows, which takes far more steps than
+      a CPU run has; ``-4`` starts at sigma = 0.14 and lets the KL term raise it as the paper's does.
+    """
+    loss: str = "bce"
+    wrong: str = "shift"
+    diffaug: str = ""
+    ema: float | None = None
+    spectral_norm: bool = False
+    projection: bool = False
+    lr_d: float = 1.0
+    ca_logvar_init: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name, value, allowed in (("loss", self.loss, ("bce", "hinge")), ("wrong", self.wrong, ("shift", "class", "none"))):
+            if value not in allowed:
+                raise ValueError(f"Recipe.{name} must be one of {allowed}, not {value!r}")
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+RECIPES = {
+    "paper": Recipe(),
+    "stable": Recipe(loss="hinge", diffaug="translation,cutout", ema=0.999, spectral_norm=True, projection=True),
+}
+
+
+def get_recipe(recipe: str | Recipe | dict) -> Recipe:
+    """A :class:`Recipe` from its name in :data:`RECIPES`, a dict of fields, or a Recipe."""
+    if isinstance(recipe, Recipe):
+        return recipe
+    if isinstance(recipe, dict):
+        return Recipe(**recipe)
+    if recipe not in RECIPES:
+        raise ValueError(f"unknown StackGAN recipe {recipe!r}; choose one of {sorted(RECIPES)}")
+    return RECIPES[recipe]
+
+
 class CondAugment(nn.Module):
     """Conditioning augmentation: a linear map of the text embedding to (mu, logvar) and one Gaussian sample.
 
@@ -48,12 +123,17 @@ class CondAugment(nn.Module):
     specific part of ``mu`` is tiny and the KL term erases it before the generator learns to use it.
     """
 
-    def __init__(self, t_dim: int = 1024, c_dim: int = 128) -> None:
+    def __init__(self, t_dim: int = 1024, c_dim: int = 128, logvar_init: float = 0.0) -> None:
         super().__init__()
         self.fc = nn.Linear(t_dim, 2 * c_dim)
-        self.c_dim = c_dim
+        self.c_dim, self.logvar_init = c_dim, logvar_init
         self.register_buffer("t_mean", torch.zeros(t_dim))
         self.register_buffer("t_std", torch.ones(t_dim))
+
+    @torch.no_grad()
+    def init_logvar(self) -> None:
+        """Set the log-variance bias to ``logvar_init`` (the generators call it after :func:`weights_init`)."""
+        self.fc.bias[self.c_dim:].fill_(self.logvar_init)
 
     @torch.no_grad()
     def fit_text_stats(self, embeddings: torch.Tensor) -> None:
@@ -111,14 +191,16 @@ class Stage1G(nn.Module):
     """Stage-I generator: (text (B, t_dim), z (B, z_dim)) -> (image (B, 3, 64, 64) in [-1, 1], mu, logvar)."""
 
     def __init__(self, t_dim: int = 1024, c_dim: int = 128, z_dim: int = 100, gf: int = 128,
-                 upsample: str = "nearest") -> None:
+                 upsample: str = "nearest", ca_logvar_init: float = 0.0) -> None:
         super().__init__()
         ngf = 8 * gf
         self.z_dim, self.ngf = z_dim, ngf
-        self.ca = CondAugment(t_dim, c_dim)
+        self.ca = CondAugment(t_dim, c_dim, ca_logvar_init)
         self.fc = nn.Sequential(nn.Linear(z_dim + c_dim, ngf * 16, bias=False), nn.BatchNorm1d(ngf * 16), nn.ReLU(True))
         self.up = nn.Sequential(*(up_block(ngf // 2**i, ngf // 2 ** (i + 1), upsample) for i in range(4)))
-        self.to_img = nn.Sequential(nn.Conv2d(ngf // 16, 3, 3, 1, 1), nn.Tanh())
+        self.to_img = nn.Sequential(nn.Conv2d(ngf // 16, 3, 3, 1, 1, bias=False), nn.Tanh())
+        self.apply(weights_init)
+        self.ca.init_logvar()
 
     def forward(self, text: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         c, mu, logvar = self.ca(text)
@@ -133,18 +215,20 @@ class Stage2G(nn.Module):
     """
 
     def __init__(self, t_dim: int = 1024, c_dim: int = 128, gf: int = 128, n_res: int = 4, n_up: int = 4,
-                 upsample: str = "nearest") -> None:
+                 upsample: str = "nearest", ca_logvar_init: float = 0.0) -> None:
         super().__init__()
-        self.ca = CondAugment(t_dim, c_dim)
+        self.ca = CondAugment(t_dim, c_dim, ca_logvar_init)
         self.encoder = nn.Sequential(
-            nn.Conv2d(3, gf, 3, 1, 1), nn.ReLU(True),
+            nn.Conv2d(3, gf, 3, 1, 1, bias=False), nn.ReLU(True),
             nn.Conv2d(gf, 2 * gf, 4, 2, 1, bias=False), nn.BatchNorm2d(2 * gf), nn.ReLU(True),
             nn.Conv2d(2 * gf, 4 * gf, 4, 2, 1, bias=False), nn.BatchNorm2d(4 * gf), nn.ReLU(True))
         self.joint = nn.Sequential(nn.Conv2d(4 * gf + c_dim, 4 * gf, 3, 1, 1, bias=False), nn.BatchNorm2d(4 * gf), nn.ReLU(True))
         self.res = nn.Sequential(*(ResBlock(4 * gf) for _ in range(n_res)))
         widths = [max(4 * gf // 2**i, 8) for i in range(n_up + 1)]
         self.up = nn.Sequential(*(up_block(widths[i], widths[i + 1], upsample) for i in range(n_up)))
-        self.to_img = nn.Sequential(nn.Conv2d(widths[-1], 3, 3, 1, 1), nn.Tanh())
+        self.to_img = nn.Sequential(nn.Conv2d(widths[-1], 3, 3, 1, 1, bias=False), nn.Tanh())
+        self.apply(weights_init)
+        self.ca.init_logvar()
 
     def forward(self, image: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         c, mu, logvar = self.ca(text)
@@ -154,64 +238,103 @@ class Stage2G(nn.Module):
 
 
 class StageD(nn.Module):
-    """Matching-aware discriminator: (image (B, 3, S, S), condition mu (B, c_dim)) -> logit (B,)."""
+    """Matching-aware discriminator: image (B, 3, S, S) and condition mu (B, c_dim) -> logits (B,).
 
-    def __init__(self, image_size: int = 64, c_dim: int = 128, df: int = 64) -> None:
+    ``features(image)`` -> (B, 8df, 4, 4); ``cond_logit(h, mu)`` the matching-aware head; ``uncond_logit(h)`` the
+    unconditional head (present with ``uncond`` or ``projection``, else None); ``forward(image, mu)`` is
+    ``cond_logit(features(image), mu)``. ``spectral_norm`` and ``projection``: see :class:`Recipe`.
+    """
+
+    def __init__(self, image_size: int = 64, c_dim: int = 128, df: int = 64, uncond: bool = False,
+                 spectral_norm: bool = False, projection: bool = False) -> None:
         super().__init__()
         n_down = int(math.log2(image_size)) - 2
         if 4 * 2**n_down != image_size or n_down < 4:
             raise ValueError(f"image_size must be a power of two >= 64, not {image_size}")
+        sn = nn.utils.parametrizations.spectral_norm if spectral_norm else (lambda m: m)
+        bn = (lambda c: nn.Identity()) if spectral_norm else nn.BatchNorm2d
         widths = [df * 2**i for i in range(n_down)]
-        layers: list[nn.Module] = [nn.Conv2d(3, df, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, True)]
+        layers: list[nn.Module] = [sn(nn.Conv2d(3, df, 4, 2, 1, bias=False)), nn.LeakyReLU(0.2, True)]
         for a, b in zip(widths, widths[1:]):
-            layers += [nn.Conv2d(a, b, 4, 2, 1, bias=False), nn.BatchNorm2d(b), nn.LeakyReLU(0.2, True)]
+            layers += [sn(nn.Conv2d(a, b, 4, 2, 1, bias=False)), bn(b), nn.LeakyReLU(0.2, True)]
         c = widths[-1]
         while c > 8 * df:  # Stage-II: 3x3 convs back to 8df
-            layers += [nn.Conv2d(c, c // 2, 3, 1, 1, bias=False), nn.BatchNorm2d(c // 2), nn.LeakyReLU(0.2, True)]
+            layers += [sn(nn.Conv2d(c, c // 2, 3, 1, 1, bias=False)), bn(c // 2), nn.LeakyReLU(0.2, True)]
             c //= 2
         self.encode = nn.Sequential(*layers)
-        self.joint = nn.Sequential(nn.Conv2d(c + c_dim, c, 3, 1, 1, bias=False), nn.BatchNorm2d(c), nn.LeakyReLU(0.2, True))
-        self.logit = nn.Conv2d(c, 1, 4, 4)
+        self.projection = projection
+        if projection:  # psi(phi(x)) + <V mu, phi(x)>; psi is the unconditional head
+            self.embed = sn(nn.Linear(c_dim, c, bias=False))
+        else:
+            self.joint = nn.Sequential(sn(nn.Conv2d(c + c_dim, c, 3, 1, 1, bias=False)), bn(c), nn.LeakyReLU(0.2, True))
+            self.logit = sn(nn.Conv2d(c, 1, 4, 4))
+        self.logit_uncond = sn(nn.Conv2d(c, 1, 4, 4)) if (uncond or projection) else None
+        self.apply(weights_init)
+
+    def features(self, image: torch.Tensor) -> torch.Tensor:
+        return self.encode(image)
+
+    def cond_logit(self, h: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        if self.projection:
+            return self.logit_uncond(h).view(-1) + (self.embed(cond.to(h.dtype)) * h.sum((2, 3))).sum(1)
+        h = self.joint(torch.cat([h, cond.to(h.dtype)[:, :, None, None].expand(-1, -1, *h.shape[2:])], 1))
+        return self.logit(h).view(-1)
+
+    def uncond_logit(self, h: torch.Tensor) -> torch.Tensor | None:
+        return None if self.logit_uncond is None else self.logit_uncond(h).view(-1)
 
     def forward(self, image: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        h = self.encode(image)
-        h = self.joint(torch.cat([h, cond[:, :, None, None].expand(-1, -1, *h.shape[2:])], 1))
-        return self.logit(h).view(-1)
+        return self.cond_logit(self.features(image), cond)
 
 
 def build(t_dim: int, c_dim: int = 128, z_dim: int = 100, gf: int = 128, df: int = 64, n_res: int = 4,
-          stage2_size: int = 256, upsample: str = "nearest", gf2: int | None = None, df2: int | None = None) -> dict[str, nn.Module]:
-    """The four sub-networks ``{"G1", "D1", "G2", "D2"}``; ``gf2``/``df2`` (default gf/df) size Stage II."""
+          stage2_size: int = 256, upsample: str = "nearest", gf2: int | None = None, df2: int | None = None,
+          recipe: str | Recipe | dict = "paper") -> dict[str, nn.Module]:
+    """The four sub-networks ``{"G1", "D1", "G2", "D2"}``; ``gf2``/``df2`` (default gf/df) size Stage II.
+
+    As the official code, Stage-I D has the conditional head only and Stage-II D both heads; the recipe's
+    ``spectral_norm`` and ``projection`` shape both discriminators.
+    """
+    r = get_recipe(recipe)
     n_up = int(math.log2(stage2_size // 16))
-    return {"G1": Stage1G(t_dim, c_dim, z_dim, gf, upsample), "D1": StageD(64, c_dim, df),
-            "G2": Stage2G(t_dim, c_dim, gf2 or gf, n_res, n_up, upsample), "D2": StageD(stage2_size, c_dim, df2 or df)}
+    d_kw = {"spectral_norm": r.spectral_norm, "projection": r.projection}
+    return {"G1": Stage1G(t_dim, c_dim, z_dim, gf, upsample, r.ca_logvar_init), "D1": StageD(64, c_dim, df, **d_kw),
+            "G2": Stage2G(t_dim, c_dim, gf2 or gf, n_res, n_up, upsample, r.ca_logvar_init),
+            "D2": StageD(stage2_size, c_dim, df2 or df, uncond=True, **d_kw)}
 
 
 # ----------------------------------------------------------------------------- training steps
 
 
-def make_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer, *,
+def make_step(G: nn.Module, D: StageD, opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer, *,
               images: torch.Tensor, embeddings: torch.Tensor, class_ids: torch.Tensor, out_size: int,
-              kl_coef: float = 2.0, z_dim: int = 100, G1: nn.Module | None = None, amp: bool = True):
+              kl_coef: float = 2.0, z_dim: int = 100, G1: nn.Module | None = None, amp: bool = True,
+              recipe: str | Recipe | dict = "paper", ema: Any = None):
     """One StackGAN step for :func:`hwlib.train.fit` over a loader of dataset indices ``(idx (B,),)``.
 
     ``images`` uint8 (N, 3, L, L) (L = 76 for Stage I, 304 for Stage II), ``embeddings`` (N, 10, t_dim),
-    ``class_ids`` (N,), all on the training device. Per step: random crop + flip of the real images and
-    of "wrong" images (another class), one caption embedding each, then one D update on
-    real / wrong / fake pairs (matching-aware loss, D conditioned on ``mu`` detached) and one G update
-    with ``g_loss + kl_coef * KL``. With ``G1`` (frozen, eval mode) the step trains Stage II on
-    Stage-I images. ``amp``: bf16 autocast on CUDA (no-op on the CPU). Returns detached ``loss_d``, ``loss_g``, ``kl``, ``d_real``/``d_wrong``/``d_fake`` (mean sigmoid).
+    ``class_ids`` (N,), all on the training device. Per step, as the official trainer: random crop + flip of
+    the real images, one caption embedding each, fresh noise; one D update on real / wrong / fake pairs
+    (D conditioned on ``mu`` detached; with an unconditional head, the official
+    ``(real + real_u) / 2 + (fake + wrong + fake_u) / 3``, else ``real + (fake + wrong) / 2``), then one G
+    update with ``loss_g + kl_coef * KL`` (``loss_g`` sums both heads). The :class:`Recipe` picks the loss, the
+    wrong pairs, DiffAugment and (with ``ema``, an :class:`hwlib.train.EMA` of G) the weight average. With ``G1``
+    (frozen, eval mode) the step trains Stage II on Stage-I images. ``amp``: bf16 autocast on CUDA (no-op on
+    the CPU). Returns detached ``loss_d``, ``loss_g``, ``kl``, ``d_real``/``d_wrong``/``d_fake`` (mean sigmoid).
     """
     from hwlib.data.cub import augment, pick_embedding, wrong_indices
-    from hwlib.gan import g_loss, matching_aware_d_loss
+    from hwlib.gan import diff_augment, g_loss, matching_aware_d_loss
     from hwlib.train import autocast
 
+    r = get_recipe(recipe)
     device = images.device
+
+    def aug(x: torch.Tensor) -> torch.Tensor:
+        return diff_augment(x, r.diffaug)
 
     def step(batch: tuple[torch.Tensor, ...], _: int) -> dict[str, torch.Tensor]:
         (idx,) = batch
         real = augment(images[idx], out_size)
-        wrong = augment(images[wrong_indices(class_ids, idx)], out_size)
         text = pick_embedding(embeddings[idx]).float()
         z = torch.randn(len(idx), z_dim, device=device)
         with autocast(device, amp):
@@ -222,51 +345,74 @@ def make_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_d: t
                     low, _, _ = G1(text, z)
                 fake, mu, logvar = G(low, text)
             cond = mu.detach()
-            real_logit, wrong_logit, fake_logit = D(real, cond), D(wrong, cond), D(fake.detach(), cond)
-            loss_d = matching_aware_d_loss(real_logit, wrong_logit, fake_logit)
+            h_real, h_fake = D.features(aug(real)), D.features(aug(fake.detach()))
+            real_logit, fake_logit = D.cond_logit(h_real, cond), D.cond_logit(h_fake, cond)
+            if r.wrong == "shift":  # official: image i-1's features with caption i
+                wrong_logit = D.cond_logit(h_real[:-1], cond[1:])
+            elif r.wrong == "class":
+                wrong = augment(images[wrong_indices(class_ids, idx)], out_size)
+                wrong_logit = D.cond_logit(D.features(aug(wrong)), cond)
+            else:
+                wrong_logit = None
+            loss_d = matching_aware_d_loss(real_logit, wrong_logit, fake_logit, real_uncond=D.uncond_logit(h_real),
+                                           fake_uncond=D.uncond_logit(h_fake), loss=r.loss)
         opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         opt_d.step()
+        D.requires_grad_(False)  # G's update needs gradients through D, not for D's weights
         with autocast(device, amp):
-            loss_g = g_loss(D(fake, cond))
+            h = D.features(aug(fake))
+            loss_g = g_loss(D.cond_logit(h, cond), loss=r.loss)
+            uncond = D.uncond_logit(h)
+            if uncond is not None:
+                loss_g = loss_g + g_loss(uncond, loss=r.loss)
             kl = kl_loss(mu, logvar)
         opt_g.zero_grad(set_to_none=True)
         (loss_g + kl_coef * kl).backward()
         opt_g.step()
-        return {"loss_d": loss_d.detach(), "loss_g": loss_g.detach(), "kl": kl.detach(),
-                "d_real": torch.sigmoid(real_logit.detach().float()).mean(),
-                "d_wrong": torch.sigmoid(wrong_logit.detach().float()).mean(),
-                "d_fake": torch.sigmoid(fake_logit.detach().float()).mean()}
+        D.requires_grad_(True)
+        if ema is not None:
+            ema.update(G)
+        out = {"loss_d": loss_d.detach(), "loss_g": loss_g.detach(), "kl": kl.detach(),
+               "d_real": torch.sigmoid(real_logit.detach().float()).mean(),
+               "d_fake": torch.sigmoid(fake_logit.detach().float()).mean()}
+        if wrong_logit is not None:
+            out["d_wrong"] = torch.sigmoid(wrong_logit.detach().float()).mean()
+        return out
 
     return step
 
 
-def train_stage(G: nn.Module, D: nn.Module, *, images: torch.Tensor, embeddings: torch.Tensor, class_ids: torch.Tensor,
+def train_stage(G: nn.Module, D: StageD, *, images: torch.Tensor, embeddings: torch.Tensor, class_ids: torch.Tensor,
                 out_size: int, epochs: int, batch_size: int, run_dir: str | os.PathLike, lr: float = 2e-4,
                 betas: tuple[float, float] = (0.5, 0.999), kl_coef: float = 2.0, z_dim: int = 100,
                 lr_decay_epochs: int | None = None, G1: nn.Module | None = None, seed: int = 0, resume: bool = True,
-                config: Any = None, **fit_kwargs: Any) -> History:
+                config: Any = None, recipe: str | Recipe | dict = "paper", ema: Any = None, **fit_kwargs: Any) -> History:
     """Train one StackGAN stage (Stage I, or Stage II with a frozen ``G1``) through :func:`hwlib.train.fit`.
 
     ``images`` uint8 (N, 3, L, L), ``embeddings`` (N, 10, t_dim) and ``class_ids`` (N,) on the training device,
     as :func:`make_step` takes them. Sets G's text standardisation from ``embeddings``, then trains with Adam
-    (``lr``, ``betas``) for G and D, the learning rate halved every ``lr_decay_epochs`` epochs (constant if
-    None), over shuffled batches of ``batch_size`` dataset indices. ``run_dir``, ``seed``, ``resume``,
-    ``config`` and ``fit_kwargs`` (``sample_fn``, ``grid_dir``, ``on_epoch_end``, ``desc``, ...) go to ``fit``.
-    Returns fit's per-step :class:`~hwlib.train.History`.
+    (``lr`` for G, ``lr * recipe.lr_d`` for D, ``betas``), the learning rates halved every ``lr_decay_epochs``
+    epochs as the official trainer (constant if None), over shuffled batches of ``batch_size`` dataset indices.
+    ``ema``: an :class:`hwlib.train.EMA` of G, updated every step and checkpointed (build it from
+    ``recipe.ema``). ``run_dir``, ``seed``, ``resume``, ``config`` and ``fit_kwargs`` (``sample_fn``,
+    ``grid_dir``, ``on_epoch_end``, ``desc``, ...) go to ``fit``. Returns fit's per-step :class:`~hwlib.train.History`.
     """
     from hwlib.data.cub import index_loader
     from hwlib.train import fit
 
+    r = get_recipe(recipe)
     G.ca.fit_text_stats(embeddings)
-    optimizers = {k: torch.optim.Adam(net.parameters(), lr=lr, betas=tuple(betas)) for k, net in (("G", G), ("D", D))}
+    optimizers = {"G": torch.optim.Adam(G.parameters(), lr=lr, betas=tuple(betas)),
+                  "D": torch.optim.Adam(D.parameters(), lr=lr * r.lr_d, betas=tuple(betas))}
     schedulers = ({k: torch.optim.lr_scheduler.StepLR(o, step_size=lr_decay_epochs, gamma=0.5) for k, o in optimizers.items()}
                   if lr_decay_epochs else {})
     step = make_step(G, D, optimizers["G"], optimizers["D"], images=images, embeddings=embeddings, class_ids=class_ids,
-                     out_size=out_size, kl_coef=kl_coef, z_dim=z_dim, G1=G1)
+                     out_size=out_size, kl_coef=kl_coef, z_dim=z_dim, G1=G1, recipe=r, ema=ema)
     loader = index_loader(len(images), batch_size, seed=seed, device=images.device)
     return fit(step, loader, epochs=epochs, run_dir=run_dir, modules={"G": G, "D": D}, optimizers=optimizers,
-               schedulers=schedulers, seed=seed, resume=resume, config=config, **fit_kwargs)
+               schedulers=schedulers, emas={"G": ema} if ema is not None else None, seed=seed, resume=resume,
+               config=config, **fit_kwargs)
 
 
 @torch.no_grad()
