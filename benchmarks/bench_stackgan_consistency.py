@@ -29,7 +29,6 @@ import numpy as np
 import torch
 
 import hwlib
-from hwlib import metrics
 from hwlib.bench import write_result
 from hwlib.data import cub, synthbirds
 from hwlib.models import attributes, stackgan
@@ -44,7 +43,10 @@ def _override(recipe: stackgan.Recipe, pairs: list[str]) -> stackgan.Recipe:
         key, value = pair.split("=", 1)
         if key not in fields:
             raise SystemExit(f"--set {pair}: Recipe has no field {key!r}; fields: {sorted(fields)}")
-        fields[key] = json.loads(value) if value[:1] in "0123456789.-tfn[{\"" else value
+        try:
+            fields[key] = json.loads(value)  # numbers, true/false, null
+        except json.JSONDecodeError:
+            fields[key] = value  # a plain string, e.g. translation,cutout
     return stackgan.Recipe(**fields)
 
 
@@ -56,6 +58,7 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override one Recipe field")
     parser.add_argument("--gf", type=int, default=None)
     parser.add_argument("--df", type=int, default=None)
+    parser.add_argument("--lr", type=float, default=None, help="G's learning rate (default: the profile's)")
     parser.add_argument("--steps", type=int, default=896)
     parser.add_argument("--every", type=int, default=448)
     parser.add_argument("--seed", type=int, default=0)
@@ -66,7 +69,7 @@ def main() -> None:
     args = parser.parse_args()
     cfg, device, seed = hwlib.get_profile("01_stackgan_cub", args.profile, verbose=False), get_device(), args.seed
     recipe = _override(stackgan.get_recipe(args.recipe), args.set)
-    gf, df = args.gf or cfg.gf, args.df or cfg.df
+    gf, df, lr = args.gf or cfg.gf, args.df or cfg.df, args.lr or cfg.lr
     n_train = args.n_train or cfg.n_train
     root = synthbirds.make_synthbirds(n_train, cfg.n_test, seed=seed)
     train = cub.open_birds(root, "train", embedding=cfg.embedding)
@@ -74,6 +77,7 @@ def main() -> None:
     parts = [cfg.profile, args.condition, args.recipe] + [p.replace("=", "-").replace(",", "+") for p in args.set]
     parts += [f"gf{gf}"] if gf != cfg.gf else []
     parts += [f"df{df}"] if df != cfg.df else []
+    parts += [f"lr{lr:g}"] if lr != cfg.lr else []
     parts += [f"n{n_train}"] if n_train != cfg.n_train else []
     parts += ["halving"] if args.halving else []
     parts += [args.tag] if args.tag else []
@@ -99,7 +103,7 @@ def main() -> None:
         evals["seen"] = (eye[torch.from_numpy(train.class_ids[idx]) - 1], z, {k: labels[k] for k in COLOURS}, train_76)
     else:
         for split_name, split, real in (("unseen", test, test_76), ("seen", train, train_76)):
-            text, z, targets = synthbirds.consistency_set(split, n_eval, cfg.z_dim, seed)
+            text, z, targets, _ = synthbirds.consistency_set(split, n_eval, cfg.z_dim, seed)
             if args.condition == "none":
                 text = torch.zeros_like(text)
             evals[split_name] = (text, z, {k: targets[k] for k in COLOURS}, real)
@@ -110,7 +114,8 @@ def main() -> None:
 
     seed_everything(args.train_seed)
     G = stackgan.Stage1G(embeddings.shape[-1], cfg.c_dim, cfg.z_dim, gf, upsample=cfg.upsample,
-                         ca_logvar_init=recipe.ca_logvar_init).to(device)
+                         ca_logvar_init=recipe.ca_logvar_init, min_channels=recipe.g_min_channels,
+                         cond_norm=recipe.g_cond_norm).to(device)
     D = stackgan.StageD(64, cfg.c_dim, df, spectral_norm=recipe.spectral_norm, projection=recipe.projection).to(device)
     ema = EMA(G, recipe.ema) if recipe.ema else None
     n_batches = len(train) // cfg.batch_size
@@ -126,9 +131,8 @@ def main() -> None:
         row: dict = {"step": epoch * n_batches, "epoch": epoch, "seconds": round(time.perf_counter() - t0, 1)}
         for split_name, (text, z, targets, _) in evals.items():
             low = stackgan.generate(sampler, text, z=z)[0]
-            acc = attributes.attribute_accuracy(attributes.predict(clf, low), targets)
-            fid = metrics.fid_from_features(real_feats[split_name], attributes.features(clf, low))
-            row[split_name] = {**{k: round(acc[k], 3) for k in COLOURS}, "fid": round(float(fid), 2)}
+            res = attributes.consistency(clf, low, targets, real_feats[split_name])
+            row[split_name] = {**{k: round(res[k], 3) for k in COLOURS}, "fid": round(res["fid"], 2)}
         curve.append(row)
         G.train()
         print(f"step {row['step']:6d} ({row['seconds']:.0f} s): " + "; ".join(
@@ -137,14 +141,14 @@ def main() -> None:
 
     stackgan.train_stage(G, D, images=train_76.to(device), embeddings=embeddings.to(device),
                          class_ids=torch.from_numpy(train.class_ids).to(device), out_size=64, epochs=epochs,
-                         batch_size=cfg.batch_size, run_dir=runs, lr=cfg.lr, betas=cfg.betas, kl_coef=cfg.kl_coef,
+                         batch_size=cfg.batch_size, run_dir=runs, lr=lr, betas=cfg.betas, kl_coef=cfg.kl_coef,
                          z_dim=cfg.z_dim, lr_decay_epochs=cfg.lr_decay_epochs if args.halving else None,
                          seed=args.train_seed, resume=False, recipe=recipe, ema=ema, on_epoch_end=score,
                          config={"name": name, "epochs": epochs}, desc="Stage-I", progress=False)
     write_result(f"stackgan_ladder/{name}", {
         "profile": cfg.profile, "condition": args.condition, "recipe": args.recipe, "recipe_fields": recipe.as_dict(),
         "gf": gf, "df": df, "batch_size": cfg.batch_size, "n_train": len(train), "train_seed": args.train_seed,
-        "lr": cfg.lr, "kl_coef": cfg.kl_coef, "n_eval": n_eval, "chance": 0.1,
+        "lr": lr, "kl_coef": cfg.kl_coef, "n_eval": n_eval, "chance": 0.1,
         "lr_schedule": f"halved every {cfg.lr_decay_epochs} epochs" if args.halving else "constant",
         "profile_steps": cfg.epochs1 * n_batches, "threads": torch.get_num_threads(), "curve": curve}, device)
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from hwlib.paths import repo_root
+from hwlib.paths import committed_or_scratch, repo_root
 
 
 def device_name(device: torch.device | str | None = None) -> str:
@@ -30,7 +30,7 @@ def device_name(device: torch.device | str | None = None) -> str:
 def write_result(name: str, result: dict[str, Any], device: torch.device | str | None = None) -> Path:
     """Write ``result`` plus device, versions and date to ``benchmarks/results/<name>.json``; print it."""
     root = repo_root() or Path.cwd()
-    out = root / "benchmarks" / "results"
+    out = committed_or_scratch(root / "benchmarks" / "results")
     out.mkdir(parents=True, exist_ok=True)
     record = {
         "benchmark": name,
@@ -45,3 +45,10 @@ def write_result(name: str, result: dict[str, Any], device: torch.device | str |
     path.write_text(json.dumps(record, indent=2) + "\n")
     print(json.dumps(record, indent=2))
     return path
+
+
+def read_results(pattern: str) -> list[dict[str, Any]]:
+    """Every ``benchmarks/results/<pattern>.json`` record (glob pattern, e.g. ``"stackgan_ladder/quick_*"``), by name."""
+    root = repo_root() or Path.cwd()
+    paths = sorted((root / "benchmarks" / "results").glob(f"{pattern}.json"))
+    return [json.loads(p.read_text()) for p in paths]

@@ -25,6 +25,8 @@ from typing import Any
 
 import torch
 
+from hwlib.files import atomic_write
+
 
 class RunLocked(RuntimeError):
     """Another process is training in this run directory."""
@@ -138,20 +140,8 @@ class Checkpointer:
 
     def save(self, state: dict[str, Any], step: int) -> Path:
         final = self.dir / f"ckpt_{step:09d}.pt"
-        tmp = self.dir / f".{final.name}.{socket.gethostname()}.{os.getpid()}.tmp"
-        try:
-            with open(tmp, "wb") as f:
-                torch.save(state, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, final)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        with contextlib.suppress(OSError):  # make the rename itself durable
-            fd = os.open(self.dir, os.O_RDONLY)
-            os.fsync(fd)
-            os.close(fd)
+        with atomic_write(final) as f:
+            torch.save(state, f)
         self.prune(final)
         return final
 

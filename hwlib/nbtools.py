@@ -15,8 +15,17 @@ KERNELSPEC = {"display_name": "Python 3", "language": "python", "name": "python3
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 
 
+def _tags(cell: dict) -> list[str]:
+    return cell.get("metadata", {}).get("tags", [])
+
+
 def clean(nb: dict) -> dict:
-    """Strip run metadata from a notebook dict (in place) and return it."""
+    """Strip run metadata and papermill's ``injected-parameters`` cell from a notebook dict (in place); return it.
+
+    The injected cell pins the profile a run used (``profile = "quick"``); committed, it would make "Run all" on
+    a GPU train the CPU profile. Without it the ``parameters`` cell's ``profile = "auto"`` decides.
+    """
+    nb["cells"] = [c for c in nb["cells"] if "injected-parameters" not in _tags(c)]
     meta = nb.setdefault("metadata", {})
     for key in ("papermill", "widgets", "vscode", "toc", "varInspector"):
         meta.pop(key, None)
@@ -46,7 +55,15 @@ def problems(nb: dict, name: str) -> list[str]:
     """Convention violations of one notebook."""
     found = []
     cells = nb["cells"]
-    tagged = [i for i, c in enumerate(cells) if "parameters" in c.get("metadata", {}).get("tags", [])]
+    tagged = [i for i, c in enumerate(cells) if "parameters" in _tags(c)]
+    injected = sum("injected-parameters" in _tags(c) for c in cells)
+    if injected:
+        found.append(f"{name}: {injected} papermill 'injected-parameters' cell(s) pin a profile; publish with "
+                     "`python -m hwlib.nbtools publish`, which removes them")
+    failed = [line for c in cells if c["cell_type"] == "code" for out in c.get("outputs", [])
+              for line in "".join(out.get("text", "")).splitlines() if line.startswith("✗ ")]
+    for line in failed:
+        found.append(f"{name}: a claim does not hold for its numbers: {line}")
     if len(tagged) != 1:
         found.append(f"{name}: {len(tagged)} cells tagged 'parameters' (need exactly one)")
     elif "profile" not in "".join(cells[tagged[0]]["source"]):

@@ -3,10 +3,15 @@
 - data:    ``$HWLIB_DATA``    or ``~/.cache/hwlib``              (datasets, reference statistics)
 - runs:    ``$HWLIB_RUNS``    or ``<data>/runs``                 (checkpoints, loss CSVs, per-epoch grids)
 - figures: ``$HWLIB_FIGURES`` or ``<repo>/figures`` in a checkout, else ``./figures``
+
+A ``smoke`` run (a process that resolved the smoke profile, or ``$HWLIB_PROFILE=smoke``) never writes into the checkout's committed
+``figures/`` or ``benchmarks/results/``, whatever the environment says: :func:`committed_or_scratch` sends it to
+``<tmp>/hwlib-smoke/`` instead.
 """
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 _PACKAGE_ROOT = Path(__file__).resolve().parent
@@ -35,11 +40,26 @@ def runs_dir(name: str = "") -> Path:
     return path
 
 
+def committed_or_scratch(path: Path) -> Path:
+    """``path``, unless this is a smoke run and ``path`` lies in the checkout's ``figures/`` or
+    ``benchmarks/results/``: then the same relative place under ``<tmp>/hwlib-smoke/``."""
+    from hwlib.profiles import is_smoke_run
+
+    root = repo_root()
+    if root is None or not is_smoke_run():
+        return path
+    path = Path(os.path.abspath(path))
+    for committed in (root / "figures", root / "benchmarks" / "results"):
+        if path == committed or committed in path.parents:
+            return Path(tempfile.gettempdir()) / "hwlib-smoke" / path.relative_to(root)
+    return path
+
+
 def figures_dir(notebook: str = "") -> Path:
     """Folder for a notebook's figures and GIFs, e.g. ``figures_dir("03_cgan_mnist")``."""
     env = os.environ.get("HWLIB_FIGURES")
     root = repo_root()
     base = Path(env).expanduser() if env else (root / "figures" if root else Path.cwd() / "figures")
-    path = base / notebook if notebook else base
+    path = committed_or_scratch(base / notebook if notebook else base)
     path.mkdir(parents=True, exist_ok=True)
     return path

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from hwlib.files import atomic_write
 from hwlib.checkpoints import (Checkpointer, RunLock, RunLocked, RunMismatch, check_free_space, identity_diff,  # noqa: F401
                                split_config, state_nbytes)
 
@@ -182,12 +183,10 @@ class History:
 
     def to_csv(self, path: str | os.PathLike) -> Path:
         path = Path(path)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # unique per process
-        with open(tmp, "w", newline="") as f:
-            writer = csv.writer(f)
+        with atomic_write(path, "w") as f:  # a temporary name unique per process, renamed when complete
+            writer = csv.writer(f, lineterminator="\n")
             writer.writerow(self.keys())
             writer.writerows(zip(*self.columns.values()))
-        os.replace(tmp, path)
         return path
 
     @classmethod

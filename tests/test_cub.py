@@ -126,3 +126,272 @@ def test_wrong_images_come_from_other_classes() -> None:
     emb = torch.arange(2 * 10 * 3, dtype=torch.float32).view(2, 10, 3)
     picked = cub.pick_embedding(emb)
     assert picked.shape == (2, 3) and all(any(torch.equal(picked[i], emb[i, k]) for k in range(10)) for i in range(2))
+
+
+# ----------------------------------------------------------------------------- download (atomic)
+
+
+def _tgz(folder: Path, dest: Path) -> Path:
+    import tarfile
+
+    with tarfile.open(dest, "w:gz") as tar:
+        tar.add(folder, arcname=folder.name)
+        tar.add(folder / "images.txt", arcname="attributes.txt")  # CUB's archive holds a file beside the folder
+    return dest
+
+
+def _zip(folder: Path, dest: Path) -> Path:
+    import zipfile
+
+    with zipfile.ZipFile(dest, "w") as z:
+        for path in sorted(folder.rglob("*")):
+            z.write(path, path.relative_to(folder.parent).as_posix())
+    return dest
+
+
+def _truncated(path: Path) -> Path:
+    out = path.with_name("truncated_" + path.name)
+    out.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    return out
+
+
+@pytest.fixture()
+def archives(tmp_path: Path) -> dict[str, Path]:
+    src = make_cub_fixture(tmp_path / "src")
+    tgz, zipped = _tgz(src / "CUB_200_2011", tmp_path / "CUB_200_2011.tgz"), _zip(src / "birds", tmp_path / "birds.zip")
+    return {"tgz": tgz, "zip": zipped, "bad_tgz": _truncated(tgz), "bad_zip": _truncated(zipped),
+            "other_zip": _zip(src / "CUB_200_2011", tmp_path / "other.zip")}
+
+
+def _serve(monkeypatch, cub_archive: Path, birds_archive: Path) -> None:
+    monkeypatch.setattr(cub, "CUB_URL", cub_archive.as_uri())
+    monkeypatch.setattr(cub, "BIRDS_URL", birds_archive.as_uri())
+
+
+def test_download_from_local_archives(tmp_path: Path, archives, monkeypatch) -> None:
+    root = tmp_path / "data"
+    _serve(monkeypatch, archives["tgz"], archives["zip"])
+    assert cub.download_cub(root) == root
+    assert sorted(p.name for p in root.iterdir()) == ["CUB_200_2011", "birds"]  # no archive, no temporary left
+    assert len(cub.open_birds(root, "train")) == 2 * PER_CLASS
+    _serve(monkeypatch, tmp_path / "gone.tgz", tmp_path / "gone.zip")
+    cub.download_cub(root)  # complete folders are not fetched again
+
+
+def test_failed_extraction_leaves_no_folder(tmp_path: Path, archives, monkeypatch) -> None:
+    root = tmp_path / "data"
+    _serve(monkeypatch, archives["bad_tgz"], archives["zip"])
+    with pytest.raises(cub.CUBFormatError, match=r"could not download CUB_200_2011.tgz from file://.*truncated_"):
+        cub.download_cub(root)
+    assert list(root.iterdir()) == []  # neither a half-extracted CUB_200_2011 nor a stray archive
+    _serve(monkeypatch, archives["tgz"], archives["bad_zip"])
+    with pytest.raises(cub.CUBFormatError, match="could not download birds.zip"):
+        cub.download_cub(root)
+    assert [p.name for p in root.iterdir()] == ["CUB_200_2011"]
+    _serve(monkeypatch, archives["tgz"], archives["other_zip"])  # an archive without the expected folder
+    with pytest.raises(cub.CUBFormatError, match="holds no folder birds/"):
+        cub.download_cub(root)
+    assert [p.name for p in root.iterdir()] == ["CUB_200_2011"]
+    _serve(monkeypatch, archives["tgz"], archives["zip"])  # the retry completes the set
+    cub.download_cub(root)
+    assert len(cub.open_birds(root, "test")) == 2 * PER_CLASS
+
+
+def test_interrupted_extraction_leaves_no_folder(tmp_path: Path, archives, monkeypatch) -> None:
+    import tarfile
+
+    root = tmp_path / "data"
+    _serve(monkeypatch, archives["tgz"], archives["zip"])
+    extract = tarfile.TarFile.extract
+
+    def interrupted(self, path, *args, **kwargs):  # the user presses Ctrl-C after a few files
+        for member in self.getmembers()[:5]:
+            extract(self, member, path, filter="data")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tarfile.TarFile, "extractall", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        cub.download_cub(root)
+    assert list(root.iterdir()) == []
+    monkeypatch.undo()
+    _serve(monkeypatch, archives["tgz"], archives["zip"])
+    cub.download_cub(root)
+    assert len(cub.open_birds(root, "train")) == 2 * PER_CLASS
+
+
+# ----------------------------------------------------------------------------- malformed inputs name the file
+
+
+def _set_line(path: Path, image_id: int, line: str | None) -> None:
+    """Replace (or with ``None`` drop) the line of ``image_id`` in a CUB table."""
+    rows = [r for r in path.read_text().splitlines() if r.split()[0] != str(image_id)]
+    path.write_text("\n".join(([line] if line is not None else []) + rows) + "\n")
+
+
+FIRST_KEY = "001.Black_footed_Albatross/Black_footed_Albatross_0001_100"
+
+
+def test_corrupt_jpegs_are_named(root: Path) -> None:
+    split = cub.open_birds(root, "train")
+    path = split.image_paths[2]
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(cub.CUBFormatError, match=rf"cannot decode the image .*{path.name}"):
+        split.images(76)
+    path.write_bytes(b"this is not a jpeg")
+    with pytest.raises(cub.CUBFormatError, match=rf"cannot decode the image .*{path.name}.*CUB_200_2011.tgz"):
+        split.images(76, indices=[2])
+    assert split.images(76, indices=[0, 1]).shape == (2, 3, 76, 76)  # the others still load
+
+
+@pytest.mark.parametrize("box", ["nan 15 30 30", "20 inf 30 30", "-5 15 30 30", "20 15 0 30", "20 15 30 -3",
+                                 "20 15 0 0"])
+def test_bad_bounding_boxes_are_named(root: Path, box: str) -> None:
+    _set_line(root / "CUB_200_2011/bounding_boxes.txt", 1, f"1 {box}")
+    with pytest.raises(cub.CUBFormatError, match=rf"bounding_boxes.txt, id 1 \({FIRST_KEY}\): box"):
+        cub.open_birds(root, "train")
+
+
+def test_bounding_box_off_the_image_is_named(root: Path) -> None:
+    _set_line(root / "CUB_200_2011/bounding_boxes.txt", 1, "1 500.0 400.0 30.0 30.0")
+    split = cub.open_birds(root, "train")
+    with pytest.raises(cub.CUBFormatError, match=r"bounding box .* of .*_0001_100.jpg .*does not lie inside its \d+ x \d+ image"):
+        split.images(76)
+    with pytest.raises(cub.CUBFormatError, match="does not lie inside"):
+        cub.crop_and_resize(split.image_paths[1], np.array([1.0, 1.0, 0.4, 0.4]) * np.nan, 8)
+
+
+def test_images_txt_lines_are_checked(root: Path) -> None:
+    images = root / "CUB_200_2011/images.txt"
+    original = images.read_text()
+    _set_line(images, 2, "2")
+    with pytest.raises(cub.CUBFormatError, match=r"images.txt, line 1: '2' has 1 field\(s\), expected 2"):
+        cub.open_birds(root, "train")
+    images.write_text(original + "3 001.Black_footed_Albatross/another.jpg\n")
+    with pytest.raises(cub.CUBFormatError, match=r"images.txt, line 13: id 3 is listed again \(first on line 3\)"):
+        cub.open_birds(root, "train")
+    images.write_text(original.replace(f"1 {FIRST_KEY}.jpg", "1 ../../outside.jpg"))
+    with pytest.raises(cub.CUBFormatError, match=r"images.txt, id 1: '../../outside.jpg' is not a relative path inside"):
+        cub.open_birds(root, "train")
+
+
+@pytest.mark.parametrize("value,message", [
+    ({"keys": 1}, r"filenames.pickle holds a dict, expected a list of strings"),
+    (np.arange(6), r"filenames.pickle holds a ndarray, expected a list of strings"),
+    ([FIRST_KEY, 7], r"filenames.pickle: item 1 is a int \(7\), expected a string key"),
+    ([FIRST_KEY, "../../../etc/passwd"], r"filenames.pickle, item 1: '../../../etc/passwd' is not a relative path"),
+    ([FIRST_KEY, "/etc/passwd"], r"filenames.pickle, item 1: '/etc/passwd' is not a relative path"),
+])
+def test_filenames_pickle_must_be_relative_string_keys(root: Path, value, message: str) -> None:
+    (root / "birds/train/filenames.pickle").write_bytes(py2_dumps(value))
+    with pytest.raises(cub.CUBFormatError, match=message):
+        cub.open_birds(root, "train")
+
+
+def test_caption_keys_cannot_leave_the_root(root: Path) -> None:
+    for key in ("../../secret", "/etc/passwd", "..\\..\\secret"):
+        with pytest.raises(cub.CUBFormatError, match="not a relative path inside"):
+            cub.read_captions(root, key)
+
+
+@pytest.mark.parametrize("ids,message", [
+    ([1, 1.7, 1, 2, 2, 2], r"item 1 \(key '.*'\) has class id 1.7, expected a whole number in 1..200"),
+    ([1, 1, 1, 2, 2, 201], r"item 5 .* has class id 201"),
+    ([0, 1, 1, 2, 2, 2], r"item 0 .* has class id 0"),
+    ([1, 1, 1, 2, 2, float("nan")], r"item 5 .* has class id nan"),
+    (["1", "1", "1", "2", "2", "2"], r"holds <U1 values, expected integer class ids 1..200"),
+])
+def test_class_ids_must_be_whole_numbers_in_range(root: Path, ids, message: str) -> None:
+    (root / "birds/train/class_info.pickle").write_bytes(py2_dumps(ids))
+    with pytest.raises(cub.CUBFormatError, match=rf"class_info.pickle: {message}|class_info.pickle {message}"):
+        cub.open_birds(root, "train")
+
+
+def test_whole_float_class_ids_are_accepted(root: Path) -> None:
+    (root / "birds/train/class_info.pickle").write_bytes(py2_dumps(np.array([1, 1, 1, 2, 2, 2], np.float64)))
+    split = cub.open_birds(root, "train")
+    assert split.class_ids.dtype == np.int64 and split.class_ids.tolist() == [1, 1, 1, 2, 2, 2]
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_embeddings_are_refused(root: Path, bad: float) -> None:
+    emb = np.zeros((6, 10, 1024), np.float32)
+    emb[4, 3, 7] = bad
+    (root / "birds/train/char-CNN-RNN-embeddings.pickle").write_bytes(py2_dumps(emb))
+    with pytest.raises(cub.CUBFormatError, match=r"char-CNN-RNN-embeddings.pickle: 1 sample\(s\) have NaN or infinite "
+                                                 r"embeddings, the first '002.Laysan_Albatross/.*' \(index 4\)"):
+        cub.open_birds(root, "train")
+
+
+def test_minilm_cache_is_atomic_checked_and_rebuilt(root: Path, monkeypatch) -> None:
+    from hwlib import text
+
+    monkeypatch.setattr(text, "encode", lambda caps: np.ones((len(caps), 384), np.float32))
+    cub.open_birds(root, "train", embedding="all-MiniLM-L6-v2")
+    cache = root / "birds/train/all-MiniLM-L6-v2-embeddings.npy"
+    assert sorted(p.name for p in cache.parent.iterdir() if p.name.startswith(".")) == []  # no temporary left
+    cache.write_bytes(cache.read_bytes()[:300])  # a cache cut short (disk full, killed writer)
+    with pytest.warns(RuntimeWarning, match=f"{cache.name} is unreadable"):
+        assert cub.open_birds(root, "train", embedding="all-MiniLM-L6-v2").embeddings.shape == (6, 10, 384)
+    np.save(cache, np.full((6, 10, 384), np.nan, np.float32))
+    with pytest.raises(cub.CUBFormatError, match=r"all-MiniLM-L6-v2-embeddings.npy: 6 sample\(s\) have NaN"):
+        cub.open_birds(root, "train", embedding="all-MiniLM-L6-v2")
+
+
+# ----------------------------------------------------------------------------- Python 3 pickles, latin-1 captions
+
+
+@pytest.mark.parametrize("protocol", range(6))
+def test_python3_pickles_of_arrays_load(tmp_path: Path, protocol: int) -> None:
+    value = {"c": np.arange(6, dtype=np.float32).reshape(2, 3), "f": np.asfortranarray(np.eye(3)),
+             "strided": np.arange(10)[::2], "scalar": np.float64(2.5), "int": np.int64(-3), "dtype": np.dtype("<u2"),
+             "text": ["café", "002.Laysan_Albatross/x"], "bytes": b"\x00\xff", "nested": (1, 2.0, None, True)}
+    path = tmp_path / "p.pickle"
+    path.write_bytes(pickle.dumps(value, protocol=protocol))
+    out = cub.load_pickle(path)
+    for key in ("c", "f", "strided"):
+        assert out[key].dtype == value[key].dtype and np.array_equal(out[key], value[key])
+    assert out["f"].flags.f_contiguous and out["scalar"] == 2.5 and out["int"] == -3 and out["dtype"] == np.dtype("<u2")
+    assert out["text"] == value["text"] and out["bytes"] == b"\x00\xff" and out["nested"] == (1, 2.0, None, True)
+
+
+@pytest.mark.parametrize("protocol", range(6))
+def test_open_birds_reads_python3_pickles(root: Path, protocol: int) -> None:
+    birds = root / "birds/train"
+    for name in ("filenames.pickle", "class_info.pickle", "char-CNN-RNN-embeddings.pickle"):
+        (birds / name).write_bytes(pickle.dumps(cub.load_pickle(birds / name), protocol=protocol))
+    assert cub.open_birds(root, "train").embeddings.shape == (6, 10, 1024)
+
+
+@pytest.mark.parametrize("protocol", range(6))
+def test_hostile_pickles_are_refused_at_every_protocol(tmp_path: Path, protocol: int) -> None:
+    import os
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    path = tmp_path / "evil.pickle"
+    path.write_bytes(pickle.dumps([np.zeros(2), Evil()], protocol=protocol))
+    with pytest.raises(cub.CUBFormatError, match=r"evil.pickle.*refusing to load (os|posix|nt)\.system"):
+        cub.load_pickle(path)
+
+
+def test_unusual_codecs_and_out_of_band_buffers_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "codec.pickle"
+    path.write_bytes(b"\x80\x02c_codecs\nencode\nX\x03\x00\x00\x00abcX\x05\x00\x00\x00rot13\x86R.")
+    with pytest.raises(cub.CUBFormatError, match="codec.pickle.*refusing _codecs.encode with encoding 'rot13'"):
+        cub.load_pickle(path)
+    buffers: list = []
+    path.write_bytes(pickle.dumps(np.arange(5), protocol=5, buffer_callback=buffers.append))
+    assert buffers  # the array's data went out of band: the file alone cannot rebuild it
+    with pytest.raises(cub.CUBFormatError, match="codec.pickle.*out-of-band"):
+        cub.load_pickle(path)
+
+
+def test_latin1_captions_are_read_with_a_warning(root: Path) -> None:
+    split = cub.open_birds(root, "train")
+    path = root / "birds/text_c10" / f"{split.keys[0]}.txt"
+    path.write_bytes("".join(f"a caf\xe9-coloured bird {k}\n" for k in range(10)).encode("latin-1"))
+    with pytest.warns(UnicodeWarning, match=rf"{path.name} is not UTF-8.*read as latin-1"):
+        captions = split.captions(0)
+    assert captions[0] == "a café-coloured bird 0" and len(captions) == 10

@@ -1,6 +1,7 @@
 """GAN losses and the shared alternating update (hwlib.gan)."""
 import math
 
+import pytest
 import torch
 from torch import nn
 
@@ -92,3 +93,21 @@ def test_alternating_training_moves_fakes_to_the_data():
     with torch.no_grad():
         end = (G(torch.randn(2000, 4)).mean(0) - target).norm()
     assert start > 3 and end < 0.5, (start, end)
+
+
+def test_diff_augment_translates_and_cuts_out_per_sample():
+    from hwlib.gan import diff_augment
+
+    torch.manual_seed(0)
+    x = torch.ones(64, 3, 16, 16, requires_grad=True)
+    assert diff_augment(x, "") is x or torch.equal(diff_augment(x, ""), x)
+    out = diff_augment(x, "translation,cutout")
+    assert out.shape == x.shape
+    zero_share = (out == 0).float().mean((1, 2, 3))
+    assert zero_share.min() > 0 and zero_share.mean() > 0.2 and zero_share.std() > 0  # holes of up to 1/4, borders vary
+    out.sum().backward()  # differentiable: G gets gradients through it
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    shifted = diff_augment(torch.arange(256.).view(1, 1, 16, 16).expand(32, 3, 16, 16), "translation")
+    assert not all(torch.equal(shifted[0], s) for s in shifted[1:])  # a fresh shift per sample
+    with pytest.raises(ValueError, match="unknown DiffAugment policy 'color'"):
+        diff_augment(x, "color")

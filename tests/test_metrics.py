@@ -9,6 +9,7 @@ import scipy.linalg
 import torch
 from torch import nn
 
+from hwlib.files import array_digest, write_arrays
 from hwlib.metrics import (FeatureStats, evaluate, fid_from_features, frechet_distance, inception_score,
                            precision_recall)
 from hwlib.metrics import reference as reference_module
@@ -161,7 +162,7 @@ def test_reference_stats_cached(isolated_paths, monkeypatch):
     monkeypatch.setattr(reference_module, "real_images", lambda real, n: images[:n])
     net = CountingNet()
     first = reference_module.reference_stats("mnist-test", n=300, features=net, batch_size=100)
-    path = reference_module.cache_path("mnist-test", "counting-test", 300)
+    path = reference_module.cache_path("mnist-test", "counting-test", 300, array_digest(images.numpy()))
     assert path.is_file() and path.parent.name == "fid_stats" and path.is_relative_to(isolated_paths)
     assert net.calls == 3
     second = reference_module.reference_stats("mnist-test", n=300, features=net, batch_size=100)
@@ -171,6 +172,42 @@ def test_reference_stats_cached(isolated_paths, monkeypatch):
     assert first["feats"].shape == (300, 16) and first["sigma"].shape == (16, 16)
     reference_module.reference_stats("mnist-test", n=200, features=net, batch_size=100)
     assert net.calls == 5  # another image count is another key
+
+
+def test_reference_stats_keyed_on_image_content(isolated_paths, monkeypatch):
+    """Replaced data files (same name, same count) get new statistics, not the stale cached ones."""
+    g = torch.Generator().manual_seed(0)
+    old, new = (torch.rand(200, 1, 28, 28, generator=g) * 2 - 1 for _ in range(2))
+    net = CountingNet()
+    monkeypatch.setattr(reference_module, "real_images", lambda real, n: old[:n])
+    before = reference_module.reference_stats("mnist-test", n=200, features=net, batch_size=100)
+    monkeypatch.setattr(reference_module, "real_images", lambda real, n: new[:n])
+    after = reference_module.reference_stats("mnist-test", n=200, features=net, batch_size=100)
+    assert net.calls == 4 and not np.allclose(before["mu"], after["mu"])
+    np.testing.assert_allclose(after["mu"], reference_module.compute_reference(new, net, 100)["mu"])
+    monkeypatch.setattr(reference_module, "real_images", lambda real, n: old[:n])
+    calls = net.calls
+    again = reference_module.reference_stats("mnist-test", n=200, features=net, batch_size=100)
+    assert net.calls == calls and np.array_equal(again["mu"], before["mu"])  # the old data's file is reused
+
+
+def test_corrupt_reference_cache_is_recomputed_and_named(isolated_paths, monkeypatch):
+    images = torch.rand(100, 1, 28, 28, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    monkeypatch.setattr(reference_module, "real_images", lambda real, n: images[:n])
+    net = CountingNet()
+    good = reference_module.reference_stats("mnist-test", n=100, features=net, batch_size=100)
+    path = reference_module.cache_path("mnist-test", net.tag, 100, array_digest(images.numpy()))
+    for damage in (path.read_bytes()[:500], b"not a zip at all"):  # truncated, garbage
+        path.write_bytes(damage)
+        with pytest.warns(RuntimeWarning, match=f"{path.name} is unreadable.*computing it again"):
+            again = reference_module.reference_stats("mnist-test", n=100, features=net, batch_size=100)
+        np.testing.assert_array_equal(again["sigma"], good["sigma"])
+    reference_module.reference_stats("mnist-test", n=100, features=net, batch_size=100)
+    assert net.calls == 3  # the rewritten file is whole: read, not recomputed
+    write_arrays(path, {"mu": np.zeros(3), "sigma": np.zeros((3, 3)), "feats": np.zeros((5, 3))})
+    with pytest.warns(RuntimeWarning, match="shapes"):  # readable but not statistics of 100 images
+        reference_module.reference_stats("mnist-test", n=100, features=net, batch_size=100)
+    assert net.calls == 4
 
 
 def test_precision_recall_hand_example():
@@ -243,3 +280,18 @@ def test_within_class_spread_detects_collapse_and_streams():
     # a class seen once has no spread and is left out rather than counted as 0
     assert within_class_spread(images[:4], torch.tensor([0, 0, 1, 2]), num_classes=3) == pytest.approx(
         float(images[:2].std(0).mean()), rel=1e-6)
+
+
+def test_high_frequency_energy_sees_detail_that_upsampling_lacks():
+    from hwlib.metrics import high_frequency_energy
+
+    g = torch.Generator().manual_seed(0)
+    low = torch.rand(4, 3, 64, 64, generator=g) * 2 - 1
+    up = torch.nn.functional.interpolate(low, size=256, mode="bilinear", align_corners=False)
+    noisy = up + 0.3 * torch.randn(up.shape, generator=g)
+    e_up, e_noisy = high_frequency_energy(up), high_frequency_energy(noisy)
+    assert 0 <= e_up < 0.01 < e_noisy <= 1
+    flat = torch.zeros(2, 3, 32, 32)
+    assert high_frequency_energy(flat) == 0.0
+    checker = (torch.arange(32)[:, None] + torch.arange(32)[None, :]) % 2 * 2.0 - 1  # all energy at Nyquist
+    assert high_frequency_energy(checker.expand(1, 3, 32, 32)) == pytest.approx(1.0)

@@ -78,6 +78,17 @@ def test_missing_inception_weights_error(tmp_path, monkeypatch):
     assert inception_weights_path() == tmp_path / "w" / WEIGHTS_FILE
 
 
+def test_inception_tag_hashes_the_whole_weights_file(tmp_path):
+    """Two weights files that agree on their first MiB but not after it get different cache tags."""
+    head = np.random.default_rng(0).bytes(3 << 20)
+    a, b = tmp_path / "a.pth", tmp_path / "b.pth"
+    a.write_bytes(head + b"\x00")
+    b.write_bytes(head + b"\x01")
+    tag = inception_module.weights_tag(a)
+    assert tag.startswith("inception-") and len(tag) == len("inception-") + 8
+    assert tag != inception_module.weights_tag(b) and tag == inception_module.weights_tag(a)
+
+
 @pytest.mark.slow
 def test_inception_random_weights_path(tmp_path, monkeypatch):
     """The pytorch-fid network end to end with random weights, loaded from a weights file as the real ones are."""

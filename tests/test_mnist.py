@@ -108,6 +108,49 @@ def test_wrong_count_and_label_range(tmp_path):
         mnist_mod._to_tensors(np.zeros((2, 28, 28), np.uint8), np.array([3, 12]), "x")
 
 
+def test_gzip_bomb_fails_without_inflating(tmp_path):
+    """A 1 MB .gz whose header claims 60,000 28x28 images, followed by 1 GiB of zeros: refused, in bounded memory."""
+    import tracemalloc
+    import zlib
+
+    header = bytes([0, 0, 8, 3]) + b"".join(int(d).to_bytes(4, "big") for d in (60_000, 28, 28))
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    mib_of_zeros = gzip.compress(bytes(1 << 20), compresslevel=9, mtime=0)
+    assert zlib.decompress(mib_of_zeros, wbits=31) == bytes(1 << 20)
+    path.write_bytes(gzip.compress(header, mtime=0) + mib_of_zeros * 1024)  # gzip members concatenate
+    assert path.stat().st_size < 4 << 20
+    tracemalloc.start()
+    try:
+        with pytest.raises(MNISTSourceError, match=r"train-images-idx3-ubyte.gz is padded.*\(60000, 28, 28\)"):
+            read_idx(path, 3, 60_000)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 200 << 20  # the 47 MB the header announces (+1 byte), not the 1 GiB of the stream
+
+
+@pytest.mark.parametrize("ndim,dims,name", [(1, (4_000_000_000,), "labels"), (3, (60_000, 2000, 2000), "images"),
+                                            (3, (11_000_000, 28, 28), "images")])
+def test_absurd_idx_header_is_refused(tmp_path, ndim, dims, name):
+    path = tmp_path / f"{name}.gz"
+    header = bytes([0, 0, 8, ndim]) + b"".join(int(d).to_bytes(4, "big") for d in dims)
+    path.write_bytes(gzip.compress(header + bytes(1000)))
+    with pytest.raises(MNISTSourceError, match=rf"{name}.gz has an absurd header: dimensions"):
+        read_idx(path, ndim)  # no expected count: the header's own limits decide
+
+
+def test_padded_and_truncated_header(tmp_path):
+    good = _idx_bytes(np.zeros((5, 28, 28), np.uint8))
+    (tmp_path / "pad").write_bytes(good + b"garbage")
+    with pytest.raises(MNISTSourceError, match=r"pad is padded: header says \(5, 28, 28\)"):
+        read_idx(tmp_path / "pad", 3, 5)
+    (tmp_path / "head").write_bytes(good[:10])
+    with pytest.raises(MNISTSourceError, match="head is truncated: it ends inside its 16-byte header"):
+        read_idx(tmp_path / "head", 3)
+    (tmp_path / "ok").write_bytes(good)
+    assert read_idx(tmp_path / "ok", 3, 5).shape == (5, 28, 28)
+
+
 def test_embedded_source_split():
     xtr, ytr = load_mnist("train", source="embedded", verbose=False)
     xte, yte = load_mnist("test", source="embedded", verbose=False)

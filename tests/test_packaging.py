@@ -42,3 +42,19 @@ def test_notebooks_follow_conventions():
     nb = json.loads((ROOT / "notebooks" / "03_cgan_mnist.ipynb").read_text())
     del nb["cells"][5]["id"]
     assert any("without an id" in p for p in problems(nb, "x.ipynb"))
+
+
+def test_publish_removes_injected_parameters_and_check_catches_them_and_failed_claims():
+    import json
+
+    from hwlib.nbtools import clean, problems
+
+    nb = json.loads((ROOT / "notebooks" / "03_cgan_mnist.ipynb").read_text())
+    injected = {"cell_type": "code", "id": "inj", "metadata": {"tags": ["injected-parameters"]}, "outputs": [],
+                "execution_count": None, "source": ['profile = "quick"\n']}
+    nb["cells"].insert(3, injected)
+    assert any("injected-parameters" in p for p in problems(nb, "x.ipynb"))
+    assert not any("injected" in p for p in problems(clean(nb), "x.ipynb"))
+    code = next(c for c in nb["cells"][4:] if c["cell_type"] == "code")
+    code["outputs"] = [{"output_type": "stream", "name": "stdout", "text": ["✓ C holds\n", "✗ A beats B (0.1 vs 0.2)\n"]}]
+    assert any("claim does not hold" in p and "A beats B" in p for p in problems(nb, "x.ipynb"))

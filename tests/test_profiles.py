@@ -13,7 +13,8 @@ def test_resolve_profile(monkeypatch):
     assert resolve_profile("smoke") == "smoke" and resolve_profile("QUICK") == "quick"
     assert resolve_profile("auto") == ("full" if torch.cuda.is_available() else "quick")
     monkeypatch.setenv("HWLIB_PROFILE", "smoke")
-    assert resolve_profile("full") == "smoke"  # the environment overrides the notebook parameter
+    assert resolve_profile("auto") == "smoke"  # the environment replaces the notebook's `auto`
+    assert resolve_profile("full") == "full"  # an explicit profile wins
 
 
 def test_unknown_profile_is_a_clear_error(monkeypatch):
@@ -38,3 +39,40 @@ def test_paths_follow_environment(isolated_paths):
     assert hwlib.runs_dir("x/y") == isolated_paths / "runs" / "x" / "y"
     assert hwlib.figures_dir("03_cgan_mnist") == isolated_paths / "figures" / "03_cgan_mnist"
     assert (isolated_paths / "runs" / "x" / "y").is_dir()
+
+
+def test_profile_of_the_wrong_type_is_a_clear_error(monkeypatch):
+    monkeypatch.delenv("HWLIB_PROFILE", raising=False)
+    with pytest.raises(TypeError, match=r"profile must be a string .* not 123 \(int\)"):
+        hwlib.get_profile("03_cgan_mnist", 123)
+
+
+def test_smoke_runs_never_write_into_the_committed_figures_or_results(monkeypatch, tmp_path):
+    # as a CI maintainer would run nbval: HWLIB_FIGURES unset, or pointing at the checkout itself
+    import hwlib.profiles
+    from hwlib.bench import write_result
+    from hwlib.paths import repo_root
+
+    root = repo_root()
+    assert root is not None
+    monkeypatch.setattr(hwlib.profiles, "_resolved", set())
+    monkeypatch.setenv("HWLIB_PROFILE", "smoke")
+    for env in (None, str(root / "figures")):
+        if env is None:
+            monkeypatch.delenv("HWLIB_FIGURES", raising=False)
+        else:
+            monkeypatch.setenv("HWLIB_FIGURES", env)
+        path = hwlib.figures_dir("01_stackgan_cub")
+        assert root / "figures" not in path.parents and "hwlib-smoke" in str(path)
+    out = write_result("test_smoke_guard", {"x": 1})
+    assert root not in out.parents
+    out.unlink()
+    monkeypatch.delenv("HWLIB_PROFILE")
+    hwlib.get_profile("03_cgan_mnist", "quick", verbose=False)  # a quick run writes the committed figures
+    monkeypatch.delenv("HWLIB_FIGURES")
+    assert hwlib.figures_dir("x") == root / "figures" / "x"
+    hwlib.get_profile("03_cgan_mnist", "smoke", verbose=False)  # any smoke profile in the process: scratch
+    assert "hwlib-smoke" in str(hwlib.figures_dir("x"))
+    monkeypatch.setattr(hwlib.profiles, "_resolved", set())
+    assert hwlib.figures_dir("x") == root / "figures" / "x"
+    (root / "figures" / "x").rmdir()

@@ -1,6 +1,7 @@
 """StackGAN networks: shapes, paper-size parameter counts, ICNR, the KL term and one training step."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from hwlib.data.cub import index_loader
@@ -110,3 +111,69 @@ def test_train_stage_sets_text_stats_halves_lr_and_resumes(tmp_path) -> None:
     assert len(hist3) == 6 and torch.equal(torch.tensor(hist3["loss_d"][:4]), torch.tensor(hist["loss_d"]))
     state = torch.load(sorted(tmp_path.glob("ckpt_*.pt"))[-1], weights_only=True)
     assert [round(gr["lr"], 8) for gr in state["optimizers"]["G"]["param_groups"]] == [2.5e-5]  # 2e-4 halved 3 times
+
+
+def test_official_initialisation_and_heads() -> None:
+    torch.manual_seed(0)
+    nets = stackgan.build(t_dim=1024)
+    conv = nets["G1"].up[0][1].weight
+    assert abs(conv.mean().item()) < 1e-3 and abs(conv.std().item() - 0.02) < 1e-3  # weights_init: N(0, 0.02)
+    bn = nets["G1"].fc[1]
+    assert abs(bn.weight.mean().item() - 1) < 2e-3 and bn.bias.abs().max() == 0
+    assert nets["D1"].logit_uncond is None and nets["D2"].logit_uncond is not None  # as STAGE1_D / STAGE2_D
+    h = nets["D2"].features(torch.zeros(2, 3, 256, 256))
+    assert h.shape == (2, 512, 4, 4) and nets["D2"].uncond_logit(h).shape == (2,)
+
+
+def test_recipes_shape_the_networks_and_are_validated() -> None:
+    assert stackgan.get_recipe("paper") == stackgan.Recipe()
+    assert stackgan.get_recipe({"loss": "hinge"}).loss == "hinge"
+    with pytest.raises(ValueError, match="unknown StackGAN recipe 'fast'"):
+        stackgan.get_recipe("fast")
+    with pytest.raises(ValueError, match="Recipe.wrong must be one of"):
+        stackgan.Recipe(wrong="random")
+    nets = stackgan.build(t_dim=32, gf=4, df=4, n_res=1, stage2_size=128,
+                          recipe=stackgan.Recipe(spectral_norm=True, projection=True, ca_logvar_init=-4, g_min_channels=16))
+    d = nets["D1"]
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in d.modules())  # spectral norm replaces BN in D
+    assert hasattr(d.encode[0], "parametrizations") and d.projection
+    h = d.features(torch.zeros(3, 3, 64, 64))
+    mu = torch.randn(3, 128)
+    assert torch.allclose(d.cond_logit(h, mu), d.uncond_logit(h) + (d.embed(mu) * h.sum((2, 3))).sum(1))
+    g = nets["G1"]
+    assert torch.all(g.ca.fc.bias[128:] == -4) and torch.all(g.ca.fc.bias[:128] == 0)  # sigma starts at exp(-2)
+    assert [b[1].out_channels for b in g.up] == [16, 16, 16, 16]  # 32 -> 16 ... floored at 16
+
+
+def test_stage2_losses_follow_the_official_formula() -> None:
+    from hwlib.gan import matching_aware_d_loss
+
+    r, w, f, ru, fu = (torch.tensor([v]) for v in (0.3, -0.2, -1.0, 0.5, 0.1))
+    bce = lambda x, t: torch.nn.functional.binary_cross_entropy_with_logits(x, torch.full_like(x, t))  # noqa: E731
+    stage1 = bce(r, 1) + (bce(w, 0) + bce(f, 0)) / 2
+    stage2 = (bce(r, 1) + bce(ru, 1)) / 2 + (bce(f, 0) + bce(w, 0) + bce(fu, 0)) / 3
+    assert torch.isclose(matching_aware_d_loss(r, w, f), stage1)
+    assert torch.isclose(matching_aware_d_loss(r, w, f, real_uncond=ru, fake_uncond=fu), stage2)
+    hinge = torch.relu(1 - r) + (torch.relu(1 + w) + torch.relu(1 + f)) / 2
+    assert torch.isclose(matching_aware_d_loss(r, w, f, loss="hinge"), hinge.squeeze())
+    assert torch.isclose(matching_aware_d_loss(r, None, f), bce(r, 1) + bce(f, 0))  # no wrong pairs
+
+
+@pytest.mark.parametrize("recipe", ["paper", "stable", {"wrong": "class", "ema": 0.9}, {"wrong": "none"}])
+def test_every_recipe_trains_a_step(recipe) -> None:
+    from hwlib.train import EMA
+
+    torch.manual_seed(0)
+    r = stackgan.get_recipe(recipe)
+    nets = stackgan.build(t_dim=32, gf=4, df=4, n_res=1, stage2_size=128, recipe=r)
+    n = 8
+    data = dict(images=torch.randint(0, 256, (n, 3, 76, 76), dtype=torch.uint8), embeddings=torch.randn(n, 10, 32),
+                class_ids=torch.tensor([1, 1, 2, 2, 3, 3, 4, 4]))
+    g, d = nets["G1"], nets["D1"]
+    ema = EMA(g, r.ema) if r.ema else None
+    step = stackgan.make_step(g, d, torch.optim.Adam(g.parameters()), torch.optim.Adam(d.parameters()), out_size=64,
+                              recipe=r, ema=ema, **data)
+    (batch,) = list(index_loader(n, 4).epoch(0))[:1]
+    logs = step(batch, 0)
+    assert all(torch.isfinite(v) for v in logs.values()) and ("d_wrong" in logs) == (r.wrong != "none")
+    assert all(p.grad is None or p.requires_grad for p in d.parameters())

@@ -116,9 +116,75 @@ def test_consistency_set_is_seeded_and_matches_its_captions() -> None:
         def captions(self, i: int) -> list[str]:
             return [f"a bird with {synthbirds.ATTRIBUTES['wing'][i % 10]} wings"] + ["other"] * 9
 
-    text, z, targets = synthbirds.consistency_set(Split(), 8, z_dim=5, seed=3)
+    text, z, targets, captions = synthbirds.consistency_set(Split(), 8, z_dim=5, seed=3)
     again = synthbirds.consistency_set(Split(), 8, z_dim=5, seed=3)
     assert text.shape == (8, 3) and z.shape == (8, 5)
     assert torch.equal(text, again[0]) and torch.equal(z, again[1])
     idx = (text[:, 0] / 30).long().numpy()  # row i of the embeddings starts at 30 i: which birds were drawn
     assert len(set(idx)) == 8 and targets["wing"].tolist() == (idx % 10).tolist()  # first caption of each
+    assert captions == [f"a bird with {synthbirds.ATTRIBUTES['wing'][i % 10]} wings" for i in idx]
+
+
+def test_other_settings_at_the_same_root_are_refused(root: Path) -> None:
+    assert synthbirds.make_synthbirds(8, 4, seed=3, root=root, embed=False) == root  # same settings: reused
+    for kwargs in ({"n_train": 9}, {"n_test": 5}, {"seed": 4}, {"image_size": 128}):
+        settings = {"n_train": 8, "n_test": 4, "seed": 3, "image_size": 304, **kwargs}
+        with pytest.raises(synthbirds.SynthBirdsError) as err:
+            synthbirds.make_synthbirds(**settings, root=root, embed=False)
+        message = str(err.value)
+        assert str(root) in message and str(settings) in message
+        assert "{'n_train': 8, 'n_test': 4, 'seed': 3, 'image_size': 304}" in message
+
+
+def test_settings_of_older_sets_are_inferred(root: Path, tmp_path: Path) -> None:
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(root, old)
+    meta = json.loads((old / "synthbirds.json").read_text())
+    del meta["settings"]  # what make_synthbirds wrote before it recorded its settings
+    (old / "synthbirds.json").write_text(json.dumps(meta))
+    assert synthbirds.make_synthbirds(8, 4, seed=3, root=old, embed=False) == old
+    with pytest.raises(synthbirds.SynthBirdsError, match="'n_train': 8.*'n_train': 7"):
+        synthbirds.make_synthbirds(7, 4, seed=3, root=old, embed=False)
+
+
+def test_interrupted_build_leaves_nothing_to_reuse(tmp_path: Path, monkeypatch) -> None:
+    target = tmp_path / "synth"
+    draw, calls = synthbirds.draw_bird, []
+
+    def killed_after_three(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 3:
+            raise KeyboardInterrupt
+        return draw(*args, **kwargs)
+
+    monkeypatch.setattr(synthbirds, "draw_bird", killed_after_three)
+    with pytest.raises(KeyboardInterrupt):
+        synthbirds.make_synthbirds(4, 2, seed=1, image_size=64, root=target, embed=False)
+    assert list(tmp_path.iterdir()) == []  # neither the root nor a temporary folder
+    monkeypatch.setattr(synthbirds, "draw_bird", draw)
+    synthbirds.make_synthbirds(4, 2, seed=1, image_size=64, root=target, embed=False)
+    assert [p.name for p in tmp_path.iterdir()] == ["synth"]
+    assert len(cub.load_pickle(target / "birds/train/filenames.pickle")) == 4
+
+
+def test_half_built_folder_is_not_taken_for_a_set(tmp_path: Path) -> None:
+    target = tmp_path / "synth"
+    (target / "CUB_200_2011").mkdir(parents=True)  # e.g. left by an older version killed mid-build
+    with pytest.raises(synthbirds.SynthBirdsError, match=f"{target} holds files but no finished SynthBirds set"):
+        synthbirds.make_synthbirds(2, 2, seed=1, image_size=64, root=target, embed=False)
+    (target / "CUB_200_2011").rmdir()  # an empty folder is simply filled
+    synthbirds.make_synthbirds(2, 2, seed=1, image_size=64, root=target, embed=False)
+    assert (target / "synthbirds.json").is_file()
+
+
+def test_attribute_birds_cache_is_atomic_and_rebuilt_when_corrupt(tmp_path: Path) -> None:
+    images, labels = synthbirds.attribute_birds(6, seed=2, load_size=32, root=tmp_path)
+    (path,) = tmp_path.iterdir()  # the cache only, no temporary
+    assert path.name == "attribute_birds_n6_px32_seed2.npz"
+    path.write_bytes(path.read_bytes()[:200])
+    with pytest.warns(RuntimeWarning, match=f"{path.name} is unreadable"):
+        again, labels2 = synthbirds.attribute_birds(6, seed=2, load_size=32, root=tmp_path)
+    assert np.array_equal(images, again) and all(np.array_equal(labels[a], labels2[a]) for a in labels)
+    assert synthbirds.attribute_birds(6, seed=2, load_size=32, root=tmp_path)[0].shape == (6, 3, 32, 32)

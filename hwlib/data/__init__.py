@@ -2,7 +2,7 @@
 from hwlib.data.cub import BirdSplit, CUBFormatError, load_pickle, open_birds
 from hwlib.data.mnist import MNISTSourceError, load_mnist, read_idx
 from hwlib.data.resident import ResidentLoader
-from hwlib.data.synthbirds import make_synthbirds
+from hwlib.data.synthbirds import SynthBirdsError, make_synthbirds
 
-__all__ = ["BirdSplit", "CUBFormatError", "MNISTSourceError", "ResidentLoader", "load_mnist", "load_pickle",
-           "make_synthbirds", "open_birds", "read_idx"]
+__all__ = ["BirdSplit", "CUBFormatError", "MNISTSourceError", "ResidentLoader", "SynthBirdsError", "load_mnist",
+           "load_pickle", "make_synthbirds", "open_birds", "read_idx"]

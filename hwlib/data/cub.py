@@ -12,8 +12,15 @@ On-disk layout under ``root`` (default ``hwlib.data_dir() / "cub"``)::
 
 The pickles were written by Python 2: they are read with ``encoding="latin1"`` through
 :func:`load_pickle`, an unpickler that admits only numpy arrays, lists, tuples, dicts, numbers and
-strings (an ordinary pickle can run any code). The ``all-MiniLM-L6-v2`` embedding option embeds the
-``text_c10`` captions with :mod:`hwlib.text` and caches them as ``birds/<split>/all-MiniLM-L6-v2-embeddings.npy``.
+strings (an ordinary pickle can run any code); Python 3 pickles of arrays (protocols 0-5) load too.
+The ``all-MiniLM-L6-v2`` embedding option embeds the ``text_c10`` captions with :mod:`hwlib.text` and
+caches them (atomically) as ``birds/<split>/all-MiniLM-L6-v2-embeddings.npy``. Captions that are not
+UTF-8 are read as latin-1, with a warning naming the file.
+
+Every file is checked as it is read, and :class:`CUBFormatError` names the file (and the line, id or
+key) of: unparsable or duplicate lines, keys that are not relative paths inside ``root``, class ids
+that are not whole numbers in 1..200, NaN or infinite embeddings, bounding boxes that are not finite,
+empty or outside their image, and images that cannot be decoded.
 
 Preprocessing as StackGAN: crop a square around the bounding box's centre with half-side
 ``0.75 * max(w, h)`` (clipped to the image), resize to ``load_size`` (76 for 64 px, 304 for 256 px),
@@ -23,22 +30,27 @@ caption embeddings per sample (:func:`pick_embedding`) and "wrong" images from a
 """
 from __future__ import annotations
 
+import codecs
 import pickle
 import shutil
 import tarfile
 import urllib.request
+import warnings
 import zipfile
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 import numpy as np
 import torch
 
+from hwlib.files import publish_dir, read_arrays, staging_dir, write_arrays
 from hwlib.paths import data_dir
 
 EMBEDDINGS = {"char-CNN-RNN": ("char-CNN-RNN-embeddings.pickle", 1024), "all-MiniLM-L6-v2": ("all-MiniLM-L6-v2-embeddings.npy", 384)}
 CAPTIONS_PER_IMAGE = 10
+N_CLASSES = 200
+BOX_SLACK = 2.0  # pixels a bounding box may reach past its image's border (rounding in the annotations)
 CUB_URL = "https://data.caltech.edu/records/65de6-vp158/files/CUB_200_2011.tgz?download=1"
 BIRDS_URL = "https://drive.google.com/uc?export=download&id=0B3y_msrWZaXLT1BZdVdycDY5TEE"
 EXPECTED_LAYOUT = """expected under {root}:
@@ -59,15 +71,26 @@ class CUBFormatError(ValueError):
     """A file of the CUB / ``birds`` layout is missing or malformed (the message names it)."""
 
 
-# ----------------------------------------------------------------------------- safe Python-2 pickles
+# ----------------------------------------------------------------------------- safe pickles (Python 2 and 3)
 
+def _latin1_bytes(text: str, encoding: str = "latin1", errors: str = "strict") -> bytes:
+    """``_codecs.encode`` as Python 3 pickles of ``bytes`` (protocols 0-2) use it: latin-1 only."""
+    if codecs.lookup(encoding).name != "iso8859-1":
+        raise pickle.UnpicklingError(f"refusing _codecs.encode with encoding {encoding!r} (only latin-1 rebuilds bytes)")
+    return codecs.encode(text, "latin1", errors)
+
+
+_RECONSTRUCT = np.ndarray.__reduce__(np.zeros(1))[0]
+_SCALAR = np.float32(0).__reduce__()[0]
+_FROMBUFFER = np.zeros(1).__reduce_ex__(5)[0]
+# exactly the globals that pickles of numpy arrays, scalars and dtypes name (numpy 1.x and 2.x module paths)
 _ALLOWED = {
-    ("numpy.core.multiarray", "_reconstruct"): np.ndarray.__reduce__(np.zeros(1))[0],
-    ("numpy._core.multiarray", "_reconstruct"): np.ndarray.__reduce__(np.zeros(1))[0],
-    ("numpy.core.multiarray", "scalar"): np.float32(0).__reduce__()[0],
-    ("numpy._core.multiarray", "scalar"): np.float32(0).__reduce__()[0],
+    **{(f"numpy.{core}.multiarray", "_reconstruct"): _RECONSTRUCT for core in ("core", "_core")},
+    **{(f"numpy.{core}.multiarray", "scalar"): _SCALAR for core in ("core", "_core")},
+    **{(f"numpy.{core}.numeric", "_frombuffer"): _FROMBUFFER for core in ("core", "_core")},  # protocol 5
     ("numpy", "ndarray"): np.ndarray,
     ("numpy", "dtype"): np.dtype,
+    ("_codecs", "encode"): _latin1_bytes,  # bytes in Python 3 pickles of protocols 0-2
 }
 
 
@@ -83,71 +106,116 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
 
 def load_pickle(path: str | Path) -> Any:
-    """Read a (Python 2 or 3) pickle of arrays / containers / numbers / strings; Python 2 ``str`` -> ``str`` (latin1)."""
+    """Read a (Python 2 or 3, protocol 0-5) pickle of arrays / containers / numbers / strings.
+
+    Python 2 ``str`` -> ``str`` (latin1). Anything else, and any damage, raises :class:`CUBFormatError` naming the file.
+    """
     path = Path(path)
     if not path.is_file():
         raise CUBFormatError(f"missing file {path}")
     try:
         with open(path, "rb") as f:
             return _RestrictedUnpickler(f, encoding="latin1").load()
-    except (pickle.UnpicklingError, EOFError, ValueError) as err:
-        raise CUBFormatError(f"cannot read {path}: {err}") from err
+    except Exception as err:  # noqa: BLE001 - a damaged pickle fails in many ways (EOFError, KeyError, TypeError, ...)
+        raise CUBFormatError(f"cannot read {path}: {type(err).__name__}: {err}") from err
 
 
 # ----------------------------------------------------------------------------- download
 
 
+def _fetch(url: str, dest: Path, timeout: float) -> None:
+    """Download ``url`` to ``dest``; a web page instead of an archive is an error."""
+    with urllib.request.urlopen(url, timeout=timeout) as response, open(dest, "wb") as f:
+        if "html" in response.headers.get("Content-Type", ""):
+            raise OSError("the server answered with a web page, not the archive (Google Drive asks for a confirmation)")
+        shutil.copyfileobj(response, f)
+
+
+def _unpack(archive: Path, into: Path) -> None:
+    """Extract a ``.tgz`` or ``.zip`` into the folder ``into``."""
+    if archive.name.endswith(".tgz"):
+        with tarfile.open(archive) as tar:
+            tar.extractall(into, filter="data")
+    else:
+        with zipfile.ZipFile(archive) as z:
+            z.extractall(into)
+
+
 def download_cub(root: str | Path | None = None, timeout: float = 30.0) -> Path:
-    """Fetch and unpack CUB_200_2011.tgz and StackGAN's birds.zip into ``root``; a clear error when that fails."""
+    """Fetch and unpack CUB_200_2011.tgz and StackGAN's birds.zip into ``root``; a clear error when that fails.
+
+    Each archive is downloaded and extracted inside a temporary folder next to its destination, and its
+    ``CUB_200_2011/`` or ``birds/`` folder is renamed into ``root`` only once complete: an interrupted or
+    failed download leaves nothing that a retry would take for a finished folder.
+    """
     root = Path(root) if root is not None else data_dir() / "cub"
     root.mkdir(parents=True, exist_ok=True)
     jobs = [("CUB_200_2011", CUB_URL, "CUB_200_2011.tgz"), ("birds", BIRDS_URL, "birds.zip")]
     for folder, url, name in jobs:
         if (root / folder).is_dir():
             continue
-        archive = root / name
         try:
-            with urllib.request.urlopen(url, timeout=timeout) as response, open(archive, "wb") as f:
-                if "html" in response.headers.get("Content-Type", ""):
-                    raise OSError("the server answered with a web page, not the archive (Google Drive asks for a confirmation)")
-                shutil.copyfileobj(response, f)
-            if name.endswith(".tgz"):
-                with tarfile.open(archive) as tar:
-                    tar.extractall(root, filter="data")
-            else:
-                with zipfile.ZipFile(archive) as z:
-                    z.extractall(root)
+            with staging_dir(root / folder) as tmp:
+                _fetch(url, tmp / name, timeout)
+                _unpack(tmp / name, tmp / "unpacked")
+                if not (tmp / "unpacked" / folder).is_dir():
+                    raise OSError(f"the archive holds no folder {folder}/")
+                publish_dir(tmp / "unpacked" / folder, root / folder)
         except Exception as err:  # noqa: BLE001 - every failure gets the same explanation
-            archive.unlink(missing_ok=True)
-            raise CUBFormatError(f"could not download {name} from {url} ({err}).\n"
+            raise CUBFormatError(f"could not download {name} from {url} ({type(err).__name__}: {err}).\n"
                                  + EXPECTED_LAYOUT.format(root=root)) from err
-        archive.unlink(missing_ok=True)
     return root
 
 
 # ----------------------------------------------------------------------------- the split
 
 
-def _read_table(path: Path) -> dict[int, list[str]]:
+def _read_table(path: Path, fields: int) -> dict[int, list[str]]:
+    """``{id: the other fields}`` of a table of lines ``"<id> <field> ..."`` with ``fields`` fields in all."""
     if not path.is_file():
         raise CUBFormatError(f"missing file {path}")
-    rows = {}
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    rows, first_line = {}, {}
+    for n, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
         if line.strip():
-            parts = line.split()
+            parts = line.split(None, fields - 1)
             try:
-                rows[int(parts[0])] = parts[1:]
-            except (ValueError, IndexError):
-                raise CUBFormatError(f"{path}, line {n}: cannot parse {line!r}") from None
+                image_id = int(parts[0])
+            except ValueError:
+                raise CUBFormatError(f"{path}, line {n}: {line!r} does not start with an integer id") from None
+            if len(parts) != fields:
+                raise CUBFormatError(f"{path}, line {n}: {line!r} has {len(parts)} field(s), expected {fields}")
+            if image_id in rows:
+                raise CUBFormatError(f"{path}, line {n}: id {image_id} is listed again (first on line {first_line[image_id]})")
+            rows[image_id], first_line[image_id] = parts[1:], n
     return rows
+
+
+def _relative_key(key: str, where: str) -> str:
+    """``key`` itself when it is a relative path that stays inside its folder (no '..', not absolute)."""
+    if not key or PurePosixPath(key).is_absolute() or PureWindowsPath(key).anchor or ".." in PurePosixPath(key).parts \
+            or "\\" in key:
+        raise CUBFormatError(f"{where}: {key!r} is not a relative path inside the data folder "
+                             "(absolute paths and '..' are refused)")
+    return key
+
+
+def _decode_text(path: Path) -> str:
+    """A text file's contents as UTF-8, or as latin-1 (with a warning naming the file) when it is not UTF-8."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        warnings.warn(f"{path} is not UTF-8 ({err}); read as latin-1", UnicodeWarning, stacklevel=3)
+        return raw.decode("latin-1")
 
 
 def read_captions(root: Path, key: str) -> list[str]:
     """The 10 captions of ``key`` from ``birds/text_c10/<key>.txt``."""
-    path = root / "birds" / "text_c10" / f"{key}.txt"
+    folder = root / "birds" / "text_c10"
+    path = folder / f"{_relative_key(key, f'caption key for {folder}')}.txt"
     if not path.is_file():
         raise CUBFormatError(f"missing caption file {path}")
-    lines = [s.strip() for s in path.read_text(encoding="utf-8", errors="replace").splitlines() if s.strip()]
+    lines = [s.strip() for s in _decode_text(path).splitlines() if s.strip()]
     if len(lines) < CAPTIONS_PER_IMAGE:
         raise CUBFormatError(f"{path} holds {len(lines)} captions, expected {CAPTIONS_PER_IMAGE}")
     return lines[:CAPTIONS_PER_IMAGE]
@@ -185,42 +253,77 @@ class BirdSplit:
         return out
 
 
+def box_fits(bbox: np.ndarray, width: float = np.inf, height: float = np.inf) -> bool:
+    """Whether ``x, y, w, h`` is finite, of positive size and inside a ``width`` x ``height`` image
+    (its right and bottom edges may pass the border by ``BOX_SLACK`` pixels)."""
+    x, y, w, h = (float(v) for v in bbox)
+    return bool(np.isfinite([x, y, w, h]).all() and w > 0 and h > 0 and x >= 0 and y >= 0
+                and x + w <= width + BOX_SLACK and y + h <= height + BOX_SLACK)
+
+
+def _decode_image(path: Path | Any) -> Any:
+    """The RGB PIL image at ``path`` (a file or a binary stream); undecodable data raises :class:`CUBFormatError`."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")  # decodes every pixel: a truncated or corrupt file fails here
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise CUBFormatError(f"cannot decode the image {path} ({type(err).__name__}: {err}); replace it from "
+                             "CUB_200_2011.tgz (or delete the CUB_200_2011 folder and open_birds(download=True))") from err
+
+
 def crop_and_resize(path: Path, bbox: np.ndarray, size: int) -> np.ndarray:
     """StackGAN's crop: a square of half-side 0.75·max(w, h) around the box centre, clipped, resized (bicubic).
 
-    Returns uint8 (size, size, 3).
+    ``bbox`` is ``x, y, w, h`` in pixels; one that is not finite, empty or off the image raises
+    :class:`CUBFormatError` naming the image. Returns uint8 (size, size, 3).
     """
     from PIL import Image
 
-    with Image.open(path) as im:
-        im = im.convert("RGB")
-        width, height = im.size
-        x, y, w, h = bbox
-        r = int(max(w, h) * 0.75)
-        cx, cy = int(x + w / 2), int(y + h / 2)
-        box = (max(0, cx - r), max(0, cy - r), min(width, cx + r), min(height, cy + r))
-        im = im.crop(box).resize((size, size), Image.BICUBIC)
-        return np.array(im, dtype=np.uint8)
+    im = _decode_image(path)
+    width, height = im.size
+    if not box_fits(bbox, width, height):
+        raise CUBFormatError(f"the bounding box x, y, w, h = {tuple(float(v) for v in bbox)} of {path} (from "
+                             f"CUB_200_2011/bounding_boxes.txt) does not lie inside its {width} x {height} image")
+    x, y, w, h = (float(v) for v in bbox)
+    r = max(1, int(max(w, h) * 0.75))
+    cx, cy = int(x + w / 2), int(y + h / 2)
+    box = (max(0, cx - r), max(0, cy - r), min(width, cx + r), min(height, cy + r))
+    return np.array(im.crop(box).resize((size, size), Image.BICUBIC), dtype=np.uint8)
 
 
-def _embeddings(root: Path, split: str, keys: list[str], embedding: str) -> np.ndarray:
-    if embedding not in EMBEDDINGS:
-        raise ValueError(f"unknown embedding {embedding!r}; choose one of {sorted(EMBEDDINGS)}")
-    name, dim = EMBEDDINGS[embedding]
-    path = root / "birds" / split / name
-    if embedding == "char-CNN-RNN":
-        emb = np.asarray(load_pickle(path), dtype=np.float32)
-    elif path.is_file():
-        emb = np.load(path, allow_pickle=False)
-    else:  # embed the text_c10 captions once, then cache next to the other embeddings
+def _minilm_embeddings(path: Path, root: Path, keys: list[str]) -> np.ndarray:
+    """The cached ``.npy`` at ``path``, or the ``text_c10`` captions embedded once and cached (atomically)."""
+    emb = read_arrays(path)  # None when missing; None with a warning when unreadable
+    if emb is None:
         from hwlib import text
 
         captions = [c for key in keys for c in read_captions(root, key)]
         emb = text.encode(captions).reshape(len(keys), CAPTIONS_PER_IMAGE, -1)
-        np.save(path, emb)
+        write_arrays(path, emb)
+    return emb
+
+
+def _embeddings(root: Path, split: str, keys: list[str], embedding: str) -> np.ndarray:
+    """Caption embeddings (N, 10, D) float32, finite; a wrong shape or NaN / inf raises :class:`CUBFormatError`."""
+    if embedding not in EMBEDDINGS:
+        raise ValueError(f"unknown embedding {embedding!r}; choose one of {sorted(EMBEDDINGS)}")
+    name, dim = EMBEDDINGS[embedding]
+    path = root / "birds" / split / name
+    raw = load_pickle(path) if embedding == "char-CNN-RNN" else _minilm_embeddings(path, root, keys)
+    try:
+        emb = np.asarray(raw, dtype=np.float32)
+    except (TypeError, ValueError) as err:
+        raise CUBFormatError(f"{path} does not hold an array of numbers ({err})") from None
     if emb.shape != (len(keys), CAPTIONS_PER_IMAGE, dim):
         raise CUBFormatError(f"{path}: embeddings of shape {emb.shape}, expected ({len(keys)}, {CAPTIONS_PER_IMAGE}, {dim})")
-    return emb.astype(np.float32, copy=False)
+    bad = ~np.isfinite(emb).all(axis=(1, 2))
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise CUBFormatError(f"{path}: {int(bad.sum())} sample(s) have NaN or infinite embeddings, the first {keys[i]!r} "
+                             f"(index {i}); replace the file (a cached .npy is recomputed once deleted)")
+    return emb
 
 
 def open_birds(root: str | Path | None = None, split: str = "train", embedding: str = "char-CNN-RNN",
@@ -240,25 +343,74 @@ def open_birds(root: str | Path | None = None, split: str = "train", embedding: 
             raise CUBFormatError("CUB-200-2011 / birds folders not found (pass download=True to fetch them).\n"
                                  + EXPECTED_LAYOUT.format(root=root))
     cub, birds = root / "CUB_200_2011", root / "birds" / split
-    keys = [str(k) for k in load_pickle(birds / "filenames.pickle")]
-    class_ids = np.asarray(load_pickle(birds / "class_info.pickle"), dtype=np.int64).reshape(-1)
-    if len(class_ids) != len(keys):
-        raise CUBFormatError(f"{birds / 'class_info.pickle'} lists {len(class_ids)} classes for {len(keys)} filenames")
-    images = _read_table(cub / "images.txt")
-    boxes = _read_table(cub / "bounding_boxes.txt")
-    id_of = {v[0].rsplit(".", 1)[0]: k for k, v in images.items()}
-    missing = [k for k in keys if k not in id_of]
-    if missing:
-        raise CUBFormatError(f"{len(missing)} keys of {birds / 'filenames.pickle'} are not in {cub / 'images.txt'}, "
-                             f"e.g. {missing[0]!r}")
-    ids = [id_of[k] for k in keys]
-    try:
-        bboxes = np.array([[float(v) for v in boxes[i]] for i in ids], dtype=np.float64).reshape(len(keys), 4)
-    except (KeyError, ValueError):
-        raise CUBFormatError(f"{cub / 'bounding_boxes.txt'} lacks a box 'x y w h' for some image of {split}") from None
+    keys = _read_keys(birds / "filenames.pickle")
+    class_ids = _read_class_ids(birds / "class_info.pickle", keys)
+    images = _read_table(cub / "images.txt", 2)
+    ids = _image_ids(images, cub / "images.txt", keys, birds / "filenames.pickle")
+    bboxes = _read_boxes(cub / "bounding_boxes.txt", ids, keys)
     paths = [cub / "images" / images[i][0] for i in ids]
     emb = _embeddings(root, split, keys, embedding)
     return BirdSplit(root, split, keys, class_ids, emb, bboxes, paths)
+
+
+def _read_keys(path: Path) -> list[str]:
+    """``filenames.pickle``: a list of relative keys ``"<class>/<file>"`` (no extension)."""
+    keys = load_pickle(path)
+    if not isinstance(keys, (list, tuple)):
+        raise CUBFormatError(f"{path} holds a {type(keys).__name__}, expected a list of strings "
+                             "like '002.Laysan_Albatross/Laysan_Albatross_0002_1027'")
+    for i, key in enumerate(keys):
+        if not isinstance(key, str):
+            raise CUBFormatError(f"{path}: item {i} is a {type(key).__name__} ({key!r:.60}), expected a string key")
+        _relative_key(key, f"{path}, item {i}")
+    return list(keys)
+
+
+def _read_class_ids(path: Path, keys: list[str]) -> np.ndarray:
+    """``class_info.pickle``: one whole-number class id in 1..200 per key -> int64 (N,)."""
+    try:
+        raw = np.asarray(load_pickle(path)).reshape(-1)
+    except ValueError as err:  # ragged nested lists
+        raise CUBFormatError(f"{path} does not hold a list of class ids ({err})") from None
+    if raw.dtype.kind not in "iuf":
+        raise CUBFormatError(f"{path} holds {raw.dtype} values, expected integer class ids 1..{N_CLASSES}")
+    if len(raw) != len(keys):
+        raise CUBFormatError(f"{path} lists {len(raw)} classes for {len(keys)} filenames")
+    bad = ~np.isfinite(raw) | (raw != np.round(raw)) | (raw < 1) | (raw > N_CLASSES)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise CUBFormatError(f"{path}: item {i} (key {keys[i]!r}) has class id {raw[i].item()!r}, expected a whole number "
+                             f"in 1..{N_CLASSES} ({int(bad.sum())} such item(s))")
+    return raw.astype(np.int64)
+
+
+def _image_ids(images: dict[int, list[str]], path: Path, keys: list[str], keys_path: Path) -> list[int]:
+    """The id in ``images`` (read from ``path``, images.txt) of each key; every file must be a relative path."""
+    id_of = {}
+    for image_id, (name,) in images.items():
+        id_of[_relative_key(name, f"{path}, id {image_id}").rsplit(".", 1)[0]] = image_id
+    missing = [k for k in keys if k not in id_of]
+    if missing:
+        raise CUBFormatError(f"{len(missing)} keys of {keys_path} are not in {path}, e.g. {missing[0]!r}")
+    return [id_of[k] for k in keys]
+
+
+def _read_boxes(path: Path, ids: list[int], keys: list[str]) -> np.ndarray:
+    """``bounding_boxes.txt`` rows of ``ids``: float64 (N, 4) ``x, y, w, h``, finite, non-negative corner, positive size."""
+    table = _read_table(path, 5)
+    out = np.empty((len(ids), 4), np.float64)
+    for j, (image_id, key) in enumerate(zip(ids, keys)):
+        if image_id not in table:
+            raise CUBFormatError(f"{path} has no box 'x y w h' for id {image_id} ({key})")
+        try:
+            out[j] = [float(v) for v in table[image_id]]
+        except ValueError:
+            raise CUBFormatError(f"{path}, id {image_id} ({key}): cannot parse {' '.join(table[image_id])!r} "
+                                 "as 'x y w h'") from None
+        if not box_fits(out[j]):
+            raise CUBFormatError(f"{path}, id {image_id} ({key}): box x, y, w, h = {tuple(out[j].tolist())} is not finite, "
+                                 "starts left of or above the image, or is empty")
+    return out
 
 
 # ----------------------------------------------------------------------------- training-time sampling

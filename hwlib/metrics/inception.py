@@ -10,7 +10,6 @@ benchmarks; its features mean nothing, but they exercise the exact pipeline.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import socket
 from pathlib import Path
@@ -20,6 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from hwlib.files import file_digest
 
 WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
 WEIGHTS_URL = f"https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/{WEIGHTS_FILE}"
@@ -69,6 +70,11 @@ def inception_weights_path(download: bool = True, timeout: float = 20.0) -> Path
         f"{WEIGHTS_URL} and put it at {target} (torch's hub cache), or anywhere and set "
         f"HWLIB_INCEPTION_WEIGHTS=/path/to/{WEIGHTS_FILE}. Looked in: " + ", ".join(str(p) for p in candidates)
     )
+
+
+def weights_tag(path: str | Path) -> str:
+    """``inception-<8 hex>``: names a weights file by a hash of its whole contents (hashed once per process)."""
+    return "inception-" + file_digest(path)[:8]
 
 
 def build_pytorch_fid_inception(state_dict: dict[str, torch.Tensor] | None):
@@ -125,7 +131,7 @@ class InceptionFeatures(nn.Module):
             path = Path(weights) if weights is not None else inception_weights_path()
             state = torch.load(path, map_location="cpu", weights_only=True)
             self.model, net = build_pytorch_fid_inception(state)
-            self.tag = "inception-" + hashlib.sha1(Path(path).read_bytes()[:1 << 20]).hexdigest()[:8]
+            self.tag = weights_tag(path)
         self.fc = net.fc  # 2048 -> 1008 logits of the 2015 Inception, for the Inception Score
         self.eval().requires_grad_(False)
         if device is not None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import hashlib
 import math
 import time
 from pathlib import Path
@@ -27,6 +26,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from hwlib.files import atomic_write, file_digest
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 WEIGHTS = ASSETS / "mnist_cnn.pt"
@@ -67,7 +68,7 @@ def _load(device: str, path: str) -> MnistNet:
     state = torch.load(path, map_location="cpu", weights_only=True)
     net = MnistNet(widths=tuple(state["widths"]))
     net.load_state_dict(state["state_dict"])
-    net.tag = "mnist-" + hashlib.sha1(Path(path).read_bytes()).hexdigest()[:8]  # names the weights in cache keys
+    net.tag = "mnist-" + file_digest(path)[:8]  # names the weights in cache keys
     return net.to(device).eval().requires_grad_(False)
 
 
@@ -177,10 +178,10 @@ def train(epochs: int = 6, batch_size: int = 128, lr: float = 3e-3, seed: int = 
     net.eval()
     acc = evaluate_accuracy(net, x_test, y_test)
     if out is not None:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
         state = {"state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
                  "widths": [24, 48, 96], "test_accuracy": acc, "config": config}
-        torch.save(state, out)
+        with atomic_write(out) as f:  # the shipped weights are never left half-written
+            torch.save(state, f)
         _load.cache_clear()
     return net, acc
 

@@ -81,6 +81,19 @@ def attribute_accuracy(predicted: dict[str, np.ndarray], targets: dict[str, np.n
     return acc
 
 
+def consistency(net: AttributeNet, images: torch.Tensor, targets: dict[str, np.ndarray],
+                real_features: np.ndarray | None = None) -> dict[str, float]:
+    """Text-image consistency of generated ``images`` (N, 3, H, W) in [-1, 1]: the accuracy of every attribute in
+    ``targets`` ({name: int64 (N,)}, -1 = not named) and, with ``real_features`` (:func:`features` of real images),
+    ``"fid"``: the Frechet distance in this classifier's feature space (lower: closer to real birds)."""
+    from hwlib.metrics import fid_from_features
+
+    out = attribute_accuracy(predict(net, images), targets)
+    if real_features is not None:
+        out["fid"] = float(fid_from_features(real_features, features(net, images)))
+    return out
+
+
 def train_attribute_net(images: torch.Tensor, labels: dict[str, np.ndarray], *, width: int, epochs: int,
                         run_dir: str | os.PathLike, seed: int = 0, resume: bool = True,
                         device: torch.device | str = "cpu", batch_size: int = 64,

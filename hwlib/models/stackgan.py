@@ -78,6 +78,12 @@ class Recipe:
       official initialisation, sigma = 1). ``c = mu + sigma * eps``: with sigma = 1 and mu's spread ~0.4 at
       initialisation, the caption is a whisper under the noise until mu grows, which takes far more steps than
       a CPU run has; ``-4`` starts at sigma = 0.14 and lets the KL term raise it as the paper's does.
+    - ``g_min_channels``: a floor on Stage-I G's channels per resolution (0: the paper's halving, which at
+      ``gf = 16`` leaves 16 channels at 32x32 and 8 at 64x64 to paint four coloured parts).
+    - ``g_cond_norm``: conditional batch norm in Stage-I G (de Vries et al. 2017; the generator Miyato & Koyama
+      pair with the projection discriminator): every up-block's BN output is scaled and shifted by
+      ``(1 + gamma(c), beta(c))``, linear in the CA sample ``c`` and zero at initialisation, so the caption reaches
+      every resolution instead of only the first fully connected layer.
     """
     loss: str = "bce"
     wrong: str = "shift"
@@ -87,6 +93,8 @@ class Recipe:
     projection: bool = False
     lr_d: float = 1.0
     ca_logvar_init: float = 0.0
+    g_min_channels: int = 0
+    g_cond_norm: bool = False
 
     def __post_init__(self) -> None:
         for name, value, allowed in (("loss", self.loss, ("bce", "hinge")), ("wrong", self.wrong, ("shift", "class", "none"))):
@@ -191,21 +199,33 @@ class Stage1G(nn.Module):
     """Stage-I generator: (text (B, t_dim), z (B, z_dim)) -> (image (B, 3, 64, 64) in [-1, 1], mu, logvar)."""
 
     def __init__(self, t_dim: int = 1024, c_dim: int = 128, z_dim: int = 100, gf: int = 128,
-                 upsample: str = "nearest", ca_logvar_init: float = 0.0) -> None:
+                 upsample: str = "nearest", ca_logvar_init: float = 0.0, min_channels: int = 0,
+                 cond_norm: bool = False) -> None:
         super().__init__()
         ngf = 8 * gf
         self.z_dim, self.ngf = z_dim, ngf
         self.ca = CondAugment(t_dim, c_dim, ca_logvar_init)
         self.fc = nn.Sequential(nn.Linear(z_dim + c_dim, ngf * 16, bias=False), nn.BatchNorm1d(ngf * 16), nn.ReLU(True))
-        self.up = nn.Sequential(*(up_block(ngf // 2**i, ngf // 2 ** (i + 1), upsample) for i in range(4)))
-        self.to_img = nn.Sequential(nn.Conv2d(ngf // 16, 3, 3, 1, 1, bias=False), nn.Tanh())
+        widths = [max(ngf // 2**i, min_channels) for i in range(5)]
+        self.up = nn.Sequential(*(up_block(widths[i], widths[i + 1], upsample) for i in range(4)))
+        self.to_img = nn.Sequential(nn.Conv2d(widths[-1], 3, 3, 1, 1, bias=False), nn.Tanh())
         self.apply(weights_init)
         self.ca.init_logvar()
+        self.film = None
+        if cond_norm:  # (1 + gamma(c), beta(c)) after each up-block's BN, zero at start
+            self.film = nn.ModuleList(nn.Linear(c_dim, 2 * w) for w in widths[1:])
+            for lin in self.film:
+                nn.init.zeros_(lin.weight), nn.init.zeros_(lin.bias)
 
     def forward(self, text: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         c, mu, logvar = self.ca(text)
         h = self.fc(torch.cat([z, c], 1)).view(-1, self.ngf, 4, 4)
-        return self.to_img(self.up(h)), mu, logvar
+        if self.film is None:
+            return self.to_img(self.up(h)), mu, logvar
+        for block, film in zip(self.up, self.film):
+            gamma, beta = film(c).to(h.dtype)[:, :, None, None].chunk(2, dim=1)
+            h = block[-1](block[:-1](h) * (1 + gamma) + beta)  # block[-1] is the ReLU
+        return self.to_img(h), mu, logvar
 
 
 class Stage2G(nn.Module):
@@ -293,12 +313,14 @@ def build(t_dim: int, c_dim: int = 128, z_dim: int = 100, gf: int = 128, df: int
     """The four sub-networks ``{"G1", "D1", "G2", "D2"}``; ``gf2``/``df2`` (default gf/df) size Stage II.
 
     As the official code, Stage-I D has the conditional head only and Stage-II D both heads; the recipe's
-    ``spectral_norm`` and ``projection`` shape both discriminators.
+    ``spectral_norm`` and ``projection`` shape both discriminators, ``g_min_channels`` and ``g_cond_norm``
+    Stage-I's generator.
     """
     r = get_recipe(recipe)
     n_up = int(math.log2(stage2_size // 16))
     d_kw = {"spectral_norm": r.spectral_norm, "projection": r.projection}
-    return {"G1": Stage1G(t_dim, c_dim, z_dim, gf, upsample, r.ca_logvar_init), "D1": StageD(64, c_dim, df, **d_kw),
+    return {"G1": Stage1G(t_dim, c_dim, z_dim, gf, upsample, r.ca_logvar_init, r.g_min_channels, r.g_cond_norm),
+            "D1": StageD(64, c_dim, df, **d_kw),
             "G2": Stage2G(t_dim, c_dim, gf2 or gf, n_res, n_up, upsample, r.ca_logvar_init),
             "D2": StageD(stage2_size, c_dim, df2 or df, uncond=True, **d_kw)}
 

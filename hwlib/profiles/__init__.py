@@ -2,8 +2,8 @@
 
 ``smoke``: seconds, tiny data and models (tests). ``quick``: a 2-core CPU in ~10 minutes per
 notebook with recognisable results. ``full``: the assignment's settings on a GPU.
-``auto`` picks ``full`` when CUDA is available, else ``quick``; ``$HWLIB_PROFILE`` overrides the
-argument. Each notebook's settings live in ``hwlib/profiles/<notebook>.py`` as
+``auto`` picks ``full`` when CUDA is available, else ``quick``; ``$HWLIB_PROFILE`` replaces ``auto``
+(an explicit profile argument, e.g. ``get_profile(nb, "full")``, wins over it). Each notebook's settings live in ``hwlib/profiles/<notebook>.py`` as
 ``PROFILES = {"smoke": {...}, "quick": {...}, "full": {...}}``.
 """
 from __future__ import annotations
@@ -13,6 +13,13 @@ import os
 from typing import Any
 
 NAMES = ("smoke", "quick", "full")
+_resolved: set[str] = set()  # every profile get_profile resolved in this process
+
+
+def is_smoke_run() -> bool:
+    """True when this process resolved the ``smoke`` profile (or ``$HWLIB_PROFILE`` is smoke): its outputs are
+    throwaway and never go into the checkout's committed folders."""
+    return "smoke" in _resolved or (os.environ.get("HWLIB_PROFILE") or "").strip().lower() == "smoke"
 
 
 class Config(dict):
@@ -35,8 +42,13 @@ class Config(dict):
 
 
 def resolve_profile(profile: str = "auto") -> str:
-    """Turn ``profile`` (or ``$HWLIB_PROFILE`` when set) into one of ``smoke``, ``quick``, ``full``."""
-    chosen = (os.environ.get("HWLIB_PROFILE") or profile or "auto").strip().lower()
+    """Turn ``profile`` into one of ``smoke``, ``quick``, ``full``; ``auto`` means ``$HWLIB_PROFILE`` when set."""
+    if not isinstance(profile, str):
+        raise TypeError(f"profile must be a string ('auto', {', '.join(map(repr, NAMES))}), not {profile!r} "
+                        f"({type(profile).__name__})")
+    chosen = (profile or "auto").strip().lower()
+    if chosen == "auto":  # only `auto` is replaced by the environment: an explicit profile wins
+        chosen = (os.environ.get("HWLIB_PROFILE") or "auto").strip().lower()
     if chosen == "auto":
         import torch
 
@@ -55,6 +67,7 @@ def get_profile(notebook: str, profile: str = "auto", verbose: bool = True, **ov
     The result carries ``profile`` and ``notebook`` keys; ``overrides`` replace top-level keys.
     """
     name = resolve_profile(profile)
+    _resolved.add(name)
     module_name = notebook.split("_", 1)[-1] if notebook[:2].isdigit() else notebook
     try:
         module = importlib.import_module(f"hwlib.profiles.{module_name}")
@@ -67,6 +80,6 @@ def get_profile(notebook: str, profile: str = "auto", verbose: bool = True, **ov
     cfg.update(overrides)
     cfg.profile, cfg.notebook = name, notebook
     if verbose:
-        source = " (from HWLIB_PROFILE)" if os.environ.get("HWLIB_PROFILE") else ""
+        source = " (from HWLIB_PROFILE)" if os.environ.get("HWLIB_PROFILE") and (profile or "auto").lower() == "auto" else ""
         print(f"hwlib: notebook {notebook}, profile {name!r}{source}")
     return Config(cfg)

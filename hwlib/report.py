@@ -1,0 +1,56 @@
+"""Notebook reporting: claims checked against their numbers, and benchmark tables read from their results.
+
+``claim(cond, text)`` prints a measured statement with ✓ or ✗ beside it, so a sentence can never outlive the
+numbers it was written for (the notebook tests fail on a ✗ in a committed notebook).
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+
+PASS, FAIL = "✓", "✗"
+
+
+def claim(condition: bool, text: str) -> bool:
+    """Print ``✓ text`` when ``condition`` holds, else ``✗ text``; return the condition."""
+    print(f"{PASS if condition else FAIL} {text}")
+    return bool(condition)
+
+
+def spread(values: list[float] | np.ndarray, digits: int = 2) -> str:
+    """``mean (min–max, n = k)`` of a few runs' numbers."""
+    v = np.asarray(values, dtype=float)
+    return f"{v.mean():.{digits}f} ({v.min():.{digits}f}–{v.max():.{digits}f}, n = {len(v)})"
+
+
+def ladder_table(records: list[dict[str, Any]], split: str, step: int | None = None,
+                 keys: tuple[str, ...] = ("body", "wing", "crown", "belly", "fid")) -> dict[str, dict[str, list[float]]]:
+    """Group StackGAN ladder results (``benchmarks/bench_stackgan_consistency.py``) by run name less its seed.
+
+    For each group, the values of ``keys`` on ``split`` (``"unseen"``/``"seen"``) at ``step`` (default: each
+    run's last scored step), one per training seed. Returns ``{group: {key: [values...], "seeds": [...]}}``.
+    """
+    groups: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in records:
+        rows = [row for row in r["curve"] if split in row and (step is None or row["step"] == step)]
+        if not rows:
+            continue
+        row = rows[-1]
+        name = r["benchmark"].split("/")[-1].rsplit("_train", 1)[0]
+        g = groups[f"{name} @ {row['step']}"]
+        g["seeds"].append(r["train_seed"])
+        for k in keys:
+            g[k].append(row[split][k])
+    return {k: dict(v) for k, v in groups.items()}
+
+
+def print_ladder(records: list[dict[str, Any]], split: str, step: int | None = None) -> dict[str, dict[str, list[float]]]:
+    """Print :func:`ladder_table` as one line per group: mean (min–max) of each colour accuracy and the FID."""
+    table = ladder_table(records, split, step)
+    print(f"{'run @ steps':58s} {'seeds':>5s} " + " ".join(f"{k:>17s}" for k in ("body", "wing", "crown", "belly", "FID")))
+    for name, g in sorted(table.items()):
+        cells = [spread(g[k], 2 if k != "fid" else 0) for k in ("body", "wing", "crown", "belly", "fid")]
+        print(f"{name:58s} {len(g['seeds']):5d} " + " ".join(f"{c.split(' (')[0]:>6s} ({c.split(' (')[1].split(',')[0]:>9s})" for c in cells))
+    return table
