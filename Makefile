@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.hwlib-installed
 NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
 PYTEST_ARGS ?=
 
-.PHONY: setup run test bench clean-runs
+.PHONY: setup run test bench report clean-runs
 
 # uv installs from a persistent cache (~/.cache/uv): a fresh venv takes under a minute once the
 # ~4 GB of torch wheels have been downloaded once, instead of minutes with pip.
@@ -39,6 +39,12 @@ test: setup
 	  $(BIN)/python -m pytest tests $(NOTEBOOKS) --nbval-lax --nbval-current-env $(PYTEST_ARGS); rc=$$?; \
 	rm -rf $$tmp; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+# Self-contained HTML reports (figures embedded) under reports/: the executed notebooks in runs/ when there are
+# any, else the committed ones in notebooks/. Hand one in or print it without JupyterLab.
+report: setup
+	@srcs="$$(ls runs/*.ipynb 2>/dev/null)"; [ -n "$$srcs" ] || srcs="$(NOTEBOOKS)"; \
+	$(BIN)/python -m hwlib.nbtools report reports $$srcs
 
 bench: setup
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python "$$b" || exit 1; done

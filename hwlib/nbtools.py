@@ -4,10 +4,14 @@
 keeps the outputs but strips papermill and widget metadata, execution timestamps, and widget
 views (their plain-text fallback stays), and sets the kernelspec to ``python3``.
 ``python -m hwlib.nbtools check notebooks/*.ipynb`` verifies the conventions.
+``python -m hwlib.nbtools report OUT_DIR NOTEBOOK...`` writes one self-contained HTML file per notebook (``make report``).
 """
 from __future__ import annotations
 
+import base64
 import json
+import mimetypes
+import re
 import sys
 from pathlib import Path
 
@@ -83,6 +87,42 @@ def problems(nb: dict, name: str) -> list[str]:
     return found
 
 
+_IMAGE_LINK = re.compile(r"!\[([^\]]*)\]\(([^)\s]+)\)")
+
+
+def inline_images(nb: dict, base: Path) -> dict:
+    """Replace markdown image links to local files (relative to ``base``) by ``data:`` URIs, in place; return nb.
+
+    nbconvert's ``--embed-images`` refuses files outside the notebook's folder, and the figures live in
+    ``../figures/``.
+    """
+    def embed(match: re.Match) -> str:
+        alt, src = match.groups()
+        path = (base / src).resolve()
+        if "://" in src or src.startswith("data:") or not path.is_file():
+            return match.group(0)
+        mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        return f"![{alt}](data:{mime};base64,{base64.b64encode(path.read_bytes()).decode()})"
+
+    for cell in nb["cells"]:
+        if cell["cell_type"] == "markdown":
+            cell["source"] = _IMAGE_LINK.sub(embed, "".join(cell["source"]))
+    return nb
+
+
+def report(notebook: Path, out_dir: Path) -> Path:
+    """A self-contained HTML export of an executed notebook (figures embedded) as ``out_dir/<name>.html``."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    nb = inline_images(nbformat.reads(notebook.read_text(), as_version=4), notebook.parent)
+    html, _ = HTMLExporter(embed_images=True).from_notebook_node(nb)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out = out_dir / f"{notebook.stem}.html"
+    out.write_text(html)
+    return out
+
+
 def main(argv: list[str]) -> int:
     if len(argv) >= 2 and argv[0] == "publish":
         src = Path(argv[1])
@@ -95,6 +135,10 @@ def main(argv: list[str]) -> int:
         found = [p for f in argv[1:] for p in problems(json.loads(Path(f).read_text()), f)]
         print("\n".join(found) or "notebooks follow the conventions")
         return 1 if found else 0
+    if len(argv) >= 3 and argv[0] == "report":
+        for f in argv[2:]:
+            print(f"report: {report(Path(f), Path(argv[1]))}")
+        return 0
     print(__doc__)
     return 2
 

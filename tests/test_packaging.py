@@ -58,3 +58,21 @@ def test_publish_removes_injected_parameters_and_check_catches_them_and_failed_c
     code = next(c for c in nb["cells"][4:] if c["cell_type"] == "code")
     code["outputs"] = [{"output_type": "stream", "name": "stdout", "text": ["✓ C holds\n", "✗ A beats B (0.1 vs 0.2)\n"]}]
     assert any("claim does not hold" in p and "A beats B" in p for p in problems(nb, "x.ipynb"))
+
+
+def test_report_embeds_figures_from_outside_the_notebook_folder(tmp_path):
+    import json
+
+    from hwlib.nbtools import report
+
+    (tmp_path / "figures").mkdir()
+    (tmp_path / "figures" / "dot.gif").write_bytes(b"GIF89a\x01\x00\x01\x00\x00\x00\x00;")
+    (tmp_path / "notebooks").mkdir()
+    nb = {"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": [
+        {"cell_type": "markdown", "id": "a", "metadata": {}, "source": ["# Title\n", "![a dot](../figures/dot.gif)"]},
+        {"cell_type": "code", "id": "b", "metadata": {}, "execution_count": 1, "source": ["print(1)"],
+         "outputs": [{"output_type": "stream", "name": "stdout", "text": ["1\n"]}]}]}
+    src = tmp_path / "notebooks" / "x.ipynb"
+    src.write_text(json.dumps(nb))
+    html = report(src, tmp_path / "reports").read_text()
+    assert "data:image/gif;base64,R0lGOD" in html and "../figures/dot.gif" not in html and "Title" in html
