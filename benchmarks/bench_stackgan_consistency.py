@@ -50,6 +50,16 @@ def _override(recipe: stackgan.Recipe, pairs: list[str]) -> stackgan.Recipe:
     return stackgan.Recipe(**fields)
 
 
+def recipe_name(recipe: stackgan.Recipe) -> str:
+    """The recipe's name in RECIPES when it is one of them, else ``paper_<field>-<value>_...`` for what differs."""
+    for name, known in stackgan.RECIPES.items():
+        if recipe == known:
+            return name
+    paper = stackgan.RECIPES["paper"].as_dict()
+    diff = [f"{k}-{v}".replace(",", "+") for k, v in recipe.as_dict().items() if v != paper[k]]
+    return "_".join(["paper"] + diff)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--profile", default="quick")
@@ -65,6 +75,8 @@ def main() -> None:
     parser.add_argument("--n-train", type=int, default=None, help="training birds (default: the profile's n_train)")
     parser.add_argument("--train-seed", type=int, default=0, help="seed of the networks and batches only")
     parser.add_argument("--halving", action="store_true", help="halve the learning rate as the profile does (default: constant)")
+    parser.add_argument("--lr-decay-epochs", type=int, default=None, help="with --halving: halve every this many epochs "
+                        "(default: the profile's lr_decay_epochs)")
     parser.add_argument("--tag", default="", help="extra name for the result file")
     args = parser.parse_args()
     cfg, device, seed = hwlib.get_profile("01_stackgan_cub", args.profile, verbose=False), get_device(), args.seed
@@ -74,12 +86,14 @@ def main() -> None:
     root = synthbirds.make_synthbirds(n_train, cfg.n_test, seed=seed)
     train = cub.open_birds(root, "train", embedding=cfg.embedding)
     test = cub.open_birds(root, "test", embedding=cfg.embedding)
-    parts = [cfg.profile, args.condition, args.recipe] + [p.replace("=", "-").replace(",", "+") for p in args.set]
+    rname = recipe_name(recipe)
+    parts = [cfg.profile, args.condition, rname]
     parts += [f"gf{gf}"] if gf != cfg.gf else []
     parts += [f"df{df}"] if df != cfg.df else []
     parts += [f"lr{lr:g}"] if lr != cfg.lr else []
     parts += [f"n{n_train}"] if n_train != cfg.n_train else []
-    parts += ["halving"] if args.halving else []
+    decay = args.lr_decay_epochs or cfg.lr_decay_epochs
+    parts += ([f"halving{decay}"] if decay != cfg.lr_decay_epochs else ["halving"]) if args.halving else []
     parts += [args.tag] if args.tag else []
     name = "_".join(parts + [f"train{args.train_seed}"])
     runs = hwlib.runs_dir(f"bench/stackgan_ladder/{name}")
@@ -142,14 +156,14 @@ def main() -> None:
     stackgan.train_stage(G, D, images=train_76.to(device), embeddings=embeddings.to(device),
                          class_ids=torch.from_numpy(train.class_ids).to(device), out_size=64, epochs=epochs,
                          batch_size=cfg.batch_size, run_dir=runs, lr=lr, betas=cfg.betas, kl_coef=cfg.kl_coef,
-                         z_dim=cfg.z_dim, lr_decay_epochs=cfg.lr_decay_epochs if args.halving else None,
+                         z_dim=cfg.z_dim, lr_decay_epochs=decay if args.halving else None,
                          seed=args.train_seed, resume=False, recipe=recipe, ema=ema, on_epoch_end=score,
                          config={"name": name, "epochs": epochs}, desc="Stage-I", progress=False)
     write_result(f"stackgan_ladder/{name}", {
-        "profile": cfg.profile, "condition": args.condition, "recipe": args.recipe, "recipe_fields": recipe.as_dict(),
+        "profile": cfg.profile, "condition": args.condition, "recipe": rname, "recipe_fields": recipe.as_dict(),
         "gf": gf, "df": df, "batch_size": cfg.batch_size, "n_train": len(train), "train_seed": args.train_seed,
         "lr": lr, "kl_coef": cfg.kl_coef, "n_eval": n_eval, "chance": 0.1,
-        "lr_schedule": f"halved every {cfg.lr_decay_epochs} epochs" if args.halving else "constant",
+        "lr_schedule": f"halved every {decay} epochs" if args.halving else "constant", "lr_decay_epochs": decay,
         "profile_steps": cfg.epochs1 * n_batches, "threads": torch.get_num_threads(), "curve": curve}, device)
 
 

@@ -151,3 +151,9 @@ def test_history_temporaries_are_unique_per_process(tmp_path):
     h.append({"step": 1})
     (tmp_path / "history.csv.tmp").mkdir()  # the old fixed temporary name is taken: no clash any more
     assert History.from_csv(h.to_csv(tmp_path / "history.csv"))["step"].tolist() == [1.0]
+
+
+@pytest.mark.parametrize("batch_size", [0, -4])
+def test_bad_batch_size_is_refused(batch_size):
+    with pytest.raises(ValueError, match=f"batch_size {batch_size} does not fit"):
+        ResidentLoader(torch.randn(32, 4), batch_size=batch_size)
