@@ -5,11 +5,12 @@ gf 128 / df 64, 4 residual blocks, 64 -> 256, batch 64, Adam 2e-4 (0.5, 0.999), 
 stage with the learning rate halved every 100, KL weight 2 (official birds config), on the full
 CUB-size SynthBirds (8,855 / 2,933); ``attr_n`` random-attribute birds train the attribute classifier.
 ``quick`` fits a 2-core CPU: narrow networks, a few thousand birds, a few epochs; Stage II at 256 px with
-g_f 16 / d_f 8 on 320 birds for 6 epochs (240 steps); Stage I 16 epochs (1,792 steps), lr halved after 8. ``smoke`` runs in seconds (Stage II output 128).
+g_f 16 / d_f 8 on 320 birds for 18 epochs (720 steps); Stage I 16 epochs (1,792 steps), lr halved every 8;
+the main recipe is ``stable`` (the paper's recipe is trained beside it and draws the captions at about chance). ``smoke`` runs in seconds (Stage II output 128).
 
-``recipe`` is the training recipe of the notebook's main run (:data:`hwlib.models.stackgan.RECIPES`: ``paper``
-is the official code's, ``stable`` adds GAN stabilisers); ``recipes`` are the Stage-I recipes trained side
-by side for the comparison (``full`` trains the paper's only).
+``recipe`` is the training recipe of the notebook's main run, which Stage II builds on
+(:data:`hwlib.models.stackgan.RECIPES`: ``paper`` is the official code's, ``stable`` adds GAN stabilisers);
+``recipes`` are the Stage-I recipes trained side by side for the comparison (``full`` trains the paper's only).
 """
 
 _COMMON = {
@@ -25,8 +26,8 @@ PROFILES = {
               "lr_decay_epochs": 1, "attr_n": 200, "attr_epochs": 1, "attr_width": 8, "n_eval": 40, "compare_epochs": 1,
               "compare_n": 60},
     "quick": {**_COMMON, "n_train": 1800, "n_test": 600, "gf": 16, "df": 16, "gf2": 16, "df2": 8, "n_res": 2,
-              "stage2_size": 256, "stage2_n": 320, "batch_size": 16, "batch_size2": 8, "epochs1": 16, "epochs2": 6,
-              "lr_decay_epochs": 8, "attr_n": 4000, "attr_epochs": 12, "attr_width": 16, "n_eval": 600, "compare_epochs": 1,
+              "stage2_size": 256, "stage2_n": 320, "batch_size": 16, "batch_size2": 8, "epochs1": 16, "epochs2": 18,
+              "lr_decay_epochs": 8, "recipe": "stable", "attr_n": 4000, "attr_epochs": 12, "attr_width": 16, "n_eval": 600, "compare_epochs": 1,
               "compare_n": 640},
     "full": {**_COMMON, "n_train": 8855, "n_test": 2933, "gf": 128, "df": 64, "gf2": 128, "df2": 64, "n_res": 4,
              "stage2_size": 256, "stage2_n": 8855, "batch_size": 64, "batch_size2": 64, "epochs1": 600, "epochs2": 600,
