@@ -27,10 +27,13 @@ def device_name(device: torch.device | str | None = None) -> str:
     return f"CPU: {cpu} ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
 
 
+def _results_dir() -> Path:
+    return (repo_root() or Path.cwd()) / "benchmarks" / "results"
+
+
 def write_result(name: str, result: dict[str, Any], device: torch.device | str | None = None) -> Path:
     """Write ``result`` plus device, versions and date to ``benchmarks/results/<name>.json``; print it."""
-    root = repo_root() or Path.cwd()
-    out = committed_or_scratch(root / "benchmarks" / "results")
+    out = committed_or_scratch(_results_dir())
     out.mkdir(parents=True, exist_ok=True)
     record = {
         "benchmark": name,
@@ -49,6 +52,5 @@ def write_result(name: str, result: dict[str, Any], device: torch.device | str |
 
 def read_results(pattern: str) -> list[dict[str, Any]]:
     """Every ``benchmarks/results/<pattern>.json`` record (glob pattern, e.g. ``"stackgan_ladder/quick_*"``), by name."""
-    root = repo_root() or Path.cwd()
-    paths = sorted((root / "benchmarks" / "results").glob(f"{pattern}.json"))
+    paths = sorted(_results_dir().glob(f"{pattern}.json"))
     return [json.loads(p.read_text()) for p in paths]

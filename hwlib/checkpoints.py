@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import json
 import os
 import shutil
 import socket
@@ -256,7 +255,3 @@ def state_nbytes(*objects: Any) -> int:
         elif isinstance(obj, (list, tuple)):
             stack.extend(obj)
     return total
-
-
-def dump_identity(identity: dict[str, Any]) -> str:
-    return json.dumps(identity, sort_keys=True)

@@ -51,6 +51,9 @@ def print_ladder(records: list[dict[str, Any]], split: str, step: int | None = N
     table = ladder_table(records, split, step)
     print(f"{'run @ steps':58s} {'seeds':>5s} " + " ".join(f"{k:>17s}" for k in ("body", "wing", "crown", "belly", "FID")))
     for name, g in sorted(table.items()):
-        cells = [spread(g[k], 2 if k != "fid" else 0) for k in ("body", "wing", "crown", "belly", "fid")]
-        print(f"{name:58s} {len(g['seeds']):5d} " + " ".join(f"{c.split(' (')[0]:>6s} ({c.split(' (')[1].split(',')[0]:>9s})" for c in cells))
+        cells = []
+        for k in ("body", "wing", "crown", "belly", "fid"):
+            v, d = np.asarray(g[k], dtype=float), 0 if k == "fid" else 2
+            cells.append(f"{v.mean():>6.{d}f} ({f'{v.min():.{d}f}–{v.max():.{d}f}':>9s})")
+        print(f"{name:58s} {len(g['seeds']):5d} " + " ".join(cells))
     return table

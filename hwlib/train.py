@@ -25,8 +25,8 @@ import torch
 from torch import nn
 
 from hwlib.files import atomic_write
-from hwlib.checkpoints import (Checkpointer, RunLock, RunLocked, RunMismatch, check_free_space, identity_diff,  # noqa: F401
-                               split_config, state_nbytes)
+from hwlib.checkpoints import (Checkpointer, RunLock, RunMismatch, check_free_space, identity_diff, split_config,
+                               state_nbytes)
 
 # ----------------------------------------------------------------------------- device and seeds
 
@@ -219,9 +219,9 @@ def _progress(total: int, initial: int, desc: str, enabled: bool):
 
 
 def config_fingerprint(config: Any) -> str:
-    """A short hash of a JSON-able configuration, stored in checkpoints to refuse mismatched resumes.
+    """The short hash of a configuration that checkpoints held before they stored the run's identity.
 
-    A top-level ``epochs`` key is left out, so that a finished run can be extended by asking for more epochs.
+    Only read, to check a resume from such an older checkpoint; a top-level ``epochs`` key is left out as then.
     """
     if isinstance(config, dict):
         config = {k: v for k, v in config.items() if k != "epochs"}
@@ -291,9 +291,11 @@ def _check_settings(epochs: Any, loader: Any) -> None:
                          "use drop_last=False)")
 
 
-def _restore(state: dict[str, Any], *, run_dir: Path, config: Any, identity: dict, schedule: dict,
+def _restore(state: dict[str, Any], *, run_dir: Path, config: Any, identity: dict, schedule: dict, initial_lrs: dict,
              modules: dict, optimizers: dict, emas: dict, schedulers: dict) -> None:
-    """Load a checkpoint's state into the run's objects, refusing another run's and applying a changed schedule."""
+    """Load a checkpoint's state into the run's objects, refusing another run's and applying a changed schedule.
+
+    ``initial_lrs``: {optimizer: [lr per group]} of the freshly built optimizers, before anything is loaded."""
     stored = state.get("identity")
     if stored is None:  # written before identities were stored: compare the old whole-config hash
         if state.get("fingerprint") != config_fingerprint(config):
@@ -307,7 +309,6 @@ def _restore(state: dict[str, Any], *, run_dir: Path, config: Any, identity: dic
                               + "\n  ".join(diff) + "\nTo keep training that run, restore its settings. To start a new "
                               "run here, call with resume=False: the old files are moved to "
                               f"{run_dir}/superseded/<time>/, never deleted. Or train into another run directory.")
-    fresh_lrs = {k: [g["lr"] for g in o.param_groups] for k, o in optimizers.items()}
     fresh_sched = {k: s.state_dict() for k, s in schedulers.items()}
     for name, m in modules.items():
         unwrap(m).load_state_dict(state["modules"][name])
@@ -329,11 +330,11 @@ def _restore(state: dict[str, Any], *, run_dir: Path, config: Any, identity: dic
                 s.load_state_dict({**fresh_sched[name], **counters})
             closed = getattr(s, "_get_closed_form_lr", None) if s is not None else None
             for i, g in enumerate(o.param_groups):
-                g["initial_lr"] = fresh_lrs[name][i]
+                g["initial_lr"] = initial_lrs[name][i]
                 if closed is not None:
                     g["lr"] = closed()[i]
                 elif name in old_lrs and old_lrs[name][i]:
-                    g["lr"] *= fresh_lrs[name][i] / old_lrs[name][i]
+                    g["lr"] *= initial_lrs[name][i] / old_lrs[name][i]
             if s is not None:
                 s._last_lr = [g["lr"] for g in o.param_groups]  # noqa: SLF001 - what get_last_lr reports
 
@@ -344,7 +345,6 @@ def _fit_locked(step_fn, loader, *, epochs, run_dir, modules, optimizers, emas, 
     ckpt = Checkpointer(run_dir)
     params = sum(state_nbytes(dict(unwrap(m).state_dict())) for m in modules.values())
     check_free_space(run_dir, 3 * params + sum(state_nbytes(e.state_dict()) for e in emas.values()))
-    fingerprint = config_fingerprint(config)
     initial_lrs = {k: [g.get("initial_lr", g["lr"]) for g in o.param_groups] for k, o in optimizers.items()}
     history, step, epoch, start_batch = History(), 0, 0, 0
     state = ckpt.load_latest(map_location=next(next(iter(modules.values())).parameters()).device) if resume else None
@@ -355,8 +355,8 @@ def _fit_locked(step_fn, loader, *, epochs, run_dir, modules, optimizers, emas, 
     else:
         if deterministic:
             seed_everything(seed, deterministic)  # sets the deterministic flags; RNG states follow
-        _restore(state, run_dir=run_dir, config=config, identity=identity, schedule=schedule, modules=modules,
-                 optimizers=optimizers, emas=emas, schedulers=schedulers)
+        _restore(state, run_dir=run_dir, config=config, identity=identity, schedule=schedule, initial_lrs=initial_lrs,
+                 modules=modules, optimizers=optimizers, emas=emas, schedulers=schedulers)
         set_rng_state(state["rng"])
         history = History.from_state_dict(state["history"])
         history.seconds = float(state.get("seconds", 0.0))  # checkpoints written before this field: 0
@@ -372,7 +372,7 @@ def _fit_locked(step_fn, loader, *, epochs, run_dir, modules, optimizers, emas, 
             "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
             "emas": {k: e.state_dict() for k, e in emas.items()},
             "schedulers": {k: s.state_dict() for k, s in schedulers.items()},
-            "rng": rng_state(), "history": history.state_dict(), "fingerprint": fingerprint,
+            "rng": rng_state(), "history": history.state_dict(),
             "identity": json.dumps(identity, sort_keys=True), "schedule": json.dumps(schedule, sort_keys=True),
             "initial_lrs": initial_lrs,
             "step": step, "epoch": epoch, "batch": batch_in_epoch, "seconds": history.seconds,
