@@ -69,6 +69,8 @@ def main() -> None:
     parser.add_argument("--gf", type=int, default=None)
     parser.add_argument("--df", type=int, default=None)
     parser.add_argument("--lr", type=float, default=None, help="G's learning rate (default: the profile's)")
+    parser.add_argument("--kl-coef", type=float, default=None, help="weight of the CA's KL term (default: the profile's)")
+    parser.add_argument("--batch-size", type=int, default=None, help="Stage-I batch size (default: the profile's)")
     parser.add_argument("--steps", type=int, default=896)
     parser.add_argument("--every", type=int, default=448)
     parser.add_argument("--seed", type=int, default=0)
@@ -83,6 +85,8 @@ def main() -> None:
     recipe = _override(stackgan.get_recipe(args.recipe), args.set)
     gf, df, lr = args.gf or cfg.gf, args.df or cfg.df, args.lr or cfg.lr
     n_train = args.n_train or cfg.n_train
+    kl_coef = cfg.kl_coef if args.kl_coef is None else args.kl_coef
+    batch_size = args.batch_size or cfg.batch_size
     root = synthbirds.make_synthbirds(n_train, cfg.n_test, seed=seed)
     train = cub.open_birds(root, "train", embedding=cfg.embedding)
     test = cub.open_birds(root, "test", embedding=cfg.embedding)
@@ -92,6 +96,8 @@ def main() -> None:
     parts += [f"df{df}"] if df != cfg.df else []
     parts += [f"lr{lr:g}"] if lr != cfg.lr else []
     parts += [f"n{n_train}"] if n_train != cfg.n_train else []
+    parts += [f"kl{kl_coef:g}"] if kl_coef != cfg.kl_coef else []
+    parts += [f"bs{batch_size}"] if batch_size != cfg.batch_size else []
     decay = args.lr_decay_epochs or cfg.lr_decay_epochs
     parts += ([f"halving{decay}"] if decay != cfg.lr_decay_epochs else ["halving"]) if args.halving else []
     parts += [args.tag] if args.tag else []
@@ -132,7 +138,7 @@ def main() -> None:
                          cond_norm=recipe.g_cond_norm).to(device)
     D = stackgan.StageD(64, cfg.c_dim, df, spectral_norm=recipe.spectral_norm, projection=recipe.projection).to(device)
     ema = EMA(G, recipe.ema) if recipe.ema else None
-    n_batches = len(train) // cfg.batch_size
+    n_batches = len(train) // batch_size
     every_epochs = max(1, round(args.every / n_batches))
     epochs = math.ceil(args.steps / (every_epochs * n_batches)) * every_epochs
     curve: list[dict] = []
@@ -155,14 +161,14 @@ def main() -> None:
 
     stackgan.train_stage(G, D, images=train_76.to(device), embeddings=embeddings.to(device),
                          class_ids=torch.from_numpy(train.class_ids).to(device), out_size=64, epochs=epochs,
-                         batch_size=cfg.batch_size, run_dir=runs, lr=lr, betas=cfg.betas, kl_coef=cfg.kl_coef,
+                         batch_size=batch_size, run_dir=runs, lr=lr, betas=cfg.betas, kl_coef=kl_coef,
                          z_dim=cfg.z_dim, lr_decay_epochs=decay if args.halving else None,
                          seed=args.train_seed, resume=False, recipe=recipe, ema=ema, on_epoch_end=score,
                          config={"name": name, "epochs": epochs}, desc="Stage-I", progress=False)
     write_result(f"stackgan_ladder/{name}", {
         "profile": cfg.profile, "condition": args.condition, "recipe": rname, "recipe_fields": recipe.as_dict(),
-        "gf": gf, "df": df, "batch_size": cfg.batch_size, "n_train": len(train), "train_seed": args.train_seed,
-        "lr": lr, "kl_coef": cfg.kl_coef, "n_eval": n_eval, "chance": 0.1,
+        "gf": gf, "df": df, "batch_size": batch_size, "n_train": len(train), "train_seed": args.train_seed,
+        "lr": lr, "kl_coef": kl_coef, "n_eval": n_eval, "chance": 0.1,
         "lr_schedule": f"halved every {decay} epochs" if args.halving else "constant", "lr_decay_epochs": decay,
         "profile_steps": cfg.epochs1 * n_batches, "threads": torch.get_num_threads(), "curve": curve}, device)
 

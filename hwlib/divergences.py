@@ -113,6 +113,15 @@ def gaussian_log_ratio(x: torch.Tensor | np.ndarray, data: tuple[float, float], 
     return _log_normal(x, *data) - _log_normal(x, *model)
 
 
+def kl_to_standard_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, exp(logvar)) || N(0, 1)) of each coordinate, in closed form: (B, D) -> (B, D), in float32.
+
+    The VAE's latent term sums it over D (:func:`hwlib.models.vae.kl_standard_normal`); StackGAN's conditioning
+    augmentation averages it over B and D (:func:`hwlib.models.stackgan.kl_loss`)."""
+    mu, logvar = mu.float(), logvar.float()
+    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)
+
+
 def gaussian_kl(a: tuple[float, float], b: tuple[float, float]) -> float:
     """KL(N(a) || N(b)) for ``(mean, std)`` pairs, in nats."""
     (m1, s1), (m2, s2) = a, b

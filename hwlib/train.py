@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -24,7 +25,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from hwlib import cost
 from hwlib.files import atomic_write
+from hwlib.profiles import is_dry_run
 from hwlib.checkpoints import (Checkpointer, RunLock, RunMismatch, check_free_space, identity_diff, split_config,
                                state_nbytes)
 
@@ -55,10 +58,14 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
 
 
 def autocast(device: torch.device | str, enabled: bool = True) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA (no grad scaler needed), a no-op elsewhere."""
+    """bf16 autocast where it is native: CUDA GPUs with bf16 (Ampere and later; a T4 trains in fp32), and the CPU in
+    a dry run (``$HWLIB_DRYRUN``, which so exercises the CUDA runs' dtype path here) or when ``$HWLIB_CPU_BF16=1``.
+    bf16 needs no grad scaler. A no-op everywhere else."""
     device = torch.device(device)
-    if enabled and device.type == "cuda":
+    if enabled and device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False):
         return torch.autocast("cuda", dtype=torch.bfloat16)
+    if enabled and device.type == "cpu" and (is_dry_run() or os.environ.get("HWLIB_CPU_BF16") == "1"):
+        return torch.autocast("cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
@@ -342,7 +349,7 @@ def _restore(state: dict[str, Any], *, run_dir: Path, config: Any, identity: dic
 def _fit_locked(step_fn, loader, *, epochs, run_dir, modules, optimizers, emas, schedulers, seed, deterministic, resume,
                 config, identity, schedule, checkpoint_every, sample_fn, grid_dir, grid_nrow, on_epoch_end, log_every,
                 progress, desc, viz) -> History:
-    ckpt = Checkpointer(run_dir)
+    ckpt, dry_run = Checkpointer(run_dir), is_dry_run()
     params = sum(state_nbytes(dict(unwrap(m).state_dict())) for m in modules.values())
     check_free_space(run_dir, 3 * params + sum(state_nbytes(e.state_dict()) for e in emas.values()))
     initial_lrs = {k: [g.get("initial_lr", g["lr"]) for g in o.param_groups] for k, o in optimizers.items()}
@@ -352,6 +359,11 @@ def _fit_locked(step_fn, loader, *, epochs, run_dir, modules, optimizers, emas, 
         ckpt.supersede()
     if state is None:
         seed_everything(seed, deterministic)
+        steps_planned = min(2, len(loader)) if dry_run else epochs * len(loader)
+        first = next(iter(loader.epoch(0)))
+        step_cost = cost.measure_step(step_fn, first, modules=modules, optimizers=optimizers, emas=emas)
+        cost.record(desc, step_cost, steps_planned)
+        print("hwlib: " + cost.describe(desc, step_cost, steps_planned))
     else:
         if deterministic:
             seed_everything(seed, deterministic)  # sets the deterministic flags; RNG states follow
@@ -405,7 +417,10 @@ def _fit_locked(step_fn, loader, *, epochs, run_dir, modules, optimizers, emas, 
         for module in modules.values():
             module.train()
         while epoch < epochs:
-            for batch in loader.epoch(epoch, start=start_batch):
+            batches = loader.epoch(epoch, start=start_batch)
+            if dry_run:  # every code path once, two optimiser steps: the profile's models, settings and dtypes
+                batches, epochs = itertools.islice(batches, 2), epoch + 1
+            for batch in batches:
                 logs = step_fn(batch, step)
                 step += 1
                 batch_in_epoch += 1

@@ -395,3 +395,41 @@ def test_latin1_captions_are_read_with_a_warning(root: Path) -> None:
     with pytest.warns(UnicodeWarning, match=rf"{path.name} is not UTF-8.*read as latin-1"):
         captions = split.captions(0)
     assert captions[0] == "a café-coloured bird 0" and len(captions) == 10
+
+
+def test_resolve_dataset_prefers_real_cub_and_falls_back_to_synthbirds(tmp_path: Path, archives, monkeypatch,
+                                                                       capsys) -> None:
+    root = tmp_path / "data"
+    assert cub.resolve_dataset("auto", root) == "synthbirds"
+    assert "training on SynthBirds" in capsys.readouterr().out
+    with pytest.raises(cub.CUBFormatError, match="birds folders not found"):
+        cub.resolve_dataset("cub", root)
+    _serve(monkeypatch, tmp_path / "gone.tgz", tmp_path / "gone.zip")  # offline: auto falls back, cub fails
+    assert cub.resolve_dataset("auto", root, download=True) == "synthbirds"
+    assert "could not download CUB_200_2011.tgz" in capsys.readouterr().out
+    with pytest.raises(cub.CUBFormatError, match="could not download"):
+        cub.resolve_dataset("cub", root, download=True)
+    _serve(monkeypatch, archives["tgz"], archives["zip"])
+    assert cub.resolve_dataset("auto", root, download=True) == "cub"
+    assert cub.resolve_dataset("auto", root) == "cub" and cub.resolve_dataset("synthbirds", root) == "synthbirds"
+    with pytest.raises(ValueError, match="'auto', 'cub' or 'synthbirds'"):
+        cub.resolve_dataset("CUB-200", root)
+
+
+def test_google_drive_urls_go_through_gdown(tmp_path: Path, monkeypatch) -> None:
+    import sys
+    import types
+
+    calls = []
+
+    def fake_download(url, output, quiet):
+        calls.append(url)
+        Path(output).write_bytes(b"zip")
+        return output
+
+    monkeypatch.setitem(sys.modules, "gdown", types.SimpleNamespace(download=fake_download))
+    cub._fetch(cub.BIRDS_URL, tmp_path / "birds.zip", timeout=1)
+    assert calls == [cub.BIRDS_URL] and (tmp_path / "birds.zip").read_bytes() == b"zip"
+    monkeypatch.setitem(sys.modules, "gdown", types.SimpleNamespace(download=lambda url, output, quiet: None))
+    with pytest.raises(OSError, match="gdown could not fetch"):
+        cub._fetch(cub.BIRDS_URL, tmp_path / "again.zip", timeout=1)

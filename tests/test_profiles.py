@@ -11,7 +11,7 @@ from hwlib.profiles import Config, resolve_profile
 def test_resolve_profile(monkeypatch):
     monkeypatch.delenv("HWLIB_PROFILE", raising=False)
     assert resolve_profile("smoke") == "smoke" and resolve_profile("QUICK") == "quick"
-    assert resolve_profile("auto") == ("full" if torch.cuda.is_available() else "quick")
+    assert resolve_profile("auto") == ("gpu" if torch.cuda.is_available() else "quick")
     monkeypatch.setenv("HWLIB_PROFILE", "smoke")
     assert resolve_profile("auto") == "smoke"  # the environment replaces the notebook's `auto`
     assert resolve_profile("full") == "full"  # an explicit profile wins
@@ -19,7 +19,7 @@ def test_resolve_profile(monkeypatch):
 
 def test_unknown_profile_is_a_clear_error(monkeypatch):
     monkeypatch.delenv("HWLIB_PROFILE", raising=False)
-    with pytest.raises(ValueError, match="unknown profile 'fast'.*'smoke', 'quick', 'full'"):
+    with pytest.raises(ValueError, match="unknown profile 'fast'.*'smoke', 'quick', 'gpu', 'full'"):
         resolve_profile("fast")
     with pytest.raises(ValueError, match="no profiles for notebook"):
         hwlib.get_profile("99_nothing", "smoke")

@@ -124,10 +124,21 @@ def load_pickle(path: str | Path) -> Any:
 
 
 def _fetch(url: str, dest: Path, timeout: float) -> None:
-    """Download ``url`` to ``dest``; a web page instead of an archive is an error."""
+    """Download ``url`` to ``dest``; a web page instead of an archive is an error.
+
+    Google Drive answers large files with a confirmation page, so its URLs go through ``gdown`` (the maintained tool
+    for it); every other URL (https, file) through urllib."""
+    if "drive.google.com" in url:
+        try:
+            import gdown
+        except ImportError as err:
+            raise OSError("downloading from Google Drive needs gdown: pip install gdown") from err
+        if gdown.download(url, str(dest), quiet=True) is None:
+            raise OSError("gdown could not fetch the file (quota exceeded or the link moved)")
+        return
     with urllib.request.urlopen(url, timeout=timeout) as response, open(dest, "wb") as f:
         if "html" in response.headers.get("Content-Type", ""):
-            raise OSError("the server answered with a web page, not the archive (Google Drive asks for a confirmation)")
+            raise OSError("the server answered with a web page, not the archive")
         shutil.copyfileobj(response, f)
 
 
@@ -165,6 +176,35 @@ def download_cub(root: str | Path | None = None, timeout: float = 30.0) -> Path:
             raise CUBFormatError(f"could not download {name} from {url} ({type(err).__name__}: {err}).\n"
                                  + EXPECTED_LAYOUT.format(root=root)) from err
     return root
+
+
+def resolve_dataset(dataset: str = "auto", root: str | Path | None = None, download: bool = False) -> str:
+    """``"cub"`` or ``"synthbirds"``: which bird set a run trains on.
+
+    ``"auto"``: real CUB-200-2011 + StackGAN's ``birds/`` when both folders are under ``root`` (default
+    ``hwlib.data_dir() / "cub"``), or when ``download=True`` fetches them; else the offline SynthBirds, with a line
+    saying why. ``"cub"`` insists (and fails naming the missing files); ``"synthbirds"`` never looks."""
+    if dataset not in ("auto", "cub", "synthbirds"):
+        raise ValueError(f"dataset must be 'auto', 'cub' or 'synthbirds', not {dataset!r}")
+    if dataset == "synthbirds":
+        return dataset
+    root = Path(root) if root is not None else data_dir() / "cub"
+    present = (root / "CUB_200_2011").is_dir() and (root / "birds").is_dir()
+    if not present and download:
+        try:
+            download_cub(root)
+            present = True
+        except CUBFormatError as err:
+            if dataset == "cub":
+                raise
+            print(f"hwlib: {str(err).splitlines()[0]}")
+    if present:
+        return "cub"
+    if dataset == "cub":
+        raise CUBFormatError("CUB-200-2011 / birds folders not found (pass download=True to fetch them).\n"
+                             + EXPECTED_LAYOUT.format(root=root))
+    print(f"hwlib: no CUB-200-2011 + birds/ under {root}: training on SynthBirds (download=True fetches CUB)")
+    return "synthbirds"
 
 
 # ----------------------------------------------------------------------------- the split

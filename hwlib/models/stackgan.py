@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hwlib.divergences import kl_to_standard_normal
+
 if TYPE_CHECKING:
     from hwlib.train import History
 
@@ -43,7 +45,7 @@ def kl_loss(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     sum over dimensions is ``c_dim`` (128) times larger; with it, weight 2 squeezed the caption code to
     under one nat and the generator could not read the colours a caption names.
     """
-    return 0.5 * (mu.float().pow(2) + logvar.float().exp() - 1 - logvar.float()).mean()
+    return kl_to_standard_normal(mu, logvar).mean()
 
 
 def weights_init(m: nn.Module) -> None:

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hwlib.divergences import kl_to_standard_normal
+
 DECODERS = ("bernoulli", "gaussian")
 
 
@@ -46,7 +48,7 @@ def reconstruction_nll(out: torch.Tensor, x01: torch.Tensor, decoder: str, log_s
 
 def kl_standard_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """KL(N(mu, diag(exp(logvar))) || N(0, I)) per row (B,), in closed form."""
-    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(1)
+    return kl_to_standard_normal(mu, logvar).sum(1)
 
 
 class ConvVAE(nn.Module):

@@ -1,10 +1,16 @@
 """Run profiles, in one place for every notebook.
 
 ``smoke``: seconds, tiny data and models (tests). ``quick``: a 2-core CPU in ~10 minutes per
-notebook with recognisable results. ``full``: the assignment's settings on a GPU.
-``auto`` picks ``full`` when CUDA is available, else ``quick``; ``$HWLIB_PROFILE`` replaces ``auto``
-(an explicit profile argument, e.g. ``get_profile(nb, "full")``, wins over it). Each notebook's settings live in ``hwlib/profiles/<notebook>.py`` as
-``PROFILES = {"smoke": {...}, "quick": {...}, "full": {...}}``.
+notebook with recognisable results. ``gpu``: about an hour on one free Colab T4 (16 GB). ``full``: the papers'
+and the assignment's settings, chosen explicitly. ``auto`` picks ``gpu`` when CUDA is available, else ``quick``;
+``$HWLIB_PROFILE`` replaces ``auto`` (an explicit profile argument, e.g. ``get_profile(nb, "full")``, wins over it).
+Each notebook's settings live in ``hwlib/profiles/<notebook>.py`` as ``PROFILES = {"smoke": {...}, "quick": {...},
+"gpu": {...}, "full": {...}}``.
+
+**Dry run.** With ``$HWLIB_DRYRUN=1`` a profile keeps every architecture, width, timestep count and code path but
+takes the notebook's ``DRYRUN`` settings on top (data sets of a few batches, batches of 2, evaluation on a few
+samples); :func:`hwlib.train.fit` stops each training call after two optimiser steps and bf16 autocast is on for
+the CPU. ``make test`` runs every notebook's ``full`` profile this way.
 """
 from __future__ import annotations
 
@@ -12,8 +18,13 @@ import importlib
 import os
 from typing import Any
 
-NAMES = ("smoke", "quick", "full")
+NAMES = ("smoke", "quick", "gpu", "full")
 _resolved: set[str] = set()  # every profile get_profile resolved in this process
+
+
+def is_dry_run() -> bool:
+    """True when ``$HWLIB_DRYRUN`` is set to 1 / true / yes (see the module's docstring)."""
+    return (os.environ.get("HWLIB_DRYRUN") or "").strip().lower() in ("1", "true", "yes")
 
 
 def is_smoke_run() -> bool:
@@ -42,7 +53,7 @@ class Config(dict):
 
 
 def resolve_profile(profile: str = "auto") -> str:
-    """Turn ``profile`` into one of ``smoke``, ``quick``, ``full``; ``auto`` means ``$HWLIB_PROFILE`` when set."""
+    """Turn ``profile`` into one of :data:`NAMES`; ``auto`` means ``$HWLIB_PROFILE`` when set."""
     if not isinstance(profile, str):
         raise TypeError(f"profile must be a string ('auto', {', '.join(map(repr, NAMES))}), not {profile!r} "
                         f"({type(profile).__name__})")
@@ -52,7 +63,7 @@ def resolve_profile(profile: str = "auto") -> str:
     if chosen == "auto":
         import torch
 
-        return "full" if torch.cuda.is_available() else "quick"
+        return "gpu" if torch.cuda.is_available() else "quick"
     if chosen not in NAMES:
         raise ValueError(
             f"unknown profile {chosen!r}: choose one of 'auto', {', '.join(map(repr, NAMES))} "
@@ -74,6 +85,8 @@ def get_profile(notebook: str, profile: str = "auto", verbose: bool = True, **ov
     except ModuleNotFoundError:
         raise ValueError(f"no profiles for notebook {notebook!r} (expected hwlib/profiles/{module_name}.py)") from None
     cfg = Config(module.PROFILES[name])
+    if is_dry_run():
+        cfg.update(getattr(module, "DRYRUN", {}))
     unknown = set(overrides) - set(cfg)
     if unknown:
         raise ValueError(f"unknown settings {sorted(unknown)} for {notebook!r}; known: {sorted(cfg)}")
@@ -81,5 +94,10 @@ def get_profile(notebook: str, profile: str = "auto", verbose: bool = True, **ov
     cfg.profile, cfg.notebook = name, notebook
     if verbose:
         source = " (from HWLIB_PROFILE)" if os.environ.get("HWLIB_PROFILE") and (profile or "auto").lower() == "auto" else ""
-        print(f"hwlib: notebook {notebook}, profile {name!r}{source}")
+        dry = " as a DRY RUN (HWLIB_DRYRUN: a few batches of 2, two steps per training call)" if is_dry_run() else ""
+        import torch
+
+        load = f", load average {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
+        print(f"hwlib: notebook {notebook}, profile {name!r}{source}{dry}; torch uses {torch.get_num_threads()} "
+              f"threads on {os.cpu_count()} cores{load}")
     return Config(cfg)

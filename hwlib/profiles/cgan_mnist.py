@@ -13,6 +13,9 @@ against 0.31 for real digits, and 40-60 % conditional accuracy; with it 82-86 % 
 a conv net at half DCGAN width (ch 32; at ch 16 the discriminator was too weak), and an EMA of the
 generator's weights (decay 0.999) to sample from, which damps the oscillations of short GAN runs.
 
+``gpu`` (about an hour on a T4) is the seed's setting for half its epochs (30, ~14,000 steps of 5 D updates and
+one G update), with the EMA generator to sample from.
+
 Every profile also trains the MLP CGAN with the other ``batchnorm`` setting, the notebook's
 mode-collapse ablation. ``smoke`` only checks that everything runs.
 """
@@ -36,6 +39,12 @@ PROFILES = {
         "conv": {"ch": 32, "embed_dim": 50, "label_mode": "channel", **_DCGAN_OPT},
         "ema_decay": 0.999, "n_eval": 5_000, "eval_batch": 500,
     },
+    "gpu": {
+        "train_subset": None, "batch_size": 128, "epochs": 30, "z_dim": 100, "n_critic": 5,
+        "mlp": {**_MLP, "lr": 1e-4, "betas": [0.9, 0.999]},
+        "conv": {"ch": 64, "embed_dim": 50, "label_mode": "channel", **_DCGAN_OPT},
+        "ema_decay": 0.999, "n_eval": 10_000, "eval_batch": 500,
+    },
     "full": {
         "train_subset": None, "batch_size": 128, "epochs": 60, "z_dim": 100, "n_critic": 5,
         "mlp": {**_MLP, "lr": 1e-4, "betas": [0.9, 0.999]},
@@ -43,3 +52,14 @@ PROFILES = {
         "ema_decay": None, "n_eval": 10_000, "eval_batch": 500,
     },
 }
+
+# HWLIB_DRYRUN: the profile's networks and update ratio on a few digits in batches of 2
+DRYRUN = {"train_subset": 16, "batch_size": 2, "epochs": 1, "n_eval": 20, "eval_batch": 10}
+
+
+def training_calls(cfg: dict) -> dict[str, tuple[int, int]]:
+    """{training run: (batch size, optimiser steps)} of a run of ``cfg`` (``benchmarks/bench_cost.py`` prices them);
+    one step holds ``n_critic`` discriminator updates and one generator update."""
+    steps = cfg["epochs"] * ((cfg["train_subset"] or 60_000) // cfg["batch_size"])
+    ablation = "mlp_no_bn" if cfg["mlp"]["batchnorm"] else "mlp_bn"
+    return {name: (cfg["batch_size"], steps) for name in ("mlp", "conv", ablation)}

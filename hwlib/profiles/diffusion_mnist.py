@@ -7,7 +7,9 @@ evaluation on 10,000 samples with 1000/250/50/20/10 sampling steps (GPU only).
 ``quick`` keeps every setting of the process (T, schedule, the two configurations) but shrinks the network
 (ch 16, one block per resolution) and the budget (2 × 400 steps of batch 64: two passes over 12,800 digits per
 model, ~0.65 s per step on one CPU thread, i.e. ~9 min of training for both) to fit a 2-core CPU, and
-evaluates 300 samples with 20/10/5 DDIM steps (1000 and 250 steps are left to ``full``). ``smoke`` only checks that everything runs.
+evaluates 300 samples with 20/10/5 DDIM steps (1000 and 250 steps are left to ``full``). ``gpu`` (about an hour
+on a T4) trains the full U-Net for 5 epochs of the 60,000 digits (2,340 steps per configuration, EMA 0.999 to match
+the shorter run) and evaluates 1,000 samples with 50/20/10 steps. ``smoke`` only checks that everything runs.
 """
 
 _PROCESS = {"T": 1000, "beta_start": 1e-4, "beta_end": 0.02}
@@ -32,6 +34,13 @@ PROFILES = {
         "p_uncond": 0.1, "guidance": 3.0, "sample_steps": 20, "traj_steps": 250,
         "n_eval": 300, "eval_batch": 300, "eval_steps": 10, "step_counts": [20, 10, 5], "check_images": 256,
     },
+    "gpu": {
+        **_PROCESS, "configs": _CONFIGS,
+        "unet": {"ch": 64, "channel_mult": [1, 2, 2], "num_res_blocks": 2, "attn_resolutions": [14, 7], "dropout": 0.1},
+        "train_subset": None, "batch_size": 128, "epochs": 5, "lr": 2e-4, "warmup_steps": 500, "ema_decay": 0.999,
+        "p_uncond": 0.1, "guidance": 3.0, "sample_steps": 50, "traj_steps": 1000,
+        "n_eval": 1000, "eval_batch": 500, "eval_steps": 20, "step_counts": [50, 20, 10], "check_images": 1024,
+    },
     "full": {
         **_PROCESS, "configs": _CONFIGS,
         "unet": {"ch": 64, "channel_mult": [1, 2, 2], "num_res_blocks": 2, "attn_resolutions": [14, 7], "dropout": 0.1},
@@ -41,3 +50,13 @@ PROFILES = {
         "check_images": 1024,
     },
 }
+
+# HWLIB_DRYRUN: the profile's U-Net, T and samplers (every step count) on a few digits in batches of 2
+DRYRUN = {"train_subset": 8, "batch_size": 2, "epochs": 1, "warmup_steps": 1, "n_eval": 4, "eval_batch": 2,
+          "check_images": 8}
+
+
+def training_calls(cfg: dict) -> dict[str, tuple[int, int]]:
+    """{training run: (batch size, optimiser steps)} of a run of ``cfg`` (``benchmarks/bench_cost.py`` prices them)."""
+    n = cfg["train_subset"] or 60_000
+    return {name: (cfg["batch_size"], cfg["epochs"] * (n // cfg["batch_size"])) for name in cfg["configs"]}

@@ -6,7 +6,10 @@ stage with the learning rate halved every 100, KL weight 2 (official birds confi
 CUB-size SynthBirds (8,855 / 2,933); ``attr_n`` random-attribute birds train the attribute classifier.
 ``quick`` fits a 2-core CPU: narrow networks, a few thousand birds, a few epochs; Stage II at 256 px with
 g_f 16 / d_f 8 on 320 birds for 18 epochs (720 steps); Stage I 16 epochs (1,792 steps), lr halved every 8;
-the main recipe is ``stable`` (the paper's recipe is trained beside it and draws the captions at about chance). ``smoke`` runs in seconds (Stage II output 128).
+the main recipe is ``stable`` (the paper's recipe is trained beside it and draws the captions at about chance).
+``gpu`` (about an hour on a T4) keeps the paper's data, depth and 256 px output at half the widths (gf 64 / df 32
+in both stages, a quarter of the FLOPs), 60 Stage-I epochs per recipe and 10 Stage-II epochs (batch 32).
+``smoke`` runs in seconds (Stage II output 128).
 
 ``recipe`` is the training recipe of the notebook's main run, which Stage II builds on
 (:data:`hwlib.models.stackgan.RECIPES`: ``paper`` is the official code's, ``stable`` adds GAN stabilisers);
@@ -14,8 +17,7 @@ the main recipe is ``stable`` (the paper's recipe is trained beside it and draws
 """
 
 _COMMON = {
-    "dataset": "synthbirds",          # or "cub": the real files under hwlib.data_dir()/cub
-    "embedding": "all-MiniLM-L6-v2",  # or "char-CNN-RNN" (1024-d, real CUB only)
+    "embedding": "all-MiniLM-L6-v2",  # SynthBirds' caption embedding (the notebook's `dataset` parameter picks the data)
     "z_dim": 100, "c_dim": 128, "lr": 2e-4, "betas": (0.5, 0.999), "kl_coef": 2.0,
     "upsample": "nearest", "recipe": "paper", "recipes": ("paper", "stable"),
 }
@@ -29,8 +31,29 @@ PROFILES = {
               "stage2_size": 256, "stage2_n": 320, "batch_size": 16, "batch_size2": 8, "epochs1": 16, "epochs2": 18,
               "lr_decay_epochs": 8, "recipe": "stable", "attr_n": 4000, "attr_epochs": 12, "attr_width": 16, "n_eval": 600, "compare_epochs": 1,
               "compare_n": 640},
+    "gpu": {**_COMMON, "n_train": 8855, "n_test": 2933, "gf": 64, "df": 32, "gf2": 64, "df2": 32, "n_res": 4,
+            "stage2_size": 256, "stage2_n": 8855, "batch_size": 64, "batch_size2": 32, "epochs1": 60, "epochs2": 10,
+            "lr_decay_epochs": 20, "recipe": "stable", "attr_n": 20000, "attr_epochs": 20, "attr_width": 32,
+            "n_eval": 2933, "compare_epochs": 10, "compare_n": 8855},
     "full": {**_COMMON, "n_train": 8855, "n_test": 2933, "gf": 128, "df": 64, "gf2": 128, "df2": 64, "n_res": 4,
              "stage2_size": 256, "stage2_n": 8855, "batch_size": 64, "batch_size2": 64, "epochs1": 600, "epochs2": 600,
              "lr_decay_epochs": 100, "recipes": ("paper",), "attr_n": 20000, "attr_epochs": 20, "attr_width": 32, "n_eval": 2933, "compare_epochs": 60,
              "compare_n": 8855},
 }
+
+# HWLIB_DRYRUN: every width, stage and code path of the chosen profile on a few birds in batches of 2
+DRYRUN = {"n_train": 20, "n_test": 10, "stage2_n": 4, "batch_size": 2, "batch_size2": 2, "epochs1": 1, "epochs2": 1,
+          "lr_decay_epochs": 1, "attr_n": 2, "attr_epochs": 1, "n_eval": 10, "compare_epochs": 1, "compare_n": 4}
+
+
+def training_calls(cfg: dict) -> dict[str, tuple[int, int]]:
+    """{training run: (batch size, optimiser steps)} of a run of ``cfg`` (``benchmarks/bench_cost.py`` prices them)."""
+    calls = {f"Stage-I ({r})": (cfg["batch_size"], cfg["epochs1"] * (cfg["n_train"] // cfg["batch_size"]))
+             for r in cfg["recipes"]}
+    calls["Stage-II"] = (cfg["batch_size2"], cfg["epochs2"] * (min(cfg["stage2_n"], cfg["n_train"]) // cfg["batch_size2"]))
+    attr_batch = min(64, cfg["attr_n"])
+    calls["attribute classifier"] = (attr_batch, cfg["attr_epochs"] * (cfg["attr_n"] // attr_batch))
+    compare = min(cfg["compare_n"], cfg["n_train"])
+    for mode in ("nearest", "pixelshuffle"):
+        calls[f"Stage-I (compare_{mode})"] = (cfg["batch_size"], cfg["compare_epochs"] * (compare // cfg["batch_size"]))
+    return calls

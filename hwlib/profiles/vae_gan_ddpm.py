@@ -7,7 +7,8 @@ DCGAN (Radford et al. 2016): z 100, width 64, Adam 2e-4 (0.5, 0.999); DDPM (Ho e
 linear betas 1e-4 .. 0.02, Adam 2e-4, EMA 0.9999, dropout 0.1, a U-Net sized for 28x28; evaluation on
 10,000 samples against the MNIST test set. ``quick`` fits a 2-core CPU: narrow networks, a 10k-image
 subset, 3 epochs of batches of 32 (four times more updates than batches of 128 for the same images), T = 200 (betas scaled by 1000 / T so that alpha_bar_T still vanishes) and 500
-evaluation samples. ``smoke`` runs in seconds.
+evaluation samples. ``gpu`` (about an hour on a T4) is ``full`` for 10 epochs (4,680 updates per model) with
+an EMA decay of 0.999 to suit the shorter run. ``smoke`` runs in seconds.
 """
 
 _COMMON = {
@@ -33,8 +34,23 @@ PROFILES = {
               "vae_ch": 16, "vae_hidden": 128, "gan_ch": 16, "unet_ch": 16, "unet_mult": (1, 2), "unet_blocks": 1,
               "unet_attn": (), "dropout": 0.0, "T": 200, "ema_decay": 0.995, "ddpm_lr": 1e-3, "warmup": 50,
               "n_eval": 500, "d_steps": 600},
+    "gpu": {**_COMMON, "n_train": 60_000, "epochs": 10,
+            "vae_ch": 32, "vae_hidden": 256, "gan_ch": 64, "unet_ch": 64, "unet_mult": (1, 2, 2), "unet_blocks": 2,
+            "unet_attn": (7,), "dropout": 0.1, "T": 1000, "ema_decay": 0.999, "warmup": 500,
+            "n_eval": 10_000, "d_steps": 3000},
     "full": {**_COMMON, "n_train": 60_000, "epochs": 40,
              "vae_ch": 32, "vae_hidden": 256, "gan_ch": 64, "unet_ch": 64, "unet_mult": (1, 2, 2), "unet_blocks": 2,
              "unet_attn": (7,), "dropout": 0.1, "T": 1000, "ema_decay": 0.9999, "warmup": 1000,
              "n_eval": 10_000, "d_steps": 3000},
 }
+
+# HWLIB_DRYRUN: the profile's three networks and T on a few digits in batches of 2
+DRYRUN = {"n_train": 16, "batch_size": 2, "epochs": 1, "warmup": 1, "n_eval": 20, "eval_batch": 10, "grid_n": 4,
+          "d_steps": 10}
+
+
+def training_calls(cfg: dict) -> dict[str, tuple[int, int]]:
+    """{training run: (batch size, optimiser steps)} of a run of ``cfg`` (``benchmarks/bench_cost.py`` prices them):
+    the three VAEs, the DCGAN and the DDPM share the budget."""
+    steps = cfg["epochs"] * (cfg["n_train"] // cfg["batch_size"])
+    return {name: (cfg["batch_size"], steps) for name in ("vae", "vae_z2", "vae_gauss", "dcgan", "ddpm")}

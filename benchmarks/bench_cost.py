@@ -1,0 +1,90 @@
+"""What each notebook's profiles cost: training FLOPs, measured CPU time, and estimates for a T4, an A100 and an H100.
+
+For every notebook and profile the notebook runs as a dry run (``HWLIB_DRYRUN=1``: the profile's real networks in
+batches of 2, two steps per training call), and :func:`hwlib.train.fit` writes the FLOPs of one real training step
+of each run to a ledger (:mod:`hwlib.cost`). FLOPs per sample (matrix products and convolutions scale linearly
+with the batch) times the profile's batch size and steps (``training_calls`` in ``hwlib/profiles/<notebook>.py``)
+give the training FLOPs of the real run. The CPU column is the wall time of the published notebook when it was
+run in that profile here (``metadata.hwlib.wall_seconds``, quick only); the GPU columns assume
+:data:`hwlib.cost.UTILISATION` of the dense peak (:data:`hwlib.cost.PEAK`): compute-bound lower bounds that leave out
+sampling and evaluation. Writes ``benchmarks/results/cost.json`` and prints the README's table.
+Usage: ``python benchmarks/bench_cost.py [--profiles quick gpu full] [--notebooks 01 02 03 04]``.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import hwlib
+from hwlib import cost
+from hwlib.bench import write_result
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = sorted(p.stem for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+
+
+def dry_run(notebook: str, profile: str, work: Path) -> tuple[list[dict], float]:
+    """Run ``notebook`` in ``profile`` as a dry run; return its cost ledger and wall seconds."""
+    ledger = work / f"{notebook}_{profile}.jsonl"
+    env = {**os.environ, "HWLIB_DRYRUN": "1", "HWLIB_COST_LEDGER": str(ledger), "HWLIB_RUNS": str(work / "runs"),
+           "HWLIB_FIGURES": str(work / "figures"), "HWLIB_PROGRESS": "off", "MPLBACKEND": "Agg"}
+    env.pop("HWLIB_PROFILE", None)
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "papermill", str(ROOT / "notebooks" / f"{notebook}.ipynb"),
+                    str(work / f"{notebook}_{profile}.ipynb"), "-k", "python3", "-p", "profile", profile,
+                    "--no-progress-bar"], env=env, check=True, capture_output=True)
+    return cost.read_ledger(ledger), time.perf_counter() - start
+
+
+def price(notebook: str, profile: str, ledger: list[dict]) -> dict:
+    """Training FLOPs of ``profile``'s real run from the dry run's FLOPs per sample."""
+    cfg = hwlib.get_profile(notebook, profile, verbose=False)
+    calls = importlib.import_module(f"hwlib.profiles.{notebook.split('_', 1)[1]}").training_calls(cfg)
+    per_sample = {e["name"]: e["flops"] / e["batch"] for e in ledger}
+    missing = sorted(set(calls) - set(per_sample))
+    if missing:
+        raise SystemExit(f"{notebook} ({profile}): the dry run did not train {missing}; it trained {sorted(per_sample)}")
+    runs = {name: {"batch": b, "steps": s, "flops": per_sample[name] * b * s} for name, (b, s) in calls.items()}
+    return {"runs": runs, "flops": sum(r["flops"] for r in runs.values())}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--profiles", nargs="+", default=["quick", "gpu", "full"])
+    parser.add_argument("--notebooks", nargs="+", default=[n[:2] for n in NOTEBOOKS])
+    args = parser.parse_args()
+    if hwlib.profiles.is_dry_run():
+        raise SystemExit("unset HWLIB_DRYRUN: this script prices the real profiles")
+    table = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for notebook in (n for n in NOTEBOOKS if n[:2] in args.notebooks):
+            published = json.loads((ROOT / "notebooks" / f"{notebook}.ipynb").read_text())
+            wall = published.get("metadata", {}).get("hwlib", {}).get("wall_seconds")
+            for profile in args.profiles:
+                ledger, seconds = dry_run(notebook, profile, Path(tmp))
+                row = price(notebook, profile, ledger)
+                row["dry_run_seconds"] = round(seconds, 1)
+                row["cpu_seconds"] = wall if profile == "quick" else None
+                row["gpu_seconds"] = {k: round(v) for k, v in cost.gpu_estimates(row["flops"]).items()}
+                table[f"{notebook}/{profile}"] = row
+                print(f"{notebook:20s} {profile:6s} {row['flops']:.3g} FLOP (dry run {seconds:.0f} s)", flush=True)
+    write_result("cost", {"utilisation": cost.UTILISATION, "peak_flops": cost.PEAK, "table": table})
+    gpus = list(cost.PEAK)
+    print("\n| notebook | profile | training FLOPs | this CPU (measured) | " + " | ".join(gpus) + " |")
+    print("|---|---|---|---|" + "---|" * len(gpus))
+    for key, row in table.items():
+        nb, profile = key.split("/")
+        cpu = cost.format_duration(row["cpu_seconds"]) if row["cpu_seconds"] else "–"
+        print(f"| {nb} | {profile} | {cost.format_flops(row['flops'])} | {cpu} | "
+              + " | ".join(cost.format_duration(row["gpu_seconds"][g]) for g in gpus) + " |")
+
+
+if __name__ == "__main__":
+    main()
