@@ -41,12 +41,12 @@ def runs_dir(name: str = "") -> Path:
 
 
 def committed_or_scratch(path: Path) -> Path:
-    """``path``, unless this is a smoke run and ``path`` lies in the checkout's ``figures/`` or
-    ``benchmarks/results/``: then the same relative place under ``<tmp>/hwlib-smoke/``."""
-    from hwlib.profiles import is_smoke_run
+    """``path``, unless this is a smoke run or a dry run (``HWLIB_DRYRUN``) and ``path`` lies in the checkout's
+    ``figures/`` or ``benchmarks/results/``: then the same relative place under ``<tmp>/hwlib-smoke/``."""
+    from hwlib.profiles import is_dry_run, is_smoke_run
 
     root = repo_root()
-    if root is None or not is_smoke_run():
+    if root is None or not (is_smoke_run() or is_dry_run()):
         return path
     path = Path(os.path.abspath(path))
     for committed in (root / "figures", root / "benchmarks" / "results"):

@@ -75,4 +75,9 @@ def test_smoke_runs_never_write_into_the_committed_figures_or_results(monkeypatc
     assert "hwlib-smoke" in str(hwlib.figures_dir("x"))
     monkeypatch.setattr(hwlib.profiles, "_resolved", set())
     assert hwlib.figures_dir("x") == root / "figures" / "x"
+    monkeypatch.setenv("HWLIB_DRYRUN", "1")  # a dry run of a real profile: scratch as well
+    assert "hwlib-smoke" in str(hwlib.figures_dir("x"))
+    out = write_result("test_dry_run_guard", {"x": 1})
+    assert root not in out.parents
+    out.unlink()
     (root / "figures" / "x").rmdir()
