@@ -163,3 +163,20 @@ def make_gan_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_
         }
 
     return step
+
+
+def cycle_consistency_loss(G: Callable[[torch.Tensor], torch.Tensor], F_: Callable[[torch.Tensor], torch.Tensor],
+                           x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """CycleGAN's cycle loss (Zhu et al. 2017): E|F(G(x)) - x|_1 + E|G(F(y)) - y|_1, for G: X -> Y and F: Y -> X.
+
+    The adversarial losses only ask G(X) to look like Y; many maps do that. The cycle loss asks G and F to be each
+    other's inverse, so a translated image keeps what it was made from. Weighted by 10 in the paper."""
+    return (F_(G(x)) - x).abs().mean() + (G(F_(y)) - y).abs().mean()
+
+
+def identity_loss(G: Callable[[torch.Tensor], torch.Tensor], F_: Callable[[torch.Tensor], torch.Tensor],
+                  x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """CycleGAN's identity loss: E|G(y) - y|_1 + E|F(x) - x|_1: a generator fed an image already in its target domain
+    should leave it alone (it keeps colours in photo <-> painting; weight half the cycle weight in the paper)."""
+    return (G(y) - y).abs().mean() + (F_(x) - x).abs().mean()
+

@@ -111,3 +111,15 @@ def test_diff_augment_translates_and_cuts_out_per_sample():
     assert not all(torch.equal(shifted[0], s) for s in shifted[1:])  # a fresh shift per sample
     with pytest.raises(ValueError, match="unknown DiffAugment policy 'color'"):
         diff_augment(x, "color")
+
+
+def test_cycle_and_identity_losses_tell_an_inverse_pair_from_a_distribution_match():
+    from hwlib.gan import cycle_consistency_loss, identity_loss
+
+    x = torch.randn(4096, 1)
+    y = 3 + 2 * x
+    G, G_flip, F_ = (lambda a: 3 + 2 * a), (lambda a: 3 - 2 * a), (lambda b: (b - 3) / 2)
+    assert cycle_consistency_loss(G, F_, x, y) < 1e-6  # an inverse pair: zero
+    assert cycle_consistency_loss(G_flip, F_, x, y) > 1.0  # G_flip(X) has Y's distribution too, but no inverse F_
+    assert identity_loss(lambda a: a, lambda b: b, x, y) == 0
+

@@ -112,3 +112,17 @@ def test_inception_random_weights_path(tmp_path, monkeypatch):
     torch.testing.assert_close(ours, theirs)
     assert probs.shape == (2, 1008)
     torch.testing.assert_close(probs.sum(1), torch.ones(2, dtype=probs.dtype))
+
+
+def test_is_mnist_rewards_recognisable_balanced_digits():
+    from hwlib.data import load_mnist
+    from hwlib.metrics import evaluate, is_mnist
+
+    x, y = load_mnist("test")
+    real = is_mnist(x[:2000])
+    assert 9.5 < real <= 10.0  # ten classes, recognised with confidence: near the maximum
+    assert is_mnist(x[y == 3][:500]) < 1.1  # one class only: no better than 1
+    assert is_mnist(torch.zeros(500, 1, 28, 28) - 1) < 1.1  # one (blank) image repeated
+    chunks = iter(x[:500].split(250))
+    r = evaluate(lambda m: next(chunks), n=500, batch_size=250, seed=None)
+    assert abs(r["is_mnist"] - is_mnist(x[:500])) < 1e-4

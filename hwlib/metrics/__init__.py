@@ -2,6 +2,7 @@
 
 - ``evaluate(sampler, real="mnist-test", n=10_000, features="mnist")`` -- one call for the notebooks
 - ``within_class_spread``, ``ClassSpread``                              -- diversity within a class (mode collapse)
+- ``is_mnist``                                                       -- the Inception Score with the MNIST classifier
 - ``frechet_distance``, ``FeatureStats``, ``fid_from_features``         -- FID pieces (``frechet``, ``stats``)
 - ``precision_recall``                                                -- k-NN manifolds (``prdc``)
 - ``inception_score``, ``InceptionFeatures``                            -- FID Inception-v3 (``inception``)
@@ -18,7 +19,7 @@ from typing import Any
 
 _EXPORTS = {
     "evaluate": "evaluation", "fid_from_features": "evaluation", "ClassSpread": "evaluation",
-    "within_class_spread": "evaluation",
+    "within_class_spread": "evaluation", "is_mnist": "evaluation",
     "frechet_distance": "frechet", "trace_sqrt_product": "frechet",
     "FeatureStats": "stats",
     "precision_recall": "prdc",

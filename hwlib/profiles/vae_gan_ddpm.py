@@ -51,6 +51,6 @@ DRYRUN = {"n_train": 16, "batch_size": 2, "epochs": 1, "warmup": 1, "n_eval": 20
 
 def training_calls(cfg: dict) -> dict[str, tuple[int, int]]:
     """{training run: (batch size, optimiser steps)} of a run of ``cfg`` (``benchmarks/bench_cost.py`` prices them):
-    the three VAEs, the DCGAN and the DDPM share the budget."""
+    the three VAEs, the DCGAN and the DDPM share the budget (and the autoencoder of section 7)."""
     steps = cfg["epochs"] * (cfg["n_train"] // cfg["batch_size"])
-    return {name: (cfg["batch_size"], steps) for name in ("vae", "vae_z2", "vae_gauss", "dcgan", "ddpm")}
+    return {name: (cfg["batch_size"], steps) for name in ("vae", "vae_z2", "vae_gauss", "dcgan", "ddpm", "ae")}
