@@ -31,8 +31,10 @@ def _results_dir() -> Path:
     return (repo_root() or Path.cwd()) / "benchmarks" / "results"
 
 
-def write_result(name: str, result: dict[str, Any], device: torch.device | str | None = None) -> Path:
-    """Write ``result`` plus device, versions and date to ``benchmarks/results/<name>.json``; print it."""
+def write_result(name: str, result: dict[str, Any], device: torch.device | str | None = None,
+                 echo: bool = True) -> Path:
+    """Write ``result`` plus device, versions and date to ``benchmarks/results/<name>.json``; print it (``echo``)
+    or, for notebooks, one line naming the file."""
     out = committed_or_scratch(_results_dir())
     out.mkdir(parents=True, exist_ok=True)
     record = {
@@ -46,7 +48,7 @@ def write_result(name: str, result: dict[str, Any], device: torch.device | str |
     path = out / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=2) + "\n")
-    print(json.dumps(record, indent=2))
+    print(json.dumps(record, indent=2) if echo else f"results written to benchmarks/results/{name}.json")
     return path
 
 

@@ -23,6 +23,9 @@ def _tags(cell: dict) -> list[str]:
     return cell.get("metadata", {}).get("tags", [])
 
 
+PROGRESS_LINE = re.compile(r"^[^\n]*\d+%\|[^\n]*\|\s*\d+/\d+")  # a tqdm bar: "name:  50%|#####     | 2/4 [..]"
+
+
 def clean(nb: dict) -> dict:
     """Strip run metadata and papermill's ``injected-parameters`` cell from a notebook dict (in place); return it.
 
@@ -53,6 +56,12 @@ def clean(nb: dict) -> dict:
                 if not data:
                     continue
             out.get("metadata", {}).pop("papermill", None)
+            if out.get("output_type") == "stream":  # progress-bar residue is not part of a report
+                text = "".join(out.get("text", ""))
+                kept = [line for line in text.replace("\r", "\n").splitlines(True) if not PROGRESS_LINE.match(line)]
+                if not "".join(kept).strip():
+                    continue
+                out["text"] = "".join(kept)
             outputs.append(out)
         cell["outputs"] = outputs
     return nb

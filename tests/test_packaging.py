@@ -76,3 +76,15 @@ def test_report_embeds_figures_from_outside_the_notebook_folder(tmp_path):
     src.write_text(json.dumps(nb))
     html = report(src, tmp_path / "reports").read_text()
     assert "data:image/gif;base64,R0lGOD" in html and "../figures/dot.gif" not in html and "Title" in html
+
+
+def test_publish_drops_progress_bar_residue_and_keeps_the_text():
+    from hwlib.nbtools import clean
+
+    bars = "mlp:   0%|          | 0/3125 [00:00<?, ?it/s]\rmlp: 100%|#####| 3125/3125 [01:00<00:00]\n"
+    nb = {"cells": [{"cell_type": "code", "metadata": {}, "source": "", "outputs": [
+        {"output_type": "stream", "name": "stdout", "text": "hwlib: cost of mlp: 1 GFLOP\n" + bars + "mlp: 3125 steps\n"},
+        {"output_type": "stream", "name": "stderr", "text": "lin:  50%|███| 2/4 [01:48<01:48, 54.31s/it]\n"}]}],
+        "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+    (out,) = clean(nb)["cells"][0]["outputs"]
+    assert out["text"] == "hwlib: cost of mlp: 1 GFLOP\nmlp: 3125 steps\n"
