@@ -8,7 +8,8 @@ give the training FLOPs of the real run. The CPU column is the wall time of the 
 run in that profile here (``metadata.hwlib.wall_seconds``, quick only); the GPU columns assume
 :data:`hwlib.cost.UTILISATION` of the dense peak (:data:`hwlib.cost.PEAK`): compute-bound lower bounds that leave out
 sampling and evaluation. Writes ``benchmarks/results/cost.json`` and prints the README's table.
-Usage: ``python benchmarks/bench_cost.py [--profiles quick gpu full] [--notebooks 01 02 03 04]``.
+Rows of other profiles and notebooks already in ``cost.json`` are kept. Usage:
+``python benchmarks/bench_cost.py [--profiles quick gpu full] [--notebooks 01 02 03 04]``.
 """
 from __future__ import annotations
 
@@ -62,7 +63,8 @@ def main() -> None:
     args = parser.parse_args()
     if hwlib.profiles.is_dry_run():
         raise SystemExit("unset HWLIB_DRYRUN: this script prices the real profiles")
-    table = {}
+    previous = ROOT / "benchmarks" / "results" / "cost.json"  # rows of profiles not re-run this time are kept
+    table = json.loads(previous.read_text())["table"] if previous.is_file() else {}
     with tempfile.TemporaryDirectory() as tmp:
         for notebook in (n for n in NOTEBOOKS if n[:2] in args.notebooks):
             published = json.loads((ROOT / "notebooks" / f"{notebook}.ipynb").read_text())
@@ -72,14 +74,14 @@ def main() -> None:
                 row = price(notebook, profile, ledger)
                 row["dry_run_seconds"] = round(seconds, 1)
                 row["cpu_seconds"] = wall if profile == "quick" else None
-                row["gpu_seconds"] = {k: round(v) for k, v in cost.gpu_estimates(row["flops"]).items()}
+                row["gpu_seconds"] = {k: round(v, 3) for k, v in cost.gpu_estimates(row["flops"]).items()}
                 table[f"{notebook}/{profile}"] = row
                 print(f"{notebook:20s} {profile:6s} {row['flops']:.3g} FLOP (dry run {seconds:.0f} s)", flush=True)
     write_result("cost", {"utilisation": cost.UTILISATION, "peak_flops": cost.PEAK, "table": table})
     gpus = list(cost.PEAK)
     print("\n| notebook | profile | training FLOPs | this CPU (measured) | " + " | ".join(gpus) + " |")
     print("|---|---|---|---|" + "---|" * len(gpus))
-    for key, row in table.items():
+    for key, row in sorted(table.items(), key=lambda kv: (kv[0].split("/")[0], ["quick", "gpu", "full"].index(kv[0].split("/")[1]))):
         nb, profile = key.split("/")
         cpu = cost.format_duration(row["cpu_seconds"]) if row["cpu_seconds"] else "–"
         print(f"| {nb} | {profile} | {cost.format_flops(row['flops'])} | {cpu} | "
