@@ -30,14 +30,12 @@ import hwlib
 from hwlib.bench import write_result
 from hwlib.data import ResidentLoader, load_mnist
 from hwlib.diffusion import Diffusion, make_step_fn
-from hwlib.models.unet import UNet
+from hwlib.models.unet import UNet, build as build_unet
 from hwlib.train import EMA, count_parameters, fit, get_device, maybe_compile
 
 
 def hwlib_unet(size: str, device: torch.device) -> UNet:
-    u = hwlib.get_profile("02_diffusion_mnist", size, verbose=False).unet
-    return UNet(ch=u.ch, channel_mult=tuple(u.channel_mult), num_res_blocks=u.num_res_blocks,
-                attn_resolutions=tuple(u.attn_resolutions), dropout=u.dropout, num_classes=10).to(device)
+    return build_unet(hwlib.get_profile("02_diffusion_mnist", size, verbose=False).unet, num_classes=10).to(device)
 
 
 def diffusers_unet(target_params: int, size: str, device: torch.device):

@@ -346,111 +346,145 @@ def _restore(state: dict[str, Any], *, run_dir: Path, config: Any, identity: dic
                 s._last_lr = [g["lr"] for g in o.param_groups]  # noqa: SLF001 - what get_last_lr reports
 
 
-def _fit_locked(step_fn, loader, *, epochs, run_dir, modules, optimizers, emas, schedulers, seed, deterministic, resume,
-                config, identity, schedule, checkpoint_every, sample_fn, grid_dir, grid_nrow, on_epoch_end, log_every,
-                progress, desc, viz) -> History:
-    ckpt, dry_run = Checkpointer(run_dir), is_dry_run()
-    params = sum(state_nbytes(dict(unwrap(m).state_dict())) for m in modules.values())
-    check_free_space(run_dir, 3 * params + sum(state_nbytes(e.state_dict()) for e in emas.values()))
-    initial_lrs = {k: [g.get("initial_lr", g["lr"]) for g in o.param_groups] for k, o in optimizers.items()}
-    history, step, epoch, start_batch = History(), 0, 0, 0
-    state = ckpt.load_latest(map_location=next(next(iter(modules.values())).parameters()).device) if resume else None
-    if not resume:
-        ckpt.supersede()
-    if state is None:
-        seed_everything(seed, deterministic)
-        steps_planned = min(2, len(loader)) if dry_run else epochs * len(loader)
-        first = next(iter(loader.epoch(0)))
-        step_cost = cost.measure_step(step_fn, first, modules=modules, optimizers=optimizers, emas=emas)
-        cost.record(desc, step_cost, steps_planned)
-        print("hwlib: " + cost.describe(desc, step_cost, steps_planned))
-    else:
-        if deterministic:
-            seed_everything(seed, deterministic)  # sets the deterministic flags; RNG states follow
-        _restore(state, run_dir=run_dir, config=config, identity=identity, schedule=schedule, initial_lrs=initial_lrs,
-                 modules=modules, optimizers=optimizers, emas=emas, schedulers=schedulers)
-        set_rng_state(state["rng"])
-        history = History.from_state_dict(state["history"])
-        history.seconds = float(state.get("seconds", 0.0))  # checkpoints written before this field: 0
-        step, epoch, start_batch = int(state["step"]), int(state["epoch"]), int(state["batch"])
-        print(f"hwlib: resumed {run_dir.name} at epoch {epoch + 1 if start_batch else epoch}, step {step}")
+class _Grids:
+    """Per-epoch sample grids (``grid_dir/epoch_XXX.png``) and, at the end, their GIF: an epoch-end callback."""
 
-    clock, spent = time.perf_counter(), history.seconds
+    def __init__(self, sample_fn: Callable[[], torch.Tensor], grid_dir: str | os.PathLike, nrow: int,
+                 modules: dict[str, nn.Module], viz: Any) -> None:
+        self.sample_fn, self.dir, self.nrow, self.modules, self.viz = sample_fn, Path(grid_dir), nrow, modules, viz
 
-    def save() -> None:
-        history.seconds = spent + time.perf_counter() - clock
-        ckpt.save({
-            "modules": {k: unwrap(m).state_dict() for k, m in modules.items()},
-            "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
-            "emas": {k: e.state_dict() for k, e in emas.items()},
-            "schedulers": {k: s.state_dict() for k, s in schedulers.items()},
-            "rng": rng_state(), "history": history.state_dict(),
-            "identity": json.dumps(identity, sort_keys=True), "schedule": json.dumps(schedule, sort_keys=True),
-            "initial_lrs": initial_lrs,
-            "step": step, "epoch": epoch, "batch": batch_in_epoch, "seconds": history.seconds,
-        }, step)
-        history.to_csv(run_dir / "history.csv")
+    def __call__(self, epoch: int) -> None:
+        was_training = {k: m.training for k, m in self.modules.items()}
+        with torch.no_grad():
+            images = self.sample_fn()
+        for k, m in self.modules.items():
+            m.train(was_training[k])
+        self.viz.save_grid(images, self.dir / f"epoch_{epoch:03d}.png", nrow=self.nrow)
 
-    pending: list[tuple[int, int, dict[str, Any]]] = []
+    def finish(self) -> None:
+        self.viz.make_gif(sorted(self.dir.glob("epoch_*.png")), self.dir / "progress.gif")
 
-    def flush() -> None:
-        for s, e, logs in pending:
+
+class _Run:
+    """One locked run: its checkpoints, history, position (step, epoch, batch in epoch) and logs not yet read."""
+
+    def __init__(self, run_dir: Path, modules: dict, optimizers: dict, emas: dict, schedulers: dict,
+                 identity: dict, schedule: dict) -> None:
+        self.dir, self.ckpt = run_dir, Checkpointer(run_dir)
+        self.modules, self.optimizers, self.emas, self.schedulers = modules, optimizers, emas, schedulers
+        self.identity, self.schedule = identity, schedule
+        self.initial_lrs = {k: [g.get("initial_lr", g["lr"]) for g in o.param_groups] for k, o in optimizers.items()}
+        self.history, self.step, self.epoch, self.batch = History(), 0, 0, 0
+        self.pending: list[tuple[int, int, dict[str, Any]]] = []
+        self.clock, self.spent = time.perf_counter(), 0.0
+
+    def start(self, step_fn, loader, *, epochs: int, seed: int, deterministic: bool, resume: bool, config: Any,
+              desc: str, dry_run: bool) -> None:
+        """Restore the newest checkpoint (``resume``), or start afresh: seed every RNG and print the run's cost."""
+        params = sum(state_nbytes(dict(unwrap(m).state_dict())) for m in self.modules.values())
+        check_free_space(self.dir, 3 * params + sum(state_nbytes(e.state_dict()) for e in self.emas.values()))
+        device = next(next(iter(self.modules.values())).parameters()).device
+        state = self.ckpt.load_latest(map_location=device) if resume else None
+        if not resume:
+            self.ckpt.supersede()
+        if state is None:
+            seed_everything(seed, deterministic)
+            steps = min(2, len(loader)) if dry_run else epochs * len(loader)
+            step_cost = cost.measure_step(step_fn, next(iter(loader.epoch(0))), modules=self.modules,
+                                          optimizers=self.optimizers, emas=self.emas)
+            cost.record(desc, step_cost, steps)
+            print("hwlib: " + cost.describe(desc, step_cost, steps))
+        else:
+            if deterministic:
+                seed_everything(seed, deterministic)  # sets the deterministic flags; RNG states follow
+            _restore(state, run_dir=self.dir, config=config, identity=self.identity, schedule=self.schedule,
+                     initial_lrs=self.initial_lrs, modules=self.modules, optimizers=self.optimizers, emas=self.emas,
+                     schedulers=self.schedulers)
+            set_rng_state(state["rng"])
+            self.history = History.from_state_dict(state["history"])
+            self.history.seconds = float(state.get("seconds", 0.0))  # checkpoints written before this field: 0
+            self.step, self.epoch, self.batch = int(state["step"]), int(state["epoch"]), int(state["batch"])
+            print(f"hwlib: resumed {self.dir.name} at epoch {self.epoch + 1 if self.batch else self.epoch}, step {self.step}")
+        self.clock, self.spent = time.perf_counter(), self.history.seconds
+
+    def log(self, logs: dict[str, Any]) -> None:
+        self.pending.append((self.step, self.epoch + 1, logs))
+
+    def flush(self) -> None:
+        """Move the pending logs into the history (one host sync per ``log_every`` steps); stop on NaN / inf."""
+        for s, e, logs in self.pending:
             row = {"step": s, "epoch": e}
             for key, value in logs.items():
                 v = float(value.detach().float().cpu()) if torch.is_tensor(value) else float(value)
                 if not math.isfinite(v):
-                    pending.clear()
+                    self.pending.clear()
                     raise TrainingDiverged(
                         f"loss {key!r} became {v} at step {s} (epoch {e}); training stopped. The last good "
-                        f"checkpoint is kept in {run_dir}: lower the learning rate or check the inputs, "
+                        f"checkpoint is kept in {self.dir}: lower the learning rate or check the inputs, "
                         "then run again (resume=True continues from it)."
                     )
                 row[key] = v
-            history.append(row)
-        pending.clear()
+            self.history.append(row)
+        self.pending.clear()
 
-    grid_dir = Path(grid_dir) if grid_dir is not None else None
+    def save(self) -> None:
+        """An atomic checkpoint of everything, and ``history.csv``."""
+        self.history.seconds = self.spent + time.perf_counter() - self.clock
+        self.ckpt.save({
+            "modules": {k: unwrap(m).state_dict() for k, m in self.modules.items()},
+            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+            "emas": {k: e.state_dict() for k, e in self.emas.items()},
+            "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
+            "rng": rng_state(), "history": self.history.state_dict(),
+            "identity": json.dumps(self.identity, sort_keys=True), "schedule": json.dumps(self.schedule, sort_keys=True),
+            "initial_lrs": self.initial_lrs,
+            "step": self.step, "epoch": self.epoch, "batch": self.batch, "seconds": self.history.seconds,
+        }, self.step)
+        self.history.to_csv(self.dir / "history.csv")
+
+
+def _fit_locked(step_fn, loader, *, epochs, run_dir, modules, optimizers, emas, schedulers, seed, deterministic, resume,
+                config, identity, schedule, checkpoint_every, sample_fn, grid_dir, grid_nrow, on_epoch_end, log_every,
+                progress, desc, viz) -> History:
+    dry_run = is_dry_run()
+    run = _Run(run_dir, modules, optimizers, emas, schedulers, identity, schedule)
+    run.start(step_fn, loader, epochs=epochs, seed=seed, deterministic=deterministic, resume=resume, config=config,
+              desc=desc, dry_run=dry_run)
+    grids = _Grids(sample_fn, grid_dir, grid_nrow, modules, viz) if sample_fn is not None and grid_dir is not None else None
+    callbacks = [c for c in (grids, on_epoch_end) if c is not None]
     total = epochs * len(loader)
-    batch_in_epoch = start_batch
-    bar = _progress(total, min(step, total), desc, progress)
+    bar = _progress(total, min(run.step, total), desc, progress)
     try:
         for module in modules.values():
             module.train()
-        while epoch < epochs:
-            batches = loader.epoch(epoch, start=start_batch)
+        while run.epoch < epochs:
+            batches = loader.epoch(run.epoch, start=run.batch)
             if dry_run:  # every code path once, two optimiser steps: the profile's models, settings and dtypes
-                batches, epochs = itertools.islice(batches, 2), epoch + 1
+                batches, epochs = itertools.islice(batches, 2), run.epoch + 1
             for batch in batches:
-                logs = step_fn(batch, step)
-                step += 1
-                batch_in_epoch += 1
-                pending.append((step, epoch + 1, logs))
+                logs = step_fn(batch, run.step)
+                run.step += 1
+                run.batch += 1
+                run.log(logs)
                 bar.update(1)
-                if len(pending) >= log_every:
-                    flush()
-                    bar.set_postfix({k: f"{history.columns[k][-1]:.3g}" for k in history.keys()[2:6]}, refresh=False)
-                if checkpoint_every and step % checkpoint_every == 0 and batch_in_epoch < len(loader):
-                    flush()
-                    save()
-            flush()
-            epoch, start_batch, batch_in_epoch = epoch + 1, 0, 0
+                if len(run.pending) >= log_every:
+                    run.flush()
+                    bar.set_postfix({k: f"{run.history.columns[k][-1]:.3g}" for k in run.history.keys()[2:6]}, refresh=False)
+                if checkpoint_every and run.step % checkpoint_every == 0 and run.batch < len(loader):
+                    run.flush()
+                    run.save()
+            run.flush()
+            run.epoch, run.batch = run.epoch + 1, 0
             for s in schedulers.values():
                 s.step()
-            if sample_fn is not None and grid_dir is not None:
-                was_training = {k: m.training for k, m in modules.items()}
-                with torch.no_grad():
-                    images = sample_fn()
-                for k, m in modules.items():
-                    m.train(was_training[k])
-                viz.save_grid(images, grid_dir / f"epoch_{epoch:03d}.png", nrow=grid_nrow)
-            if on_epoch_end is not None:
-                on_epoch_end(epoch)
-            save()
+            for callback in callbacks:
+                callback(run.epoch)
+            run.save()
     finally:
         bar.close()
-    if grid_dir is not None and sample_fn is not None:
-        viz.make_gif(sorted(grid_dir.glob("epoch_*.png")), grid_dir / "progress.gif")
-    return history
+    if grids is not None:
+        grids.finish()
+    return run.history
 
 
 @contextlib.contextmanager

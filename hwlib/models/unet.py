@@ -14,6 +14,8 @@ For 28×28 and ``channel_mult=(1, 2, 2)`` the resolutions are 28, 14, 7.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -168,3 +170,10 @@ class UNet(nn.Module):
             else:
                 h = block[1](block[0](torch.cat([h, skips.pop()], dim=1), emb))
         return self.out(h)
+
+
+def build(cfg: Mapping[str, Any], num_classes: int | None = None) -> UNet:
+    """The U-Net a profile describes: ``cfg`` = ``{"ch", "channel_mult", "num_res_blocks", "attn_resolutions",
+    "dropout"}`` (the ``unet`` entry of notebooks 02 and 04); ``num_classes`` for a class-conditional model."""
+    return UNet(ch=cfg["ch"], channel_mult=tuple(cfg["channel_mult"]), num_res_blocks=cfg["num_res_blocks"],
+                attn_resolutions=tuple(cfg["attn_resolutions"]), dropout=cfg.get("dropout", 0.0), num_classes=num_classes)

@@ -27,20 +27,20 @@ _COMMON = {
 
 PROFILES = {
     "smoke": {**_COMMON, "n_train": 512, "epochs": 1, "batch_size": 64,
-              "vae_ch": 8, "vae_hidden": 32, "gan_ch": 8, "unet_ch": 8, "unet_mult": (1, 2), "unet_blocks": 1,
-              "unet_attn": (), "dropout": 0.0, "T": 50, "ema_decay": 0.99, "ddpm_lr": 1e-3, "warmup": 0,
+              "vae_ch": 8, "vae_hidden": 32, "gan_ch": 8,
+              "unet": {"ch": 8, "channel_mult": [1, 2], "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0}, "T": 50, "ema_decay": 0.99, "ddpm_lr": 1e-3, "warmup": 0,
               "n_eval": 100, "d_steps": 150},
     "quick": {**_COMMON, "n_train": 10_000, "epochs": 3, "batch_size": 32,
-              "vae_ch": 16, "vae_hidden": 128, "gan_ch": 16, "unet_ch": 16, "unet_mult": (1, 2), "unet_blocks": 1,
-              "unet_attn": (), "dropout": 0.0, "T": 200, "ema_decay": 0.995, "ddpm_lr": 1e-3, "warmup": 50,
+              "vae_ch": 16, "vae_hidden": 128, "gan_ch": 16,
+              "unet": {"ch": 16, "channel_mult": [1, 2], "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0}, "T": 200, "ema_decay": 0.995, "ddpm_lr": 1e-3, "warmup": 50,
               "n_eval": 500, "d_steps": 600},
     "gpu": {**_COMMON, "n_train": 60_000, "epochs": 10,
-            "vae_ch": 32, "vae_hidden": 256, "gan_ch": 64, "unet_ch": 64, "unet_mult": (1, 2, 2), "unet_blocks": 2,
-            "unet_attn": (7,), "dropout": 0.1, "T": 1000, "ema_decay": 0.999, "warmup": 500,
+            "vae_ch": 32, "vae_hidden": 256, "gan_ch": 64,
+            "unet": {"ch": 64, "channel_mult": [1, 2, 2], "num_res_blocks": 2, "attn_resolutions": [7], "dropout": 0.1}, "T": 1000, "ema_decay": 0.999, "warmup": 500,
             "n_eval": 10_000, "d_steps": 3000},
     "full": {**_COMMON, "n_train": 60_000, "epochs": 40,
-             "vae_ch": 32, "vae_hidden": 256, "gan_ch": 64, "unet_ch": 64, "unet_mult": (1, 2, 2), "unet_blocks": 2,
-             "unet_attn": (7,), "dropout": 0.1, "T": 1000, "ema_decay": 0.9999, "warmup": 1000,
+             "vae_ch": 32, "vae_hidden": 256, "gan_ch": 64,
+             "unet": {"ch": 64, "channel_mult": [1, 2, 2], "num_res_blocks": 2, "attn_resolutions": [7], "dropout": 0.1}, "T": 1000, "ema_decay": 0.9999, "warmup": 1000,
              "n_eval": 10_000, "d_steps": 3000},
 }
 
