@@ -20,6 +20,15 @@ _CONFIGS = {
     "lin": {"zero_snr": True, "prediction": "v", "spacing": "trailing", "guidance_rescale": 0.7},
 }
 
+_FULL = {  # the assignment's DDPM
+    **_PROCESS, "configs": _CONFIGS,
+    "unet": {"ch": 64, "channel_mult": [1, 2, 2], "num_res_blocks": 2, "attn_resolutions": [14, 7], "dropout": 0.1},
+    "train_subset": None, "batch_size": 128, "epochs": 40, "lr": 2e-4, "warmup_steps": 1000, "ema_decay": 0.9999,
+    "p_uncond": 0.1, "guidance": 3.0, "sample_steps": 250, "traj_steps": 1000,
+    "n_eval": 10_000, "eval_batch": 500, "eval_steps": 250, "step_counts": [1000, 250, 50, 20, 10],
+    "check_images": 1024, "ancestral_n": 10_000,
+}
+
 PROFILES = {
     "smoke": {
         **_PROCESS, "configs": _CONFIGS,
@@ -36,22 +45,9 @@ PROFILES = {
         "n_eval": 300, "eval_batch": 300, "eval_steps": 10, "step_counts": [20, 10, 5], "check_images": 256,
         "ancestral_n": 30,
     },
-    "gpu": {
-        **_PROCESS, "configs": _CONFIGS,
-        "unet": {"ch": 64, "channel_mult": [1, 2, 2], "num_res_blocks": 2, "attn_resolutions": [14, 7], "dropout": 0.1},
-        "train_subset": None, "batch_size": 128, "epochs": 5, "lr": 2e-4, "warmup_steps": 500, "ema_decay": 0.999,
-        "p_uncond": 0.1, "guidance": 3.0, "sample_steps": 50, "traj_steps": 1000,
-        "n_eval": 1000, "eval_batch": 500, "eval_steps": 20, "step_counts": [50, 20, 10], "check_images": 1024,
-        "ancestral_n": 500,
-    },
-    "full": {
-        **_PROCESS, "configs": _CONFIGS,
-        "unet": {"ch": 64, "channel_mult": [1, 2, 2], "num_res_blocks": 2, "attn_resolutions": [14, 7], "dropout": 0.1},
-        "train_subset": None, "batch_size": 128, "epochs": 40, "lr": 2e-4, "warmup_steps": 1000, "ema_decay": 0.9999,
-        "p_uncond": 0.1, "guidance": 3.0, "sample_steps": 250, "traj_steps": 1000,
-        "n_eval": 10_000, "eval_batch": 500, "eval_steps": 250, "step_counts": [1000, 250, 50, 20, 10],
-        "check_images": 1024, "ancestral_n": 10_000,
-    },
+    "gpu": {**_FULL, "epochs": 5, "warmup_steps": 500, "ema_decay": 0.999, "sample_steps": 50,
+            "n_eval": 1000, "eval_steps": 20, "step_counts": [50, 20, 10], "ancestral_n": 500},
+    "full": _FULL,
 }
 
 # HWLIB_DRYRUN: the profile's U-Net, T and samplers (every step count) on a few digits in batches of 2
