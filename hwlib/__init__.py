@@ -12,7 +12,7 @@ One import serves every notebook (``import hwlib``); the pieces live in small mo
 import os as _os
 import sys as _sys
 
-from hwlib.paths import data_dir, figures_dir, runs_dir
+from hwlib.paths import data_dir, figures_dir, runs_dir, shown
 from hwlib.profiles import get_profile, resolve_profile
 
 
@@ -35,4 +35,4 @@ def _figures_inline_in_kernels() -> None:
 _figures_inline_in_kernels()
 
 __version__ = "0.1.0"
-__all__ = ["data_dir", "figures_dir", "runs_dir", "get_profile", "resolve_profile", "__version__"]
+__all__ = ["data_dir", "figures_dir", "runs_dir", "shown", "get_profile", "resolve_profile", "__version__"]

@@ -63,3 +63,15 @@ def figures_dir(notebook: str = "") -> Path:
     path = committed_or_scratch(base / notebook if notebook else base)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def shown(path: str | os.PathLike) -> str:
+    """``path`` as a report should print it: relative to the checkout (``figures/03_cgan_mnist/mlp_final.png``), to
+    the data folder (``<data>/cub``) or to the temporary folder (``<tmp>/...``), never the absolute path of the
+    machine that ran it."""
+    path = Path(os.path.abspath(path))
+    bases = [(repo_root(), ""), (data_dir(), "<data>/"), (Path(tempfile.gettempdir()), "<tmp>/")]
+    for base, prefix in bases:
+        if base is not None and (path == base or base in path.parents):
+            return prefix + path.relative_to(base).as_posix()
+    return path.name

@@ -45,7 +45,7 @@ import numpy as np
 import torch
 
 from hwlib.files import publish_dir, read_arrays, staging_dir, write_arrays
-from hwlib.paths import data_dir
+from hwlib.paths import data_dir, shown
 
 EMBEDDINGS = {"char-CNN-RNN": ("char-CNN-RNN-embeddings.pickle", 1024), "all-MiniLM-L6-v2": ("all-MiniLM-L6-v2-embeddings.npy", 384)}
 CAPTIONS_PER_IMAGE = 10
@@ -203,7 +203,7 @@ def resolve_dataset(dataset: str = "auto", root: str | Path | None = None, downl
     if dataset == "cub":
         raise CUBFormatError("CUB-200-2011 / birds folders not found (pass download=True to fetch them).\n"
                              + EXPECTED_LAYOUT.format(root=root))
-    print(f"hwlib: no CUB-200-2011 + birds/ under {root}: training on SynthBirds (download=True fetches CUB)")
+    print(f"hwlib: no CUB-200-2011 + birds/ under {shown(root)}: training on SynthBirds (download=True fetches CUB)")
     return "synthbirds"
 
 
