@@ -11,8 +11,7 @@ import torch
 
 from hwlib.bench import write_result
 from hwlib.gan import make_gan_step
-from hwlib.models.cgan import MLPDiscriminator, MLPGenerator
-from hwlib.models.dcgan import DCGANDiscriminator, DCGANGenerator
+from hwlib.models.cgan import build
 from hwlib.profiles import Config
 from hwlib.profiles.cgan_mnist import PROFILES
 from hwlib.train import get_device
@@ -24,12 +23,7 @@ def sync(device):
 
 
 def bench(cfg, name, device, steps):
-    if name == "mlp":
-        G = MLPGenerator(cfg.z_dim, 10, cfg.mlp.embed_dim, cfg.mlp.g_hidden, cfg.mlp.batchnorm)
-        D = MLPDiscriminator(10, cfg.mlp.embed_dim, cfg.mlp.d_hidden, cfg.mlp.dropout)
-    else:
-        G, D = DCGANGenerator(cfg.z_dim, 10, cfg.conv.ch, cfg.conv.embed_dim), DCGANDiscriminator(10, cfg.conv.ch)
-    G, D = G.to(device), D.to(device)
+    G, D = (net.to(device) for net in build(cfg)[name])
     opt_g, opt_d = torch.optim.Adam(G.parameters(), 2e-4), torch.optim.Adam(D.parameters(), 2e-4)
     step = make_gan_step(G, D, opt_g, opt_d, z_dim=cfg.z_dim, n_critic=cfg.n_critic, device=device)
     x = torch.rand(cfg.batch_size, 1, 28, 28, device=device) * 2 - 1

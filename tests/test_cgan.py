@@ -99,3 +99,23 @@ def test_tiny_cgan_run_resumes_exactly(tmp_path):
     hist2, G2 = run(2)  # straight through
     assert all(torch.equal(a, b) for a, b in zip(G.state_dict().values(), G2.state_dict().values()))
     assert (hist["loss_g"] == hist2["loss_g"]).all()
+
+
+def test_build_gives_the_profiles_networks_in_the_notebooks_rng_order():
+    import hwlib
+    from hwlib.models.cgan import build, build_mlp
+    from hwlib.models.dcgan import DCGANDiscriminator, DCGANGenerator
+    from hwlib.train import count_parameters
+
+    cfg = hwlib.get_profile("03_cgan_mnist", "full", verbose=False)
+    nets = build(cfg)
+    assert [count_parameters(n) for n in nets["mlp"]] == [1_489_012, 1_470_565]  # the seed's MLPs
+    assert [count_parameters(n) for n in nets["conv"]] == [1_073_781, 147_553]
+    torch.manual_seed(0)
+    a = build(cfg)
+    torch.manual_seed(0)  # by hand, in the same order: conv first, then the MLPs
+    conv = (DCGANGenerator(cfg.z_dim, 10, cfg.conv.ch, cfg.conv.embed_dim),
+            DCGANDiscriminator(10, cfg.conv.ch, cfg.conv.label_mode))
+    mlp = build_mlp(cfg.mlp, cfg.z_dim)
+    for x, y in zip([*a["conv"], *a["mlp"]], [*conv, *mlp]):
+        assert all(torch.equal(p, q) for p, q in zip(x.parameters(), y.parameters()))

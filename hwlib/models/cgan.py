@@ -7,7 +7,8 @@ hidden layer; the generator ends in tanh (pixels in [-1, 1]), the discriminator 
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -57,3 +58,19 @@ class MLPDiscriminator(nn.Module):
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         h = self.body(torch.cat([x.flatten(1), self.embed(y)], dim=1))
         return self.out(h).flatten()
+
+
+def build_mlp(m: Mapping[str, Any], z_dim: int) -> tuple[MLPGenerator, MLPDiscriminator]:
+    """The MLP CGAN of the settings ``m`` (a notebook-03 profile's ``mlp`` entry): (G, D)."""
+    return (MLPGenerator(z_dim, 10, m["embed_dim"], m["g_hidden"], batchnorm=m["batchnorm"]),
+            MLPDiscriminator(10, m["embed_dim"], m["d_hidden"], m["dropout"]))
+
+
+def build(cfg: Mapping[str, Any]) -> dict[str, tuple[nn.Module, nn.Module]]:
+    """Notebook 03's two conditional GANs from a profile: {"mlp": (G, D), "conv": (G, D)} (the conv pair is the
+    DCGAN-style CGAN of :mod:`hwlib.models.dcgan`, with the profile's label mode)."""
+    from hwlib.models.dcgan import DCGANDiscriminator, DCGANGenerator
+
+    c = cfg["conv"]  # built first: the order the networks draw their initial weights from the RNG
+    conv = (DCGANGenerator(cfg["z_dim"], 10, c["ch"], c["embed_dim"]), DCGANDiscriminator(10, c["ch"], c["label_mode"]))
+    return {"mlp": build_mlp(cfg["mlp"], cfg["z_dim"]), "conv": conv}
