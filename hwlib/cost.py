@@ -16,7 +16,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import time
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
@@ -68,11 +67,6 @@ def _put_back(snap: dict[str, Any], modules: dict[str, nn.Module], optimizers: d
     set_rng_state(snap["rng"])
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def measure_step(step_fn: Callable[[tuple[torch.Tensor, ...], int], Any], batch: tuple[torch.Tensor, ...], *,
                  modules: dict[str, nn.Module], optimizers: dict[str, Any], emas: dict[str, Any] | None = None,
                  timed: int = 2) -> StepCost:
@@ -80,22 +74,22 @@ def measure_step(step_fn: Callable[[tuple[torch.Tensor, ...], int], Any], batch:
 
     Every module, optimiser, EMA and RNG state is restored afterwards: the run that follows is bitwise the one
     that would have run without the measurement."""
+    from hwlib.train import timer
+
     emas = emas or {}
-    device = next(iter(modules.values())).parameters().__next__().device
+    device = next(next(iter(modules.values())).parameters()).device
     snap = _snapshot(modules, optimizers, emas)
     try:
         with FlopCounterMode(display=False) as counter:
             step_fn(batch, 0)
         seconds = None
         if timed > 0:
-            _sync(device)
-            start = time.perf_counter()
-            for i in range(timed):
-                out = step_fn(batch, i + 1)
-            if isinstance(out, dict):  # the step's logs are lazy tensors: wait for them
-                [v.item() for v in out.values() if torch.is_tensor(v)]
-            _sync(device)
-            seconds = (time.perf_counter() - start) / timed
+            with timer() as t:  # synchronises CUDA around the timed steps
+                for i in range(timed):
+                    out = step_fn(batch, i + 1)
+                if isinstance(out, dict):  # the step's logs are lazy tensors: wait for them
+                    [v.item() for v in out.values() if torch.is_tensor(v)]
+            seconds = t["seconds"] / timed
     finally:
         _put_back(snap, modules, optimizers, emas)
     size = batch[0].shape[0] if isinstance(batch, (tuple, list)) and torch.is_tensor(batch[0]) else 0

@@ -346,6 +346,9 @@ def _restore(state: dict[str, Any], *, run_dir: Path, config: Any, identity: dic
                 s._last_lr = [g["lr"] for g in o.param_groups]  # noqa: SLF001 - what get_last_lr reports
 
 
+DRY_RUN_STEPS = 2  # optimiser steps per training call in a dry run ($HWLIB_DRYRUN)
+
+
 class _Grids:
     """Per-epoch sample grids (``grid_dir/epoch_XXX.png``) and, at the end, their GIF: an epoch-end callback."""
 
@@ -389,7 +392,7 @@ class _Run:
             self.ckpt.supersede()
         if state is None:
             seed_everything(seed, deterministic)
-            steps = min(2, len(loader)) if dry_run else epochs * len(loader)
+            steps = min(DRY_RUN_STEPS, len(loader)) if dry_run else epochs * len(loader)
             step_cost = cost.measure_step(step_fn, next(iter(loader.epoch(0))), modules=self.modules,
                                           optimizers=self.optimizers, emas=self.emas)
             cost.record(desc, step_cost, steps)
@@ -460,7 +463,7 @@ def _fit_locked(step_fn, loader, *, epochs, run_dir, modules, optimizers, emas, 
         while run.epoch < epochs:
             batches = loader.epoch(run.epoch, start=run.batch)
             if dry_run:  # every code path once, two optimiser steps: the profile's models, settings and dtypes
-                batches, epochs = itertools.islice(batches, 2), run.epoch + 1
+                batches, epochs = itertools.islice(batches, DRY_RUN_STEPS), run.epoch + 1
             for batch in batches:
                 logs = step_fn(batch, run.step)
                 run.step += 1

@@ -178,6 +178,18 @@ def download_cub(root: str | Path | None = None, timeout: float = 30.0) -> Path:
     return root
 
 
+def ensure_cub(root: Path, download: bool = False) -> None:
+    """Make sure ``root`` holds the ``CUB_200_2011/`` and ``birds/`` folders: fetch them (``download``) when missing,
+    else raise :class:`CUBFormatError` with the expected layout and where to get it."""
+    if (root / "CUB_200_2011").is_dir() and (root / "birds").is_dir():
+        return
+    if download:
+        download_cub(root)
+        return
+    raise CUBFormatError("CUB-200-2011 / birds folders not found (pass download=True to fetch them).\n"
+                         + EXPECTED_LAYOUT.format(root=root))
+
+
 def resolve_dataset(dataset: str = "auto", root: str | Path | None = None, download: bool = False) -> str:
     """``"cub"`` or ``"synthbirds"``: which bird set a run trains on.
 
@@ -189,20 +201,14 @@ def resolve_dataset(dataset: str = "auto", root: str | Path | None = None, downl
     if dataset == "synthbirds":
         return dataset
     root = Path(root) if root is not None else data_dir() / "cub"
-    present = (root / "CUB_200_2011").is_dir() and (root / "birds").is_dir()
-    if not present and download:
-        try:
-            download_cub(root)
-            present = True
-        except CUBFormatError as err:
-            if dataset == "cub":
-                raise
-            print(f"hwlib: {str(err).splitlines()[0]}")
-    if present:
+    try:
+        ensure_cub(root, download)
         return "cub"
-    if dataset == "cub":
-        raise CUBFormatError("CUB-200-2011 / birds folders not found (pass download=True to fetch them).\n"
-                             + EXPECTED_LAYOUT.format(root=root))
+    except CUBFormatError as err:
+        if dataset == "cub":
+            raise
+        if download:  # the download failed: say why before falling back
+            print(f"hwlib: {str(err).splitlines()[0]}")
     print(f"hwlib: no CUB-200-2011 + birds/ under {shown(root)}: training on SynthBirds (download=True fetches CUB)")
     return "synthbirds"
 
@@ -376,12 +382,7 @@ def open_birds(root: str | Path | None = None, split: str = "train", embedding: 
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', not {split!r}")
     root = Path(root) if root is not None else data_dir() / "cub"
-    if not (root / "CUB_200_2011").is_dir() or not (root / "birds").is_dir():
-        if download:
-            download_cub(root)
-        else:
-            raise CUBFormatError("CUB-200-2011 / birds folders not found (pass download=True to fetch them).\n"
-                                 + EXPECTED_LAYOUT.format(root=root))
+    ensure_cub(root, download)
     cub, birds = root / "CUB_200_2011", root / "birds" / split
     keys = _read_keys(birds / "filenames.pickle")
     class_ids = _read_class_ids(birds / "class_info.pickle", keys)
