@@ -31,11 +31,16 @@ def _results_dir() -> Path:
     return (repo_root() or Path.cwd()) / "benchmarks" / "results"
 
 
+def results_dir() -> Path:
+    """Where :func:`write_result` writes: ``benchmarks/results/``, or its scratch twin in smoke and dry runs."""
+    return committed_or_scratch(_results_dir())
+
+
 def write_result(name: str, result: dict[str, Any], device: torch.device | str | None = None,
                  echo: bool = True) -> Path:
     """Write ``result`` plus device, versions and date to ``benchmarks/results/<name>.json``; print it (``echo``)
     or, for notebooks, one line naming the file."""
-    out = committed_or_scratch(_results_dir())
+    out = results_dir()
     out.mkdir(parents=True, exist_ok=True)
     record = {
         "benchmark": name,

@@ -5,6 +5,7 @@ numbers it was written for (the notebook tests fail on a ✗ in a committed note
 """
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from typing import Any
 
@@ -56,4 +57,38 @@ def print_ladder(records: list[dict[str, Any]], split: str, step: int | None = N
             v, d = np.asarray(g[k], dtype=float), 0 if k == "fid" else 2
             cells.append(f"{v.mean():>6.{d}f} ({f'{v.min():.{d}f}–{v.max():.{d}f}':>9s})")
         print(f"{name:58s} {len(g['seeds']):5d} " + " ".join(cells))
+    return table
+
+
+def record_seed(notebook: str, profile: str, seed: int, numbers: dict[str, float]) -> None:
+    """Keep this run's headline ``numbers`` as ``benchmarks/results/seeds/<notebook>_<profile>_seed<seed>.json``,
+    so that :func:`print_seed_spread` can set them beside other training seeds' (``benchmarks/bench_seeds.py``
+    runs the seeds). Smoke and dry runs write to the scratch folder instead."""
+    from hwlib.bench import write_result
+
+    write_result(f"seeds/{notebook}_{profile}_seed{seed}",
+                 {"notebook": notebook, "profile": profile, "seed": seed,
+                  "numbers": {k: float(v) for k, v in numbers.items()}}, echo=False)
+
+
+def seed_table(notebook: str, profile: str) -> dict[str, dict[int, float]]:
+    """``{number: {seed: value}}`` over every recorded seed of ``notebook`` under ``profile`` (see :func:`record_seed`)."""
+    from hwlib.bench import results_dir
+
+    table: dict[str, dict[int, float]] = defaultdict(dict)
+    for path in sorted(results_dir().glob(f"seeds/{notebook}_{profile}_seed*.json")):
+        r = json.loads(path.read_text())
+        for k, v in r["numbers"].items():
+            table[k][int(r["seed"])] = v
+    return dict(table)
+
+
+def print_seed_spread(notebook: str, profile: str, seed: int, digits: int = 2) -> dict[str, dict[int, float]]:
+    """Print, per headline number, this run's value (``seed``) and the mean (min–max, n) over all recorded seeds."""
+    table = seed_table(notebook, profile)
+    seeds = sorted({s for values in table.values() for s in values})
+    print(f"training seeds recorded for {notebook} ({profile}): {seeds}")
+    for name, values in table.items():
+        this = f"{values[seed]:.{digits}f}" if seed in values else "–"
+        print(f"  {name:34s} this run (seed {seed}) {this:>8s}   over seeds: {spread(list(values.values()), digits)}")
     return table

@@ -1,0 +1,54 @@
+"""The spread of a notebook's headline numbers over training seeds: runs the notebook under papermill once per seed.
+
+Each run records its headline numbers through ``hwlib.report.record_seed`` as
+``benchmarks/results/seeds/<notebook>_<profile>_seed<k>.json``; the notebook's "spread over seeds" cell reads them
+all back (``hwlib.report.print_seed_spread``). Checkpoints and figures of these runs go to a scratch folder, so the
+committed figures stay those of the published run (seed 0). Threads are pinned (``--threads``, default 1):
+numbers are bitwise reproducible only at the same thread count.
+
+Usage: ``python benchmarks/bench_seeds.py 03_cgan_mnist --seeds 1 2 [--profile quick] [--threads 1]``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from hwlib.report import print_seed_spread
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_seed(notebook: str, profile: str, seed: int, threads: int, scratch: Path) -> float:
+    """Run ``notebook`` with ``seed`` under papermill; return its wall time in seconds."""
+    work = scratch / f"{notebook}_{profile}_seed{seed}"
+    env = {**os.environ, "HWLIB_RUNS": str(work / "runs"), "HWLIB_FIGURES": str(work / "figures"),
+           "HWLIB_PROGRESS": "off", "MPLBACKEND": "Agg", "OMP_NUM_THREADS": str(threads)}
+    env.pop("HWLIB_PROFILE", None)
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "papermill", str(ROOT / "notebooks" / f"{notebook}.ipynb"),
+                    str(work / "out.ipynb"), "-k", "python3", "-p", "profile", profile, "-p", "seed", str(seed),
+                    "--no-progress-bar"], env=env, check=True)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("notebook", help="e.g. 03_cgan_mnist")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--profile", default="quick")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--scratch", type=Path, default=Path(tempfile.gettempdir()) / "hwlib-seeds")
+    args = parser.parse_args()
+    for seed in args.seeds:
+        seconds = run_seed(args.notebook, args.profile, seed, args.threads, args.scratch)
+        print(f"{args.notebook} seed {seed}: {seconds:.0f} s", flush=True)
+    print_seed_spread(args.notebook, args.profile, seed=args.seeds[0])
+
+
+if __name__ == "__main__":
+    main()
