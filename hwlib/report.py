@@ -92,3 +92,28 @@ def print_seed_spread(notebook: str, profile: str, seed: int, digits: int = 2) -
         this = f"{values[seed]:.{digits}f}" if seed in values else "–"
         print(f"  {name:34s} this run (seed {seed}) {this:>8s}   over seeds: {spread(list(values.values()), digits)}")
     return table
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = tuple(v) if isinstance(v, list) else v
+    return out
+
+
+def settings_table(a: dict[str, Any], b: dict[str, Any], names: tuple[str, str], why: dict[str, str],
+                   skip: tuple[str, ...] = ("profile", "notebook")) -> str:
+    """A Markdown table of every setting (nested keys as ``mlp.lr``) where profiles ``a`` and ``b`` differ, with
+    the reason ``why[key]`` for each (``why`` must cover every difference: a departure needs a reason)."""
+    fa, fb = _flatten(a), _flatten(b)
+    keys = [k for k in dict.fromkeys([*fa, *fb]) if k not in skip and fa.get(k) != fb.get(k)]
+    missing = [k for k in keys if k not in why]
+    if missing:
+        raise KeyError(f"no reason given for the departures {missing}")
+    fmt = lambda v: "–" if v is None else (f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else str(v))
+    rows = [f"| setting | {names[0]} | {names[1]} | why |", "|---|---|---|---|"]
+    rows += [f"| `{k}` | {fmt(fa.get(k))} | {fmt(fb.get(k))} | {why[k]} |" for k in keys]
+    return "\n".join(rows)
