@@ -27,6 +27,20 @@ def test_layer_table_rows_shapes_and_params():
     assert torch.equal(net.body[1].running_mean, stats)  # eval mode: batch norm statistics untouched
 
 
+class Noisy(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + torch.randn_like(x)  # draws from the global RNG in eval mode too (as StackGAN's CA does)
+
+
+def test_layer_table_leaves_the_rng_alone():
+    net = nn.Sequential(Noisy(), nn.Linear(3, 3))
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    layer_table(net, torch.ones(1, 3))
+    assert torch.equal(torch.rand(3), expected)
+
+
 def test_layer_table_depth_two_and_markdown():
     net = TwoHeads()
     rows = layer_table(net, torch.randn(1, 1, 8, 8), depth=2)

@@ -19,7 +19,7 @@ def _shape(out: Any) -> str:
 
 
 def layer_table(model: nn.Module, *inputs: torch.Tensor, depth: int = 1) -> list[dict[str, Any]]:
-    """Run ``model(*inputs)`` once (eval mode, no gradients, modes restored) and return one row per call of a
+    """Run ``model(*inputs)`` once (eval mode, no gradients, modes and RNG state restored) and return one row per call of a
     sub-module ``depth`` levels down: ``{"layer", "type", "output", "params"}``. Sub-modules this forward does not
     call (e.g. a discriminator's second head) get a row with output ``"not in forward"``."""
     targets = {name: m for name, m in model.named_modules() if name and name.count(".") == depth - 1}
@@ -37,7 +37,8 @@ def layer_table(model: nn.Module, *inputs: torch.Tensor, depth: int = 1) -> list
     modes = {m: m.training for m in model.modules()}
     try:
         model.eval()
-        with torch.no_grad():
+        cuda = sorted({t.device.index or 0 for t in inputs if t.is_cuda})
+        with torch.no_grad(), torch.random.fork_rng(devices=cuda):  # a summary must not shift the training's RNG
             model(*inputs)
     finally:
         for h in handles:
