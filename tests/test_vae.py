@@ -61,3 +61,14 @@ def test_training_lowers_the_negative_elbo():
     for i in range(60):
         last = step((x,), i + 1)["loss"].item()
     assert last < first - 10  # nats per image
+
+
+def test_build_from_the_profile():
+    import hwlib
+    from hwlib.models import vae
+
+    cfg = hwlib.get_profile("04_vae_gan_ddpm", "quick", verbose=False)
+    model = vae.build(cfg)
+    assert model.latent_dim == cfg.vae_latent and model.ch == cfg.vae_ch and model.decoder == "bernoulli"
+    gauss = vae.build(cfg, 2, "gaussian")
+    assert gauss.latent_dim == 2 and gauss.log_sigma.requires_grad  # vae_sigma None: the scale is learnt

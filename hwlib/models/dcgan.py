@@ -15,6 +15,9 @@ class) or through a projection (``label_mode="projection"``, Miyato & Koyama, 20
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -108,3 +111,9 @@ def transposed_conv2d_reference(x: torch.Tensor, weight: torch.Tensor, stride: i
             window = torch.einsum("c,cokl->okl", x[:, i, j], weight)
             out[:, i * stride: i * stride + k, j * stride: j * stride + k] += window
     return out[:, padding: out.shape[1] - padding, padding: out.shape[2] - padding]
+
+
+def build(cfg: Mapping[str, Any]) -> tuple[DCGANGenerator, DCGANDiscriminator]:
+    """Notebook 04's unconditional DCGAN from a profile (``z_dim``, ``gan_ch``): (G, D), G built first (the order
+    they draw their initial weights from the RNG)."""
+    return DCGANGenerator(z_dim=cfg["z_dim"], ch=cfg["gan_ch"]), DCGANDiscriminator(ch=cfg["gan_ch"])

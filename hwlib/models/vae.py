@@ -16,7 +16,8 @@ reparameterised sample z = mu + sigma * eps.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -130,3 +131,10 @@ def make_vae_step(model: ConvVAE, optimizer: torch.optim.Optimizer, beta: float 
         return {k: v.detach() for k, v in losses.items()}
 
     return step
+
+
+def build(cfg: Mapping[str, Any], latent_dim: int | None = None, decoder: str = "bernoulli") -> ConvVAE:
+    """Notebook 04's VAE from a profile (``vae_ch``, ``vae_hidden``, ``vae_sigma``; the latent size defaults to
+    ``vae_latent``). The autoencoder of its section 7 is the same network trained with ``beta = 0``."""
+    return ConvVAE(latent_dim or cfg["vae_latent"], decoder, ch=cfg["vae_ch"], hidden=cfg["vae_hidden"],
+                   sigma=cfg["vae_sigma"])
