@@ -16,9 +16,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -34,13 +31,9 @@ NOTEBOOKS = sorted(p.stem for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb
 def dry_run(notebook: str, profile: str, work: Path) -> tuple[list[dict], float]:
     """Run ``notebook`` in ``profile`` as a dry run; return its cost ledger and wall seconds."""
     ledger = work / f"{notebook}_{profile}.jsonl"
-    env = {**os.environ, "HWLIB_DRYRUN": "1", "HWLIB_COST_LEDGER": str(ledger), "HWLIB_RUNS": str(work / "runs"),
-           "HWLIB_FIGURES": str(work / "figures"), "HWLIB_PROGRESS": "off", "MPLBACKEND": "Agg"}
-    env.pop("HWLIB_PROFILE", None)
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "papermill", str(ROOT / "notebooks" / f"{notebook}.ipynb"),
-                    str(work / f"{notebook}_{profile}.ipynb"), "-k", "python3", "-p", "profile", profile,
-                    "--no-progress-bar"], env=env, check=True, capture_output=True)
+    nbtools.execute(notebook, work / f"{notebook}_{profile}.ipynb", work, {"profile": profile},
+                    env={"HWLIB_DRYRUN": "1", "HWLIB_COST_LEDGER": str(ledger)})
     return cost.read_ledger(ledger), time.perf_counter() - start
 
 

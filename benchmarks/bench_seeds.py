@@ -11,13 +11,11 @@ Usage: ``python benchmarks/bench_seeds.py 03_cgan_mnist --seeds 1 2 [--profile q
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+from hwlib import nbtools
 from hwlib.report import print_seed_spread
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,13 +24,9 @@ ROOT = Path(__file__).resolve().parent.parent
 def run_seed(notebook: str, profile: str, seed: int, threads: int, scratch: Path) -> float:
     """Run ``notebook`` with ``seed`` under papermill; return its wall time in seconds."""
     work = scratch / f"{notebook}_{profile}_seed{seed}"
-    env = {**os.environ, "HWLIB_RUNS": str(work / "runs"), "HWLIB_FIGURES": str(work / "figures"),
-           "HWLIB_PROGRESS": "off", "MPLBACKEND": "Agg", "OMP_NUM_THREADS": str(threads)}
-    env.pop("HWLIB_PROFILE", None)
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "papermill", str(ROOT / "notebooks" / f"{notebook}.ipynb"),
-                    str(work / "out.ipynb"), "-k", "python3", "-p", "profile", profile, "-p", "seed", str(seed),
-                    "--no-progress-bar"], env=env, check=True)
+    nbtools.execute(notebook, work / "out.ipynb", work, {"profile": profile, "seed": seed},
+                    env={"OMP_NUM_THREADS": str(threads)})
     return time.perf_counter() - start
 
 

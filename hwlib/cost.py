@@ -23,6 +23,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from hwlib.bench import device_name
+
 # Dense peak throughput (FLOP/s) of the precision each GPU trains in here: a T4 has no bf16, so it trains in fp32.
 PEAK = {"T4 fp32": 8.1e12, "A100 bf16": 312e12, "H100 bf16": 989e12}
 UTILISATION = 0.3  # assumed fraction of peak for the estimates
@@ -93,13 +95,7 @@ def measure_step(step_fn: Callable[[tuple[torch.Tensor, ...], int], Any], batch:
     finally:
         _put_back(snap, modules, optimizers, emas)
     size = batch[0].shape[0] if isinstance(batch, (tuple, list)) and torch.is_tensor(batch[0]) else 0
-    return StepCost(int(counter.get_total_flops()), int(size), seconds, _device_name(device))
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{device.type} ({torch.get_num_threads()} threads)"
+    return StepCost(int(counter.get_total_flops()), int(size), seconds, device_name(device))
 
 
 def format_flops(x: float) -> str:

@@ -5,18 +5,47 @@ keeps the outputs but strips papermill and widget metadata, execution timestamps
 views (their plain-text fallback stays), and sets the kernelspec to ``python3``.
 ``python -m hwlib.nbtools check notebooks/*.ipynb`` verifies the conventions.
 ``python -m hwlib.nbtools report OUT_DIR NOTEBOOK...`` writes one self-contained HTML file per notebook (``make report``).
+:func:`execute` runs a notebook under papermill with its checkpoints and figures in a scratch folder (the dry-run
+tests, ``benchmarks/bench_cost.py`` and ``benchmarks/bench_seeds.py`` use it).
 """
 from __future__ import annotations
 
 import base64
 import json
 import mimetypes
+import os
 import re
+import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 KERNELSPEC = {"display_name": "Python 3", "language": "python", "name": "python3"}
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
+
+
+def execute(notebook: str | Path, out: Path, work: Path, parameters: dict[str, Any], env: dict[str, str] | None = None,
+            check: bool = True) -> subprocess.CompletedProcess:
+    """Run ``notebook`` (a path, or a name under the checkout's ``notebooks/``) with papermill into ``out``, with
+    ``parameters`` (e.g. ``{"profile": "quick", "seed": 1}``), checkpoints in ``work/runs`` and figures in
+    ``work/figures``, no progress bars, ``$HWLIB_PROFILE`` unset and ``env`` on top. Output is captured (text);
+    ``check`` raises on failure with the end of papermill's error."""
+    from hwlib.paths import repo_root
+
+    path = Path(notebook)
+    if not path.suffix:
+        path = (repo_root() or Path.cwd()) / "notebooks" / f"{notebook}.ipynb"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    full_env = {**os.environ, "HWLIB_RUNS": str(work / "runs"), "HWLIB_FIGURES": str(work / "figures"),
+                "HWLIB_PROGRESS": "off", "MPLBACKEND": "Agg", **(env or {})}
+    full_env.pop("HWLIB_PROFILE", None)
+    args = [sys.executable, "-m", "papermill", str(path), str(out), "-k", "python3", "--no-progress-bar"]
+    for key, value in parameters.items():
+        args += ["-p", key, str(value)]
+    run = subprocess.run(args, env=full_env, capture_output=True, text=True)
+    if check and run.returncode != 0:
+        raise RuntimeError(f"{path.name} failed under papermill ({parameters}):\n{run.stderr[-3000:]}")
+    return run
 
 
 def _tags(cell: dict) -> list[str]:

@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 import hwlib
-from hwlib import cost
+from hwlib import cost, nbtools
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted(p.stem for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -34,12 +32,8 @@ def test_dry_run_settings_cut_data_and_keep_architectures(monkeypatch):
 @pytest.mark.parametrize("notebook", NOTEBOOKS)
 def test_full_profile_dry_run(notebook, tmp_path):
     ledger = tmp_path / "ledger.jsonl"
-    env = {**os.environ, "HWLIB_DRYRUN": "1", "HWLIB_COST_LEDGER": str(ledger), "HWLIB_RUNS": str(tmp_path / "runs"),
-           "HWLIB_FIGURES": str(tmp_path / "figures"), "HWLIB_PROGRESS": "off", "MPLBACKEND": "Agg"}
-    env.pop("HWLIB_PROFILE", None)
-    run = subprocess.run([sys.executable, "-m", "papermill", str(ROOT / "notebooks" / f"{notebook}.ipynb"),
-                          str(tmp_path / "out.ipynb"), "-k", "python3", "-p", "profile", "full", "--no-progress-bar"],
-                         env=env, capture_output=True, text=True)
+    run = nbtools.execute(notebook, tmp_path / "out.ipynb", tmp_path, {"profile": "full"}, check=False,
+                          env={"HWLIB_DRYRUN": "1", "HWLIB_COST_LEDGER": str(ledger)})
     assert run.returncode == 0, run.stderr[-3000:]
     trained = {e["name"]: e for e in cost.read_ledger(ledger)}
     module = importlib.import_module(f"hwlib.profiles.{notebook.split('_', 1)[1]}")
@@ -55,13 +49,9 @@ def test_notebook_01_trains_on_the_real_cub_layout(tmp_path):
     from fixtures_cub import make_cub_fixture
 
     make_cub_fixture(tmp_path / "data" / "cub")
-    env = {**os.environ, "HWLIB_DRYRUN": "1", "HWLIB_DATA": str(tmp_path / "data"), "HWLIB_RUNS": str(tmp_path / "runs"),
-           "HWLIB_FIGURES": str(tmp_path / "figures"), "HWLIB_PROGRESS": "off", "MPLBACKEND": "Agg"}
-    env.pop("HWLIB_PROFILE", None)
     out = tmp_path / "out.ipynb"
-    run = subprocess.run([sys.executable, "-m", "papermill", str(ROOT / "notebooks" / "01_stackgan_cub.ipynb"), str(out),
-                          "-k", "python3", "-p", "profile", "smoke", "-p", "dataset", "cub", "--no-progress-bar"],
-                         env=env, capture_output=True, text=True)
+    run = nbtools.execute("01_stackgan_cub", out, tmp_path, {"profile": "smoke", "dataset": "cub"}, check=False,
+                          env={"HWLIB_DRYRUN": "1", "HWLIB_DATA": str(tmp_path / "data")})
     assert run.returncode == 0, run.stderr[-3000:]
     cells = json.loads(out.read_text())["cells"]
     text = "".join("".join(o.get("text", "")) for c in cells for o in c.get("outputs", []))

@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from hwlib.train import History
 
 
+TRAIN_BATCH = 64  # the attribute classifier trains on batches of 64 (capped by the data size)
+
 class AttributeNet(nn.Module):
     """images (B, 3, S, S) in [-1, 1] -> {attribute: logits (B, n_values)}; ``features`` -> (B, 4w)."""
 
@@ -96,7 +98,7 @@ def consistency(net: AttributeNet, images: torch.Tensor, targets: dict[str, np.n
 
 def train_attribute_net(images: torch.Tensor, labels: dict[str, np.ndarray], *, width: int, epochs: int,
                         run_dir: str | os.PathLike, seed: int = 0, resume: bool = True,
-                        device: torch.device | str = "cpu", batch_size: int = 64,
+                        device: torch.device | str = "cpu", batch_size: int = TRAIN_BATCH,
                         lr: float = 2e-3) -> tuple[AttributeNet, History]:
     """Train an :class:`AttributeNet` on uint8 birds (N, 3, L, L) (L >= 64) and their value indices.
 

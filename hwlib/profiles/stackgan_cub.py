@@ -51,7 +51,9 @@ def training_calls(cfg: dict) -> dict[str, tuple[int, int]]:
     calls = {f"Stage-I ({r})": (cfg["batch_size"], cfg["epochs1"] * (cfg["n_train"] // cfg["batch_size"]))
              for r in cfg["recipes"]}
     calls["Stage-II"] = (cfg["batch_size2"], cfg["epochs2"] * (min(cfg["stage2_n"], cfg["n_train"]) // cfg["batch_size2"]))
-    attr_batch = min(64, cfg["attr_n"])
+    from hwlib.models.attributes import TRAIN_BATCH
+
+    attr_batch = min(TRAIN_BATCH, cfg["attr_n"])
     calls["attribute classifier"] = (attr_batch, cfg["attr_epochs"] * (cfg["attr_n"] // attr_batch))
     compare = min(cfg["compare_n"], cfg["n_train"])
     for mode in ("nearest", "pixelshuffle"):
