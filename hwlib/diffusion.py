@@ -9,7 +9,13 @@ Notation: T training steps indexed t = 0..T-1 (t = 0 is the least noisy), ``beta
 - training: the "simple" loss, MSE between the network output and its target       -> :meth:`Diffusion.loss`,
   :func:`make_step_fn` (one optimisation step for :func:`hwlib.train.fit`)
 - sampling: DDPM ancestral steps or DDIM (any step count, leading/trailing/linspace spacing), with
-  classifier-free guidance and Lin et al.'s guidance rescale                        -> :meth:`Diffusion.sample`
+  classifier-free guidance and Lin et al.'s guidance rescale                        -> :meth:`Diffusion.sample`,
+  :meth:`Diffusion.trajectory` (the same loop, keeping the chain)
+
+Every choice (process and sampling) lives in one :class:`DiffusionConfig`, given once when the ``Diffusion`` is
+built, as a diffusers scheduler's registered config; ``sample`` takes only what varies between calls (labels,
+steps, sampler, a guidance override, the generator, the chunk size). The posterior coefficients have one formula
+(:func:`posterior_coefficients`) for the schedule's buffers and for respaced sampling steps.
 
 Lin et al., "Common Diffusion Noise Schedules and Sample Steps are Flawed" (WACV 2024): (1) rescale the
 schedule to zero terminal SNR (``zero_snr=True``), (2) train with v-prediction (``prediction="v"``),
@@ -21,6 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -96,46 +103,85 @@ def _gather(values: torch.Tensor, t: torch.Tensor, ndim: int) -> torch.Tensor:
 # ----------------------------------------------------------------------------- the process
 
 
-class Diffusion(nn.Module):
-    """A discrete Gaussian diffusion with T steps; its schedule lives in float32 buffers (computed in float64).
+SAMPLERS = ("ddpm", "ddim")
+SPACINGS = ("leading", "trailing", "linspace")
 
-    Args:
-        T: number of training timesteps.
-        schedule: ``"linear"`` (DDPM: β from ``beta_start`` to ``beta_end``) or ``"cosine"``.
-        zero_snr: rescale the schedule to zero terminal SNR (Lin et al. fix 1; needs ``prediction`` "v" or "x0").
-        prediction: what the network outputs: ``"eps"`` (DDPM), ``"v"`` (Lin et al. fix 2) or ``"x0"``.
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    """Every choice of the process and of sampling, given once (as a diffusers scheduler's registered config).
+
+    Process: ``T`` training timesteps, ``schedule`` ``"linear"`` (β from ``beta_start`` to ``beta_end``) or
+    ``"cosine"``, ``zero_snr`` (Lin et al. fix 1, needs ``prediction`` "v" or "x0"), ``prediction`` what the network
+    outputs: ``"eps"`` (DDPM), ``"v"`` (fix 2) or ``"x0"``.
+    Sampling: ``sampler`` ``"ddpm"`` (ancestral) or ``"ddim"``, ``steps`` (None: T), ``spacing`` of the sampled
+    timesteps (``"trailing"``: fix 3; see :func:`spaced_timesteps`), classifier-free ``guidance`` weight w
+    (1: plain conditional), ``guidance_rescale`` φ (fix 4), DDIM noise ``eta``, ``clip`` x̂_0 to [-1, 1] at every step.
     """
 
-    def __init__(self, T: int = 1000, schedule: str = "linear", beta_start: float = 1e-4, beta_end: float = 0.02,
-                 zero_snr: bool = False, prediction: str = "eps") -> None:
-        super().__init__()
-        if prediction not in ("eps", "v", "x0"):
-            raise ValueError(f"prediction must be 'eps', 'v' or 'x0', got {prediction!r}")
-        if zero_snr and prediction == "eps":
+    T: int = 1000
+    schedule: str = "linear"
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+    zero_snr: bool = False
+    prediction: str = "eps"
+    sampler: str = "ddpm"
+    steps: int | None = None
+    spacing: str = "trailing"
+    guidance: float = 1.0
+    guidance_rescale: float = 0.0
+    eta: float = 0.0
+    clip: bool = True
+
+    def __post_init__(self) -> None:
+        if self.prediction not in ("eps", "v", "x0"):
+            raise ValueError(f"prediction must be 'eps', 'v' or 'x0', got {self.prediction!r}")
+        if self.zero_snr and self.prediction == "eps":
             raise ValueError("zero terminal SNR needs prediction='v' (or 'x0'): at t=T-1 ε carries no information on x_0")
-        betas = linear_betas(T, beta_start, beta_end) if schedule == "linear" else cosine_betas(T)
-        if schedule not in ("linear", "cosine"):
-            raise ValueError(f"unknown schedule {schedule!r}")
-        if zero_snr:
+        if self.schedule not in ("linear", "cosine"):
+            raise ValueError(f"unknown schedule {self.schedule!r}")
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be 'ddpm' or 'ddim', got {self.sampler!r}")
+        if self.spacing not in SPACINGS:
+            raise ValueError(f"spacing must be one of {SPACINGS}, got {self.spacing!r}")
+
+
+def posterior_coefficients(abar_t: torch.Tensor, abar_prev: torch.Tensor, beta: torch.Tensor
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q(x_prev | x_t, x_0) = N(c_x0 x_0 + c_xt x_t, var I) for a step from ᾱ_t to ᾱ_prev with β = 1 - ᾱ_t/ᾱ_prev:
+    returns (c_x0, c_xt, var). The one place these are computed (schedule buffers and respaced sampling steps)."""
+    c_x0 = abar_prev.sqrt() * beta / (1 - abar_t)
+    c_xt = (1 - beta).sqrt() * (1 - abar_prev) / (1 - abar_t)
+    return c_x0, c_xt, (1 - abar_prev) / (1 - abar_t) * beta
+
+
+class Diffusion(nn.Module):
+    """A discrete Gaussian diffusion: the schedule's maths (float32 buffers computed in float64) and the sampling
+    loop, every choice in one :class:`DiffusionConfig` (``Diffusion(config)`` or ``Diffusion(T=200, prediction="v",
+    ...)``: keywords override the config's fields)."""
+
+    def __init__(self, config: DiffusionConfig | None = None, /, **overrides: Any) -> None:
+        super().__init__()
+        self.config = replace(config or DiffusionConfig(), **overrides)
+        c = self.config
+        betas = linear_betas(c.T, c.beta_start, c.beta_end) if c.schedule == "linear" else cosine_betas(c.T)
+        if c.zero_snr:
             betas = rescale_zero_terminal_snr(betas)
         abar = torch.cumprod(1 - betas, 0)
         abar_prev = torch.cat([torch.ones(1, dtype=torch.float64), abar[:-1]])
-        self.T, self.schedule, self.zero_snr, self.prediction = T, schedule, zero_snr, prediction
-        self.config = dict(T=T, schedule=schedule, beta_start=beta_start, beta_end=beta_end,
-                           zero_snr=zero_snr, prediction=prediction)
+        self.T, self.prediction = c.T, c.prediction
+        coef_x0, coef_xt, var = posterior_coefficients(abar, abar_prev, betas)
         buffers = {
             "betas": betas, "alphas": 1 - betas, "alphas_cumprod": abar, "alphas_cumprod_prev": abar_prev,
             "sqrt_abar": abar.sqrt(), "sqrt_one_minus_abar": (1 - abar).sqrt(),
             # posterior q(x_{t-1} | x_t, x_0): variance β̃_t and the two mean coefficients
-            "posterior_var": betas * (1 - abar_prev) / (1 - abar),
-            "posterior_coef_x0": betas * abar_prev.sqrt() / (1 - abar),
-            "posterior_coef_xt": (1 - betas).sqrt() * (1 - abar_prev) / (1 - abar),
+            "posterior_var": var, "posterior_coef_x0": coef_x0, "posterior_coef_xt": coef_xt,
         }
         for name, value in buffers.items():
             self.register_buffer(name, value.float(), persistent=False)
 
     def extra_repr(self) -> str:
-        return ", ".join(f"{k}={v}" for k, v in self.config.items())
+        return ", ".join(f"{k}={v}" for k, v in asdict(self.config).items())
 
     def snr(self, t: torch.Tensor) -> torch.Tensor:
         """Signal-to-noise ratio ᾱ_t / (1 - ᾱ_t) at integer timesteps t."""
@@ -143,10 +189,6 @@ class Diffusion(nn.Module):
         return abar / (1 - abar)
 
     # --- forward process and posterior
-    def q_mean_var(self, x0: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean √ᾱ_t x_0 (B, ...) and variance 1 - ᾱ_t (B, 1, ..., 1) of q(x_t | x_0)."""
-        return _gather(self.sqrt_abar, t, x0.ndim) * x0, _gather(1 - self.alphas_cumprod, t, x0.ndim)
-
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
         """Draw x_t ~ q(x_t | x_0) = √ᾱ_t x_0 + √(1-ᾱ_t) ε. ``x0`` (B, ...), ``t`` (B,) int64 in [0, T)."""
         noise = torch.randn_like(x0) if noise is None else noise
@@ -217,13 +259,15 @@ class Diffusion(nn.Module):
 
     # --- sampling
     def predict(self, model: nn.Module, xt: torch.Tensor, t: int, labels: torch.Tensor | None = None,
-                guidance: float = 1.0, guidance_rescale: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+                guidance: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(x̂_0, ε̂) at timestep ``t`` for a batch ``xt`` (B, ...), with classifier-free guidance.
 
-        ``guidance`` w: ε̂ = ε̂_∅ + w (ε̂_y - ε̂_∅) (w = 1: plain conditional, w = 0: unconditional). The
-        combination is done on the network output (linear in ε, v or x_0 alike); with ``guidance_rescale`` φ > 0 the
-        guided x̂_0 is rescaled to the std of the conditional x̂_0 (Lin et al. Algorithm 2) and ε̂ re-derived from it.
+        ``guidance`` w (default: the config's): ε̂ = ε̂_∅ + w (ε̂_y - ε̂_∅) (w = 1: plain conditional, w = 0:
+        unconditional). The combination is done on the network output (linear in ε, v or x_0 alike); with the config's
+        ``guidance_rescale`` φ > 0 the guided x̂_0 is rescaled to the std of the conditional x̂_0 (Lin et al.
+        Algorithm 2) and ε̂ re-derived from it.
         """
+        guidance = self.config.guidance if guidance is None else guidance
         tt = torch.full((xt.shape[0],), t, device=xt.device, dtype=torch.long)
         if labels is None:
             return self.split_output(model(xt, tt).float(), xt, tt)
@@ -233,9 +277,9 @@ class Diffusion(nn.Module):
         out = model(torch.cat([xt, xt]), torch.cat([tt, tt]), torch.cat([labels, null])).float()
         cond, uncond = out.chunk(2)
         x0, eps = self.split_output(uncond + guidance * (cond - uncond), xt, tt)
-        if guidance_rescale > 0:
+        if self.config.guidance_rescale > 0:
             x0_cond, _ = self.split_output(cond, xt, tt)
-            x0 = rescale_guidance(x0, x0_cond, guidance_rescale)
+            x0 = rescale_guidance(x0, x0_cond, self.config.guidance_rescale)
             eps = self.eps_from_x0(xt, x0, tt)
         return x0, eps
 
@@ -246,16 +290,17 @@ class Diffusion(nn.Module):
         """
         abar_t = self.alphas_cumprod[t]
         abar_prev = self.alphas_cumprod[t_prev] if t_prev >= 0 else abar_t.new_tensor(1.0)
-        beta = 1 - abar_t / abar_prev
-        mean = (abar_prev.sqrt() * beta / (1 - abar_t)) * x0 + ((1 - beta).sqrt() * (1 - abar_prev) / (1 - abar_t)) * xt
+        c_x0, c_xt, var = posterior_coefficients(abar_t, abar_prev, 1 - abar_t / abar_prev)
+        mean = c_x0 * x0 + c_xt * xt
         if t_prev < 0:
             return mean
-        var = (1 - abar_prev) / (1 - abar_t) * beta
         return mean + var.clamp_min(1e-20).sqrt() * noise
 
-    def ddim_step(self, x0: torch.Tensor, eps: torch.Tensor, t: int, t_prev: int, noise: torch.Tensor | None,
-                  eta: float = 0.0) -> torch.Tensor:
-        """DDIM step x_t -> x_{t_prev} = √ᾱ_prev x̂_0 + √(1-ᾱ_prev-σ²) ε̂ + σ z, σ = η·√(β̃); η = 0 is deterministic."""
+    def ddim_step(self, x0: torch.Tensor, eps: torch.Tensor, t: int, t_prev: int, noise: torch.Tensor | None
+                  ) -> torch.Tensor:
+        """DDIM step x_t -> x_{t_prev} = √ᾱ_prev x̂_0 + √(1-ᾱ_prev-σ²) ε̂ + σ z, σ = η·√(β̃) (the config's η;
+        η = 0 is deterministic)."""
+        eta = self.config.eta
         abar_t = self.alphas_cumprod[t]
         abar_prev = self.alphas_cumprod[t_prev] if t_prev >= 0 else abar_t.new_tensor(1.0)
         sigma = eta * ((1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev)).clamp_min(0).sqrt()
@@ -264,77 +309,61 @@ class Diffusion(nn.Module):
             x = x + sigma * noise
         return x
 
-    @torch.no_grad()
-    def sample(
-        self,
-        model: nn.Module,
-        n: int,
-        steps: int | None = None,
-        sampler: str = "ddpm",
-        labels: torch.Tensor | None = None,
-        guidance: float = 1.0,
-        guidance_rescale: float = 0.0,
-        spacing: str = "trailing",
-        eta: float = 0.0,
-        clip: bool = True,
-        shape: tuple[int, ...] | None = None,
-        generator: torch.Generator | None = None,
-        return_trajectory: bool = False,
-        trajectory_every: int = 1,
-        batch_size: int | None = None,
-    ) -> torch.Tensor | tuple[torch.Tensor, list[tuple[int, torch.Tensor]]]:
-        """Generate ``n`` images (n, C, H, W), clamped to [-1, 1].
+    def timesteps(self, steps: int | None = None) -> list[int]:
+        """The timesteps a sampling run visits, from noisiest to cleanest (``steps`` default: the config's, else T).
+        A dry run keeps three of them (the first two and the last): every code path, three network calls."""
+        ts = spaced_timesteps(steps or self.config.steps or self.T, self.T, self.config.spacing).tolist()
+        return ts[:2] + ts[-1:] if is_dry_run() and len(ts) > 3 else ts
 
-        Args:
-            model: ``model(x_t, t)`` or ``model(x_t, t, labels)``; its ``in_channels`` / ``image_size`` give the
-                shape unless ``shape`` (C, H, W) is passed. Put it in eval mode (e.g. an EMA copy) yourself.
-            steps: number of sampling steps (default T). With ``sampler="ddpm"`` and steps < T, ancestral steps
-                between the spaced timesteps; ``"ddim"``: DDIM with noise scale ``eta``.
-            labels: (n,) int64 classes for a class-conditional model; ``guidance`` w and ``guidance_rescale`` φ as in
-                :meth:`predict` (guidance w != 1 doubles the batch).
-            spacing: ``"trailing"`` (Lin et al.), ``"leading"`` or ``"linspace"`` (see :func:`spaced_timesteps`).
-            clip: clamp x̂_0 to [-1, 1] at every step (as DDPM's sampler does).
-            return_trajectory: also return [(t, x_t)] every ``trajectory_every`` steps (the first x_T included)
-                and the final sample as t = -1.
-            batch_size: generate in chunks of this size (trajectories are only kept for the first chunk).
+    @torch.no_grad()
+    def sample(self, model: nn.Module, n: int, *, labels: torch.Tensor | None = None, steps: int | None = None,
+               sampler: str | None = None, guidance: float | None = None, generator: torch.Generator | None = None,
+               batch_size: int | None = None) -> torch.Tensor:
+        """Generate ``n`` images (n, C, H, W) in [-1, 1] with the config's choices.
+
+        ``model(x_t, t[, labels])`` in eval mode (e.g. an EMA copy); its ``in_channels`` / ``image_size`` give the
+        shape. ``labels`` (n,) int64 for a class-conditional model. ``steps``, ``sampler`` and ``guidance`` override the
+        config's for this call (e.g. the 1,000-step ancestral chain, or w = 1 for the null class). ``batch_size``:
+        generate in chunks of this size.
         """
-        if sampler not in ("ddpm", "ddim"):
-            raise ValueError(f"sampler must be 'ddpm' or 'ddim', got {sampler!r}")
         if batch_size is not None and n > batch_size:
-            chunks, traj = [], None
-            for i, start in enumerate(range(0, n, batch_size)):
-                m = min(batch_size, n - start)
-                lab = labels[start:start + m] if labels is not None else None
-                out = self.sample(model, m, steps, sampler, lab, guidance, guidance_rescale, spacing, eta, clip, shape,
-                                  generator, return_trajectory and i == 0, trajectory_every)
-                if return_trajectory and i == 0:
-                    out, traj = out
-                chunks.append(out)
-            images = torch.cat(chunks)
-            return (images, traj) if return_trajectory else images
+            return torch.cat([self.sample(model, min(batch_size, n - i), steps=steps, sampler=sampler,
+                                          labels=labels[i:i + batch_size] if labels is not None else None,
+                                          guidance=guidance, generator=generator) for i in range(0, n, batch_size)])
+        return self._run(model, n, labels, steps, sampler, guidance, generator, every=None)[0]
+
+    @torch.no_grad()
+    def trajectory(self, model: nn.Module, n: int, *, labels: torch.Tensor | None = None, steps: int | None = None,
+                   sampler: str | None = None, generator: torch.Generator | None = None, every: int = 1
+                   ) -> tuple[torch.Tensor, list[tuple[int, torch.Tensor]]]:
+        """:meth:`sample` that also returns the chain: [(t, x_t)] every ``every`` steps, the first x_T included and
+        the final sample as t = -1."""
+        return self._run(model, n, labels, steps, sampler, None, generator, every=every)
+
+    def _run(self, model: nn.Module, n: int, labels: torch.Tensor | None, steps: int | None, sampler: str | None,
+             guidance: float | None, generator: torch.Generator | None, every: int | None
+             ) -> tuple[torch.Tensor, list[tuple[int, torch.Tensor]]]:
+        sampler = sampler or self.config.sampler
+        if sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be 'ddpm' or 'ddim', got {sampler!r}")
         device = self.betas.device
-        shape = shape or (getattr(model, "in_channels", 1), getattr(model, "image_size", 28), getattr(model, "image_size", 28))
-        timesteps = spaced_timesteps(steps or self.T, self.T, spacing).tolist()
-        if is_dry_run() and len(timesteps) > 3:  # every code path, three network calls: the first two steps and the last
-            timesteps = timesteps[:2] + timesteps[-1:]
+        shape = (getattr(model, "in_channels", 1), getattr(model, "image_size", 28), getattr(model, "image_size", 28))
+        timesteps = self.timesteps(steps)
         x = torch.randn((n, *shape), device=device, generator=generator)
         labels = labels.to(device) if labels is not None else None
-        trajectory = [(timesteps[0], x.clone())] if return_trajectory else []
+        chain = [(timesteps[0], x.clone())] if every else []
         for i, t in enumerate(timesteps):
             t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
-            x0, eps = self.predict(model, x, t, labels, guidance, guidance_rescale)
-            if clip:
+            x0, eps = self.predict(model, x, t, labels, guidance)
+            if self.config.clip:
                 x0 = x0.clamp(-1, 1)
                 eps = self.eps_from_x0(x, x0, torch.full((n,), t, device=device, dtype=torch.long))  # consistent ε̂
-            noise = torch.randn(x.shape, device=device, generator=generator) if (sampler == "ddpm" or eta > 0) else None
-            if sampler == "ddpm":
-                x = self.ddpm_step(x0, x, t, t_prev, noise)
-            else:
-                x = self.ddim_step(x0, eps, t, t_prev, noise, eta)
-            if return_trajectory and ((i + 1) % trajectory_every == 0 or t_prev < 0):
-                trajectory.append((t_prev, x.clone()))
-        x = x.clamp(-1, 1)
-        return (x, trajectory) if return_trajectory else x
+            noise = (torch.randn(x.shape, device=device, generator=generator)
+                     if (sampler == "ddpm" or self.config.eta > 0) else None)
+            x = self.ddpm_step(x0, x, t, t_prev, noise) if sampler == "ddpm" else self.ddim_step(x0, eps, t, t_prev, noise)
+            if every and ((i + 1) % every == 0 or t_prev < 0):
+                chain.append((t_prev, x.clone()))
+        return x.clamp(-1, 1), chain
 
 
 # ----------------------------------------------------------------------------- the training entry point

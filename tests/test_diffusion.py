@@ -1,12 +1,14 @@
 """hwlib.diffusion against diffusers' DDPMScheduler / DDIMScheduler, the closed forms, and one training step."""
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import numpy as np
 import pytest
 import torch
 
-from hwlib.diffusion import (Diffusion, cosine_betas, linear_betas, make_step_fn, rescale_guidance,
-                             rescale_zero_terminal_snr, spaced_timesteps)
+from hwlib.diffusion import (Diffusion, DiffusionConfig, cosine_betas, linear_betas, make_step_fn, posterior_coefficients,
+                             rescale_guidance, rescale_zero_terminal_snr, spaced_timesteps)
 from hwlib.models.unet import UNet
 
 diffusers = pytest.importorskip("diffusers")
@@ -118,7 +120,7 @@ def test_q_sample_statistics_match_closed_form():
     x0 = torch.full((20000, 1), 0.7)
     for t in (50, 400, 900):
         xt = d.q_sample(x0, torch.full((20000,), t), torch.randn(20000, 1, generator=g))
-        mean, var = d.q_mean_var(x0[:1], torch.tensor([t]))
+        mean, var = d.alphas_cumprod[t].sqrt() * 0.7, 1 - d.alphas_cumprod[t]  # N(sqrt(abar_t) x0, (1 - abar_t) I)
         assert abs(xt.mean() - mean.item()) < 0.02 and abs(xt.var() - var.item()) < 0.03
 
 
@@ -171,24 +173,44 @@ def test_sampler_shape_range_and_trajectory(sampler, steps, guidance):
     model = _tiny_unet(num_classes=3).eval()
     with torch.no_grad():  # non-zero output layer so that samples depend on the network
         model.out[-1].weight.normal_(0, 0.1)
-    d = Diffusion(zero_snr=True, prediction="v")
+    d = Diffusion(zero_snr=True, prediction="v", guidance=guidance, guidance_rescale=0.7, sampler=sampler)
     labels = torch.tensor([0, 1, 2, 0, 1])
-    x, traj = d.sample(model, 5, steps=steps, sampler=sampler, labels=labels, guidance=guidance, guidance_rescale=0.7,
-                       return_trajectory=True, batch_size=3, generator=torch.Generator().manual_seed(0))
+    x = d.sample(model, 5, steps=steps, labels=labels, batch_size=3, generator=torch.Generator().manual_seed(0))
     assert x.shape == (5, 1, 8, 8) and torch.isfinite(x).all()
     assert x.min() >= -1 and x.max() <= 1
+    x3, traj = d.trajectory(model, 3, steps=steps, labels=labels[:3], generator=torch.Generator().manual_seed(0))
     assert traj[0][0] == 999 and traj[-1][0] == -1 and traj[-1][1].shape == (3, 1, 8, 8)
-    assert len(traj) == steps + 1
+    assert len(traj) == steps + 1 and torch.equal(traj[-1][1], x3)
+    assert torch.equal(x3, x[:3])  # the first chunk of a chunked run is the same chain
     # reproducible with the same generator
-    again = d.sample(model, 5, steps=steps, sampler=sampler, labels=labels, guidance=guidance, guidance_rescale=0.7,
-                     batch_size=3, generator=torch.Generator().manual_seed(0))
+    again = d.sample(model, 5, steps=steps, labels=labels, batch_size=3, generator=torch.Generator().manual_seed(0))
     assert torch.equal(x, again)
 
 
 def test_ddim_with_one_step_returns_x0_prediction():
-    d = Diffusion(zero_snr=True, prediction="v")
+    d = Diffusion(zero_snr=True, prediction="v", clip=False)
     model = _tiny_unet().eval()
-    x = d.sample(model, 2, steps=1, sampler="ddim", clip=False, generator=torch.Generator().manual_seed(0))
+    x = d.sample(model, 2, steps=1, sampler="ddim", generator=torch.Generator().manual_seed(0))
     # zero-init output layer: v = 0, so x0 = sqrt(abar_T) x_T - ... = 0 at t = T-1 with zero SNR
     assert torch.allclose(x, torch.zeros_like(x), atol=1e-6)
     assert np.isclose(float(d.snr(torch.tensor([999]))), 0.0)
+
+
+def test_config_holds_every_choice_and_keywords_override_it():
+    base = DiffusionConfig(T=200, prediction="v", zero_snr=True, spacing="trailing", guidance=3.0, guidance_rescale=0.7)
+    d = Diffusion(base, sampler="ddim")
+    assert d.config == DiffusionConfig(**{**asdict(base), "sampler": "ddim"}) and d.T == 200
+    assert "guidance_rescale=0.7" in repr(d)
+    with pytest.raises(ValueError, match="spacing"):
+        Diffusion(spacing="sideways")
+    with pytest.raises(ValueError, match="sampler"):
+        Diffusion(sampler="euler")
+
+
+def test_posterior_coefficients_are_the_one_formula():
+    d = Diffusion()
+    t = torch.arange(10, 1000)  # float32 ᾱ leaves 1 - ᾱ_t a few 1e-5 relative error from t = 10 on
+    abar, prev = d.alphas_cumprod[t].double(), d.alphas_cumprod_prev[t].double()
+    c_x0, c_xt, var = posterior_coefficients(abar, prev, d.betas[t].double())  # what ddpm_step uses for t_prev = t - 1
+    for ours, buffer in ((c_x0, d.posterior_coef_x0), (c_xt, d.posterior_coef_xt), (var, d.posterior_var)):
+        assert torch.allclose(ours.float(), buffer[t], rtol=1e-4)
