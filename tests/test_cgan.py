@@ -1,14 +1,12 @@
-"""Notebook 03's networks (MLP CGAN, DCGAN), its profiles, and a tiny resumable CGAN run through fit."""
+"""hwlib.models.cgan: notebook 03's MLP CGAN, its builder, and a tiny resumable CGAN run through fit."""
 import pytest
 import torch
-import torch.nn.functional as F
 
 import hwlib
 from hwlib.data import ResidentLoader
 from hwlib.gan import make_gan_step
 from hwlib.models.cgan import MLPDiscriminator, MLPGenerator
-from hwlib.models.dcgan import DCGANDiscriminator, DCGANGenerator, transposed_conv2d_reference
-from hwlib.profiles.cgan_mnist import PROFILES
+from hwlib.models.dcgan import DCGANDiscriminator, DCGANGenerator
 from hwlib.train import count_parameters, fit
 
 
@@ -34,17 +32,6 @@ def test_mlp_generator_batchnorm_option():
     assert x.shape == (3, 1, 28, 28) and x.abs().max() <= 1
 
 
-@pytest.mark.parametrize("num_classes,label_mode", [(0, "channel"), (10, "channel"), (10, "projection")])
-def test_dcgan_shapes_and_ranges(num_classes, label_mode):
-    torch.manual_seed(0)
-    G = DCGANGenerator(z_dim=16, num_classes=num_classes, ch=8)
-    D = DCGANDiscriminator(num_classes=num_classes, ch=8, label_mode=label_mode)
-    y = torch.arange(6) % 10 if num_classes else None
-    x = G(torch.randn(6, 16), y)
-    assert x.shape == (6, 1, 28, 28) and x.abs().max() <= 1
-    assert D(x, y).shape == (6,)
-
-
 def test_conditional_networks_use_the_label():
     torch.manual_seed(0)
     z = torch.randn(4, 100)
@@ -57,24 +44,6 @@ def test_conditional_networks_use_the_label():
         assert not torch.allclose(D(x, a), D(x, b))
     with pytest.raises(ValueError):
         DCGANGenerator(num_classes=10)(z)
-
-
-@pytest.mark.parametrize("stride,padding", [(1, 0), (2, 0), (2, 1)])
-def test_transposed_conv_reference_matches_pytorch(stride, padding):
-    torch.manual_seed(0)
-    x, w = torch.randn(3, 4, 5), torch.randn(3, 2, 4, 4)
-    ref = transposed_conv2d_reference(x, w, stride, padding)
-    torch.testing.assert_close(ref, F.conv_transpose2d(x[None], w, stride=stride, padding=padding)[0])
-    assert ref.shape[1:] == ((4 - 1) * stride - 2 * padding + 4, (5 - 1) * stride - 2 * padding + 4)
-
-
-def test_profiles():
-    full = PROFILES["full"]
-    assert (full["batch_size"], full["n_critic"], full["epochs"], full["mlp"]["lr"]) == (128, 5, 60, 1e-4)
-    assert full["train_subset"] is None and full["mlp"]["dropout"] > 0 and not full["mlp"]["batchnorm"]
-    for name in ("smoke", "quick", "full"):
-        cfg = hwlib.get_profile("03_cgan_mnist", name, verbose=False)
-        assert cfg.profile in ("smoke", "quick", "full") and cfg.conv.label_mode in ("channel", "projection")
 
 
 def test_tiny_cgan_run_resumes_exactly(tmp_path):

@@ -6,6 +6,7 @@ import torch
 
 import hwlib
 from hwlib.profiles import Config, resolve_profile
+from hwlib.profiles.cgan_mnist import PROFILES
 
 
 def test_resolve_profile(monkeypatch):
@@ -81,3 +82,12 @@ def test_smoke_runs_never_write_into_the_committed_figures_or_results(monkeypatc
     assert root not in out.parents
     out.unlink()
     (root / "figures" / "x").rmdir()
+
+
+def test_cgan_profiles():
+    full = PROFILES["full"]
+    assert (full["batch_size"], full["n_critic"], full["epochs"], full["mlp"]["lr"]) == (128, 5, 60, 1e-4)
+    assert full["train_subset"] is None and full["mlp"]["dropout"] > 0 and not full["mlp"]["batchnorm"]
+    for name in ("smoke", "quick", "full"):
+        cfg = hwlib.get_profile("03_cgan_mnist", name, verbose=False)
+        assert cfg.profile in ("smoke", "quick", "full") and cfg.conv.label_mode in ("channel", "projection")
