@@ -91,3 +91,12 @@ def test_cgan_profiles():
     for name in ("smoke", "quick", "full"):
         cfg = hwlib.get_profile("03_cgan_mnist", name, verbose=False)
         assert cfg.profile in ("smoke", "quick", "full") and cfg.conv.label_mode in ("channel", "projection")
+
+
+def test_oversubscription_warning():
+    from hwlib.profiles import oversubscription_warning
+
+    assert oversubscription_warning(2, load=0.1, cores=2) is None  # a quiet machine
+    assert oversubscription_warning(1, load=5.0, cores=2) is None  # one thread does not wait for others
+    warning = oversubscription_warning(2, load=1.9, cores=2)
+    assert warning and "OMP_NUM_THREADS=1" in warning and "2 torch threads on 2 cores" in warning
