@@ -9,6 +9,7 @@
 - ``mnist_classifier``, ``conditional_accuracy``, ``per_class_accuracy`` -- the shipped CNN (``mnist_net``)
 - ``feature_net``, ``extract_features``, ``reference_stats``           -- features and cached real statistics
 - ``high_frequency_energy``                                          -- detail above a spatial frequency (``spectrum``)
+- ``reconstruction_scores``, ``class_brightness``, ``brightness_error`` -- per-image MSE/SSIM, class brightness (``images``)
 
 Names are imported lazily, so ``python -m hwlib.metrics.mnist_net`` and light imports stay cheap.
 """
@@ -27,6 +28,7 @@ _EXPORTS = {
     "inception_weights_path": "inception",
     "MnistNet": "mnist_net", "mnist_classifier": "mnist_net", "conditional_accuracy": "mnist_net",
     "per_class_accuracy": "mnist_net",
+    "reconstruction_scores": "images", "class_brightness": "images", "brightness_error": "images",
     "feature_net": "features", "extract_features": "features", "feature_stats": "features",
     "reference_stats": "reference",
     "high_frequency_energy": "spectrum",
