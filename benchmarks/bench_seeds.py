@@ -18,7 +18,6 @@ from pathlib import Path
 from hwlib import nbtools
 from hwlib.report import print_seed_spread
 
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def run_seed(notebook: str, profile: str, seed: int, threads: int, scratch: Path) -> float:

@@ -169,7 +169,6 @@ class Diffusion(nn.Module):
             betas = rescale_zero_terminal_snr(betas)
         abar = torch.cumprod(1 - betas, 0)
         abar_prev = torch.cat([torch.ones(1, dtype=torch.float64), abar[:-1]])
-        self.T, self.prediction = c.T, c.prediction
         coef_x0, coef_xt, var = posterior_coefficients(abar, abar_prev, betas)
         buffers = {
             "betas": betas, "alphas": 1 - betas, "alphas_cumprod": abar, "alphas_cumprod_prev": abar_prev,
@@ -179,6 +178,16 @@ class Diffusion(nn.Module):
         }
         for name, value in buffers.items():
             self.register_buffer(name, value.float(), persistent=False)
+
+    @property
+    def T(self) -> int:
+        """Number of training timesteps (the config's)."""
+        return self.config.T
+
+    @property
+    def prediction(self) -> str:
+        """What the network outputs: "eps", "v" or "x0" (the config's)."""
+        return self.config.prediction
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in asdict(self.config).items())

@@ -20,6 +20,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from hwlib.paths import repo_root
+
 KERNELSPEC = {"display_name": "Python 3", "language": "python", "name": "python3"}
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 
@@ -30,8 +32,6 @@ def execute(notebook: str | Path, out: Path, work: Path, parameters: dict[str, A
     ``parameters`` (e.g. ``{"profile": "quick", "seed": 1}``), checkpoints in ``work/runs`` and figures in
     ``work/figures``, no progress bars, ``$HWLIB_PROFILE`` unset and ``env`` on top. Output is captured (text);
     ``check`` raises on failure with the end of papermill's error."""
-    from hwlib.paths import repo_root
-
     path = Path(notebook)
     if not path.suffix:
         path = (repo_root() or Path.cwd()) / "notebooks" / f"{notebook}.ipynb"

@@ -24,11 +24,9 @@ def layer_table(model: nn.Module, *inputs: torch.Tensor, depth: int = 1) -> list
     call (e.g. a discriminator's second head) get a row with output ``"not in forward"``."""
     targets = {name: m for name, m in model.named_modules() if name and name.count(".") == depth - 1}
     rows: list[dict[str, Any]] = []
-    called: set[str] = set()
 
     def hook(name: str):
         def record(module: nn.Module, args: Any, out: Any) -> None:
-            called.add(name)
             rows.append({"layer": name, "type": type(module).__name__, "output": _shape(out),
                          "params": sum(p.numel() for p in module.parameters())})
         return record
@@ -45,6 +43,7 @@ def layer_table(model: nn.Module, *inputs: torch.Tensor, depth: int = 1) -> list
             h.remove()
         for m, mode in modes.items():
             m.training = mode
+    called = {r["layer"] for r in rows}
     rows += [{"layer": name, "type": type(m).__name__, "output": "not in forward",
               "params": sum(p.numel() for p in m.parameters())} for name, m in targets.items() if name not in called]
     return rows

@@ -115,10 +115,11 @@ def get_profile(notebook: str, profile: str = "auto", verbose: bool = True, **ov
         dry = " as a DRY RUN (HWLIB_DRYRUN: a few batches of 2, two steps per training call)" if is_dry_run() else ""
         import torch
 
-        load = f", load average {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
-        print(f"hwlib: notebook {notebook}, profile {name!r}{source}{dry}; torch uses {torch.get_num_threads()} "
-              f"threads on {os.cpu_count()} cores{load}")
-        warning = oversubscription_warning(torch.get_num_threads())
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+        threads = torch.get_num_threads()
+        print(f"hwlib: notebook {notebook}, profile {name!r}{source}{dry}; torch uses {threads} threads on "
+              f"{os.cpu_count()} cores" + (f", load average {load:.1f}" if load is not None else ""))
+        warning = oversubscription_warning(threads, load) if load is not None else None
         if warning:
             print(warning)
     return Config(cfg)
