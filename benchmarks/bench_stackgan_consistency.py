@@ -7,6 +7,9 @@ scores 64x64 images with notebook 01's attribute classifier (body / wing / crown
   species (targets: what the caption names) and of *seen* training species;
 - ``--condition species``: G and D get a one-hot species code instead of the caption (10 copies of it); scored
   on seen species against the species' attributes (unseen species have no code);
+- ``--condition attributes``: G and D get a perfect text encoder, the one-hot code of the attributes each
+  caption names (:func:`hwlib.data.synthbirds.caption_codes`), scored like ``caption``: it separates what the
+  sentence encoder loses from what the GAN cannot learn;
 - ``--condition none``: every caption embedding is zero and there are no wrong pairs: an unconditional GAN.
 
 Every row also gives the attribute-feature FID against real crops of the evaluated split (lower is better),
@@ -31,6 +34,7 @@ import torch
 import hwlib
 from hwlib.bench import write_result
 from hwlib.data import cub, synthbirds
+from hwlib.metrics.attributes import consistency
 from hwlib.models import attributes, stackgan
 from hwlib.train import EMA, get_device, seed_everything
 
@@ -63,7 +67,7 @@ def recipe_name(recipe: stackgan.Recipe) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--profile", default="quick")
-    parser.add_argument("--condition", choices=("caption", "species", "none"), default="caption")
+    parser.add_argument("--condition", choices=("caption", "attributes", "species", "none"), default="caption")
     parser.add_argument("--recipe", default="paper", choices=sorted(stackgan.RECIPES))
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override one Recipe field")
     parser.add_argument("--gf", type=int, default=None)
@@ -123,10 +127,15 @@ def main() -> None:
         evals["seen"] = (eye[torch.from_numpy(train.class_ids[idx]) - 1], z, {k: labels[k] for k in COLOURS}, train_76)
     else:
         for split_name, split, real in (("unseen", test, test_76), ("seen", train, train_76)):
-            text, z, targets, _ = synthbirds.consistency_set(split, n_eval, cfg.z_dim, seed)
+            text, z, targets, captions = synthbirds.consistency_set(split, n_eval, cfg.z_dim, seed)
             if args.condition == "none":
                 text = torch.zeros_like(text)
+            elif args.condition == "attributes":
+                text = torch.from_numpy(synthbirds.caption_codes(captions))
             evals[split_name] = (text, z, {k: targets[k] for k in COLOURS}, real)
+        if args.condition == "attributes":
+            codes = synthbirds.caption_codes([c for i in range(len(train)) for c in train.captions(i)])
+            embeddings = torch.from_numpy(codes).view(len(train), -1, codes.shape[1])
         if args.condition == "none":
             embeddings = torch.zeros_like(embeddings)
             recipe = stackgan.Recipe(**{**recipe.as_dict(), "wrong": "none"})
@@ -151,7 +160,7 @@ def main() -> None:
         row: dict = {"step": epoch * n_batches, "epoch": epoch, "seconds": round(time.perf_counter() - t0, 1)}
         for split_name, (text, z, targets, _) in evals.items():
             low = stackgan.generate(sampler, text, z=z)[0]
-            res = attributes.consistency(clf, low, targets, real_feats[split_name])
+            res = consistency(clf, low, targets, real_feats[split_name])
             row[split_name] = {**{k: round(res[k], 3) for k in COLOURS}, "fid": round(res["fid"], 2)}
         curve.append(row)
         G.train()

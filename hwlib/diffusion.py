@@ -387,28 +387,23 @@ def make_step_fn(
     p_uncond: float = 0.1,
     grad_clip: float | None = 1.0,
     conditional: bool | None = None,
-    warmup_steps: int = 0,
-    base_lr: float | None = None,
 ) -> Callable[[tuple[torch.Tensor, ...], int], dict[str, torch.Tensor]]:
     """One DDPM optimisation step for :func:`hwlib.train.fit`: ``step_fn((images, [labels]), step) -> {"loss": ...}``.
 
     ``images`` (B, C, H, W) in [-1, 1]; ``labels`` (B,) are used when the model is class-conditional
     (``model.num_classes`` set, or ``conditional=True``), with label dropout ``p_uncond`` for classifier-free
-    guidance. bf16 autocast on CUDA; gradient-norm clipping ``grad_clip``; linear LR warm-up over
-    ``warmup_steps`` to ``base_lr`` (default: the optimiser's initial LR); ``ema.update(model)`` after each step.
+    guidance. bf16 autocast on CUDA; gradient-norm clipping ``grad_clip``; ``ema.update(model)`` after each step.
+    The learning rate is the optimiser's: a warm-up is a scheduler that :func:`hwlib.train.fit` steps
+    (:class:`hwlib.train.Warmup`), as every schedule is.
     """
     from hwlib.train import autocast
 
     conditional = getattr(model, "num_classes", None) is not None if conditional is None else conditional
     device = next(model.parameters()).device
-    lrs = [base_lr or g["lr"] for g in optimizer.param_groups]
 
     def step_fn(batch: tuple[torch.Tensor, ...], step: int) -> dict[str, torch.Tensor]:
         x0 = batch[0]
         labels = batch[1] if conditional and len(batch) > 1 else None
-        if warmup_steps:
-            for g, lr in zip(optimizer.param_groups, lrs):
-                g["lr"] = lr * min(1.0, (step + 1) / warmup_steps)
         with autocast(device):
             loss = diffusion.loss(model, x0, labels, p_uncond=p_uncond)
         optimizer.zero_grad(set_to_none=True)

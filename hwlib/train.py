@@ -16,6 +16,7 @@ import os
 import random
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from copy import deepcopy
 from pathlib import Path
@@ -112,6 +113,25 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 # ----------------------------------------------------------------------------- EMA
+
+
+class Warmup(torch.optim.lr_scheduler.LRScheduler):
+    """Linear learning-rate warm-up: at optimiser step k (0-based) every group's lr is ``base · min(1, (k + 1) / steps)``.
+
+    A per-step scheduler (``per_step = True``): :func:`fit` steps it after every optimiser step, where it steps
+    epoch schedulers (e.g. ``StepLR``) at each epoch end. ``steps <= 1`` leaves the lr at its base value.
+    """
+
+    per_step = True
+
+    def __init__(self, optimizer: torch.optim.Optimizer, steps: int, last_epoch: int = -1) -> None:
+        self.steps = max(1, int(steps))
+        super().__init__(optimizer, last_epoch)
+
+    def get_lr(self) -> list[float]:
+        return [base * min(1.0, (self.last_epoch + 1) / self.steps) for base in self.base_lrs]
+
+    _get_closed_form_lr = get_lr
 
 
 class EMA:
@@ -265,8 +285,9 @@ def fit(
             ``batch`` (the tuple the loader yields). Returned tensors are logged lazily (no sync per step).
         loader: a :class:`~hwlib.data.ResidentLoader` (``len`` and ``epoch(e, start)``).
         run_dir: folder for ``ckpt_*.pt`` and ``history.csv``.
-        modules, optimizers, emas, schedulers: everything whose state a checkpoint must hold.
-            Schedulers are stepped by ``fit`` at each epoch end.
+        modules, optimizers, emas, schedulers: everything whose state a checkpoint must hold. Schedulers are
+            keyed by the name of the optimiser they drive and stepped by ``fit``: after every optimiser step when
+            they are per-step (``per_step = True``, e.g. :class:`Warmup`), else at each epoch end (``StepLR``).
         seed: seeds every RNG at the start of a fresh run (a resume restores them instead).
         resume: continue from the newest checkpoint in ``run_dir`` (if its ``config`` matches).
         checkpoint_every: also checkpoint every this many steps (default: at each epoch end only).
@@ -324,7 +345,13 @@ def _restore(state: dict[str, Any], *, run_dir: Path, config: Any, identity: dic
     for name, e in emas.items():
         e.load_state_dict(state["emas"][name])
     for name, s in schedulers.items():
-        s.load_state_dict(state["schedulers"][name])
+        if name in state["schedulers"]:
+            s.load_state_dict(state["schedulers"][name])
+        else:  # a checkpoint from before this scheduler existed: move it to the checkpoint's position
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "scheduler.step() before optimizer.step()"
+                for _ in range(state["step"] if getattr(s, "per_step", False) else state["epoch"]):
+                    s.step()
     old_schedule = json.loads(state.get("schedule", "null") or "null")
     if old_schedule is not None and old_schedule != schedule:
         changes = identity_diff(old_schedule, schedule)
@@ -455,6 +482,8 @@ def _fit_locked(step_fn, loader, *, epochs, run_dir, modules, optimizers, emas, 
               desc=desc, dry_run=dry_run)
     grids = _Grids(sample_fn, grid_dir, grid_nrow, modules, viz) if sample_fn is not None and grid_dir is not None else None
     callbacks = [c for c in (grids, on_epoch_end) if c is not None]
+    per_step = [s for s in schedulers.values() if getattr(s, "per_step", False)]
+    per_epoch = [s for s in schedulers.values() if not getattr(s, "per_step", False)]
     total = epochs * len(loader)
     bar = _progress(total, min(run.step, total), desc, progress)
     try:
@@ -466,6 +495,8 @@ def _fit_locked(step_fn, loader, *, epochs, run_dir, modules, optimizers, emas, 
                 batches, epochs = itertools.islice(batches, DRY_RUN_STEPS), run.epoch + 1
             for batch in batches:
                 logs = step_fn(batch, run.step)
+                for s in per_step:
+                    s.step()
                 run.step += 1
                 run.batch += 1
                 run.log(logs)
@@ -478,7 +509,7 @@ def _fit_locked(step_fn, loader, *, epochs, run_dir, modules, optimizers, emas, 
                     run.save()
             run.flush()
             run.epoch, run.batch = run.epoch + 1, 0
-            for s in schedulers.values():
+            for s in per_epoch:
                 s.step()
             for callback in callbacks:
                 callback(run.epoch)

@@ -88,6 +88,28 @@ def plot_losses(history, keys: Sequence[str] | None = None, window: int = 50, ax
     return ax
 
 
+def plot_gan_history(histories: dict, d_keys: Sequence[str] = ("d_real", "d_fake"), window: int | None = None,
+                     title: str = "", equilibrium: bool = False):
+    """GAN training curves, one row per run of ``histories`` ({name: History}): the losses ``loss_d`` and ``loss_g``
+    (left) and D's mean outputs as probabilities, ``d_keys`` (right). ``window``: the running mean's length
+    (default a twentieth of the run). ``equilibrium``: dashed lines at the values of the ideal equilibrium
+    D = 1/2 (L_D = 2 log 2, L_G = log 2). Returns the figure."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(histories), 2, figsize=(13, 3.4 * len(histories)), squeeze=False)
+    for row, (name, hist) in zip(axes, histories.items()):
+        w = window or max(1, len(hist) // 20)
+        plot_losses(hist, ["loss_d", "loss_g"], window=w, ax=row[0], title=f"{title} losses per step ({name})".strip())
+        plot_losses(hist, list(d_keys), window=w, ax=row[1], title=f"{title} D outputs (sigmoid) per step ({name})".strip())
+        row[1].set_ylabel("mean D(x)")
+        if equilibrium:
+            row[0].axhline(2 * np.log(2), color="C0", ls="--", lw=0.8)
+            row[0].axhline(np.log(2), color="C1", ls="--", lw=0.8)
+            row[1].axhline(0.5, color="gray", ls="--", lw=0.8)
+    fig.tight_layout()
+    return fig
+
+
 def show_images(images: torch.Tensor, nrow: int = 10, title: str = "", ax=None, figsize=None):
     """Show a grid of images (B, C, H, W) in [-1, 1] with matplotlib."""
     import matplotlib.pyplot as plt

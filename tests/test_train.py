@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from hwlib.data import ResidentLoader
-from hwlib.train import (EMA, Checkpointer, History, RunMismatch, TrainingDiverged, fit, rng_state, seed_everything,
+from hwlib.train import (EMA, Checkpointer, History, RunMismatch, TrainingDiverged, Warmup, fit, rng_state, seed_everything,
                          set_rng_state)
 
 JOB = Path(__file__).with_name("train_job.py")
@@ -87,6 +87,37 @@ def _sgd_step(model, opt):
         opt.step()
         return {"loss": loss.detach()}
     return step
+
+
+def _warmup_run(tmp_path, epochs: int, seen: dict[int, float], warmup: bool = True) -> None:
+    """Train _tiny's model with SGD(lr 0.1) and, if ``warmup``, a 6-step Warmup; ``seen[step]`` = the lr it used."""
+    torch.manual_seed(0)
+    model = nn.Linear(4, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    inner = _sgd_step(model, opt)
+
+    def step(batch, i):
+        seen[i] = opt.param_groups[0]["lr"]
+        return inner(batch, i)
+
+    fit(step, ResidentLoader(torch.randn(32, 4), batch_size=8, seed=1), epochs=epochs, run_dir=tmp_path / "run",
+        modules={"m": model}, optimizers={"o": opt}, schedulers={"o": Warmup(opt, 6)} if warmup else None,
+        config={"epochs": epochs}, progress=False)
+
+
+def test_warmup_is_stepped_after_every_step_and_resumes(tmp_path):
+    expected = {k: 0.1 * min(1.0, (k + 1) / 6) for k in range(12)}
+    seen: dict[int, float] = {}
+    _warmup_run(tmp_path / "a", 2, seen)  # 8 steps in two epochs
+    assert seen == {k: expected[k] for k in range(8)}
+    seen.clear()
+    _warmup_run(tmp_path / "b", 1, seen)  # stop inside the warm-up, then resume for a second epoch
+    _warmup_run(tmp_path / "b", 2, seen)
+    assert seen == {k: expected[k] for k in range(8)}
+    seen.clear()
+    _warmup_run(tmp_path / "c", 1, seen, warmup=False)  # a checkpoint written without the scheduler
+    _warmup_run(tmp_path / "c", 2, seen)  # the warm-up joins at the checkpoint's step, not at step 0
+    assert [seen[k] for k in range(4, 8)] == [expected[k] for k in range(4, 8)]
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):

@@ -82,6 +82,20 @@ def caption_targets(captions: list[str]) -> dict[str, np.ndarray]:
     return targets
 
 
+def caption_codes(captions: list[str]) -> np.ndarray:
+    """A perfect text encoder for SynthBirds: float32 (N, 46), for each attribute a one-hot block of the value
+    the caption names (:func:`caption_targets`), all zeros where it names none. The benchmark's
+    ``--condition attributes`` rung feeds it to StackGAN in place of the sentence embedding."""
+    targets = caption_targets(captions)
+    blocks = []
+    for k, values in ATTRIBUTES.items():
+        block = np.zeros((len(captions), len(values)), dtype=np.float32)
+        named = targets[k] >= 0
+        block[np.flatnonzero(named), targets[k][named]] = 1.0
+        blocks.append(block)
+    return np.concatenate(blocks, axis=1)
+
+
 def consistency_set(split, n: int, z_dim: int, seed: int = 0) -> tuple["torch.Tensor", "torch.Tensor", dict[str, np.ndarray], list[str]]:
     """The text-image consistency evaluation of notebook 01 (and its benchmark) on a :class:`~hwlib.data.cub.BirdSplit`.
 

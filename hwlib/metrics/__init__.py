@@ -10,6 +10,7 @@
 - ``feature_net``, ``extract_features``, ``reference_stats``           -- features and cached real statistics
 - ``high_frequency_energy``                                          -- detail above a spatial frequency (``spectrum``)
 - ``reconstruction_scores``, ``class_brightness``, ``brightness_error`` -- per-image MSE/SSIM, class brightness (``images``)
+- ``attribute_accuracy``, ``consistency``                             -- SynthBirds text-image consistency (``attributes``)
 
 Names are imported lazily, so ``python -m hwlib.metrics.mnist_net`` and light imports stay cheap.
 """
@@ -32,6 +33,7 @@ _EXPORTS = {
     "feature_net": "features", "extract_features": "features", "feature_stats": "features",
     "reference_stats": "reference",
     "high_frequency_energy": "spectrum",
+    "attribute_accuracy": "attributes", "consistency": "attributes",
 }
 __all__ = sorted(_EXPORTS)
 

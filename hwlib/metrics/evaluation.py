@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hwlib.metrics.features import feature_net
+from hwlib.metrics.features import feature_net, map_batches
 from hwlib.metrics.frechet import frechet_distance
 from hwlib.metrics.inception import inception_score
 from hwlib.metrics.mnist_net import class_accuracy, mnist_classifier
@@ -67,9 +67,7 @@ def is_mnist(images: torch.Tensor, batch_size: int = 500, device: torch.device |
     It rewards confident (recognisable) and class-balanced samples, at most 10 (the number of classes); real test
     digits are its ceiling here. Like IS it ignores diversity within a class and never looks at real data."""
     clf = mnist_classifier(device)
-    dev = next(clf.parameters()).device
-    with torch.inference_mode():
-        probs = torch.cat([clf(b.to(dev, torch.float32)).float().softmax(1).cpu() for b in images.split(batch_size)])
+    probs = map_batches(lambda b: clf(b).float().softmax(1), images, batch_size, next(clf.parameters()).device)
     return inception_score(probs, splits=is_splits(len(probs)))[0]
 
 

@@ -10,7 +10,7 @@ and a ``tag`` naming it and its weights (part of the reference-statistics cache 
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -58,6 +58,21 @@ def batches_of(images: torch.Tensor, batch_size: int = 500) -> Iterator[torch.Te
     """Consecutive slices of ``images`` (N, ...) of ``batch_size``."""
     for i in range(0, len(images), batch_size):
         yield images[i:i + batch_size]
+
+
+@torch.inference_mode()
+def map_batches(fn: Callable[[torch.Tensor], torch.Tensor | dict[str, torch.Tensor]], images: torch.Tensor,
+                batch_size: int = 500, device: torch.device | str | None = None) -> torch.Tensor | dict[str, torch.Tensor]:
+    """The one loop every classifier-based metric runs: ``fn`` on consecutive batches of ``images`` (N, ...) moved to
+    ``device`` as float32, outputs concatenated on the CPU: a tensor (N, ...), or {name: (N, ...)} when ``fn``
+    returns dicts (one entry per head)."""
+    outs = []
+    for b in batches_of(images, batch_size):
+        out = fn(b.to(device, torch.float32))
+        outs.append({k: v.cpu() for k, v in out.items()} if isinstance(out, dict) else out.cpu())
+    if isinstance(outs[0], dict):
+        return {k: torch.cat([o[k] for o in outs]) for k in outs[0]}
+    return torch.cat(outs)
 
 
 def extract_features(net: str | nn.Module, images: torch.Tensor, batch_size: int = 500,

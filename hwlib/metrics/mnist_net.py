@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hwlib.files import atomic_write, file_digest
+from hwlib.metrics.features import map_batches
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 WEIGHTS = ASSETS / "mnist_cnn.pt"
@@ -79,13 +80,10 @@ def mnist_classifier(device: torch.device | str | None = None, path: str | Path 
     return _load(str(get_device(str(device) if device is not None else None)), str(path or WEIGHTS))
 
 
-@torch.inference_mode()
 def predict(images: torch.Tensor, batch_size: int = 500, device: torch.device | str | None = None) -> torch.Tensor:
     """Predicted digit of each image: (N, 1, 28, 28) in [-1, 1] -> int64 (N,) on the CPU."""
     net = mnist_classifier(device)
-    dev = next(net.parameters()).device
-    return torch.cat([net(images[i:i + batch_size].to(dev, torch.float32)).argmax(1).cpu()
-                      for i in range(0, len(images), batch_size)])
+    return map_batches(lambda b: net(b).argmax(1), images, batch_size, next(net.parameters()).device)
 
 
 def conditional_accuracy(images: torch.Tensor, labels: torch.Tensor, batch_size: int = 500,
@@ -124,16 +122,13 @@ def augment(x: torch.Tensor, generator: torch.Generator, shift: float = 2.0, deg
     return F.grid_sample(x + 1, grid, align_corners=False, padding_mode="zeros") - 1
 
 
-@torch.inference_mode()
 def evaluate_accuracy(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 500) -> float:
     """Top-1 accuracy of ``net`` on images (N, 1, 28, 28) in [-1, 1]."""
     was_training = net.training
     net.eval()
-    dev = next(net.parameters()).device
-    correct = sum(int((net(images[i:i + batch_size].to(dev)).argmax(1).cpu() == labels[i:i + batch_size]).sum())
-                  for i in range(0, len(images), batch_size))
+    pred = map_batches(lambda b: net(b).argmax(1), images, batch_size, next(net.parameters()).device)
     net.train(was_training)
-    return correct / len(images)
+    return int((pred == labels.cpu()).sum()) / len(images)
 
 
 def train(epochs: int = 6, batch_size: int = 128, lr: float = 3e-3, seed: int = 0, out: str | Path | None = WEIGHTS,

@@ -1,4 +1,5 @@
-"""The SynthBirds attribute classifier: scores text-image consistency and gives FID features.
+"""The SynthBirds attribute classifier: its predictions score text-image consistency
+(:mod:`hwlib.metrics.attributes`) and its features give an FID for birds.
 
 A small CNN reads a bird image (B, 3, 64, 64) in [-1, 1] (larger images are area-downsampled to 64):
 four stride-2 conv blocks to a (4w, 4, 4) map, flattened (keeping where each colour is) into a 4w-dim
@@ -16,6 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from hwlib.metrics.features import map_batches
 
 if TYPE_CHECKING:
     from hwlib.train import History
@@ -53,47 +56,21 @@ class AttributeNet(nn.Module):
         return sum(F.cross_entropy(logits[k].float(), targets[k], ignore_index=-1) for k in self.heads)
 
 
-@torch.no_grad()
 def predict(net: AttributeNet, images: torch.Tensor, batch_size: int = 256) -> dict[str, np.ndarray]:
-    """Predicted value index per attribute: {name: int64 (N,)}."""
+    """Predicted value index per attribute: {name: int64 (N,)} for images (N, 3, H, W) in [-1, 1]."""
     net.eval()
-    device = next(net.parameters()).device
-    out: dict[str, list[torch.Tensor]] = {k: [] for k in net.heads}
-    for i in range(0, len(images), batch_size):
-        for k, v in net(images[i:i + batch_size].to(device).float()).items():
-            out[k].append(v.argmax(1).cpu())
-    return {k: torch.cat(v).numpy() for k, v in out.items()}
+    out = map_batches(lambda b: {k: v.argmax(1) for k, v in net(b).items()}, images, batch_size, _device(net))
+    return {k: v.numpy() for k, v in out.items()}
 
 
-@torch.no_grad()
 def features(net: AttributeNet, images: torch.Tensor, batch_size: int = 256) -> np.ndarray:
-    """Penultimate features (N, 4w) float64, for FID with this network."""
+    """Penultimate features (N, 4w) float64 of images (N, 3, H, W) in [-1, 1], for FID with this network."""
     net.eval()
-    device = next(net.parameters()).device
-    return torch.cat([net.features(images[i:i + batch_size].to(device).float()).double().cpu()
-                      for i in range(0, len(images), batch_size)]).numpy()
+    return map_batches(net.features, images, batch_size, _device(net)).double().numpy()
 
 
-def attribute_accuracy(predicted: dict[str, np.ndarray], targets: dict[str, np.ndarray]) -> dict[str, float]:
-    """Fraction of samples whose predicted attribute equals the target, over samples with a target (>= 0)."""
-    acc = {}
-    for k, t in targets.items():
-        mask = np.asarray(t) >= 0
-        acc[k] = float((np.asarray(predicted[k])[mask] == np.asarray(t)[mask]).mean()) if mask.any() else float("nan")
-    return acc
-
-
-def consistency(net: AttributeNet, images: torch.Tensor, targets: dict[str, np.ndarray],
-                real_features: np.ndarray | None = None) -> dict[str, float]:
-    """Text-image consistency of generated ``images`` (N, 3, H, W) in [-1, 1]: the accuracy of every attribute in
-    ``targets`` ({name: int64 (N,)}, -1 = not named) and, with ``real_features`` (:func:`features` of real images),
-    ``"fid"``: the Frechet distance in this classifier's feature space (lower: closer to real birds)."""
-    from hwlib.metrics import fid_from_features
-
-    out = attribute_accuracy(predict(net, images), targets)
-    if real_features is not None:
-        out["fid"] = float(fid_from_features(real_features, features(net, images)))
-    return out
+def _device(net: nn.Module) -> torch.device:
+    return next(net.parameters()).device
 
 
 def train_attribute_net(images: torch.Tensor, labels: dict[str, np.ndarray], *, width: int, epochs: int,

@@ -1,0 +1,34 @@
+"""Text-image consistency on SynthBirds: does a generated bird show the attributes its caption names?
+
+The SynthBirds attribute classifier (:class:`hwlib.models.attributes.AttributeNet`, trained on real drawings)
+reads each generated image; an attribute counts as drawn when the classifier's prediction equals the value the
+caption names (:func:`hwlib.data.synthbirds.caption_targets`, -1 where the caption names none).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from hwlib.metrics.evaluation import fid_from_features
+from hwlib.models.attributes import AttributeNet, features, predict
+
+
+def attribute_accuracy(predicted: dict[str, np.ndarray], targets: dict[str, np.ndarray]) -> dict[str, float]:
+    """Fraction of samples whose predicted attribute equals the target, over samples with a target (>= 0):
+    {name: accuracy in [0, 1]} (NaN for an attribute no sample names)."""
+    acc = {}
+    for k, t in targets.items():
+        mask = np.asarray(t) >= 0
+        acc[k] = float((np.asarray(predicted[k])[mask] == np.asarray(t)[mask]).mean()) if mask.any() else float("nan")
+    return acc
+
+
+def consistency(net: AttributeNet, images: torch.Tensor, targets: dict[str, np.ndarray],
+                real_features: np.ndarray | None = None) -> dict[str, float]:
+    """Text-image consistency of generated ``images`` (N, 3, H, W) in [-1, 1]: the accuracy of every attribute in
+    ``targets`` ({name: int64 (N,)}, -1 = not named) and, with ``real_features`` (:func:`features` of real images),
+    ``"fid"``: the Frechet distance in this classifier's feature space (lower: closer to real birds)."""
+    out = attribute_accuracy(predict(net, images), targets)
+    if real_features is not None:
+        out["fid"] = float(fid_from_features(real_features, features(net, images)))
+    return out
