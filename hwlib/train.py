@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import hashlib
 import itertools
 import json
@@ -68,6 +69,27 @@ def autocast(device: torch.device | str, enabled: bool = True) -> contextlib.Abs
     if enabled and device.type == "cpu" and (is_dry_run() or os.environ.get("HWLIB_CPU_BF16") == "1"):
         return torch.autocast("cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX-BF16 in ``/proc/cpuinfo``; False elsewhere)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def sampling_autocast(device: torch.device | str) -> contextlib.AbstractContextManager:
+    """bf16 autocast for *sampling* (no gradients): as :func:`autocast`, and also on CPUs with native bf16 unless
+    ``$HWLIB_CPU_BF16=0``. Measured on notebook 04's ``quick`` DDPM, same network and noise, 1,000 ancestral
+    samples: FID-MNIST 23.32 in bf16 against 23.43 in fp32 (precision, recall and IS-MNIST within 0.01), at 1.8x the
+    samples/s on this 2-core CPU (``benchmarks/bench_sampling.py``, ``benchmarks/results/sampling_cpu.json``)."""
+    device = torch.device(device)
+    if device.type == "cpu" and cpu_has_native_bf16() and os.environ.get("HWLIB_CPU_BF16") != "0":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return autocast(device)
 
 
 def maybe_compile(module: nn.Module, enabled: bool) -> nn.Module:

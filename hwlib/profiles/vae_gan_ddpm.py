@@ -5,9 +5,14 @@ images with batch ``batch_size`` (so the same number of parameter updates; a GAN
 plus one G step, as in DCGAN). ``full`` follows the papers: VAE (Kingma & Welling 2014) with Adam 1e-3;
 DCGAN (Radford et al. 2016): z 100, width 64, Adam 2e-4 (0.5, 0.999); DDPM (Ho et al. 2020): T = 1000,
 linear betas 1e-4 .. 0.02, Adam 2e-4, EMA 0.9999, dropout 0.1, a U-Net sized for 28x28; evaluation on
-10,000 samples against the MNIST test set. ``quick`` fits a 2-core CPU: narrow networks, a 10k-image
-subset, 3 epochs of batches of 32 (four times more updates than batches of 128 for the same images), T = 200 (betas scaled by 1000 / T so that alpha_bar_T still vanishes) and 500
-evaluation samples. ``gpu`` (about an hour on a T4) is ``full`` for 10 epochs (4,680 updates per model) with
+10,000 samples against the MNIST test set. ``quick`` fits a 2-core CPU: narrow networks, a 20k-image
+subset (notebook 03's), 3 epochs of batches of 32 (1,875 updates; four times more than batches of 128 for the
+same images), T = 200 (betas scaled by 1000 / T so that alpha_bar_T still vanishes) and 1,000 evaluation
+samples drawn in batches of 100 (the quick U-Net runs 1.4x faster per image at batch 100 than at 500 on a
+2-core CPU). The DCGAN has width 32 and the data 20k digits: FID-MNIST on 5,000 samples, mean (min-max) over training
+seeds 0-2 (``benchmarks/bench_trilemma_gan.py``): width 16 with 10k digits 44.5 (40.6-49.2; at seed 0 the
+10k-parameter discriminator drove its loss to about 0 from step 100 on), width 32 with 10k 36.7 (35.9-37.6),
+width 16 with 20k 34.7 (32.7-36.1), width 32 with 20k 29.7 (28.6-30.5); notebook 03's conv CGAN 31.7 (27.8-36.2). ``gpu`` (about an hour on a T4) is ``full`` for 10 epochs (4,680 updates per model) with
 an EMA decay of 0.999 to suit the shorter run. ``smoke`` runs in seconds.
 """
 
@@ -30,10 +35,10 @@ PROFILES = {
               "vae_ch": 8, "vae_hidden": 32, "gan_ch": 8,
               "unet": {"ch": 8, "channel_mult": [1, 2], "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0}, "T": 50, "ema_decay": 0.99, "ddpm_lr": 1e-3, "warmup": 0,
               "n_eval": 100, "d_steps": 150},
-    "quick": {**_COMMON, "n_train": 10_000, "epochs": 3, "batch_size": 32,
-              "vae_ch": 16, "vae_hidden": 128, "gan_ch": 16,
+    "quick": {**_COMMON, "n_train": 20_000, "epochs": 3, "batch_size": 32,
+              "vae_ch": 16, "vae_hidden": 128, "gan_ch": 32,
               "unet": {"ch": 16, "channel_mult": [1, 2], "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0}, "T": 200, "ema_decay": 0.995, "ddpm_lr": 1e-3, "warmup": 50,
-              "n_eval": 500, "d_steps": 600},
+              "n_eval": 1000, "eval_batch": 100, "d_steps": 600},
     "gpu": {**_COMMON, "n_train": 60_000, "epochs": 10,
             "vae_ch": 32, "vae_hidden": 256, "gan_ch": 64,
             "unet": {"ch": 64, "channel_mult": [1, 2, 2], "num_res_blocks": 2, "attn_resolutions": [7], "dropout": 0.1}, "T": 1000, "ema_decay": 0.999, "warmup": 500,
