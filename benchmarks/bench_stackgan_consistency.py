@@ -142,10 +142,8 @@ def main() -> None:
     real_feats = {k: attributes.features(clf, v[3][:n_eval, :, 6:70, 6:70].float() / 127.5 - 1) for k, v in evals.items()}
 
     seed_everything(args.train_seed)
-    G = stackgan.Stage1G(embeddings.shape[-1], cfg.c_dim, cfg.z_dim, gf, upsample=cfg.upsample,
-                         ca_logvar_init=recipe.ca_logvar_init, min_channels=recipe.g_min_channels,
-                         cond_norm=recipe.g_cond_norm).to(device)
-    D = stackgan.StageD(64, cfg.c_dim, df, spectral_norm=recipe.spectral_norm, projection=recipe.projection).to(device)
+    G, D = (net.to(device) for net in stackgan.build_stage1(embeddings.shape[-1], cfg.c_dim, cfg.z_dim, gf, df,
+                                                             upsample=cfg.upsample, recipe=recipe))
     ema = EMA(G, recipe.ema) if recipe.ema else None
     n_batches = len(train) // batch_size
     every_epochs = max(1, round(args.every / n_batches))

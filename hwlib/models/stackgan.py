@@ -325,11 +325,19 @@ def build(t_dim: int, c_dim: int = 128, z_dim: int = 100, gf: int = 128, df: int
     """
     r = get_recipe(recipe)
     n_up = int(math.log2(stage2_size // 16))
-    d_kw = {"spectral_norm": r.spectral_norm, "projection": r.projection}
-    return {"G1": Stage1G(t_dim, c_dim, z_dim, gf, upsample, r.ca_logvar_init, r.g_min_channels, r.g_cond_norm),
-            "D1": StageD(64, c_dim, df, **d_kw),
+    G1, D1 = build_stage1(t_dim, c_dim, z_dim, gf, df, upsample, r)
+    return {"G1": G1, "D1": D1,
             "G2": Stage2G(t_dim, c_dim, gf2 or gf, n_res, n_up, upsample, r.ca_logvar_init),
-            "D2": StageD(stage2_size, c_dim, df2 or df, uncond=True, **d_kw)}
+            "D2": StageD(stage2_size, c_dim, df2 or df, uncond=True, spectral_norm=r.spectral_norm,
+                         projection=r.projection)}
+
+
+def build_stage1(t_dim: int, c_dim: int = 128, z_dim: int = 100, gf: int = 128, df: int = 64,
+                 upsample: str = "nearest", recipe: str | Recipe | dict = "paper") -> tuple[Stage1G, StageD]:
+    """Stage I alone, ``(G1, D1)`` as :func:`build` makes them (G1 first): for experiments on Stage I only."""
+    r = get_recipe(recipe)
+    return (Stage1G(t_dim, c_dim, z_dim, gf, upsample, r.ca_logvar_init, r.g_min_channels, r.g_cond_norm),
+            StageD(64, c_dim, df, spectral_norm=r.spectral_norm, projection=r.projection))
 
 
 # ----------------------------------------------------------------------------- training steps
