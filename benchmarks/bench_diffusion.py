@@ -1,6 +1,6 @@
 """Training throughput (images/s): hwlib's DDPM loop vs the diffusers training recipe, same batch, same device.
 
-hwlib: ``hwlib.models.unet.UNet`` + ``hwlib.diffusion.make_step_fn`` + ``hwlib.train.fit`` over a resident
+hwlib: ``hwlib.models.unet.UNet`` + ``hwlib.diffusion.make_diffusion_step`` + ``hwlib.train.fit`` over a resident
 loader (``torch.compile`` on a GPU). diffusers: the recipe of its ``train_unconditional.py`` example —
 ``UNet2DModel`` (width chosen to match hwlib's parameter count), ``DDPMScheduler.add_noise``, AdamW, gradient
 clipping, ``EMAModel``, a ``torch.utils.data.DataLoader``. Both train the same class-conditional ε-prediction task
@@ -30,7 +30,7 @@ import torch.nn.functional as F
 import hwlib
 from hwlib.bench import write_result
 from hwlib.data import ResidentLoader, load_mnist
-from hwlib.diffusion import Diffusion, make_step_fn
+from hwlib.diffusion import Diffusion, make_diffusion_step
 from hwlib.models.unet import UNet, build as build_unet
 from hwlib.train import EMA, count_parameters, fit, get_device, maybe_compile
 
@@ -76,7 +76,7 @@ def _bench_hwlib(x, y, batch: int, steps: int, size: str, device: torch.device) 
     diffusion = Diffusion(prediction="eps").to(device)
     opt = torch.optim.Adam(model.parameters(), lr=2e-4)
     ema = EMA(model, 0.9999)
-    step_fn = make_step_fn(maybe_compile(model, True), diffusion, opt, ema)
+    step_fn = make_diffusion_step(maybe_compile(model, True), diffusion, opt, ema)
     warm = ResidentLoader(x[: 3 * batch], y[: 3 * batch], batch_size=batch, device=device)
     for i, b in enumerate(warm.epoch(0)):  # warm-up (and compilation on a GPU)
         step_fn(b, i)
@@ -158,7 +158,7 @@ def main() -> None:
     result["best"] = {"hwlib_precision": best["hwlib"], "diffusers_precision": best["diffusers"],
                       "speedup": round(speed[best["hwlib"]]["hwlib"] / speed[best["diffusers"]]["diffusers"], 3)}
     print(f"best vs best: hwlib ({best['hwlib']}) / diffusers ({best['diffusers']}) -> {result['best']['speedup']:.2f}x")
-    result["hwlib"] = "UNet + make_step_fn + fit, resident loader" + (", torch.compile" if device.type == "cuda" else "")
+    result["hwlib"] = "UNet + make_diffusion_step + fit, resident loader" + (", torch.compile" if device.type == "cuda" else "")
     result["diffusers"] = "UNet2DModel + DDPMScheduler.add_noise + AdamW + EMAModel + DataLoader"
     write_result("diffusion_train_throughput", result, device)
 

@@ -7,7 +7,7 @@ Notation: T training steps indexed t = 0..T-1 (t = 0 is the least noisy), ``beta
 - posterior        q(x_{t-1} | x_t, x_0) = N(μ̃_t, β̃_t I)                          -> :meth:`Diffusion.q_posterior`
 - parameterisations: ε (noise), v = √ᾱ_t ε - √(1-ᾱ_t) x_0 (Salimans & Ho 2022), x_0  -> ``*_from_*``
 - training: the "simple" loss, MSE between the network output and its target       -> :meth:`Diffusion.loss`,
-  :func:`make_step_fn` (one optimisation step for :func:`hwlib.train.fit`)
+  :func:`make_diffusion_step` (one optimisation step for :func:`hwlib.train.fit`)
 - sampling: DDPM ancestral steps or DDIM (any step count, leading/trailing/linspace spacing), with
   classifier-free guidance and Lin et al.'s guidance rescale                        -> :meth:`Diffusion.sample`,
   :meth:`Diffusion.trajectory` (the same loop, keeping the chain)
@@ -378,7 +378,7 @@ class Diffusion(nn.Module):
 # ----------------------------------------------------------------------------- the training entry point
 
 
-def make_step_fn(
+def make_diffusion_step(
     model: nn.Module,
     diffusion: Diffusion,
     optimizer: torch.optim.Optimizer,
@@ -401,7 +401,7 @@ def make_step_fn(
     conditional = getattr(model, "num_classes", None) is not None if conditional is None else conditional
     device = next(model.parameters()).device
 
-    def step_fn(batch: tuple[torch.Tensor, ...], step: int) -> dict[str, torch.Tensor]:
+    def step(batch: tuple[torch.Tensor, ...], step_index: int) -> dict[str, torch.Tensor]:
         x0 = batch[0]
         labels = batch[1] if conditional and len(batch) > 1 else None
         with autocast(device):
@@ -415,4 +415,4 @@ def make_step_fn(
             ema.update(model)
         return {"loss": loss.detach()}
 
-    return step_fn
+    return step

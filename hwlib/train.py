@@ -138,20 +138,27 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 class Warmup(torch.optim.lr_scheduler.LRScheduler):
-    """Linear learning-rate warm-up: at optimiser step k (0-based) every group's lr is ``base · min(1, (k + 1) / steps)``.
+    """Linear learning-rate warm-up: at optimiser step k (0-based) every group's lr is ``base · min(1, (k + 1) / steps)``;
+    with ``total``, a cosine decay over ``total`` steps caps it: ``base · min((k + 1) / steps, (1 + cos(π k / total)) / 2)``.
 
     A per-step scheduler (``per_step = True``): :func:`fit` steps it after every optimiser step, where it steps
-    epoch schedulers (e.g. ``StepLR``) at each epoch end. ``steps <= 1`` leaves the lr at its base value.
+    epoch schedulers (e.g. ``StepLR``) at each epoch end. ``steps <= 1`` and no ``total`` leave the lr at its base.
     """
 
     per_step = True
 
-    def __init__(self, optimizer: torch.optim.Optimizer, steps: int, last_epoch: int = -1) -> None:
-        self.steps = max(1, int(steps))
+    def __init__(self, optimizer: torch.optim.Optimizer, steps: int, total: int | None = None,
+                 last_epoch: int = -1) -> None:
+        self.steps, self.total = max(1, int(steps)), total
         super().__init__(optimizer, last_epoch)
 
+    def factor(self, k: int) -> float:
+        if self.total:
+            return min((k + 1) / self.steps, 0.5 * (1 + math.cos(math.pi * k / self.total)))
+        return min(1.0, (k + 1) / self.steps)
+
     def get_lr(self) -> list[float]:
-        return [base * min(1.0, (self.last_epoch + 1) / self.steps) for base in self.base_lrs]
+        return [base * self.factor(self.last_epoch) for base in self.base_lrs]
 
     _get_closed_form_lr = get_lr
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from hwlib.diffusion import (Diffusion, DiffusionConfig, cosine_betas, linear_betas, make_step_fn, posterior_coefficients,
+from hwlib.diffusion import (Diffusion, DiffusionConfig, cosine_betas, linear_betas, make_diffusion_step, posterior_coefficients,
                              rescale_guidance, rescale_zero_terminal_snr, spaced_timesteps)
 from hwlib.models.unet import UNet
 
@@ -149,7 +149,7 @@ def test_training_steps_reduce_loss_on_fixed_batch(prediction):
     model = _tiny_unet(num_classes=3)
     d = Diffusion(zero_snr=prediction == "v", prediction=prediction)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    step = make_step_fn(model, d, opt, p_uncond=0.0)
+    step = make_diffusion_step(model, d, opt, p_uncond=0.0)
     x0 = torch.rand(32, 1, 8, 8) * 2 - 1
     x0[:, :, 2:6, 2:6] = 1.0
     y = torch.randint(0, 3, (32,))

@@ -70,7 +70,7 @@ def test_training_step_updates_both_players_and_stage2_keeps_stage1_frozen() -> 
                 class_ids=torch.tensor([1, 1, 2, 2, 3, 3, 4, 4]))
     g, d = nets["G1"], nets["D1"]
     opt_g, opt_d = torch.optim.Adam(g.parameters(), 2e-4), torch.optim.Adam(d.parameters(), 2e-4)
-    step = stackgan.make_step(g, d, opt_g, opt_d, out_size=64, **data)
+    step = stackgan.make_stackgan_step(g, d, opt_g, opt_d, out_size=64, **data)
     before_g, before_d = g.to_img[0].weight.clone(), d.logit.weight.clone()
     (batch,) = list(index_loader(n, 4).epoch(0))[:1]
     logs = step(batch, 0)
@@ -82,7 +82,7 @@ def test_training_step_updates_both_players_and_stage2_keeps_stage1_frozen() -> 
     frozen = g1.fc[0].weight.clone()
     hi = dict(data, images=torch.randint(0, 256, (n, 3, 152, 152), dtype=torch.uint8))
     g2, d2 = nets["G2"], nets["D2"]
-    step2 = stackgan.make_step(g2, d2, torch.optim.Adam(g2.parameters()), torch.optim.Adam(d2.parameters()),
+    step2 = stackgan.make_stackgan_step(g2, d2, torch.optim.Adam(g2.parameters()), torch.optim.Adam(d2.parameters()),
                                out_size=128, G1=g1, **hi)
     before2 = g2.to_img[0].weight.clone()
     step2(batch, 0)
@@ -171,7 +171,7 @@ def test_every_recipe_trains_a_step(recipe) -> None:
                 class_ids=torch.tensor([1, 1, 2, 2, 3, 3, 4, 4]))
     g, d = nets["G1"], nets["D1"]
     ema = EMA(g, r.ema) if r.ema else None
-    step = stackgan.make_step(g, d, torch.optim.Adam(g.parameters()), torch.optim.Adam(d.parameters()), out_size=64,
+    step = stackgan.make_stackgan_step(g, d, torch.optim.Adam(g.parameters()), torch.optim.Adam(d.parameters()), out_size=64,
                               recipe=r, ema=ema, **data)
     (batch,) = list(index_loader(n, 4).epoch(0))[:1]
     logs = step(batch, 0)

@@ -237,3 +237,15 @@ def test_history_csv_round_trip(tmp_path):
     back = History.from_csv(h.to_csv(tmp_path / "h.csv"))
     assert back.keys() == ["step", "loss_d", "loss_g"]
     assert back["loss_d"].tolist() == [0.5, 0.25] and back["loss_g"][1] == 2.0 and back["loss_g"][0] != back["loss_g"][0]
+
+
+def test_warmup_with_total_decays_on_a_cosine():
+    opt = torch.optim.SGD(nn.Linear(2, 1).parameters(), lr=2.0)
+    sched = Warmup(opt, 4, total=20)
+    lrs = []
+    for k in range(20):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    import math
+    assert lrs == [2.0 * min((k + 1) / 4, 0.5 * (1 + math.cos(math.pi * k / 20))) for k in range(20)]

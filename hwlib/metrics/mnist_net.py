@@ -135,12 +135,12 @@ def train(epochs: int = 6, batch_size: int = 128, lr: float = 3e-3, seed: int = 
           device: str | None = None, resume: bool = True) -> tuple[MnistNet, float]:
     """Train on the full MNIST train set with :func:`hwlib.train.fit`; return the net and its test accuracy.
 
-    AdamW with a linear warm-up and cosine decay computed from the step number (so a resume is
-    exact), random affine augmentation, then the weights (and their test accuracy) go to ``out``.
+    AdamW with a linear warm-up and cosine decay (:class:`hwlib.train.Warmup`, stepped and checkpointed by fit,
+    so a resume is exact), random affine augmentation, then the weights (and their test accuracy) go to ``out``.
     """
     import hwlib
     from hwlib.data import ResidentLoader, load_mnist
-    from hwlib.train import fit, get_device, seed_everything
+    from hwlib.train import Warmup, fit, get_device, seed_everything
 
     dev = get_device(device)
     seed_everything(seed)
@@ -152,11 +152,9 @@ def train(epochs: int = 6, batch_size: int = 128, lr: float = 3e-3, seed: int = 
     total, warmup = epochs * len(loader), len(loader) // 2
     gen = torch.Generator(device=dev)
 
-    def step_fn(batch: tuple[torch.Tensor, ...], step: int) -> dict[str, torch.Tensor]:
+    def step(batch: tuple[torch.Tensor, ...], step_index: int) -> dict[str, torch.Tensor]:
         x, y = batch
-        gen.manual_seed(seed * 1_000_003 + step)  # augmentation depends on the step only: exact resume
-        for group in opt.param_groups:
-            group["lr"] = lr * min((step + 1) / warmup, 0.5 * (1 + math.cos(math.pi * step / total)))
+        gen.manual_seed(seed * 1_000_003 + step_index)  # augmentation depends on the step only: exact resume
         logits = net(augment(x, gen))
         loss = F.cross_entropy(logits, y)
         opt.zero_grad(set_to_none=True)
@@ -165,8 +163,8 @@ def train(epochs: int = 6, batch_size: int = 128, lr: float = 3e-3, seed: int = 
         return {"loss": loss.detach(), "acc": (logits.argmax(1) == y).float().mean()}
 
     config = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "arch": "MnistNet(24,48,96)"}
-    fit(step_fn, loader, epochs=epochs, run_dir=hwlib.runs_dir(f"metrics/mnist_cnn/seed{seed}"),
-        modules={"net": net}, optimizers={"opt": opt}, seed=seed, resume=resume, config=config,
+    fit(step, loader, epochs=epochs, run_dir=hwlib.runs_dir(f"metrics/mnist_cnn/seed{seed}"),
+        modules={"net": net}, optimizers={"opt": opt}, schedulers={"opt": Warmup(opt, warmup, total=total)}, seed=seed, resume=resume, config=config,
         on_epoch_end=lambda e: print(f"epoch {e}: test accuracy {evaluate_accuracy(net, x_test, y_test):.4%}",
                                      flush=True),
         desc="mnist cnn")
