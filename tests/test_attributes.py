@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from hwlib.data import synthbirds
-from hwlib.models.attributes import AttributeNet, predict
+from hwlib.models.attributes import AttributeNet, predict_attributes
 
 
 def test_attribute_net_and_accuracy() -> None:
@@ -13,7 +13,7 @@ def test_attribute_net_and_accuracy() -> None:
     assert out["body"].shape == (3, 10) and net.features(torch.randn(3, 3, 64, 64)).shape == (3, 16)
     loss = net.loss(torch.randn(3, 3, 64, 64), {"body": torch.tensor([1, -1, 2]), "beak_length": torch.tensor([-1, -1, 0])})
     assert torch.isfinite(loss)
-    assert set(predict(net, torch.randn(5, 3, 64, 64), batch_size=2)) == {"body", "beak_length"}
+    assert set(predict_attributes(net, torch.randn(5, 3, 64, 64), batch_size=2)) == {"body", "beak_length"}
 
 
 def test_train_attribute_net_learns_and_resumes(tmp_path) -> None:

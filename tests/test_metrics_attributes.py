@@ -5,7 +5,7 @@ import numpy as np
 import torch
 
 from hwlib.metrics.attributes import attribute_accuracy, consistency
-from hwlib.models.attributes import AttributeNet, features, predict
+from hwlib.models.attributes import AttributeNet, features, predict_attributes
 
 
 def test_attribute_accuracy_ignores_unnamed_targets() -> None:
@@ -18,8 +18,8 @@ def test_consistency_is_accuracy_of_the_predictions_and_fid_to_real() -> None:
     torch.manual_seed(0)
     net = AttributeNet({"body": 10, "beak_length": 2}, width=4)
     images = torch.rand(12, 3, 64, 64) * 2 - 1
-    pred = predict(net, images, batch_size=5)  # batched like the metric: the same predictions in any batch size
-    assert all(np.array_equal(pred[k], predict(net, images, batch_size=12)[k]) for k in pred)
+    pred = predict_attributes(net, images, batch_size=5)  # batched like the metric: the same predictions in any batch size
+    assert all(np.array_equal(pred[k], predict_attributes(net, images, batch_size=12)[k]) for k in pred)
     targets = {"body": pred["body"].copy(), "beak_length": np.where(np.arange(12) < 6, pred["beak_length"], -1)}
     targets["body"][:3] = (targets["body"][:3] + 1) % 10  # three wrong of twelve
     out = consistency(net, images, targets, real_features=features(net, images))

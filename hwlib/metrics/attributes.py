@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from hwlib.metrics.evaluation import fid_from_features
-from hwlib.models.attributes import AttributeNet, features, predict
+from hwlib.models.attributes import AttributeNet, features, predict_attributes
 
 
 def attribute_accuracy(predicted: dict[str, np.ndarray], targets: dict[str, np.ndarray]) -> dict[str, float]:
@@ -28,7 +28,7 @@ def consistency(net: AttributeNet, images: torch.Tensor, targets: dict[str, np.n
     """Text-image consistency of generated ``images`` (N, 3, H, W) in [-1, 1]: the accuracy of every attribute in
     ``targets`` ({name: int64 (N,)}, -1 = not named) and, with ``real_features`` (:func:`features` of real images),
     ``"fid"``: the Frechet distance in this classifier's feature space (lower: closer to real birds)."""
-    out = attribute_accuracy(predict(net, images), targets)
+    out = attribute_accuracy(predict_attributes(net, images), targets)
     if real_features is not None:
         out["fid"] = float(fid_from_features(real_features, features(net, images)))
     return out

@@ -80,7 +80,7 @@ def mnist_classifier(device: torch.device | str | None = None, path: str | Path 
     return _load(str(get_device(str(device) if device is not None else None)), str(path or WEIGHTS))
 
 
-def predict(images: torch.Tensor, batch_size: int = 500, device: torch.device | str | None = None) -> torch.Tensor:
+def predict_digits(images: torch.Tensor, batch_size: int = 500, device: torch.device | str | None = None) -> torch.Tensor:
     """Predicted digit of each image: (N, 1, 28, 28) in [-1, 1] -> int64 (N,) on the CPU."""
     net = mnist_classifier(device)
     return map_batches(lambda b: net(b).argmax(1), images, batch_size, next(net.parameters()).device)
@@ -89,14 +89,14 @@ def predict(images: torch.Tensor, batch_size: int = 500, device: torch.device | 
 def conditional_accuracy(images: torch.Tensor, labels: torch.Tensor, batch_size: int = 500,
                          device: torch.device | str | None = None) -> float:
     """Share of ``images`` (N, 1, 28, 28) in [-1, 1] that the classifier assigns to ``labels`` (N,)."""
-    pred = predict(images, batch_size, device)
+    pred = predict_digits(images, batch_size, device)
     return float((pred == torch.as_tensor(labels).cpu().long()).float().mean())
 
 
 def per_class_accuracy(images: torch.Tensor, labels: torch.Tensor, batch_size: int = 500,
                        device: torch.device | str | None = None) -> np.ndarray:
     """Conditional accuracy for each label 0..9: float64 (10,), NaN for a label that does not occur."""
-    return class_accuracy(predict(images, batch_size, device), torch.as_tensor(labels))
+    return class_accuracy(predict_digits(images, batch_size, device), torch.as_tensor(labels))
 
 
 def class_accuracy(pred: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
@@ -110,7 +110,7 @@ def class_accuracy(pred: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
 # ----------------------------------------------------------------------------- training
 
 
-def augment(x: torch.Tensor, generator: torch.Generator, shift: float = 2.0, degrees: float = 10.0) -> torch.Tensor:
+def random_affine(x: torch.Tensor, generator: torch.Generator, shift: float = 2.0, degrees: float = 10.0) -> torch.Tensor:
     """Random small affine warps (rotation, +-``shift`` px translation) of (B, 1, 28, 28) in [-1, 1]."""
     b = x.shape[0]
     u = torch.rand(b, 3, generator=generator, device=x.device) * 2 - 1
@@ -155,7 +155,7 @@ def train(epochs: int = 6, batch_size: int = 128, lr: float = 3e-3, seed: int = 
     def step(batch: tuple[torch.Tensor, ...], step_index: int) -> dict[str, torch.Tensor]:
         x, y = batch
         gen.manual_seed(seed * 1_000_003 + step_index)  # augmentation depends on the step only: exact resume
-        logits = net(augment(x, gen))
+        logits = net(random_affine(x, gen))
         loss = F.cross_entropy(logits, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -56,7 +56,7 @@ class AttributeNet(nn.Module):
         return sum(F.cross_entropy(logits[k].float(), targets[k], ignore_index=-1) for k in self.heads)
 
 
-def predict(net: AttributeNet, images: torch.Tensor, batch_size: int = 256) -> dict[str, np.ndarray]:
+def predict_attributes(net: AttributeNet, images: torch.Tensor, batch_size: int = 256) -> dict[str, np.ndarray]:
     """Predicted value index per attribute: {name: int64 (N,)} for images (N, 3, H, W) in [-1, 1]."""
     net.eval()
     out = map_batches(lambda b: {k: v.argmax(1) for k, v in net(b).items()}, images, batch_size, _device(net))

@@ -35,12 +35,12 @@ def norm(channels: int, groups: int = 32) -> nn.GroupNorm:
     """GroupNorm with at most ``groups`` groups (DDPM: 32) and at least 4 channels per group.
 
     With one channel per group the norm would subtract the per-channel constant that carries the time and class
-    embedding in :class:`ResBlock`, i.e. erase the conditioning; narrow networks therefore use fewer groups.
+    embedding in :class:`TimeResBlock`, i.e. erase the conditioning; narrow networks therefore use fewer groups.
     """
     return nn.GroupNorm(math.gcd(channels, min(groups, max(1, channels // 4))), channels)
 
 
-class ResBlock(nn.Module):
+class TimeResBlock(nn.Module):
     """(B, C_in, H, W), emb (B, E) -> (B, C_out, H, W)."""
 
     def __init__(self, c_in: int, c_out: int, emb_dim: int, dropout: float = 0.0) -> None:
@@ -126,7 +126,7 @@ class UNet(nn.Module):
         widths, c, res = [ch], ch, image_size  # widths: channels of every skip connection
         for level, mult in enumerate(channel_mult):
             for _ in range(num_res_blocks):
-                self.down.append(nn.ModuleList([ResBlock(c, ch * mult, emb_dim, dropout),
+                self.down.append(nn.ModuleList([TimeResBlock(c, ch * mult, emb_dim, dropout),
                                                 AttnBlock(ch * mult) if res in attn_resolutions else nn.Identity()]))
                 c = ch * mult
                 widths.append(c)
@@ -134,12 +134,12 @@ class UNet(nn.Module):
                 self.down.append(Downsample(c))
                 widths.append(c)
                 res //= 2
-        self.mid = nn.ModuleList([ResBlock(c, c, emb_dim, dropout), AttnBlock(c), ResBlock(c, c, emb_dim, dropout)])
+        self.mid = nn.ModuleList([TimeResBlock(c, c, emb_dim, dropout), AttnBlock(c), TimeResBlock(c, c, emb_dim, dropout)])
 
         self.up = nn.ModuleList()
         for level, mult in reversed(list(enumerate(channel_mult))):
             for _ in range(num_res_blocks + 1):
-                self.up.append(nn.ModuleList([ResBlock(c + widths.pop(), ch * mult, emb_dim, dropout),
+                self.up.append(nn.ModuleList([TimeResBlock(c + widths.pop(), ch * mult, emb_dim, dropout),
                                               AttnBlock(ch * mult) if res in attn_resolutions else nn.Identity()]))
                 c = ch * mult
             if level > 0:
