@@ -84,8 +84,9 @@ def cpu_has_native_bf16() -> bool:
 def sampling_autocast(device: torch.device | str) -> contextlib.AbstractContextManager:
     """bf16 autocast for *sampling* (no gradients): as :func:`autocast`, and also on CPUs with native bf16 unless
     ``$HWLIB_CPU_BF16=0``. Measured on notebook 04's ``quick`` DDPM, same network and noise, 1,000 ancestral
-    samples: FID-MNIST 23.32 in bf16 against 23.43 in fp32 (precision, recall and IS-MNIST within 0.01), at 1.8x the
-    samples/s on this 2-core CPU (``benchmarks/bench_sampling.py``, ``benchmarks/results/sampling_cpu.json``)."""
+    samples: FID-MNIST 17.86 in bf16 and in fp32 (precision, recall and IS-MNIST within 0.01), one step 1.4x faster
+    than fp32 at the same batch on this 2-core CPU (``benchmarks/bench_sampling.py``,
+    ``benchmarks/results/sampling_cpu.json``)."""
     device = torch.device(device)
     if device.type == "cpu" and cpu_has_native_bf16() and os.environ.get("HWLIB_CPU_BF16") != "0":
         return torch.autocast("cpu", dtype=torch.bfloat16)
