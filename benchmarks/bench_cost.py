@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import hwlib
-from hwlib import cost
+from hwlib import cost, nbtools
 from hwlib.bench import write_result
 
 ROOT = Path(__file__).resolve().parent.parent
