@@ -19,7 +19,6 @@ from hwlib import nbtools
 from hwlib.report import print_seed_spread
 
 
-
 def run_seed(notebook: str, profile: str, seed: int, threads: int, scratch: Path) -> float:
     """Run ``notebook`` with ``seed`` under papermill; return its wall time in seconds."""
     work = scratch / f"{notebook}_{profile}_seed{seed}"

@@ -31,7 +31,8 @@ def measure(stage: int, device: torch.device, batch: int, steps: int, amp: bool,
                 class_ids=torch.arange(n, device=device) % 4)
     opt_g = torch.optim.Adam(g.parameters(), 2e-4, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(d.parameters(), 2e-4, betas=(0.5, 0.999))
-    step = stackgan.make_stackgan_step(g, d, opt_g, opt_d, out_size=size, amp=amp, G1=nets["G1"].eval() if stage == 2 else None, **data)
+    step = stackgan.make_stackgan_step(g, d, opt_g, opt_d, out_size=size, amp=amp,
+                                       G1=nets["G1"].eval() if stage == 2 else None, **data)
     batches = list(index_loader(n, batch, device=device).epoch(0))
     step(batches[0], 0)  # warm-up
     if device.type == "cuda":

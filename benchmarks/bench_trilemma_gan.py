@@ -4,7 +4,8 @@ Trains notebook 04's unconditional DCGAN exactly as the notebook does (``dcgan.b
 ``hwlib.train.fit`` on the same ``n_train`` digits, epochs and batch) and scores it with
 ``hwlib.metrics.evaluate`` on ``--n`` samples against the MNIST test set, the way notebook 03 scores its conv
 CGAN (5,000 samples in ``quick``), so the two are comparable at the same sample count. ``--set key=value``
-overrides one profile field (repeatable, e.g. ``--set gan_ch=32 --set gan_ema=0.999``). Writes
+overrides one profile field (repeatable, e.g. ``--set gan_ch=32``); ``--set gan_ema=0.999``, which is not a
+profile field (the notebook has no EMA of G), samples from an EMA of G instead. Writes
 ``benchmarks/results/trilemma_gan/<profile>[_<overrides>].json`` with one row per seed.
 Usage: ``python benchmarks/bench_trilemma_gan.py [--profile quick] [--seeds 0 1 2] [--n 5000] [--set k=v ...]``.
 """

@@ -135,7 +135,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-# ----------------------------------------------------------------------------- EMA
+# ----------------------------------------------------------------------------- learning-rate warm-up
 
 
 class Warmup(torch.optim.lr_scheduler.LRScheduler):
@@ -162,6 +162,9 @@ class Warmup(torch.optim.lr_scheduler.LRScheduler):
         return [base * self.factor(self.last_epoch) for base in self.base_lrs]
 
     _get_closed_form_lr = get_lr
+
+
+# ----------------------------------------------------------------------------- EMA
 
 
 class EMA:

@@ -67,7 +67,7 @@ def is_mnist(images: torch.Tensor, batch_size: int = 500, device: torch.device |
     It rewards confident (recognisable) and class-balanced samples, at most 10 (the number of classes); real test
     digits are its ceiling here. Like IS it ignores diversity within a class and never looks at real data."""
     clf = mnist_classifier(device)
-    probs = map_batches(lambda b: clf(b).float().softmax(1), images, batch_size, next(clf.parameters()).device)
+    probs = map_batches(clf, images, batch_size, lambda b: clf(b).float().softmax(1))
     return inception_score(probs, splits=is_splits(len(probs)))[0]
 
 

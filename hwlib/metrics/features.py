@@ -61,14 +61,15 @@ def batches_of(images: torch.Tensor, batch_size: int = 500) -> Iterator[torch.Te
 
 
 @torch.inference_mode()
-def map_batches(fn: Callable[[torch.Tensor], torch.Tensor | dict[str, torch.Tensor]], images: torch.Tensor,
-                batch_size: int = 500, device: torch.device | str | None = None) -> torch.Tensor | dict[str, torch.Tensor]:
-    """The one loop every classifier-based metric runs: ``fn`` on consecutive batches of ``images`` (N, ...) moved to
-    ``device`` as float32, outputs concatenated on the CPU: a tensor (N, ...), or {name: (N, ...)} when ``fn``
-    returns dicts (one entry per head)."""
-    outs = []
+def map_batches(net: nn.Module, images: torch.Tensor, batch_size: int = 500,
+                fn: Callable[[torch.Tensor], torch.Tensor | dict[str, torch.Tensor]] | None = None
+                ) -> torch.Tensor | dict[str, torch.Tensor]:
+    """The one loop every classifier-based metric runs: ``fn`` (default: ``net`` itself) on consecutive batches of
+    ``images`` (N, ...) moved to ``net``'s device as float32, outputs concatenated on the CPU: a tensor (N, ...), or
+    {name: (N, ...)} when ``fn`` returns dicts (one entry per head)."""
+    fn, dev, outs = fn or net, _device_of(net), []
     for b in batches_of(images, batch_size):
-        out = fn(b.to(device, torch.float32))
+        out = fn(b.to(dev, torch.float32))
         outs.append({k: v.cpu() for k, v in out.items()} if isinstance(out, dict) else out.cpu())
     if isinstance(outs[0], dict):
         return {k: torch.cat([o[k] for o in outs]) for k in outs[0]}

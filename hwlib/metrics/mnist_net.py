@@ -83,7 +83,7 @@ def mnist_classifier(device: torch.device | str | None = None, path: str | Path 
 def predict_digits(images: torch.Tensor, batch_size: int = 500, device: torch.device | str | None = None) -> torch.Tensor:
     """Predicted digit of each image: (N, 1, 28, 28) in [-1, 1] -> int64 (N,) on the CPU."""
     net = mnist_classifier(device)
-    return map_batches(lambda b: net(b).argmax(1), images, batch_size, next(net.parameters()).device)
+    return map_batches(net, images, batch_size, lambda b: net(b).argmax(1))
 
 
 def conditional_accuracy(images: torch.Tensor, labels: torch.Tensor, batch_size: int = 500,
@@ -126,7 +126,7 @@ def evaluate_accuracy(net: nn.Module, images: torch.Tensor, labels: torch.Tensor
     """Top-1 accuracy of ``net`` on images (N, 1, 28, 28) in [-1, 1]."""
     was_training = net.training
     net.eval()
-    pred = map_batches(lambda b: net(b).argmax(1), images, batch_size, next(net.parameters()).device)
+    pred = map_batches(net, images, batch_size, lambda b: net(b).argmax(1))
     net.train(was_training)
     return int((pred == labels.cpu()).sum()) / len(images)
 
@@ -164,7 +164,8 @@ def train(epochs: int = 6, batch_size: int = 128, lr: float = 3e-3, seed: int = 
 
     config = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "arch": "MnistNet(24,48,96)"}
     fit(step, loader, epochs=epochs, run_dir=hwlib.runs_dir(f"metrics/mnist_cnn/seed{seed}"),
-        modules={"net": net}, optimizers={"opt": opt}, schedulers={"opt": Warmup(opt, warmup, total=total)}, seed=seed, resume=resume, config=config,
+        modules={"net": net}, optimizers={"opt": opt}, schedulers={"opt": Warmup(opt, warmup, total=total)},
+        seed=seed, resume=resume, config=config,
         on_epoch_end=lambda e: print(f"epoch {e}: test accuracy {evaluate_accuracy(net, x_test, y_test):.4%}",
                                      flush=True),
         desc="mnist cnn")

@@ -59,18 +59,14 @@ class AttributeNet(nn.Module):
 def predict_attributes(net: AttributeNet, images: torch.Tensor, batch_size: int = 256) -> dict[str, np.ndarray]:
     """Predicted value index per attribute: {name: int64 (N,)} for images (N, 3, H, W) in [-1, 1]."""
     net.eval()
-    out = map_batches(lambda b: {k: v.argmax(1) for k, v in net(b).items()}, images, batch_size, _device(net))
+    out = map_batches(net, images, batch_size, lambda b: {k: v.argmax(1) for k, v in net(b).items()})
     return {k: v.numpy() for k, v in out.items()}
 
 
 def features(net: AttributeNet, images: torch.Tensor, batch_size: int = 256) -> np.ndarray:
     """Penultimate features (N, 4w) float64 of images (N, 3, H, W) in [-1, 1], for FID with this network."""
     net.eval()
-    return map_batches(net.features, images, batch_size, _device(net)).double().numpy()
-
-
-def _device(net: nn.Module) -> torch.device:
-    return next(net.parameters()).device
+    return map_batches(net, images, batch_size, net.features).double().numpy()
 
 
 def train_attribute_net(images: torch.Tensor, labels: dict[str, np.ndarray], *, width: int, epochs: int,

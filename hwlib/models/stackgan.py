@@ -344,9 +344,9 @@ def build_stage1(t_dim: int, c_dim: int = 128, z_dim: int = 100, gf: int = 128, 
 
 
 def make_stackgan_step(G: nn.Module, D: StageD, opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer, *,
-              images: torch.Tensor, embeddings: torch.Tensor, class_ids: torch.Tensor, out_size: int,
-              kl_coef: float = 2.0, z_dim: int = 100, G1: nn.Module | None = None, amp: bool = True,
-              recipe: str | Recipe | dict = "paper", ema: Any = None):
+                       images: torch.Tensor, embeddings: torch.Tensor, class_ids: torch.Tensor, out_size: int,
+                       kl_coef: float = 2.0, z_dim: int = 100, G1: nn.Module | None = None, amp: bool = True,
+                       recipe: str | Recipe | dict = "paper", ema: Any = None):
     """One StackGAN step for :func:`hwlib.train.fit` over a loader of dataset indices ``(idx (B,),)``.
 
     ``images`` uint8 (N, 3, L, L) (L = 76 for Stage I, 304 for Stage II), ``embeddings`` (N, 10, t_dim),
@@ -428,8 +428,8 @@ def train_stage(G: nn.Module, D: StageD, *, images: torch.Tensor, embeddings: to
     """Train one StackGAN stage (Stage I, or Stage II with a frozen ``G1``) through :func:`hwlib.train.fit`.
 
     ``images`` uint8 (N, 3, L, L), ``embeddings`` (N, 10, t_dim) and ``class_ids`` (N,) on the training device,
-    as :func:`make_stackgan_step` takes them. Sets G's text standardisation from ``embeddings``, then trains with Adam
-    (``lr`` for G, ``lr * recipe.lr_d`` for D, ``betas``), the learning rates halved every ``lr_decay_epochs``
+    as :func:`make_stackgan_step` takes them. Sets G's text standardisation from ``embeddings``, then trains with
+    Adam (``lr`` for G, ``lr * recipe.lr_d`` for D, ``betas``), the learning rates halved every ``lr_decay_epochs``
     epochs as the official trainer (constant if None), over shuffled batches of ``batch_size`` dataset indices.
     ``ema``: an :class:`hwlib.train.EMA` of G, updated every step and checkpointed (build it from
     ``recipe.ema``). ``run_dir``, ``seed``, ``resume``, ``config`` and ``fit_kwargs`` (``sample_fn``,
@@ -444,8 +444,9 @@ def train_stage(G: nn.Module, D: StageD, *, images: torch.Tensor, embeddings: to
                   "D": torch.optim.Adam(D.parameters(), lr=lr * r.lr_d, betas=tuple(betas))}
     schedulers = ({k: torch.optim.lr_scheduler.StepLR(o, step_size=lr_decay_epochs, gamma=0.5) for k, o in optimizers.items()}
                   if lr_decay_epochs else {})
-    step = make_stackgan_step(G, D, optimizers["G"], optimizers["D"], images=images, embeddings=embeddings, class_ids=class_ids,
-                     out_size=out_size, kl_coef=kl_coef, z_dim=z_dim, G1=G1, recipe=r, ema=ema)
+    step = make_stackgan_step(G, D, optimizers["G"], optimizers["D"], images=images, embeddings=embeddings,
+                              class_ids=class_ids, out_size=out_size, kl_coef=kl_coef, z_dim=z_dim, G1=G1, recipe=r,
+                              ema=ema)
     loader = index_loader(len(images), batch_size, seed=seed, device=images.device)
     return fit(step, loader, epochs=epochs, run_dir=run_dir, modules={"G": G, "D": D}, optimizers=optimizers,
                schedulers=schedulers, emas={"G": ema} if ema is not None else None, seed=seed, resume=resume,

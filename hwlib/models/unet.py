@@ -134,7 +134,8 @@ class UNet(nn.Module):
                 self.down.append(Downsample(c))
                 widths.append(c)
                 res //= 2
-        self.mid = nn.ModuleList([TimeResBlock(c, c, emb_dim, dropout), AttnBlock(c), TimeResBlock(c, c, emb_dim, dropout)])
+        self.mid = nn.ModuleList([TimeResBlock(c, c, emb_dim, dropout), AttnBlock(c),
+                                  TimeResBlock(c, c, emb_dim, dropout)])
 
         self.up = nn.ModuleList()
         for level, mult in reversed(list(enumerate(channel_mult))):

@@ -9,10 +9,11 @@ linear betas 1e-4 .. 0.02, Adam 2e-4, EMA 0.9999, dropout 0.1, a U-Net sized for
 subset (notebook 03's), 3 epochs of batches of 32 (1,875 updates; four times more than batches of 128 for the
 same images), T = 200 (betas scaled by 1000 / T so that alpha_bar_T still vanishes) and 1,000 evaluation
 samples drawn in batches of 100 (the quick U-Net runs 1.4x faster per image at batch 100 than at 500 on a
-2-core CPU). The DCGAN has width 32 and the data 20k digits: FID-MNIST on 5,000 samples, mean (min-max) over training
-seeds 0-2 (``benchmarks/bench_trilemma_gan.py``): width 16 with 10k digits 44.5 (40.6-49.2; at seed 0 the
+2-core CPU). The DCGAN has width 32 and the data 20k digits: FID-MNIST on 5,000 samples, mean (min-max) over
+training seeds 0-2 (``benchmarks/bench_trilemma_gan.py``): width 16 with 10k digits 44.5 (40.6-49.2; at seed 0 the
 10k-parameter discriminator drove its loss to about 0 from step 100 on), width 32 with 10k 36.7 (35.9-37.6),
-width 16 with 20k 34.7 (32.7-36.1), width 32 with 20k 29.7 (28.6-30.5); notebook 03's conv CGAN 31.7 (27.8-36.2). ``gpu`` (about an hour on a T4) is ``full`` for 10 epochs (4,680 updates per model) with
+width 16 with 20k 34.7 (32.7-36.1), width 32 with 20k 29.7 (28.6-30.5); notebook 03's conv CGAN 31.7 (27.8-36.2).
+``gpu`` (about an hour on a T4) is ``full`` for 10 epochs (4,680 updates per model) with
 an EMA decay of 0.999 to suit the shorter run. ``smoke`` runs in seconds.
 """
 
