@@ -4,10 +4,10 @@ in quality.
 Loads the EMA U-Net that notebook 04 trained (``<HWLIB_RUNS>/04_vae_gan_ddpm/<profile>/ddpm``: run the notebook
 first) and measures
 - speed: one ancestral step (a U-Net call and the update) timed at batch 500 and 100 in fp32 and at batch 100 under
-  :func:`hwlib.train.sampling_autocast` (bf16 where the CPU or GPU computes it natively), as samples/s of the full
+  :func:`hwlib.train.autocast` (bf16 where the CPU or GPU computes it natively), as samples/s of the full
   T-step chain (T steps per sample);
 - quality (``--n``, default 1,000; 0 skips it): FID-MNIST, precision, recall and IS-MNIST of ``n`` ancestral samples
-  drawn from the same noise in fp32 and under ``sampling_autocast``, with ``hwlib.metrics.evaluate``.
+  drawn from the same noise in fp32 and under ``autocast``, with ``hwlib.metrics.evaluate``.
 Writes ``benchmarks/results/sampling_<device>.json``.
 Usage: ``python benchmarks/bench_sampling.py [--profile quick] [--n 1000] [--repeats 5]``.
 """
@@ -25,7 +25,7 @@ from hwlib.checkpoints import Checkpointer
 from hwlib.diffusion import Diffusion
 from hwlib.metrics import evaluate
 from hwlib.models.unet import build
-from hwlib.train import get_device, sampling_autocast
+from hwlib.train import autocast, get_device
 
 NB = "04_vae_gan_ddpm"
 
@@ -64,11 +64,11 @@ def main() -> None:
     model.load_state_dict(state["emas"]["unet"]["module"])
     scale = 1000 / cfg.T
     diffusion = Diffusion(T=cfg.T, schedule=cfg.schedule, beta_start=1e-4 * scale, beta_end=0.02 * scale).to(device)
-    bf16 = sampling_autocast(device)
+    bf16 = autocast(device)
     speed = {}
     for label, batch, precision in (("fp32, batch 500", 500, contextlib.nullcontext()),
                                     ("fp32, batch 100", 100, contextlib.nullcontext()),
-                                    ("sampling_autocast, batch 100", 100, bf16)):
+                                    ("autocast, batch 100", 100, bf16)):
         seconds = step_seconds(diffusion, model, batch, precision, args.repeats, device)
         speed[label] = {"step_s": round(seconds, 4), "samples_per_s": round(batch / (seconds * cfg.T), 3)}
         print(f"{label:30s} {seconds:.3f} s per step -> {speed[label]['samples_per_s']:.2f} samples/s (T = {cfg.T})",
@@ -79,7 +79,7 @@ def main() -> None:
               "speed": speed, "speedup_vs_fp32_batch500": {k: round(v["samples_per_s"] / base, 2) for k, v in speed.items()}}
     if args.n:
         quality = {}
-        for label, precision in (("fp32", contextlib.nullcontext), ("sampling_autocast", lambda: sampling_autocast(device))):
+        for label, precision in (("fp32", contextlib.nullcontext), ("autocast", lambda: autocast(device))):
             def draw(k: int, precision=precision) -> torch.Tensor:
                 with precision():
                     return diffusion.sample(model, k, sampler="ddpm")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import warnings
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
@@ -72,23 +73,28 @@ def _put_back(snap: dict[str, Any], modules: dict[str, nn.Module], optimizers: d
 def measure_step(step_fn: Callable[[tuple[torch.Tensor, ...], int], Any], batch: tuple[torch.Tensor, ...], *,
                  modules: dict[str, nn.Module], optimizers: dict[str, Any], emas: dict[str, Any] | None = None,
                  timed: int = 2) -> StepCost:
-    """FLOPs of ``step_fn(batch, 0)`` and its seconds per step (mean of ``timed`` steps after the counted one).
+    """FLOPs of ``step_fn(batch, 0)`` and its seconds per step (mean of ``timed`` steps after the counted one and
+    one warm-up step).
 
-    Every module, optimiser, EMA and RNG state is restored afterwards: the run that follows is bitwise the one
-    that would have run without the measurement."""
+    The FLOPs are counted with compiled networks (``torch.compile``) run eagerly; the warm-up step compiles them, so
+    the timed steps, and the run that follows, run the compiled code. Every module, optimiser, EMA and RNG state
+    is restored afterwards: the run that follows is bitwise the one that would have run without the measurement."""
     from hwlib.train import timer
 
     emas = emas or {}
     device = next(next(iter(modules.values())).parameters()).device
     snap = _snapshot(modules, optimizers, emas)
     try:
-        with FlopCounterMode(display=False) as counter:
-            step_fn(batch, 0)
+        with torch.compiler.set_stance("force_eager"), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"Using `torch.compile\(module\)` when there are global hooks")
+            with FlopCounterMode(display=False) as counter:  # its module hooks are global ones
+                step_fn(batch, 0)
         seconds = None
         if timed > 0:
+            step_fn(batch, 1)  # warm-up (and compilation, if any)
             with timer() as t:  # synchronises CUDA around the timed steps
                 for i in range(timed):
-                    out = step_fn(batch, i + 1)
+                    out = step_fn(batch, i + 2)
                 if isinstance(out, dict):  # the step's logs are lazy tensors: wait for them
                     [v.item() for v in out.values() if torch.is_tensor(v)]
             seconds = t["seconds"] / timed

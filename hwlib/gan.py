@@ -96,7 +96,7 @@ def diff_augment(x: torch.Tensor, policy: str = "translation,cutout") -> torch.T
 
 def make_gan_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer, *,
                   z_dim: int, n_critic: int = 5, conditional: bool = True, num_classes: int = 10,
-                  saturating: bool = False, real_label: float = 1.0, ema: Any = None,
+                  saturating: bool = False, real_label: float = 1.0, ema: Any = None, amp: bool = True,
                   device: torch.device | str | None = None) -> Callable[[tuple[torch.Tensor, ...], int], dict[str, torch.Tensor]]:
     """The alternating GAN update as a ``step_fn`` for :func:`hwlib.train.fit`.
 
@@ -113,6 +113,7 @@ def make_gan_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_
     updates, each discriminator update seeing the real batch with a new batch of fakes. Returned
     (detached): ``loss_d`` (mean over the critic updates), ``loss_g``, ``d_real`` = mean D(x) and
     ``d_fake`` = mean D(G(z)) as probabilities (at the last critic update and before the G update).
+    ``amp``: bf16 autocast where the hardware computes it natively (:func:`hwlib.train.autocast`).
     """
     from hwlib.train import autocast
 
@@ -134,9 +135,9 @@ def make_gan_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_
         loss_d_sum = torch.zeros((), device=device)
         for _ in range(n_critic):
             z, y_fake = sample(n)
-            with torch.no_grad(), autocast(device):
+            with torch.no_grad(), autocast(device, amp):
                 fake = call(G, z, y_fake)
-            with autocast(device):
+            with autocast(device, amp):
                 real_logits = call(D, x, y_real)
                 fake_logits = call(D, fake, y_fake)
             loss_d = d_loss(real_logits, fake_logits, real_label)
@@ -146,7 +147,7 @@ def make_gan_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_
             loss_d_sum += loss_d.detach()
         D.requires_grad_(False)  # G's update needs gradients through D, not for D's weights
         z, y_fake = sample(n)
-        with autocast(device):
+        with autocast(device, amp):
             gen_logits = call(D, call(G, z, y_fake), y_fake)
         loss_g = g_loss(gen_logits, saturating=saturating)
         opt_g.zero_grad(set_to_none=True)

@@ -356,8 +356,8 @@ def make_stackgan_step(G: nn.Module, D: StageD, opt_g: torch.optim.Optimizer, op
     ``(real + real_u) / 2 + (fake + wrong + fake_u) / 3``, else ``real + (fake + wrong) / 2``), then one G
     update with ``loss_g + kl_coef * KL`` (``loss_g`` sums both heads). The :class:`Recipe` picks the loss, the
     wrong pairs, DiffAugment and (with ``ema``, an :class:`hwlib.train.EMA` of G) the weight average. With ``G1``
-    (frozen, eval mode) the step trains Stage II on Stage-I images. ``amp``: bf16 autocast on CUDA (no-op on
-    the CPU). Returns detached ``loss_d``, ``loss_g``, ``kl``, ``d_real``/``d_wrong``/``d_fake`` (mean sigmoid).
+    (frozen, eval mode) the step trains Stage II on Stage-I images. ``amp``: bf16 autocast where the hardware computes it natively
+    (:func:`hwlib.train.autocast`). Returns detached ``loss_d``, ``loss_g``, ``kl``, ``d_real``/``d_wrong``/``d_fake`` (mean sigmoid).
     """
     from hwlib.data.cub import augment, pick_embedding, wrong_indices
     from hwlib.gan import diff_augment, g_loss, matching_aware_d_loss
@@ -436,12 +436,11 @@ def train_stage(G: nn.Module, D: StageD, *, images: torch.Tensor, embeddings: to
     ``grid_dir``, ``on_epoch_end``, ``desc``, ...) go to ``fit``. Returns fit's per-step :class:`~hwlib.train.History`.
     """
     from hwlib.data.cub import index_loader
-    from hwlib.train import fit
+    from hwlib.train import adam, fit
 
     r = get_recipe(recipe)
     G.ca.fit_text_stats(embeddings)
-    optimizers = {"G": torch.optim.Adam(G.parameters(), lr=lr, betas=tuple(betas)),
-                  "D": torch.optim.Adam(D.parameters(), lr=lr * r.lr_d, betas=tuple(betas))}
+    optimizers = {"G": adam(G.parameters(), lr=lr, betas=betas), "D": adam(D.parameters(), lr=lr * r.lr_d, betas=betas)}
     schedulers = ({k: torch.optim.lr_scheduler.StepLR(o, step_size=lr_decay_epochs, gamma=0.5) for k, o in optimizers.items()}
                   if lr_decay_epochs else {})
     step = make_stackgan_step(G, D, optimizers["G"], optimizers["D"], images=images, embeddings=embeddings,

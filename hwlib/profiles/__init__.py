@@ -117,8 +117,12 @@ def get_profile(notebook: str, profile: str = "auto", verbose: bool = True, **ov
 
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
         threads = torch.get_num_threads()
+        from hwlib.train import autocast, get_device
+
+        precision = "bf16 autocast" if isinstance(autocast(get_device()), torch.autocast) else "fp32"
         print(f"hwlib: notebook {notebook}, profile {name!r}{source}{dry}; torch uses {threads} threads on "
-              f"{os.cpu_count()} cores" + (f", load average {load:.1f}" if load is not None else ""))
+              f"{os.cpu_count()} cores" + (f", load average {load:.1f}" if load is not None else "")
+              + f"; training in {precision} (HWLIB_CPU_BF16=0: fp32)")
         warning = oversubscription_warning(threads, load) if load is not None else None
         if warning:
             print(warning)

@@ -12,6 +12,8 @@ generator (without it the generator ignored z: one image per class, within-class
 against 0.31 for real digits, and 40-60 % conditional accuracy; with it 82-86 % over seeds 0-2),
 a conv net at half DCGAN width (ch 32; at ch 16 the discriminator was too weak), and an EMA of the
 generator's weights (decay 0.999) to sample from, which damps the oscillations of short GAN runs.
+On the CPU the conv CGAN trains compiled (``torch.compile``) and in bf16; the MLP CGAN in fp32, uncompiled: both
+made its step slower (``benchmarks/bench_train_speed.py``). Other profiles use neither option (``get``'s default).
 
 ``gpu`` (about an hour on a T4) is the seed's setting for half its epochs (30, ~14,000 steps of 5 D updates and
 one G update), with the EMA generator to sample from.
@@ -35,8 +37,8 @@ PROFILES = {
     "quick": {
         "train_subset": 20_000, "batch_size": 32, "epochs": 5, "z_dim": 100, "n_critic": 1,
         "mlp": {"g_hidden": [128, 256, 512], "d_hidden": [512, 256, 128], "embed_dim": 50, "dropout": 0.3,
-                "batchnorm": True, **_DCGAN_OPT},
-        "conv": {"ch": 32, "embed_dim": 50, "label_mode": "channel", **_DCGAN_OPT},
+                "batchnorm": True, **_DCGAN_OPT, "compile": False, "bf16": False},  # both slower for this MLP
+        "conv": {"ch": 32, "embed_dim": 50, "label_mode": "channel", **_DCGAN_OPT, "compile": True},
         "ema_decay": 0.999, "n_eval": 5_000, "eval_batch": 500,
     },
     "gpu": {

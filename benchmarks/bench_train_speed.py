@@ -1,0 +1,268 @@
+"""Training speed of every `quick` model, before and after the fast training core, and where a step's time goes.
+
+Each training run of the four notebooks (the `quick` profile's networks, optimiser settings, batch size, EMA and
+schedule, built with the same hwlib builders and step factories the notebooks call) trains ``--steps`` optimiser
+steps through :func:`hwlib.train.fit` in two settings, alternated ``--rounds`` times so that drift in the
+machine's load hits both alike (the faster round of each is kept):
+
+- ``before``: the training core as it was: ``torch.optim.Adam`` with its per-tensor loop (PyTorch's CPU default),
+  the EMA updated tensor by tensor, gradients clipped tensor by tensor, fp32 (``HWLIB_CPU_BF16=0``);
+- ``after``: what the notebooks run now: :func:`hwlib.train.adam` (fused), the EMA and the clipping in one
+  ``_foreach`` call each, :func:`hwlib.train.autocast` (bf16 on CPUs that compute it natively) and
+  :func:`hwlib.train.maybe_compile` where the profile turns them on (``compile``; 03's MLP: neither).
+
+Compilation happens in the few steps ``fit`` measures before training (its cost line), outside the timed steps;
+``after_warmup_s`` is the wall time of ``fit`` beyond its training time: compilation plus those steps, to weigh
+against the time the faster steps save over the profile's run.
+
+Then one more ``after`` pass runs under ``torch.profiler`` and splits a step's CPU time into phases: ``data``
+(the loader), ``forward`` (the step minus the rest: noise, augmentation, the networks' forward passes and the
+loss), ``backward`` (autograd), ``optimizer`` (``Optimizer.step`` and ``zero_grad``), ``ema``, ``log`` (the
+host sync of the loss history, once per ``log_every`` steps). Checkpoints and sample grids happen once per epoch
+and are left out (``fit`` is run without grids; the one end-of-run checkpoint is outside the timed steps).
+
+Writes ``benchmarks/results/train_speed_<device>.json``; quality at the new settings is the seed runs' job
+(``benchmarks/bench_seeds.py``). Usage: ``python benchmarks/bench_train_speed.py [--runs 02/lin 03/mlp ...]
+[--steps 20] [--rounds 2]``; pin the thread count with ``OMP_NUM_THREADS``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+import hwlib
+from hwlib.bench import write_result
+from hwlib.data import ResidentLoader, load_mnist
+from hwlib.data.cub import index_loader
+from hwlib.diffusion import Diffusion, make_diffusion_step
+from hwlib.gan import make_gan_step
+from hwlib.models import cgan, dcgan, stackgan, vae
+from hwlib.models.unet import build as build_unet
+from hwlib.models.vae import make_vae_step
+from hwlib.train import EMA, Warmup, adam, fit, get_device, maybe_compile, unwrap
+
+
+class LoopEMA(EMA):
+    """The EMA update as it was: one ``lerp_`` and one ``copy_`` per tensor."""
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates)) if self.warmup else self.decay
+        src = unwrap(model)
+        with torch.profiler.record_function("hwlib.ema"):
+            for p_ema, p in zip(self.module.parameters(), src.parameters()):
+                p_ema.lerp_(p.detach(), 1.0 - d)
+            for b_ema, b in zip(self.module.buffers(), src.buffers()):
+                b_ema.copy_(b)
+
+
+@dataclass
+class Core:
+    """The training core's choices that differ between ``before`` and ``after``."""
+
+    name: str
+    adam: Callable[..., torch.optim.Optimizer]
+    ema: type
+    bf16: bool
+    compile: bool
+
+    def net(self, module: torch.nn.Module, enabled: bool) -> torch.nn.Module:
+        return maybe_compile(module, self.compile and enabled)
+
+
+BEFORE = Core("before", lambda params, lr, betas=(0.9, 0.999): torch.optim.Adam(params, lr=lr, betas=tuple(betas),
+                                                                                 foreach=False), LoopEMA, False, False)
+AFTER = Core("after", adam, EMA, True, True)
+
+
+@dataclass
+class Run:
+    """One training run ready for ``fit``: the step, its loader and the state ``fit`` checkpoints."""
+
+    step: Callable
+    loader: ResidentLoader
+    modules: dict
+    optimizers: dict
+    emas: dict
+    schedulers: dict
+
+
+def mnist(n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    x, y = load_mnist("train")
+    return x[:n].to(device), y[:n].to(device)
+
+
+def run_02(core: Core, n: int, device: torch.device) -> Run:
+    """Notebook 02's `lin` configuration: class-conditional U-Net, Adam, EMA, warm-up."""
+    cfg = hwlib.get_profile("02_diffusion_mnist", "quick", verbose=False)
+    diffusion = Diffusion(T=cfg.T, beta_start=cfg.beta_start, beta_end=cfg.beta_end, sampler="ddim",
+                          guidance=cfg.guidance, **cfg.configs["lin"]).to(device)
+    model = build_unet(cfg.unet, num_classes=10).to(device)
+    opt = core.adam(model.parameters(), lr=cfg.lr)
+    ema = core.ema(model, decay=cfg.ema_decay)
+    x, y = mnist(n * cfg.batch_size, device)
+    return Run(make_diffusion_step(core.net(model, cfg.compile), diffusion, opt, ema, p_uncond=cfg.p_uncond),
+               ResidentLoader(x, y, batch_size=cfg.batch_size, device=device), {"model": model}, {"opt": opt},
+               {"ema": ema}, {"opt": Warmup(opt, cfg.warmup_steps)})
+
+
+def run_03(name: str) -> Callable[[Core, int, torch.device], Run]:
+    def make(core: Core, n: int, device: torch.device) -> Run:
+        """Notebook 03's CGAN `name`: G, D, Adam with the model's settings, EMA of G."""
+        cfg = hwlib.get_profile("03_cgan_mnist", "quick", verbose=False)
+        G, D = (net.to(device) for net in cgan.build(cfg)[name])
+        s = cfg[name]
+        opt_g, opt_d = core.adam(G.parameters(), lr=s.lr, betas=s.betas), core.adam(D.parameters(), lr=s.lr, betas=s.betas)
+        ema = core.ema(G, cfg.ema_decay)
+        x, y = mnist(n * cfg.batch_size, device)
+        fast = s.get("compile", False)
+        step = make_gan_step(core.net(G, fast), core.net(D, fast), opt_g, opt_d, z_dim=cfg.z_dim, n_critic=cfg.n_critic,
+                             num_classes=10, ema=ema, amp=s.get("bf16", True), device=device)
+        return Run(step, ResidentLoader(x, y, batch_size=cfg.batch_size, device=device), {"G": G, "D": D},
+                   {"G": opt_g, "D": opt_d}, {"G": ema}, {})
+    return make
+
+
+def run_04(name: str) -> Callable[[Core, int, torch.device], Run]:
+    def make(core: Core, n: int, device: torch.device) -> Run:
+        """Notebook 04's model `name` (vae, dcgan or ddpm) with its optimiser settings."""
+        cfg = hwlib.get_profile("04_vae_gan_ddpm", "quick", verbose=False)
+        x, y = mnist(n * cfg.batch_size, device)
+        loader = ResidentLoader(x, y, batch_size=cfg.batch_size, device=device)
+        if name == "vae":
+            model = vae.build(cfg, cfg.vae_latent, "bernoulli").to(device)
+            opt = core.adam(model.parameters(), lr=cfg.vae_lr)
+            return Run(make_vae_step(model, opt), loader, {"vae": model}, {"vae": opt}, {}, {})
+        if name == "dcgan":
+            G, D = (net.to(device) for net in dcgan.build(cfg))
+            opt_g = core.adam(G.parameters(), lr=cfg.gan_lr, betas=cfg.gan_betas)
+            opt_d = core.adam(D.parameters(), lr=cfg.gan_lr, betas=cfg.gan_betas)
+            step = make_gan_step(core.net(G, cfg.compile), core.net(D, cfg.compile), opt_g, opt_d, z_dim=cfg.z_dim,
+                                 n_critic=cfg.n_critic, conditional=False)
+            return Run(step, loader, {"G": G, "D": D}, {"G": opt_g, "D": opt_d}, {}, {})
+        scale = 1000 / cfg.T
+        diffusion = Diffusion(T=cfg.T, schedule=cfg.schedule, beta_start=1e-4 * scale, beta_end=0.02 * scale).to(device)
+        unet = build_unet(cfg.unet).to(device)
+        opt = core.adam(unet.parameters(), lr=cfg.ddpm_lr)
+        ema = core.ema(unet, cfg.ema_decay)
+        step = make_diffusion_step(core.net(unet, cfg.compile), diffusion, opt, ema, grad_clip=cfg.grad_clip,
+                                   conditional=False)
+        return Run(step, loader, {"unet": unet}, {"unet": opt}, {"unet": ema}, {"unet": Warmup(opt, cfg.warmup)})
+    return make
+
+
+def run_01(stage: int) -> Callable[[Core, int, torch.device], Run]:
+    def make(core: Core, n: int, device: torch.device) -> Run:
+        """Notebook 01's Stage-I (the `stable` recipe) or Stage-II, on random birds of the real sizes."""
+        cfg = hwlib.get_profile("01_stackgan_cub", "quick", verbose=False)
+        t_dim = 384  # all-MiniLM-L6-v2, SynthBirds' caption embedding
+        nets = stackgan.build(t_dim=t_dim, c_dim=cfg.c_dim, z_dim=cfg.z_dim, gf=cfg.gf, df=cfg.df, n_res=cfg.n_res,
+                              stage2_size=cfg.stage2_size, upsample=cfg.upsample, gf2=cfg.gf2, df2=cfg.df2,
+                              recipe=cfg.recipe)
+        r = stackgan.get_recipe(cfg.recipe)
+        batch = cfg.batch_size if stage == 1 else cfg.batch_size2
+        side, size = (76, 64) if stage == 1 else (cfg.stage2_size * 304 // 256, cfg.stage2_size)
+        g = torch.Generator().manual_seed(0)
+        images = torch.randint(0, 256, (n * batch, 3, side, side), dtype=torch.uint8, generator=g).to(device)
+        emb = torch.randn(n * batch, 10, t_dim, generator=g).to(device)
+        classes = torch.randint(0, 10, (n * batch,), generator=g).to(device)
+        G, D = (nets["G1"], nets["D1"]) if stage == 1 else (nets["G2"], nets["D2"])
+        G, D, G1 = G.to(device), D.to(device), (nets["G1"].to(device).eval() if stage == 2 else None)
+        G.ca.fit_text_stats(emb)
+        opt_g = core.adam(G.parameters(), lr=cfg.lr, betas=cfg.betas)
+        opt_d = core.adam(D.parameters(), lr=cfg.lr * r.lr_d, betas=cfg.betas)
+        ema = core.ema(G, r.ema) if r.ema and stage == 1 else None
+        step = stackgan.make_stackgan_step(G, D, opt_g, opt_d, images=images, embeddings=emb, class_ids=classes,
+                                           out_size=size, kl_coef=cfg.kl_coef, z_dim=cfg.z_dim, G1=G1, recipe=r, ema=ema)
+        return Run(step, index_loader(n * batch, batch, device=device), {"G": G, "D": D}, {"G": opt_g, "D": opt_d},
+                   {"G": ema} if ema else {}, {})
+    return make
+
+
+RUNS = {"01/stage1": run_01(1), "01/stage2": run_01(2), "02/lin": run_02, "03/mlp": run_03("mlp"),
+        "03/conv": run_03("conv"), "04/vae": run_04("vae"), "04/dcgan": run_04("dcgan"), "04/ddpm": run_04("ddpm")}
+
+PHASES = {"autograd::engine": "backward", "Optimizer.": "optimizer", "hwlib.ema": "ema"}  # inside hwlib.step
+
+
+def train(name: str, core: Core, steps: int, device: torch.device, profile: bool = False) -> dict:
+    """``steps`` steps of run ``name`` with ``core`` through ``fit``: steps/s, and the phases when ``profile``."""
+    previous = os.environ.get("HWLIB_CPU_BF16")
+    os.environ["HWLIB_CPU_BF16"] = "1" if core.bf16 else "0"
+    try:
+        torch.manual_seed(0)
+        run = RUNS[name](core, steps, device)
+        start = time.perf_counter()
+        with tempfile.TemporaryDirectory() as run_dir, \
+                torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) if profile else _null() as prof:
+            history = fit(run.step, run.loader, epochs=1, run_dir=run_dir, modules=run.modules,
+                          optimizers=run.optimizers, emas=run.emas, schedulers=run.schedulers, progress=False,
+                          resume=False, log_every=10)
+        out = {"steps_per_s": round(len(history) / history.seconds, 3),
+               "warmup_s": round(time.perf_counter() - start - history.seconds, 1)}
+        if profile:
+            out["phases_ms_per_step"] = phases(prof, len(history))
+        return out
+    finally:
+        if previous is None:
+            os.environ.pop("HWLIB_CPU_BF16", None)
+        else:
+            os.environ["HWLIB_CPU_BF16"] = previous
+
+
+def _null():
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
+def phases(prof: torch.profiler.profile, steps: int) -> dict[str, float]:
+    """CPU milliseconds per step in each phase, from ``fit``'s ``record_function`` scopes (``hwlib.data``,
+    ``hwlib.step``, ``hwlib.log``) and, inside a step, autograd's, the optimisers' and the EMA's own events; the rest
+    of a step is ``forward``. The cost measurement ``fit`` makes before training runs outside these scopes."""
+    total = dict.fromkeys(("data", "forward", "backward", "optimizer", "ema", "log"), 0.0)
+    for e in prof.events():
+        parent = e.cpu_parent
+        if parent is None and e.name in ("hwlib.data", "hwlib.log"):
+            total[e.name.split(".")[1]] += e.cpu_time_total
+        elif parent is not None and parent.name == "hwlib.step":
+            phase = next((v for k, v in PHASES.items() if e.name.startswith(k)), "forward")
+            total[phase] += e.cpu_time_total
+    return {k: round(v / 1000 / steps, 2) for k, v in total.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    device = get_device()
+    result = {"threads": torch.get_num_threads(), "steps": args.steps, "rounds": args.rounds, "runs": {}}
+    for name in args.runs:
+        speed, warmup = {BEFORE.name: 0.0, AFTER.name: 0.0}, []
+        for _ in range(args.rounds):
+            for core in (BEFORE, AFTER):
+                out = train(name, core, args.steps, device)
+                speed[core.name] = max(speed[core.name], out["steps_per_s"])
+                if core is AFTER:
+                    warmup.append(out["warmup_s"])
+        prof = train(name, AFTER, args.steps, device, profile=True)
+        row = {"before_steps_per_s": speed["before"], "after_steps_per_s": speed["after"],
+               "speedup": round(speed["after"] / speed["before"], 2),
+               "after_warmup_s": warmup, "after_phases_ms_per_step": prof["phases_ms_per_step"]}
+        result["runs"][name] = row
+        print(f"{name:10s} before {speed['before']:.2f} -> after {speed['after']:.2f} steps/s ({row['speedup']:.2f}x); "
+              f"phases (ms/step) {row['after_phases_ms_per_step']}", flush=True)
+    write_result(f"train_speed_{device.type}", result, device)
+
+
+if __name__ == "__main__":
+    main()
