@@ -23,6 +23,7 @@ setup: $(STAMP)
 # Every notebook, one after another, with profile `auto` (full on a GPU, quick on a CPU).
 run: setup
 	@mkdir -p runs
+	@echo "== torch threads: $${OMP_NUM_THREADS:-torch's default, one per core} (OMP_NUM_THREADS=1 on a busy machine); load: $$(cut -d' ' -f1 /proc/loadavg 2>/dev/null)"
 	@set -e; for nb in $(NOTEBOOKS); do \
 	  echo "== papermill $$nb -> runs/$$(basename $$nb)"; \
 	  HWLIB_PROGRESS=plain $(BIN)/papermill "$$nb" "runs/$$(basename $$nb)" -k python3 -p profile auto --log-output --no-progress-bar; \

@@ -1,14 +1,15 @@
 """Training throughput (images/s): hwlib's DDPM loop vs the diffusers training recipe, same batch, same device.
 
 hwlib: ``hwlib.models.unet.UNet`` + ``hwlib.diffusion.make_diffusion_step`` + ``hwlib.train.fit`` over a resident
-loader (``torch.compile`` on a GPU). diffusers: the recipe of its ``train_unconditional.py`` example —
+loader, with the fused ``hwlib.train.adam`` and ``torch.compile`` as the profile sets it (``compile``: on in
+``quick``), as notebook 02 trains it. diffusers: the recipe of its ``train_unconditional.py`` example —
 ``UNet2DModel`` (width chosen to match hwlib's parameter count), ``DDPMScheduler.add_noise``, AdamW, gradient
 clipping, ``EMAModel``, a ``torch.utils.data.DataLoader``. Both train the same class-conditional ε-prediction task
 on MNIST, measured in one run:
 
 - ``fp32``: both in fp32 (diffusers' example without ``--mixed_precision``);
-- ``bf16`` (where the device has native bf16): hwlib with bf16 autocast (``hwlib.train.autocast``: native on CUDA
-  GPUs with bf16, ``HWLIB_CPU_BF16=1`` on a CPU), diffusers with its example's ``--mixed_precision bf16``
+- ``bf16`` (where the device has native bf16): hwlib with bf16 autocast (``hwlib.train.autocast``, its default on
+  such a device; the fp32 rows set ``HWLIB_CPU_BF16=0``), diffusers with its example's ``--mixed_precision bf16``
   (accelerate wraps the forward in ``torch.autocast(bf16)``);
 - ``best``: each side at whichever of the two was faster for it in this run.
 
@@ -32,7 +33,7 @@ from hwlib.bench import write_result
 from hwlib.data import ResidentLoader, load_mnist
 from hwlib.diffusion import Diffusion, make_diffusion_step
 from hwlib.models.unet import UNet, build as build_unet
-from hwlib.train import EMA, count_parameters, fit, get_device, maybe_compile
+from hwlib.train import EMA, adam, count_parameters, cpu_has_native_bf16, fit, get_device, maybe_compile
 
 
 def hwlib_unet(size: str, device: torch.device) -> UNet:
@@ -60,8 +61,7 @@ def diffusers_unet(target_params: int, size: str, device: torch.device):
 
 def bench_hwlib(x, y, batch: int, steps: int, size: str, device: torch.device, bf16: bool) -> tuple[float, int]:
     previous = os.environ.pop("HWLIB_CPU_BF16", None)
-    if bf16:
-        os.environ["HWLIB_CPU_BF16"] = "1"
+    os.environ["HWLIB_CPU_BF16"] = "1" if bf16 else "0"
     try:
         return _bench_hwlib(x, y, batch, steps, size, device)
     finally:
@@ -74,11 +74,12 @@ def _bench_hwlib(x, y, batch: int, steps: int, size: str, device: torch.device) 
     model = hwlib_unet(size, device)
     n_params = count_parameters(model)
     diffusion = Diffusion(prediction="eps").to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=2e-4)
+    opt = adam(model.parameters(), lr=2e-4)
     ema = EMA(model, 0.9999)
-    step_fn = make_diffusion_step(maybe_compile(model, True), diffusion, opt, ema)
+    compile_ = hwlib.get_profile("02_diffusion_mnist", size, verbose=False).compile or device.type == "cuda"
+    step_fn = make_diffusion_step(maybe_compile(model, compile_), diffusion, opt, ema)
     warm = ResidentLoader(x[: 3 * batch], y[: 3 * batch], batch_size=batch, device=device)
-    for i, b in enumerate(warm.epoch(0)):  # warm-up (and compilation on a GPU)
+    for i, b in enumerate(warm.epoch(0)):  # warm-up (and compilation)
         step_fn(b, i)
     loader = ResidentLoader(x[: steps * batch], y[: steps * batch], batch_size=batch, device=device)
     with tempfile.TemporaryDirectory() as run_dir:
@@ -141,7 +142,7 @@ def main() -> None:
     batch = args.batch or cfg.batch_size
     steps = args.steps or (50 if device.type == "cuda" else 5)
     x, y = load_mnist("train")
-    bf16 = torch.cuda.is_bf16_supported(including_emulation=False) if device.type == "cuda" else cpu_has_bf16()
+    bf16 = torch.cuda.is_bf16_supported(including_emulation=False) if device.type == "cuda" else cpu_has_native_bf16()
     result = {"network": size, "batch": batch, "timed_steps": steps, "torch_threads": torch.get_num_threads(),
               "bf16_native": bf16}
     speed: dict[str, dict[str, float]] = {}
@@ -158,19 +159,9 @@ def main() -> None:
     result["best"] = {"hwlib_precision": best["hwlib"], "diffusers_precision": best["diffusers"],
                       "speedup": round(speed[best["hwlib"]]["hwlib"] / speed[best["diffusers"]]["diffusers"], 3)}
     print(f"best vs best: hwlib ({best['hwlib']}) / diffusers ({best['diffusers']}) -> {result['best']['speedup']:.2f}x")
-    result["hwlib"] = "UNet + make_diffusion_step + fit, resident loader" + (", torch.compile" if device.type == "cuda" else "")
+    result["hwlib"] = "UNet + make_diffusion_step + fit, resident loader, fused Adam, foreach EMA, torch.compile"
     result["diffusers"] = "UNet2DModel + DDPMScheduler.add_noise + AdamW + EMAModel + DataLoader"
     write_result("diffusion_train_throughput", result, device)
-
-
-def cpu_has_bf16() -> bool:
-    """True when this CPU has native bf16 arithmetic (AVX512-BF16 or AMX), as ``/proc/cpuinfo`` lists it."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 if __name__ == "__main__":

@@ -24,13 +24,20 @@ and are left out (``fit`` is run without grids; the one end-of-run checkpoint is
 Writes ``benchmarks/results/train_speed_<device>.json``; quality at the new settings is the seed runs' job
 (``benchmarks/bench_seeds.py``). Usage: ``python benchmarks/bench_train_speed.py [--runs 02/lin 03/mlp ...]
 [--steps 20] [--rounds 2]``; pin the thread count with ``OMP_NUM_THREADS``.
+
+``--notebooks`` instead splits each published notebook's time: the training seconds of each of its `quick` runs
+(``History.seconds``, read from the newest checkpoint under ``HWLIB_RUNS``) and the notebook's wall time
+(``metadata.hwlib.wall_seconds``); a notebook re-run from its checkpoints spends that wall time on everything but
+training (evaluation, sampling, figures). Writes ``benchmarks/results/notebook_time_<device>.json``.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import tempfile
 import time
+from pathlib import Path
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -38,6 +45,7 @@ import torch
 
 import hwlib
 from hwlib.bench import write_result
+from hwlib.checkpoints import Checkpointer
 from hwlib.data import ResidentLoader, load_mnist
 from hwlib.data.cub import index_loader
 from hwlib.diffusion import Diffusion, make_diffusion_step
@@ -238,13 +246,37 @@ def phases(prof: torch.profiler.profile, steps: int) -> dict[str, float]:
     return {k: round(v / 1000 / steps, 2) for k, v in total.items()}
 
 
+def notebook_times(profile: str = "quick") -> dict[str, dict]:
+    """{notebook: {"training_s": {run: seconds}, "training_total_s", "published_wall_s"}} of the published notebooks."""
+    root = Path(__file__).resolve().parent.parent
+    out = {}
+    for path in sorted((root / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        runs = hwlib.runs_dir(f"{path.stem}/{profile}")
+        training = {}
+        for run in sorted(d for d in runs.iterdir() if d.is_dir()) if runs.is_dir() else []:
+            state = Checkpointer(run).load_latest()
+            if state is not None:
+                training[run.name] = round(float(state.get("seconds", 0.0)), 1)
+        wall = json.loads(path.read_text()).get("metadata", {}).get("hwlib", {}).get("wall_seconds")
+        out[path.stem] = {"training_s": training, "training_total_s": round(sum(training.values()), 1),
+                          "published_wall_s": wall}
+        print(f"{path.stem}: training {out[path.stem]['training_total_s']:.0f} s over {len(training)} runs; "
+              f"published notebook's wall time {wall} s", flush=True)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--notebooks", action="store_true", help="split the published notebooks' time instead")
     args = parser.parse_args()
     device = get_device()
+    if args.notebooks:
+        write_result(f"notebook_time_{device.type}", {"notebooks": notebook_times()},
+                     device)
+        return
     result = {"threads": torch.get_num_threads(), "steps": args.steps, "rounds": args.rounds, "runs": {}}
     for name in args.runs:
         speed, warmup = {BEFORE.name: 0.0, AFTER.name: 0.0}, []

@@ -6,15 +6,17 @@ import signal
 import subprocess
 import sys
 import time
+from copy import deepcopy
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
+from hwlib import train
 from hwlib.data import ResidentLoader
-from hwlib.train import (EMA, Checkpointer, History, RunMismatch, TrainingDiverged, Warmup, fit, rng_state, seed_everything,
-                         set_rng_state)
+from hwlib.train import (EMA, Checkpointer, History, RunMismatch, TrainingDiverged, Warmup, adam, fit, rng_state,
+                         seed_everything, set_rng_state)
 
 JOB = Path(__file__).with_name("train_job.py")
 
@@ -249,3 +251,64 @@ def test_warmup_with_total_decays_on_a_cosine():
         sched.step()
     import math
     assert lrs == [2.0 * min((k + 1) / 4, 0.5 * (1 + math.cos(math.pi * k / 20))) for k in range(20)]
+
+
+def test_ema_update_is_bitwise_the_per_tensor_lerp():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+    ema = EMA(model, decay=0.9, warmup=False)
+    reference = [p.detach().clone() for p in ema.module.parameters()]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p))
+    model(torch.randn(8, 3))  # moves the batch-norm buffers
+    ema.update(model)
+    for r, p in zip(reference, model.parameters()):
+        r.lerp_(p.detach(), 0.1)
+    assert all(torch.equal(r, e) for r, e in zip(reference, ema.module.parameters()))
+    assert all(torch.equal(b, e) for b, e in zip(model.buffers(), ema.module.buffers()))
+
+
+def test_adam_is_fused_and_makes_the_loop_update():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(5, 16), nn.Tanh(), nn.Linear(16, 1))
+    ref = deepcopy(net)
+    opt, ref_opt = adam(net.parameters(), lr=1e-2, betas=(0.5, 0.999)), torch.optim.Adam(ref.parameters(), lr=1e-2,
+                                                                                          betas=(0.5, 0.999), foreach=False)
+    assert opt.defaults["fused"] is True
+    for _ in range(20):
+        x = torch.randn(32, 5)
+        for m, o in ((net, opt), (ref, ref_opt)):
+            o.zero_grad()
+            m(x).pow(2).mean().backward()
+            o.step()
+    for p, r in zip(net.parameters(), ref.parameters()):
+        torch.testing.assert_close(p, r, rtol=1e-5, atol=1e-6)  # the same update up to float rounding
+
+
+def test_autocast_is_bf16_on_a_cpu_with_native_bf16_unless_turned_off(monkeypatch):
+    monkeypatch.delenv("HWLIB_DRYRUN", raising=False)
+    monkeypatch.delenv("HWLIB_CPU_BF16", raising=False)
+    monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: True)
+    with train.autocast("cpu"):
+        assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    with train.autocast("cpu", enabled=False):
+        assert not torch.is_autocast_enabled("cpu")
+    monkeypatch.setenv("HWLIB_CPU_BF16", "0")
+    with train.autocast("cpu"):
+        assert not torch.is_autocast_enabled("cpu")
+    monkeypatch.delenv("HWLIB_CPU_BF16")
+    monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: False)
+    with train.autocast("cpu"):
+        assert not torch.is_autocast_enabled("cpu")
+
+
+def test_maybe_compile_only_when_enabled_and_not_in_a_cpu_dry_run(monkeypatch):
+    net = nn.Linear(2, 2)
+    assert train.maybe_compile(net, False) is net
+    monkeypatch.setenv("HWLIB_DRYRUN", "1")
+    if not torch.cuda.is_available():
+        assert train.maybe_compile(net, True) is net
+    monkeypatch.delenv("HWLIB_DRYRUN")
+    compiled = train.maybe_compile(net, True)
+    assert compiled is not net and train.unwrap(compiled) is net  # compiles lazily: nothing runs here
