@@ -7,6 +7,11 @@ committed figures stay those of the published run (seed 0). Threads are pinned (
 numbers are bitwise reproducible only at the same thread count.
 
 Usage: ``python benchmarks/bench_seeds.py 03_cgan_mnist --seeds 1 2 [--profile quick] [--threads 1]``.
+
+``--compare seeds/before_fast_core`` runs nothing: it sets every headline number's mean (min–max) over the recorded
+seeds beside the same over an archived set of seeds (there: the runs made before ``hwlib.train``'s fused Adam, bf16
+autocast and ``torch.compile``), says whether the new mean lies inside the archived range, and writes
+``benchmarks/results/seeds/compare_<notebook>_<profile>.json``.
 """
 from __future__ import annotations
 
@@ -16,7 +21,8 @@ import time
 from pathlib import Path
 
 from hwlib import nbtools
-from hwlib.report import print_seed_spread
+from hwlib.bench import write_result
+from hwlib.report import print_seed_spread, seed_table, spread
 
 
 def run_seed(notebook: str, profile: str, seed: int, threads: int, scratch: Path) -> float:
@@ -28,6 +34,22 @@ def run_seed(notebook: str, profile: str, seed: int, threads: int, scratch: Path
     return time.perf_counter() - start
 
 
+def compare(notebook: str, profile: str, folder: str) -> None:
+    """Print and record the recorded seeds' numbers beside the archived ones in ``folder``."""
+    new, old = seed_table(notebook, profile), seed_table(notebook, profile, folder)
+    if not old:
+        raise SystemExit(f"no archived seeds of {notebook} ({profile}) under benchmarks/results/{folder}")
+    rows = {}
+    for name in (k for k in new if k in old):
+        a, b = list(old[name].values()), list(new[name].values())
+        mean = sum(b) / len(b)
+        rows[name] = {"before": spread(a), "after": spread(b), "after_mean_inside_before_range": min(a) <= mean <= max(a)}
+        print(f"  {name:34s} before {rows[name]['before']:30s} after {rows[name]['after']:30s} "
+              f"{'inside' if rows[name]['after_mean_inside_before_range'] else 'OUTSIDE'} the range before")
+    write_result(f"seeds/compare_{notebook}_{profile}", {"notebook": notebook, "profile": profile, "before": folder,
+                                                          "numbers": rows}, echo=False)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("notebook", help="e.g. 03_cgan_mnist")
@@ -35,7 +57,11 @@ def main() -> None:
     parser.add_argument("--profile", default="quick")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--scratch", type=Path, default=Path(tempfile.gettempdir()) / "hwlib-seeds")
+    parser.add_argument("--compare", metavar="FOLDER", help="compare with archived seeds instead of running any")
     args = parser.parse_args()
+    if args.compare:
+        compare(args.notebook, args.profile, args.compare)
+        return
     for seed in args.seeds:
         seconds = run_seed(args.notebook, args.profile, seed, args.threads, args.scratch)
         print(f"{args.notebook} seed {seed}: {seconds:.0f} s", flush=True)

@@ -71,12 +71,13 @@ def record_seed(notebook: str, profile: str, seed: int, numbers: dict[str, float
                   "numbers": {k: float(v) for k, v in numbers.items()}}, echo=False)
 
 
-def seed_table(notebook: str, profile: str) -> dict[str, dict[int, float]]:
-    """``{number: {seed: value}}`` over every recorded seed of ``notebook`` under ``profile`` (see :func:`record_seed`)."""
+def seed_table(notebook: str, profile: str, folder: str = "seeds") -> dict[str, dict[int, float]]:
+    """``{number: {seed: value}}`` over every recorded seed of ``notebook`` under ``profile`` (see :func:`record_seed`);
+    ``folder`` (under ``benchmarks/results/``) reads an archived set instead, e.g. ``seeds/before_fast_core``."""
     from hwlib.bench import results_dir
 
     table: dict[str, dict[int, float]] = defaultdict(dict)
-    for path in sorted(results_dir().glob(f"seeds/{notebook}_{profile}_seed*.json")):
+    for path in sorted(results_dir().glob(f"{folder}/{notebook}_{profile}_seed*.json")):
         r = json.loads(path.read_text())
         for k, v in r["numbers"].items():
             table[k][int(r["seed"])] = v
