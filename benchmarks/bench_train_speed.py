@@ -20,6 +20,7 @@ Then one more ``after`` pass runs under ``torch.profiler`` and splits a step's C
 loss), ``backward`` (autograd), ``optimizer`` (``Optimizer.step`` and ``zero_grad``), ``ema``, ``log`` (the
 host sync of the loss history, once per ``log_every`` steps). Checkpoints and sample grids happen once per epoch
 and are left out (``fit`` is run without grids; the one end-of-run checkpoint is outside the timed steps).
+Each notebook's speed-up is its `quick` training calls (the profile's ``training_calls``) timed at these steps/s.
 
 Writes ``benchmarks/results/train_speed_<device>.json``; quality at the new settings is the seed runs' job
 (``benchmarks/bench_seeds.py``). Usage: ``python benchmarks/bench_train_speed.py [--runs 02/lin 03/mlp ...]
@@ -246,6 +247,47 @@ def phases(prof: torch.profiler.profile, steps: int) -> dict[str, float]:
     return {k: round(v / 1000 / steps, 2) for k, v in total.items()}
 
 
+def run_of(notebook: str, call: str) -> str | None:
+    """The benchmarked run that stands for training call ``call`` of ``notebook`` (same network and step), if any."""
+    nb = notebook[:2]
+    if nb == "01":
+        return "01/stage1" if call.startswith("Stage-I") else "01/stage2" if call == "Stage-II" else None
+    if nb == "02":
+        return "02/lin"  # the baseline trains the same U-Net with the same step
+    if nb == "03":
+        return "03/conv" if call == "conv" else "03/mlp"  # the batch-norm ablation is the same MLP
+    return {"dcgan": "04/dcgan", "ddpm": "04/ddpm"}.get(call, "04/vae")  # the autoencoder is the VAE at beta = 0
+
+
+def notebook_speedups(runs: dict[str, dict]) -> dict[str, dict]:
+    """Each notebook's training speed-up: its `quick` training calls (``training_calls`` of its profile) timed at
+    the benchmarked runs' steps/s, before and after; calls with no benchmarked run (01's attribute classifier) are
+    left out and named."""
+    import importlib
+
+    out = {}
+    root = Path(__file__).resolve().parent.parent
+    for path in sorted((root / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        nb = path.stem
+        cfg = hwlib.get_profile(nb, "quick", verbose=False)
+        calls = importlib.import_module(f"hwlib.profiles.{nb.split('_', 1)[1]}").training_calls(cfg)
+        before = after = 0.0
+        left_out = []
+        for call, (_, steps) in calls.items():
+            run = run_of(nb, call)
+            if run not in runs:
+                left_out.append(call)
+                continue
+            before += steps / runs[run]["before_steps_per_s"]
+            after += steps / runs[run]["after_steps_per_s"]
+        if after:
+            out[nb] = {"training_s_before": round(before), "training_s_after": round(after),
+                       "speedup": round(before / after, 2), "left_out": left_out}
+            print(f"{nb}: training {before:.0f} s -> {after:.0f} s at the measured steps/s ({before / after:.2f}x)"
+                  + (f"; left out: {left_out}" if left_out else ""), flush=True)
+    return out
+
+
 def notebook_times(profile: str = "quick") -> dict[str, dict]:
     """{notebook: {"training_s": {run: seconds}, "training_total_s", "published_wall_s"}} of the published notebooks."""
     root = Path(__file__).resolve().parent.parent
@@ -293,6 +335,7 @@ def main() -> None:
         result["runs"][name] = row
         print(f"{name:10s} before {speed['before']:.2f} -> after {speed['after']:.2f} steps/s ({row['speedup']:.2f}x); "
               f"phases (ms/step) {row['after_phases_ms_per_step']}", flush=True)
+    result["notebooks"] = notebook_speedups(result["runs"])
     write_result(f"train_speed_{device.type}", result, device)
 
 
