@@ -65,9 +65,10 @@ def autocast(device: torch.device | str, enabled: bool = True) -> contextlib.Abs
     ``$HWLIB_CPU_BF16=0``; every CPU in a dry run (``$HWLIB_DRYRUN``, which so exercises the CUDA runs' dtype path).
     bf16 needs no grad scaler. A no-op everywhere else.
 
-    Measured on this project's 2-core CPU (``benchmarks/bench_train_speed.py``, ``benchmarks/bench_sampling.py``):
-    a training step of the ``quick`` U-Net, DCGAN and StackGAN about 1.4x faster than fp32; 1,000 DDPM samples
-    with the same FID-MNIST as fp32. The quality of training in bf16 over three training seeds is in the README.
+    Measured on this project's 2-core CPU: with it, the fused :func:`adam` and compilation where a profile asks, the
+    ``quick`` models train 1.4-1.8x more steps per second than in fp32 before (``benchmarks/bench_train_speed.py``)
+    with their headline numbers inside the earlier spread over three training seeds (README, "Speed on a CPU");
+    1,000 DDPM samples have the same FID-MNIST as in fp32 (``benchmarks/bench_sampling.py``).
     """
     device = torch.device(device)
     if not enabled:
@@ -92,7 +93,8 @@ def cpu_has_native_bf16() -> bool:
 def adam(params: Any, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), **kwargs: Any) -> torch.optim.Adam:
     """The Adam every hwlib model trains with: ``torch.optim.Adam`` with the fused implementation (one kernel updates
     every parameter) on the CPU and CUDA, PyTorch's default elsewhere. The same update as the per-tensor loop up to
-    float rounding; on this project's CPU it makes the MLP CGAN's step 2.7x faster (``benchmarks/bench_train_speed.py``).
+    float rounding (``tests/test_train.py``); with the foreach EMA it makes notebook 03's MLP CGAN, which stays in fp32
+    and uncompiled, step 1.5x faster on this project's CPU (``benchmarks/bench_train_speed.py``).
     """
     params = list(params)
     tensors = [p for group in params for p in (group["params"] if isinstance(group, dict) else [group])]
@@ -106,9 +108,10 @@ def maybe_compile(module: nn.Module, enabled: bool) -> nn.Module:
     itself in a dry run on the CPU, whose few steps would not pay back the compilation.
 
     Pass the result to a step factory and keep the original for ``fit``, the EMA and sampling: both share the
-    weights. Measured on the 2-core CPU (``benchmarks/bench_train_speed.py``): the compiled ``quick`` U-Net and conv
-    CGAN train their steps about 1.5x faster after 20-75 s of compilation (cached for later runs); the MLP CGAN
-    runs slower compiled, so its profile leaves it off."""
+    weights. On the 2-core CPU compilation takes 20-75 s per network the first time (cached by torch for later
+    runs); the compiled ``quick`` U-Nets, DCGAN and conv CGAN then step 1.7-1.8x faster than before the fast core
+    (with bf16 and the fused Adam, ``benchmarks/bench_train_speed.py``). Notebook 03's MLP CGAN ran slower compiled
+    in a probe, so its profile leaves it off."""
     if not enabled or (is_dry_run() and not torch.cuda.is_available()):
         return module
     import logging

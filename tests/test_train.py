@@ -157,8 +157,9 @@ def test_completed_run_is_restored_not_retrained(tmp_path):
         _tiny(tmp_path, counting, config={"a": 2})
     assert calls == [] and len(Checkpointer(tmp_path / "run").paths()) == 2
     _, hist3 = _tiny(tmp_path, counting, config={"a": 2}, resume=False)  # an explicit restart moves them aside
-    # a fresh run first prices one step and times two (hwlib.cost, undone afterwards), then trains its 8 steps
-    assert calls == [0, 1, 2] + list(range(8)) and len(hist3) == 8
+    # a fresh run first prices one step, warms up (compiles) one and times two (hwlib.cost, all undone afterwards),
+    # then trains its 8 steps
+    assert calls == [0, 1, 2, 3] + list(range(8)) and len(hist3) == 8
     (old,) = (tmp_path / "run" / "superseded").iterdir()
     assert sorted(p.name for p in old.iterdir()) == ["ckpt_000000004.pt", "ckpt_000000008.pt", "history.csv"]
 

@@ -44,7 +44,7 @@ PROFILES = {
         "train_subset": 12_800, "batch_size": 64, "epochs": 2, "lr": 2e-3, "warmup_steps": 50, "ema_decay": 0.99,
         "p_uncond": 0.1, "guidance": 3.0, "sample_steps": 20, "traj_steps": 250,
         "n_eval": 300, "eval_batch": 300, "eval_steps": 10, "step_counts": [20, 10, 5], "check_images": 256,
-        "ancestral_n": 30, "compile": True,  # torch.compile of the U-Net: 1.5x per step on the CPU
+        "ancestral_n": 30, "compile": True,  # torch.compile of the U-Net (benchmarks/bench_train_speed.py)
     },
     "gpu": {**_FULL, "epochs": 5, "warmup_steps": 500, "ema_decay": 0.999, "sample_steps": 50,
             "n_eval": 1000, "eval_steps": 20, "step_counts": [50, 20, 10], "ancestral_n": 500},

@@ -40,7 +40,7 @@ PROFILES = {
               "vae_ch": 16, "vae_hidden": 128, "gan_ch": 32,
               "unet": {"ch": 16, "channel_mult": [1, 2], "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0}, "T": 200, "ema_decay": 0.995, "ddpm_lr": 1e-3, "warmup": 50,
               "n_eval": 1000, "eval_batch": 100, "d_steps": 600,
-              "compile": True},  # torch.compile of the DCGAN and the U-Net: about 1.5x per step on the CPU
+              "compile": True},  # torch.compile of the DCGAN and the U-Net (benchmarks/bench_train_speed.py)
     "gpu": {**_COMMON, "n_train": 60_000, "epochs": 10,
             "vae_ch": 32, "vae_hidden": 256, "gan_ch": 64,
             "unet": {"ch": 64, "channel_mult": [1, 2, 2], "num_res_blocks": 2, "attn_resolutions": [7], "dropout": 0.1}, "T": 1000, "ema_decay": 0.999, "warmup": 500,
