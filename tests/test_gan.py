@@ -123,3 +123,18 @@ def test_cycle_and_identity_losses_tell_an_inverse_pair_from_a_distribution_matc
     assert cycle_consistency_loss(G_flip, F_, x, y) > 1.0  # G_flip(X) has Y's distribution too, but no inverse F_
     assert identity_loss(lambda a: a, lambda b: b, x, y) == 0
 
+
+
+def test_amp_false_keeps_the_step_in_fp32_where_autocast_would_be_bf16(monkeypatch):
+    from hwlib import train
+
+    monkeypatch.delenv("HWLIB_CPU_BF16", raising=False)
+    monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: True)
+    for amp, dtype in ((True, torch.bfloat16), (False, torch.float32)):
+        torch.manual_seed(0)
+        G, D = _Toy(4, 2), _Toy(2, 1)
+        seen = set()
+        D.register_forward_hook(lambda m, inp, out: seen.add(out.dtype))
+        opt_g, opt_d = torch.optim.Adam(G.parameters()), torch.optim.Adam(D.parameters())
+        make_gan_step(G, D, opt_g, opt_d, z_dim=4, n_critic=1, conditional=False, amp=amp)((torch.randn(8, 2),), 0)
+        assert seen == {dtype}, (amp, seen)
