@@ -14,7 +14,6 @@ Rows of other profiles and notebooks already in ``cost.json`` are kept. Usage:
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import tempfile
 import time
@@ -25,7 +24,7 @@ from hwlib import cost, nbtools
 from hwlib.bench import write_result
 
 ROOT = Path(__file__).resolve().parent.parent
-NOTEBOOKS = sorted(p.stem for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+NOTEBOOKS = [p.stem for p in nbtools.published()]
 
 
 def dry_run(notebook: str, profile: str, work: Path) -> tuple[list[dict], float]:
@@ -40,7 +39,7 @@ def dry_run(notebook: str, profile: str, work: Path) -> tuple[list[dict], float]
 def price(notebook: str, profile: str, ledger: list[dict]) -> dict:
     """Training FLOPs of ``profile``'s real run from the dry run's FLOPs per sample."""
     cfg = hwlib.get_profile(notebook, profile, verbose=False)
-    calls = importlib.import_module(f"hwlib.profiles.{notebook.split('_', 1)[1]}").training_calls(cfg)
+    calls = hwlib.profiles.training_calls(notebook, cfg)
     per_sample = {e["name"]: e["flops"] / e["batch"] for e in ledger}
     missing = sorted(set(calls) - set(per_sample))
     if missing:
@@ -60,8 +59,7 @@ def main() -> None:
     table = json.loads(previous.read_text())["table"] if previous.is_file() else {}
     with tempfile.TemporaryDirectory() as tmp:
         for notebook in (n for n in NOTEBOOKS if n[:2] in args.notebooks):
-            published = json.loads((ROOT / "notebooks" / f"{notebook}.ipynb").read_text())
-            wall = published.get("metadata", {}).get("hwlib", {}).get("wall_seconds")
+            wall = nbtools.wall_seconds(ROOT / "notebooks" / f"{notebook}.ipynb")
             for profile in args.profiles:
                 ledger, seconds = dry_run(notebook, profile, Path(tmp))
                 row = price(notebook, profile, ledger)

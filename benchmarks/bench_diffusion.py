@@ -24,6 +24,7 @@ import argparse
 import os
 import tempfile
 import time
+from unittest import mock
 
 import torch
 import torch.nn.functional as F
@@ -60,14 +61,8 @@ def diffusers_unet(target_params: int, size: str, device: torch.device):
 
 
 def bench_hwlib(x, y, batch: int, steps: int, size: str, device: torch.device, bf16: bool) -> tuple[float, int]:
-    previous = os.environ.pop("HWLIB_CPU_BF16", None)
-    os.environ["HWLIB_CPU_BF16"] = "1" if bf16 else "0"
-    try:
+    with mock.patch.dict(os.environ, {"HWLIB_CPU_BF16": "1" if bf16 else "0"}):
         return _bench_hwlib(x, y, batch, steps, size, device)
-    finally:
-        os.environ.pop("HWLIB_CPU_BF16", None)
-        if previous is not None:
-            os.environ["HWLIB_CPU_BF16"] = previous
 
 
 def _bench_hwlib(x, y, batch: int, steps: int, size: str, device: torch.device) -> tuple[float, int]:

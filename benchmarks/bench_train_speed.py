@@ -34,17 +34,18 @@ training (evaluation, sampling, figures). Writes ``benchmarks/results/notebook_t
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 import time
-from pathlib import Path
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
+from unittest import mock
 
 import torch
 
 import hwlib
+from hwlib import nbtools
 from hwlib.bench import write_result
 from hwlib.checkpoints import Checkpointer
 from hwlib.data import ResidentLoader, load_mnist
@@ -203,14 +204,12 @@ PHASES = {"autograd::engine": "backward", "Optimizer.": "optimizer", "hwlib.ema"
 
 def train(name: str, core: Core, steps: int, device: torch.device, profile: bool = False) -> dict:
     """``steps`` steps of run ``name`` with ``core`` through ``fit``: steps/s, and the phases when ``profile``."""
-    previous = os.environ.get("HWLIB_CPU_BF16")
-    os.environ["HWLIB_CPU_BF16"] = "1" if core.bf16 else "0"
-    try:
+    with mock.patch.dict(os.environ, {"HWLIB_CPU_BF16": "1" if core.bf16 else "0"}):
         torch.manual_seed(0)
         run = RUNS[name](core, steps, device)
         start = time.perf_counter()
         with tempfile.TemporaryDirectory() as run_dir, \
-                torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) if profile else _null() as prof:
+                torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) if profile else nullcontext() as prof:
             history = fit(run.step, run.loader, epochs=1, run_dir=run_dir, modules=run.modules,
                           optimizers=run.optimizers, emas=run.emas, schedulers=run.schedulers, progress=False,
                           resume=False, log_every=10)
@@ -219,17 +218,6 @@ def train(name: str, core: Core, steps: int, device: torch.device, profile: bool
         if profile:
             out["phases_ms_per_step"] = phases(prof, len(history))
         return out
-    finally:
-        if previous is None:
-            os.environ.pop("HWLIB_CPU_BF16", None)
-        else:
-            os.environ["HWLIB_CPU_BF16"] = previous
-
-
-def _null():
-    import contextlib
-
-    return contextlib.nullcontext()
 
 
 def phases(prof: torch.profiler.profile, steps: int) -> dict[str, float]:
@@ -263,14 +251,9 @@ def notebook_speedups(runs: dict[str, dict]) -> dict[str, dict]:
     """Each notebook's training speed-up: its `quick` training calls (``training_calls`` of its profile) timed at
     the benchmarked runs' steps/s, before and after; calls with no benchmarked run (01's attribute classifier) are
     left out and named."""
-    import importlib
-
     out = {}
-    root = Path(__file__).resolve().parent.parent
-    for path in sorted((root / "notebooks").glob("[0-9][0-9]_*.ipynb")):
-        nb = path.stem
-        cfg = hwlib.get_profile(nb, "quick", verbose=False)
-        calls = importlib.import_module(f"hwlib.profiles.{nb.split('_', 1)[1]}").training_calls(cfg)
+    for nb in (path.stem for path in nbtools.published()):
+        calls = hwlib.profiles.training_calls(nb, hwlib.get_profile(nb, "quick", verbose=False))
         before = after = 0.0
         left_out = []
         for call, (_, steps) in calls.items():
@@ -290,16 +273,15 @@ def notebook_speedups(runs: dict[str, dict]) -> dict[str, dict]:
 
 def notebook_times(profile: str = "quick") -> dict[str, dict]:
     """{notebook: {"training_s": {run: seconds}, "training_total_s", "published_wall_s"}} of the published notebooks."""
-    root = Path(__file__).resolve().parent.parent
     out = {}
-    for path in sorted((root / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+    for path in nbtools.published():
         runs = hwlib.runs_dir(f"{path.stem}/{profile}")
         training = {}
         for run in sorted(d for d in runs.iterdir() if d.is_dir()) if runs.is_dir() else []:
             state = Checkpointer(run).load_latest()
             if state is not None:
                 training[run.name] = round(float(state.get("seconds", 0.0)), 1)
-        wall = json.loads(path.read_text()).get("metadata", {}).get("hwlib", {}).get("wall_seconds")
+        wall = nbtools.wall_seconds(path)
         out[path.stem] = {"training_s": training, "training_total_s": round(sum(training.values()), 1),
                           "published_wall_s": wall}
         print(f"{path.stem}: training {out[path.stem]['training_total_s']:.0f} s over {len(training)} runs; "

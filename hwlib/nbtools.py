@@ -55,6 +55,16 @@ def _tags(cell: dict) -> list[str]:
 PROGRESS_LINE = re.compile(r"^[^\n]*\d+%\|[^\n]*\|\s*\d+/\d+")  # a tqdm bar: "name:  50%|#####     | 2/4 [..]"
 
 
+def published() -> list[Path]:
+    """The checkout's notebooks, ``notebooks/NN_*.ipynb``, in order."""
+    return sorted(((repo_root() or Path.cwd()) / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+
+
+def wall_seconds(path: Path) -> int | None:
+    """The wall time of the run a notebook was published from (:func:`clean` keeps it), or None."""
+    return json.loads(Path(path).read_text()).get("metadata", {}).get("hwlib", {}).get("wall_seconds")
+
+
 def clean(nb: dict) -> dict:
     """Strip run metadata and papermill's ``injected-parameters`` cell from a notebook dict (in place); return it.
 

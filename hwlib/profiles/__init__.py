@@ -90,6 +90,21 @@ def oversubscription_warning(threads: int, load: float | None = None, cores: int
             f"kernel with OMP_NUM_THREADS=1 (numbers are bitwise reproducible only at the same thread count).")
 
 
+def _module(notebook: str):
+    """``hwlib.profiles.<name>`` of ``notebook`` (``"03_cgan_mnist"`` -> ``cgan_mnist``)."""
+    module_name = notebook.split("_", 1)[-1] if notebook[:2].isdigit() else notebook
+    try:
+        return importlib.import_module(f"hwlib.profiles.{module_name}")
+    except ModuleNotFoundError:
+        raise ValueError(f"no profiles for notebook {notebook!r} (expected hwlib/profiles/{module_name}.py)") from None
+
+
+def training_calls(notebook: str, cfg: Any) -> dict[str, tuple[int, int]]:
+    """{training run: (batch size, optimiser steps)} that ``notebook`` makes under the settings ``cfg``
+    (the ``training_calls`` of its profile module)."""
+    return _module(notebook).training_calls(cfg)
+
+
 def get_profile(notebook: str, profile: str = "auto", verbose: bool = True, **overrides: Any) -> Config:
     """The settings of ``notebook`` (e.g. ``"03_cgan_mnist"``) under ``profile``.
 
@@ -97,11 +112,7 @@ def get_profile(notebook: str, profile: str = "auto", verbose: bool = True, **ov
     """
     name = resolve_profile(profile)
     _resolved.add(name)
-    module_name = notebook.split("_", 1)[-1] if notebook[:2].isdigit() else notebook
-    try:
-        module = importlib.import_module(f"hwlib.profiles.{module_name}")
-    except ModuleNotFoundError:
-        raise ValueError(f"no profiles for notebook {notebook!r} (expected hwlib/profiles/{module_name}.py)") from None
+    module = _module(notebook)
     cfg = Config(module.PROFILES[name])
     if is_dry_run():
         cfg.update(getattr(module, "DRYRUN", {}))

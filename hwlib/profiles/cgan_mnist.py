@@ -12,8 +12,9 @@ generator (without it the generator ignored z: one image per class, within-class
 against 0.31 for real digits, and 40-60 % conditional accuracy; with it 82-86 % over seeds 0-2),
 a conv net at half DCGAN width (ch 32; at ch 16 the discriminator was too weak), and an EMA of the
 generator's weights (decay 0.999) to sample from, which damps the oscillations of short GAN runs.
-On the CPU the conv CGAN trains compiled (``torch.compile``) and in bf16; the MLP CGAN in fp32, uncompiled: both
-made its step slower (``benchmarks/bench_train_speed.py``). Other profiles use neither option (``get``'s default).
+On the CPU the conv CGAN trains compiled (``torch.compile``) and in bf16; the MLP CGAN in fp32, uncompiled: in a
+probe on this CPU both made its step slower (``benchmarks/bench_train_speed.py`` times the settings used). Other
+profiles use neither option (``get``'s default).
 
 ``gpu`` (about an hour on a T4) is the seed's setting for half its epochs (30, ~14,000 steps of 5 D updates and
 one G update), with the EMA generator to sample from.
