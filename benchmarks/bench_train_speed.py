@@ -9,7 +9,8 @@ machine's load hits both alike (the faster round of each is kept):
   the EMA updated tensor by tensor, gradients clipped tensor by tensor, fp32 (``HWLIB_CPU_BF16=0``);
 - ``after``: what the notebooks run now: :func:`hwlib.train.adam` (fused), the EMA and the clipping in one
   ``_foreach`` call each, :func:`hwlib.train.autocast` (bf16 on CPUs that compute it natively) and
-  :func:`hwlib.train.maybe_compile` where the profile turns them on (``compile``; 03's MLP: neither).
+  :func:`hwlib.train.maybe_compile` where the profile turns them on (``compile``; 03's MLP: neither), and
+  StackGAN's networks and images in channels-last memory format, as ``stackgan.train_stage`` keeps them.
 
 Compilation happens in the few steps ``fit`` measures before training (its cost line), outside the timed steps;
 ``after_warmup_s`` is the wall time of ``fit`` beyond its training time: compilation plus those steps, to weigh
@@ -22,9 +23,9 @@ host sync of the loss history, once per ``log_every`` steps). Checkpoints and sa
 and are left out (``fit`` is run without grids; the one end-of-run checkpoint is outside the timed steps).
 Each notebook's speed-up is its `quick` training calls (the profile's ``training_calls``) timed at these steps/s.
 
-Writes ``benchmarks/results/train_speed_<device>.json``; quality at the new settings is the seed runs' job
+Writes ``benchmarks/results/train_speed_<device>[_<tag>].json``; quality at the new settings is the seed runs' job
 (``benchmarks/bench_seeds.py``). Usage: ``python benchmarks/bench_train_speed.py [--runs 02/lin 03/mlp ...]
-[--steps 20] [--rounds 2]``; pin the thread count with ``OMP_NUM_THREADS``.
+[--steps 20] [--rounds 2] [--tag amd_epyc]``; pin the thread count with ``OMP_NUM_THREADS``.
 
 ``--notebooks`` instead splits each published notebook's time: the training seconds of each of its `quick` runs
 (``History.seconds``, read from the newest checkpoint under ``HWLIB_RUNS``) and the notebook's wall time
@@ -82,14 +83,15 @@ class Core:
     ema: type
     bf16: bool
     compile: bool
+    channels_last: bool  # StackGAN's networks and images, as stackgan.train_stage keeps them
 
     def net(self, module: torch.nn.Module, enabled: bool) -> torch.nn.Module:
         return maybe_compile(module, self.compile and enabled)
 
 
 BEFORE = Core("before", lambda params, lr, betas=(0.9, 0.999): torch.optim.Adam(params, lr=lr, betas=tuple(betas),
-                                                                                 foreach=False), LoopEMA, False, False)
-AFTER = Core("after", adam, EMA, True, True)
+                                                                                 foreach=False), LoopEMA, False, False, False)
+AFTER = Core("after", adam, EMA, True, True, True)
 
 
 @dataclass
@@ -189,6 +191,8 @@ def run_01(stage: int) -> Callable[[Core, int, torch.device], Run]:
         opt_g = core.adam(G.parameters(), lr=cfg.lr, betas=cfg.betas)
         opt_d = core.adam(D.parameters(), lr=cfg.lr * r.lr_d, betas=cfg.betas)
         ema = core.ema(G, r.ema) if r.ema and stage == 1 else None
+        if core.channels_last:
+            images = stackgan.to_channels_last(images, G, D, G1, ema.module if ema else None)
         step = stackgan.make_stackgan_step(G, D, opt_g, opt_d, images=images, embeddings=emb, class_ids=classes,
                                            out_size=size, kl_coef=cfg.kl_coef, z_dim=cfg.z_dim, G1=G1, recipe=r, ema=ema)
         return Run(step, index_loader(n * batch, batch, device=device), {"G": G, "D": D}, {"G": opt_g, "D": opt_d},
@@ -295,6 +299,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--notebooks", action="store_true", help="split the published notebooks' time instead")
+    parser.add_argument("--tag", default="", help="a run on another machine: write train_speed_<device>_<tag>.json")
     args = parser.parse_args()
     device = get_device()
     if args.notebooks:
@@ -318,7 +323,7 @@ def main() -> None:
         print(f"{name:10s} before {speed['before']:.2f} -> after {speed['after']:.2f} steps/s ({row['speedup']:.2f}x); "
               f"phases (ms/step) {row['after_phases_ms_per_step']}", flush=True)
     result["notebooks"] = notebook_speedups(result["runs"])
-    write_result(f"train_speed_{device.type}", result, device)
+    write_result(f"train_speed_{device.type}" + (f"_{args.tag}" if args.tag else ""), result, device)
 
 
 if __name__ == "__main__":

@@ -64,6 +64,17 @@ def matching_aware_d_loss(real_logits: torch.Tensor, wrong_logits: torch.Tensor 
     return real + sum(fakes) / len(fakes)
 
 
+def contrastive_loss(logits: torch.Tensor) -> torch.Tensor:
+    """Image-to-caption contrastive loss (InfoNCE; the sentence-image term of XMC-GAN, Zhang et al. 2021).
+
+    ``logits`` (B, B): entry (i, j) scores image i against caption j; caption i is image i's. The cross-entropy of
+    picking the right caption in each row, in float32: ``log B`` when the scores are all equal, 0 when each image
+    scores its own caption infinitely above the rest.
+    """
+    logits = logits.float()
+    return F.cross_entropy(logits, torch.arange(len(logits), device=logits.device))
+
+
 def diff_augment(x: torch.Tensor, policy: str = "translation,cutout") -> torch.Tensor:
     """DiffAugment (Zhao et al. 2020): differentiable augmentation of images (B, C, H, W), fresh per sample.
 

@@ -61,12 +61,16 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
 
 def autocast(device: torch.device | str, enabled: bool = True) -> contextlib.AbstractContextManager:
     """bf16 autocast where the hardware computes bf16 natively, for training and sampling alike: CUDA GPUs with bf16
-    (Ampere and later; a T4 runs in fp32) and CPUs with AVX512-BF16 or AMX (:func:`cpu_has_native_bf16`), unless
-    ``$HWLIB_CPU_BF16=0``; every CPU in a dry run (``$HWLIB_DRYRUN``, which so exercises the CUDA runs' dtype path).
-    bf16 needs no grad scaler. A no-op everywhere else.
+    (Ampere and later; a T4 runs in fp32) and CPUs with AVX512-BF16 or AMX (:func:`cpu_has_native_bf16`). A no-op
+    everywhere else. bf16 needs no grad scaler. ``$HWLIB_CPU_BF16`` on a CPU: ``0`` trains in fp32, ``1`` (or unset)
+    in bf16 where the CPU has it, ``force`` in bf16 on any CPU -- which emulates a CUDA run's dtype path but is ~10x
+    slower where the CPU lacks bf16 (PyTorch then falls back to its reference convolution).
 
-    Measured on this project's 2-core CPU: with it, the fused :func:`adam` and compilation where a profile asks, the
-    ``quick`` models train 1.4-1.8x more steps per second than in fp32 before (``benchmarks/bench_train_speed.py``)
+    A dry run (``$HWLIB_DRYRUN``) takes the machine's precision like any run: forcing bf16 on a CPU without it made
+    notebook 01's ``full`` Stage-II dry-run step take 87 s instead of 9 s on an AMD EPYC (AVX2, no bf16).
+
+    Measured on an Intel Xeon with AVX512-BF16: with it, the fused :func:`adam` and compilation where a profile asks,
+    the ``quick`` models train 1.4-1.8x more steps per second than in fp32 before (``benchmarks/bench_train_speed.py``)
     with their headline numbers inside the earlier spread over three training seeds (README, "Speed on a CPU");
     1,000 DDPM samples have the same FID-MNIST as in fp32 (``benchmarks/bench_sampling.py``).
     """
@@ -75,9 +79,18 @@ def autocast(device: torch.device | str, enabled: bool = True) -> contextlib.Abs
         return contextlib.nullcontext()
     if device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False):
         return torch.autocast("cuda", dtype=torch.bfloat16)
-    if device.type == "cpu" and (is_dry_run() or (cpu_has_native_bf16() and os.environ.get("HWLIB_CPU_BF16") != "0")):
+    if device.type == "cpu" and cpu_bf16_enabled():
         return torch.autocast("cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def cpu_bf16_enabled() -> bool:
+    """Whether :func:`autocast` uses bf16 on the CPU: ``$HWLIB_CPU_BF16`` is ``force``, or it is not ``0`` and the CPU
+    computes bf16 natively."""
+    flag = os.environ.get("HWLIB_CPU_BF16", "1").strip().lower()
+    if flag not in ("0", "1", "force"):
+        raise ValueError(f"HWLIB_CPU_BF16 must be 0, 1 or force, not {flag!r}")
+    return flag == "force" or (flag == "1" and cpu_has_native_bf16())
 
 
 @functools.lru_cache(maxsize=1)

@@ -138,3 +138,11 @@ def test_amp_false_keeps_the_step_in_fp32_where_autocast_would_be_bf16(monkeypat
         opt_g, opt_d = torch.optim.Adam(G.parameters()), torch.optim.Adam(D.parameters())
         make_gan_step(G, D, opt_g, opt_d, z_dim=4, n_critic=1, conditional=False, amp=amp)((torch.randn(8, 2),), 0)
         assert seen == {dtype}, (amp, seen)
+
+
+def test_contrastive_loss_is_log_b_at_chance_and_falls_as_the_diagonal_wins():
+    from hwlib.gan import contrastive_loss
+
+    assert torch.isclose(contrastive_loss(torch.zeros(6, 6)), torch.tensor(math.log(6)))
+    assert contrastive_loss(10 * torch.eye(6)) < 1e-3
+    assert contrastive_loss(10 * torch.eye(6).flip(0)) > math.log(6)  # each image prefers another's caption

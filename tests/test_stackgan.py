@@ -159,7 +159,8 @@ def test_stage2_losses_follow_the_official_formula() -> None:
     assert torch.isclose(matching_aware_d_loss(r, None, f), bce(r, 1) + bce(f, 0))  # no wrong pairs
 
 
-@pytest.mark.parametrize("recipe", ["paper", "stable", {"wrong": "class", "ema": 0.9}, {"wrong": "none"}])
+@pytest.mark.parametrize("recipe", ["paper", "stable", {"wrong": "class", "ema": 0.9}, {"wrong": "none"},
+                                    {"contrastive": 2.0, "loss": "hinge"}])
 def test_every_recipe_trains_a_step(recipe) -> None:
     from hwlib.train import EMA
 
@@ -177,3 +178,44 @@ def test_every_recipe_trains_a_step(recipe) -> None:
     logs = step(batch, 0)
     assert all(torch.isfinite(v) for v in logs.values()) and ("d_wrong" in logs) == (r.wrong != "none")
     assert all(p.grad is None or p.requires_grad for p in d.parameters())
+    assert ("match_d" in logs) == (r.contrastive > 0)
+    if r.contrastive:  # D's matching head learned from the step, and it is no part of G's update
+        assert d.match["image"].weight.grad is not None and d.match["image"].weight.grad.abs().sum() > 0
+
+
+def test_contrastive_head_scores_every_image_against_every_caption() -> None:
+    torch.manual_seed(0)
+    d = stackgan.StageD(64, c_dim=8, df=4, match=True)
+    h, mu = d.features(torch.randn(5, 3, 64, 64)), torch.randn(5, 8)
+    logits = d.match_logits(h, mu)
+    assert logits.shape == (5, 5) and logits.abs().max() <= 10 + 1e-4  # cosine / 0.1
+    assert torch.allclose(logits[2, 3], d.match_logits(h[2:3], mu[3:4])[0, 0], atol=1e-5)
+    assert stackgan.StageD(64, c_dim=8, df=4).match is None
+    paper = stackgan.build(t_dim=1024)
+    assert paper["D1"].match is None and paper["D2"].match is None and not paper["G2"].skip  # the paper's networks
+
+
+def test_stage2_skip_starts_as_the_upsampled_stage1_image() -> None:
+    torch.manual_seed(0)
+    g = stackgan.Stage2G(t_dim=16, c_dim=8, gf=4, n_res=1, n_up=3, skip=True).eval()
+    low = torch.rand(2, 3, 64, 64) * 1.8 - 0.9
+    with torch.no_grad():
+        high = g(low, torch.randn(2, 16))[0]
+    up = torch.nn.functional.interpolate(low, size=128, mode="bilinear", align_corners=False)
+    assert high.shape == (2, 3, 128, 128) and torch.allclose(high, up, atol=1e-5)
+    flat = stackgan.Stage2G(t_dim=16, c_dim=8, gf=4, n_res=1, n_up=3).eval()(low, torch.randn(2, 16))[0]
+    assert flat.std() < 0.5 * up.std()  # without the skip the paper's G2 starts near a flat grey
+
+
+def test_train_stage_keeps_networks_and_ema_channels_last(tmp_path) -> None:
+    from hwlib.train import EMA
+
+    torch.manual_seed(0)
+    g, d = stackgan.build_stage1(32, gf=4, df=4, recipe="stable")
+    ema = EMA(g, 0.99)
+    stackgan.train_stage(g, d, images=torch.randint(0, 256, (8, 3, 76, 76), dtype=torch.uint8),
+                         embeddings=torch.randn(8, 10, 32), class_ids=torch.arange(8), out_size=64, epochs=1,
+                         batch_size=4, run_dir=tmp_path, recipe="stable", ema=ema, progress=False)
+    for net in (g, d, ema.module):
+        conv = next(m for m in net.modules() if isinstance(m, torch.nn.Conv2d))
+        assert conv.weight.is_contiguous(memory_format=torch.channels_last)

@@ -302,6 +302,22 @@ def test_autocast_is_bf16_on_a_cpu_with_native_bf16_unless_turned_off(monkeypatc
     monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: False)
     with train.autocast("cpu"):
         assert not torch.is_autocast_enabled("cpu")
+    monkeypatch.setenv("HWLIB_CPU_BF16", "force")  # emulated bf16 on any CPU
+    with train.autocast("cpu"):
+        assert torch.get_autocast_dtype("cpu") == torch.bfloat16 and torch.is_autocast_enabled("cpu")
+    monkeypatch.setenv("HWLIB_CPU_BF16", "yes")
+    with pytest.raises(ValueError, match="HWLIB_CPU_BF16"):
+        train.autocast("cpu")
+
+
+def test_a_dry_run_takes_the_machines_precision(monkeypatch):
+    """A dry run on a CPU without bf16 trains in fp32: emulated bf16 convolutions are ~10x slower there."""
+    monkeypatch.setenv("HWLIB_DRYRUN", "1")
+    monkeypatch.delenv("HWLIB_CPU_BF16", raising=False)
+    for native in (False, True):
+        monkeypatch.setattr(train, "cpu_has_native_bf16", lambda native=native: native)
+        with train.autocast("cpu"):
+            assert torch.is_autocast_enabled("cpu") == native
 
 
 def test_maybe_compile_only_when_enabled_and_not_in_a_cpu_dry_run(monkeypatch):

@@ -128,12 +128,18 @@ def get_profile(notebook: str, profile: str = "auto", verbose: bool = True, **ov
 
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
         threads = torch.get_num_threads()
-        from hwlib.train import autocast, get_device
+        from hwlib.train import autocast, cpu_has_native_bf16, get_device
 
-        precision = "bf16 autocast" if isinstance(autocast(get_device()), torch.autocast) else "fp32"
+        device = get_device()
+        if isinstance(autocast(device), torch.autocast):
+            precision = "bf16 autocast (HWLIB_CPU_BF16=0: fp32)"
+        elif device.type == "cpu" and not cpu_has_native_bf16():
+            precision = "fp32 (this CPU has no native bf16; HWLIB_CPU_BF16=force emulates it, ~10x slower)"
+        else:
+            precision = "fp32"
         print(f"hwlib: notebook {notebook}, profile {name!r}{source}{dry}; torch uses {threads} threads on "
               f"{os.cpu_count()} cores" + (f", load average {load:.1f}" if load is not None else "")
-              + f"; training in {precision} (HWLIB_CPU_BF16=0: fp32)")
+              + f"; training in {precision}")
         warning = oversubscription_warning(threads, load) if load is not None else None
         if warning:
             print(warning)
