@@ -50,13 +50,14 @@ def ladder_table(records: list[dict[str, Any]], split: str, step: int | None = N
 def print_ladder(records: list[dict[str, Any]], split: str, step: int | None = None) -> dict[str, dict[str, list[float]]]:
     """Print :func:`ladder_table` as one line per group: mean (min–max) of each colour accuracy and the FID."""
     table = ladder_table(records, split, step)
-    print(f"{'run @ steps':58s} {'seeds':>5s} " + " ".join(f"{k:>17s}" for k in ("body", "wing", "crown", "belly", "FID")))
+    width = max([58] + [len(name) for name in table])  # names spell out a recipe's fields
+    print(f"{'run @ steps':{width}s} {'seeds':>5s} " + " ".join(f"{k:>17s}" for k in ("body", "wing", "crown", "belly", "FID")))
     for name, g in sorted(table.items()):
         cells = []
         for k in ("body", "wing", "crown", "belly", "fid"):
             v, d = np.asarray(g[k], dtype=float), 0 if k == "fid" else 2
             cells.append(f"{v.mean():>6.{d}f} ({f'{v.min():.{d}f}–{v.max():.{d}f}':>9s})")
-        print(f"{name:58s} {len(g['seeds']):5d} " + " ".join(cells))
+        print(f"{name:{width}s} {len(g['seeds']):5d} " + " ".join(cells))
     return table
 
 

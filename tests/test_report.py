@@ -26,3 +26,15 @@ def test_spread_and_ladder_group_runs_over_seeds(capsys):
     report.print_ladder(records, "unseen")
     out = capsys.readouterr().out
     assert "quick_caption_paper @ 896" in out and "0.30 (0.20–0.40)" in out
+
+
+def test_print_ladder_widens_its_name_column_to_the_longest_name(capsys):
+    long = "quick_caption_paper_diffaug-translation+cutout_ema-0.99_projection-True_ca_logvar_init--4.0"
+    records = [{"benchmark": f"stackgan_ladder/{name}_train0", "train_seed": 0,
+                "curve": [{"step": 896, "unseen": {"body": 0.2, "wing": 0.1, "crown": 0.1, "belly": 0.1, "fid": 9.0}}]}
+               for name in ("quick_caption_paper", long)]
+    report.print_ladder(records, "unseen")
+    header, *rows = capsys.readouterr().out.splitlines()
+    end = header.index("seeds") + len("seeds")  # every row's seed count ends under the header's "seeds"
+    assert [row[:end].rstrip()[-1] for row in rows] == ["1", "1"] and all(row[end] == " " for row in rows)
+    assert any(row.startswith(long + " @ 896 ") for row in rows)
