@@ -109,7 +109,7 @@ def main() -> None:
     parts += [f"kl{kl_coef:g}"] if kl_coef != cfg.kl_coef else []
     parts += [f"bs{batch_size}"] if batch_size != cfg.batch_size else []
     decay = args.lr_decay_epochs or cfg.lr_decay_epochs
-    parts += ([f"halving{decay}"] if decay != cfg.lr_decay_epochs else ["halving"]) if args.halving else []
+    parts += [f"halving{decay}"] if args.halving else []  # results named plain "halving" were halved every 8 epochs
     parts += [args.tag] if args.tag else []
     name = "_".join(parts + [f"train{args.train_seed}"])
     runs = hwlib.runs_dir(f"bench/stackgan_ladder/{name}")
