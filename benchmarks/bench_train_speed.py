@@ -25,7 +25,7 @@ Each notebook's speed-up is its `quick` training calls (the profile's ``training
 
 Writes ``benchmarks/results/train_speed_<device>[_<tag>].json``; quality at the new settings is the seed runs' job
 (``benchmarks/bench_seeds.py``). Usage: ``python benchmarks/bench_train_speed.py [--runs 02/lin 03/mlp ...]
-[--steps 20] [--rounds 2] [--tag amd_epyc]``; pin the thread count with ``OMP_NUM_THREADS``.
+[--steps 20] [--rounds 2] [--tag amd_epyc] [--ablate channels_last]``; pin the thread count with ``OMP_NUM_THREADS``.
 
 ``--notebooks`` instead splits each published notebook's time: the training seconds of each of its `quick` runs
 (``History.seconds``, read from the newest checkpoint under ``HWLIB_RUNS``) and the notebook's wall time
@@ -40,7 +40,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from unittest import mock
 
 import torch
@@ -300,17 +300,22 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--notebooks", action="store_true", help="split the published notebooks' time instead")
     parser.add_argument("--tag", default="", help="a run on another machine: write train_speed_<device>_<tag>.json")
+    parser.add_argument("--ablate", choices=[f for f in vars(AFTER) if isinstance(getattr(AFTER, f), bool)],
+                        help="'before' is the after core less this one choice (e.g. channels_last): its speed-up alone")
     args = parser.parse_args()
     device = get_device()
     if args.notebooks:
         write_result(f"notebook_time_{device.type}", {"notebooks": notebook_times()},
                      device)
         return
-    result = {"threads": torch.get_num_threads(), "steps": args.steps, "rounds": args.rounds, "runs": {}}
+    before = replace(AFTER, name="before", **{args.ablate: False}) if args.ablate else BEFORE
+    result = {"threads": torch.get_num_threads(), "steps": args.steps, "rounds": args.rounds,
+              "before": vars(before) | {"adam": getattr(before.adam, "__name__", "torch.optim.Adam (per-tensor loop)"),
+                                        "ema": before.ema.__name__}, "runs": {}}
     for name in args.runs:
-        speed, warmup = {BEFORE.name: 0.0, AFTER.name: 0.0}, []
+        speed, warmup = {before.name: 0.0, AFTER.name: 0.0}, []
         for _ in range(args.rounds):
-            for core in (BEFORE, AFTER):
+            for core in (before, AFTER):
                 out = train(name, core, args.steps, device)
                 speed[core.name] = max(speed[core.name], out["steps_per_s"])
                 if core is AFTER:
@@ -322,8 +327,10 @@ def main() -> None:
         result["runs"][name] = row
         print(f"{name:10s} before {speed['before']:.2f} -> after {speed['after']:.2f} steps/s ({row['speedup']:.2f}x); "
               f"phases (ms/step) {row['after_phases_ms_per_step']}", flush=True)
-    result["notebooks"] = notebook_speedups(result["runs"])
-    write_result(f"train_speed_{device.type}" + (f"_{args.tag}" if args.tag else ""), result, device)
+    if not args.ablate:
+        result["notebooks"] = notebook_speedups(result["runs"])
+    suffix = "".join(f"_{x}" for x in (args.tag, args.ablate and f"ablate_{args.ablate}") if x)
+    write_result(f"train_speed_{device.type}{suffix}", result, device)
 
 
 if __name__ == "__main__":

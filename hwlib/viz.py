@@ -39,12 +39,17 @@ def save_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int = 10, sca
 
 
 def make_gif(frames: Sequence[str | os.PathLike | np.ndarray], path: str | os.PathLike, fps: float = 4.0,
-             hold_last: int = 4) -> Path | None:
-    """Assemble PNG files (or uint8 arrays) into a looping GIF; the last frame shows ``1 + hold_last`` times as long."""
+             hold_last: int = 4, max_frames: int = 20) -> Path | None:
+    """Assemble PNG files (or uint8 arrays) into a looping GIF; the last frame shows ``1 + hold_last`` times as long.
+
+    More than ``max_frames`` frames are thinned to ``max_frames`` evenly spaced ones, first and last kept (a 64-epoch
+    run's GIF would otherwise weigh four times a 16-epoch one's)."""
     import imageio.v2 as imageio
 
     if not frames:
         return None
+    if len(frames) > max_frames:
+        frames = [frames[i] for i in np.unique(np.linspace(0, len(frames) - 1, max_frames).round().astype(int))]
     images = [imageio.imread(f) if not isinstance(f, np.ndarray) else f for f in frames]
     durations = [1000.0 / fps] * (len(images) - 1) + [1000.0 / fps * (1 + hold_last)]
     path = Path(path)

@@ -39,6 +39,18 @@ def test_gif_holds_the_last_frame(tmp_path) -> None:
     assert durations == [250, 1000] and viz.make_gif([], tmp_path / "none.gif") is None
 
 
+def test_gif_thins_long_runs_to_max_frames_keeping_first_and_last(tmp_path) -> None:
+    frames = [np.full((4, 4, 3), v, dtype=np.uint8) for v in range(64)]
+    path = viz.make_gif(frames, tmp_path / "long.gif", max_frames=16)
+    from PIL import Image
+    with Image.open(path) as im:
+        values = []
+        for i in range(im.n_frames):
+            im.seek(i)
+            values.append(int(np.asarray(im.convert("L"))[0, 0]))
+    assert len(values) == 16 and values[0] == 0 and values[-1] == 63 and values == sorted(values)
+
+
 def test_gan_history_figure_has_a_row_per_run() -> None:
     hist = History()
     for step in range(40):

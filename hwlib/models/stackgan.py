@@ -260,7 +260,7 @@ class Stage2G(nn.Module):
     def __init__(self, t_dim: int = 1024, c_dim: int = 128, gf: int = 128, n_res: int = 4, n_up: int = 4,
                  upsample: str = "nearest", ca_logvar_init: float = 0.0, skip: bool = False) -> None:
         super().__init__()
-        self.skip = skip
+        self.skip, self.skip_mode = skip, "bilinear"
         self.ca = CondAugment(t_dim, c_dim, ca_logvar_init)
         self.encoder = nn.Sequential(
             nn.Conv2d(3, gf, 3, 1, 1, bias=False), nn.ReLU(True),
@@ -283,7 +283,7 @@ class Stage2G(nn.Module):
         h = self.joint(torch.cat([h, c[:, :, None, None].expand(-1, -1, *h.shape[2:])], 1))
         out = self.to_img(self.up(self.res(h)))
         if self.skip:
-            base = F.interpolate(image.to(out.dtype), size=out.shape[-2:], mode="bilinear", align_corners=False)
+            base = F.interpolate(image.to(out.dtype), size=out.shape[-2:], mode=self.skip_mode, align_corners=False)
             out = torch.tanh(torch.atanh(base.clamp(-0.999, 0.999)) + out)
         return out, mu, logvar
 

@@ -6,8 +6,9 @@ stage with the learning rate halved every 100, KL weight 2 (official birds confi
 CUB-size SynthBirds (8,855 / 2,933); ``attr_n`` random-attribute birds train the attribute classifier.
 ``quick`` fits a 2-core CPU: narrow networks, a few thousand birds, a few epochs; Stage II at 256 px with
 g_f 16 / d_f 8 on 320 birds for 18 epochs (720 steps, lr halved every 8); Stage I 64 epochs (7,168 steps), lr
-halved every 32 (four times the 1,792 steps of earlier sessions: on an AMD EPYC in fp32 with channels-last, Stage I
-steps in 0.04 s, and the longer run lifted body and wing colour of unseen species from ~0.37 and ~0.33 to ~0.5);
+halved every 32 (four times the 1,792 steps of earlier sessions: on an AMD EPYC with AVX512-BF16, in bf16 and channels-last, Stage I
+steps in 0.04 s; over three seeds the longer run lifted body and wing colour of unseen species from 0.37 and 0.33
+to 0.47 and 0.43);
 the main recipe is ``stable`` (the paper's recipe is trained beside it and draws the captions at about chance).
 ``lr_decay_epochs`` halves Stage I's learning rate, ``lr_decay_epochs2`` Stage II's.
 ``gpu`` (about an hour on a T4) keeps the paper's data, depth and 256 px output at half the widths (gf 64 / df 32
