@@ -54,16 +54,13 @@ def _override(recipe: stackgan.Recipe, pairs: list[str]) -> stackgan.Recipe:
     return stackgan.Recipe(**fields)
 
 
-STAGE2_ONLY = ("stage2_skip",)  # Recipe fields this Stage-I benchmark never uses
-
-
 def recipe_name(recipe: stackgan.Recipe) -> str:
     """The recipe's name in RECIPES when its Stage-I fields are one of them, else ``paper_<field>-<value>_...`` for
     the Stage-I fields that differ from the paper's. A name always means today's recipe: results of an earlier
     ``stable`` carry its fields in their names."""
-    stage1 = {k: v for k, v in recipe.as_dict().items() if k not in STAGE2_ONLY}
+    stage1 = recipe.stage1_dict()
     for name, known in stackgan.RECIPES.items():
-        if stage1 == {k: v for k, v in known.as_dict().items() if k not in STAGE2_ONLY}:
+        if stage1 == known.stage1_dict():
             return name
     paper = stackgan.RECIPES["paper"].as_dict()
     diff = [f"{k}-{v}".replace(",", "+") for k, v in stage1.items() if v != paper[k]]

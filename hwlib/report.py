@@ -61,6 +61,28 @@ def print_ladder(records: list[dict[str, Any]], split: str, step: int | None = N
     return table
 
 
+def print_grouped(records: list[dict[str, Any]], columns: dict[str, str], digits: int = 2) -> dict[str, dict[str, list[float]]]:
+    """Group benchmark records by name less ``_train<seed>`` and print one line per group: ``mean (min–max)`` of each
+    column over its seeds. ``columns``: ``{header: dotted key into a record}``, e.g. ``{"S-II body": "stage2.body"}``.
+    Returns ``{group: {header: [values...], "seeds": [...]}}``."""
+    groups: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in records:
+        g = groups[r["benchmark"].split("/")[-1].rsplit("_train", 1)[0]]
+        g["seeds"].append(r["train_seed"])
+        for header, key in columns.items():
+            value: Any = r
+            for part in key.split("."):
+                value = value[part]
+            g[header].append(float(value))
+    width = max([12] + [len(name) for name in groups])
+    cell = max(13, *(len(h) for h in columns))
+    print(f"{'run':{width}s} {'seeds':>5s} " + " ".join(f"{h:>{cell}s}" for h in columns))
+    for name, g in sorted(groups.items()):
+        cells = [f"{np.mean(g[h]):.{digits}f} ({min(g[h]):.{digits}f}–{max(g[h]):.{digits}f})" for h in columns]
+        print(f"{name:{width}s} {len(g['seeds']):5d} " + " ".join(f"{c:>{cell}s}" for c in cells))
+    return {k: dict(v) for k, v in groups.items()}
+
+
 def record_seed(notebook: str, profile: str, seed: int, numbers: dict[str, float]) -> None:
     """Keep this run's headline ``numbers`` as ``benchmarks/results/seeds/<notebook>_<profile>_seed<seed>.json``,
     so that :func:`print_seed_spread` can set them beside other training seeds' (``benchmarks/bench_seeds.py``

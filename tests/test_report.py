@@ -38,3 +38,12 @@ def test_print_ladder_widens_its_name_column_to_the_longest_name(capsys):
     end = header.index("seeds") + len("seeds")  # every row's seed count ends under the header's "seeds"
     assert [row[:end].rstrip()[-1] for row in rows] == ["1", "1"] and all(row[end] == " " for row in rows)
     assert any(row.startswith(long + " @ 896 ") for row in rows)
+
+
+def test_print_grouped_reads_dotted_keys_and_groups_seeds(capsys):
+    records = [{"benchmark": f"stackgan_stage2/quick_stable_train{s}", "train_seed": s, "stage2": {"body": b}, "hf": h}
+               for s, b, h in ((0, 0.4, 0.002), (1, 0.6, 0.004))]
+    table = report.print_grouped(records, {"S-II body": "stage2.body", "HF": "hf"}, digits=3)
+    assert table == {"quick_stable": {"seeds": [0, 1], "S-II body": [0.4, 0.6], "HF": [0.002, 0.004]}}
+    out = capsys.readouterr().out
+    assert "0.500 (0.400–0.600)" in out and "0.003 (0.002–0.004)" in out

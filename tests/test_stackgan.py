@@ -195,16 +195,38 @@ def test_contrastive_head_scores_every_image_against_every_caption() -> None:
     assert paper["D1"].match is None and paper["D2"].match is None and not paper["G2"].skip  # the paper's networks
 
 
-def test_stage2_skip_starts_as_the_upsampled_stage1_image() -> None:
+def test_stage2_skip_paints_a_residual_over_the_bicubic_upsampled_stage1_image() -> None:
     torch.manual_seed(0)
     g = stackgan.Stage2G(t_dim=16, c_dim=8, gf=4, n_res=1, n_up=3, skip=True).eval()
     low = torch.rand(2, 3, 64, 64) * 1.8 - 0.9
+    up = torch.nn.functional.interpolate(low, size=128, mode="bicubic", align_corners=False)
     with torch.no_grad():
+        start = g(low, torch.randn(2, 16))[0]
+        torch.nn.init.zeros_(g.to_img.weight)  # a zero residual: exactly the up-sampled input
         high = g(low, torch.randn(2, 16))[0]
-    up = torch.nn.functional.interpolate(low, size=128, mode="bilinear", align_corners=False)
-    assert high.shape == (2, 3, 128, 128) and torch.allclose(high, up, atol=1e-5)
+    assert high.shape == (2, 3, 128, 128) and torch.allclose(high, up.clamp(-0.999, 0.999), atol=1e-5)
+    assert (start - high).abs().mean() < 0.1 * up.std()  # the official init starts near it
     flat = stackgan.Stage2G(t_dim=16, c_dim=8, gf=4, n_res=1, n_up=3).eval()(low, torch.randn(2, 16))[0]
     assert flat.std() < 0.5 * up.std()  # without the skip the paper's G2 starts near a flat grey
+
+
+def test_stage2_consistency_pulls_stage2_toward_the_stage1_colours() -> None:
+    torch.manual_seed(0)
+    r = stackgan.Recipe(stage2_skip=True, stage2_consistency=10.0)
+    nets = stackgan.build(t_dim=32, gf=4, df=4, n_res=1, stage2_size=128, recipe=r)
+    g1, g2, d2 = nets["G1"].eval().requires_grad_(False), nets["G2"], nets["D2"]
+    n = 8
+    data = dict(images=torch.randint(0, 256, (n, 3, 152, 152), dtype=torch.uint8), embeddings=torch.randn(n, 10, 32),
+                class_ids=torch.arange(n))
+    losses = {}
+    for w in (0.0, 10.0):
+        torch.manual_seed(1)
+        step = stackgan.make_stackgan_step(g2, d2, torch.optim.Adam(g2.parameters()), torch.optim.Adam(d2.parameters()),
+                                           out_size=128, G1=g1, recipe=stackgan.Recipe(stage2_skip=True, stage2_consistency=w),
+                                           **data)
+        (batch,) = list(index_loader(n, 4).epoch(0))[:1]
+        losses[w] = step(batch, 0)["loss_g"]
+    assert losses[10.0] > losses[0.0]  # the L1 term enters G's loss
 
 
 def test_train_stage_keeps_networks_and_ema_channels_last(tmp_path) -> None:
@@ -219,3 +241,9 @@ def test_train_stage_keeps_networks_and_ema_channels_last(tmp_path) -> None:
     for net in (g, d, ema.module):
         conv = next(m for m in net.modules() if isinstance(m, torch.nn.Conv2d))
         assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_stage1_dict_leaves_out_the_stage2_fields() -> None:
+    r = stackgan.RECIPES["stable"]
+    assert "stage2_skip" not in r.stage1_dict() and r.stage1_dict()["contrastive"] == r.contrastive
+    assert stackgan.Recipe(stage2_consistency=3.0).stage1_dict() == stackgan.Recipe().stage1_dict()

@@ -1,0 +1,94 @@
+"""Does StackGAN's Stage-II refine notebook 01's Stage-I, or repaint it? Colours kept and detail added, per recipe.
+
+Loads the Stage-I generator notebook 01 trained in ``--profile`` (its EMA copy, the one the notebook samples from,
+from the newest checkpoint of ``<HWLIB_RUNS>/01_stackgan_cub/<profile>/stage1_stable``), trains a Stage-II on it
+exactly as the notebook does (its widths, birds, batch, epochs and halving) with the ``stable`` recipe less or
+plus ``--set field=value`` overrides, and scores the first ``--n-eval`` evaluation captions of the unseen test
+species: the colour accuracy of Stage-II's images and of Stage-I's on the same captions (notebook 01's attribute
+classifier, chance 0.10), and the high-frequency energy of Stage-II against Stage-I up-sampled (bicubic).
+``--train-seed`` changes only Stage-II's networks and batches. Writes
+``benchmarks/results/stackgan_stage2/<profile>_<overrides>_train<seed>.json``.
+Usage: ``python benchmarks/bench_stackgan_stage2.py [--set stage2_consistency=0] [--train-seed 0]`` after notebook 01
+has run in that profile (``make run``, or papermill with ``-p profile quick``).
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+import hwlib
+from bench_stackgan_consistency import COLOURS, _override
+from hwlib.bench import write_result
+from hwlib.checkpoints import Checkpointer
+from hwlib.data import cub, synthbirds
+from hwlib.metrics import consistency, high_frequency_energy
+from hwlib.models import attributes, stackgan
+from hwlib.train import get_device, seed_everything
+
+NB = "01_stackgan_cub"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", default="quick")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override one Recipe field")
+    parser.add_argument("--train-seed", type=int, default=0)
+    parser.add_argument("--n-eval", type=int, default=150, help="evaluation captions (the notebook's Stage-II count)")
+    args = parser.parse_args()
+    cfg, device, seed = hwlib.get_profile(NB, args.profile, verbose=False), get_device(), 0
+    recipe = _override(stackgan.get_recipe("stable"), args.set)
+    stage1_dir = hwlib.runs_dir(f"{NB}/{cfg.profile}/stage1_stable")
+    state = Checkpointer(stage1_dir).load_latest()
+    if state is None:
+        raise SystemExit(f"no Stage-I checkpoint in {stage1_dir}: run notebook 01 in the {cfg.profile!r} profile first "
+                         f"(papermill notebooks/01_stackgan_cub.ipynb out.ipynb -p profile {cfg.profile})")
+    root = synthbirds.make_synthbirds(cfg.n_train, cfg.n_test, seed=seed)
+    train = cub.open_birds(root, "train", embedding=cfg.embedding)
+    test = cub.open_birds(root, "test", embedding=cfg.embedding)
+    t_dim = train.embeddings.shape[-1]
+
+    seed_everything(args.train_seed)
+    nets = stackgan.build(t_dim=t_dim, c_dim=cfg.c_dim, z_dim=cfg.z_dim, gf=cfg.gf, df=cfg.df, n_res=cfg.n_res,
+                          stage2_size=cfg.stage2_size, upsample=cfg.upsample, gf2=cfg.gf2, df2=cfg.df2, recipe=recipe)
+    G1, G2, D2 = (nets[k].to(device) for k in ("G1", "G2", "D2"))
+    G1.load_state_dict(state["emas"]["G"]["module"])
+    G1.eval().requires_grad_(False)
+    n2 = min(cfg.stage2_n, len(train))
+    images = train.images(cfg.stage2_size * 76 // 64, np.arange(n2)).to(device)
+    overrides = "_".join(p.replace("=", "-").replace(",", "+") for p in args.set) or "stable"
+    name = f"{cfg.profile}_{overrides}_train{args.train_seed}"
+    t0 = time.perf_counter()
+    hist = stackgan.train_stage(G2, D2, images=images, embeddings=torch.from_numpy(train.embeddings[:n2]).to(device),
+                                class_ids=torch.from_numpy(train.class_ids[:n2]).to(device), out_size=cfg.stage2_size,
+                                epochs=cfg.epochs2, batch_size=cfg.batch_size2, run_dir=hwlib.runs_dir(f"bench/stackgan_stage2/{name}"),
+                                lr=cfg.lr, betas=cfg.betas, kl_coef=cfg.kl_coef, z_dim=cfg.z_dim,
+                                lr_decay_epochs=cfg.lr_decay_epochs2, G1=G1, seed=args.train_seed, resume=False,
+                                recipe=recipe, desc="Stage-II", progress=False)
+    seconds = time.perf_counter() - t0
+
+    attr_images, attr_labels = synthbirds.attribute_birds(cfg.attr_n, seed=seed)
+    clf, _ = attributes.train_attribute_net(torch.from_numpy(attr_images), attr_labels, width=cfg.attr_width,
+                                            epochs=cfg.attr_epochs, run_dir=hwlib.runs_dir(f"{NB}/{cfg.profile}/attributes"),
+                                            seed=seed, device=device)
+    text, z, targets, _ = synthbirds.consistency_set(test, min(cfg.n_eval, len(test)), cfg.z_dim, seed)
+    n = min(args.n_eval, len(text))
+    low, high = stackgan.generate(G1, text[:n], G2, z=z[:n])
+    targets = {k: targets[k][:n] for k in COLOURS}
+    up = torch.nn.functional.interpolate(low, size=cfg.stage2_size, mode="bicubic", align_corners=False).clamp(-1, 1)
+    s1, s2 = consistency(clf, low, targets), consistency(clf, high, targets)
+    row = {"stage2": {k: round(s2[k], 3) for k in COLOURS}, "stage1_same_captions": {k: round(s1[k], 3) for k in COLOURS},
+           "hf_stage2": round(high_frequency_energy(high), 4), "hf_stage1_bicubic": round(high_frequency_energy(up), 4)}
+    print(f"{name}: Stage-II " + ", ".join(f"{k} {row['stage2'][k]:.2f} (S-I {row['stage1_same_captions'][k]:.2f})"
+                                           for k in COLOURS)
+          + f"; high-frequency energy {row['hf_stage2']:.4f} (S-I bicubic {row['hf_stage1_bicubic']:.4f})", flush=True)
+    write_result(f"stackgan_stage2/{name}", {
+        "profile": cfg.profile, "recipe_fields": recipe.as_dict(), "overrides": args.set, "train_seed": args.train_seed,
+        "stage1_checkpoint_step": state["step"], "steps": len(hist), "train_seconds": round(seconds, 1), "n_eval": n,
+        "threads": torch.get_num_threads(), **row}, device)
+
+
+if __name__ == "__main__":
+    main()
