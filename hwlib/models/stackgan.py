@@ -496,9 +496,9 @@ def train_stage(G: nn.Module, D: StageD, *, images: torch.Tensor, embeddings: to
     epochs as the official trainer (constant if None), over shuffled batches of ``batch_size`` dataset indices.
     ``ema``: an :class:`hwlib.train.EMA` of G, updated every step and checkpointed (build it from
     ``recipe.ema``). ``channels_last``: G, D, the EMA copy, ``G1`` and the images are kept in channels-last memory
-    format -- the same computation up to float rounding, measured 1.3-1.4x faster per step on a 2-core CPU in fp32
-    (README, "Speed on a CPU"). ``run_dir``, ``seed``, ``resume``, ``config`` and ``fit_kwargs`` (``sample_fn``,
-    ``grid_dir``, ``on_epoch_end``, ``desc``, ...) go to ``fit``. Returns fit's per-step :class:`~hwlib.train.History`.
+    format -- the same computation up to float rounding, 1.25x (Stage I) and 1.37x (Stage II) faster per step on a 2-core
+    AMD EPYC in bf16 (README, "Speed on a CPU"). ``run_dir``, ``seed``, ``resume``, ``config`` and ``fit_kwargs``
+    (``sample_fn``, ``grid_dir``, ``on_epoch_end``, ``desc``, ...) go to ``fit``. Returns fit's per-step :class:`~hwlib.train.History`.
     """
     from hwlib.data.cub import index_loader
     from hwlib.train import adam, fit
