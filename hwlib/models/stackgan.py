@@ -456,7 +456,8 @@ def make_stackgan_step(G: nn.Module, D: StageD, opt_g: torch.optim.Optimizer, op
                 loss_g = loss_g + r.contrastive * match_g
             kl = kl_loss(mu, logvar)
             if G1 is not None and r.stage2_consistency:  # Stage-II keeps the colours Stage-I drew for the caption
-                loss_g = loss_g + r.stage2_consistency * (F.adaptive_avg_pool2d(fake.float(), low.shape[-1]) - low.float()).abs().mean()
+                pooled = F.adaptive_avg_pool2d(fake.float(), low.shape[-1])
+                loss_g = loss_g + r.stage2_consistency * (pooled - low.float()).abs().mean()
         opt_g.zero_grad(set_to_none=True)
         (loss_g + kl_coef * kl).backward()
         opt_g.step()
