@@ -17,6 +17,7 @@ hwlib's time is ``History.seconds`` (the training loop, not the cost measurement
 
     python benchmarks/bench_diffusion.py                 # the profile's network of this device (quick on a CPU)
     python benchmarks/bench_diffusion.py --size full --steps 50
+    python benchmarks/bench_diffusion.py --steps 20 --tag amd_epyc   # another machine: its own result file
 """
 from __future__ import annotations
 
@@ -130,6 +131,7 @@ def main() -> None:
     parser.add_argument("--size", default=None, help="profile whose U-Net to train (default: full on CUDA, quick otherwise)")
     parser.add_argument("--batch", type=int, default=None)
     parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--tag", default="", help="a run on another machine: write diffusion_train_throughput_<tag>.json")
     args = parser.parse_args()
     device = get_device()
     size = args.size or ("full" if device.type == "cuda" else "quick")
@@ -156,7 +158,7 @@ def main() -> None:
     print(f"best vs best: hwlib ({best['hwlib']}) / diffusers ({best['diffusers']}) -> {result['best']['speedup']:.2f}x")
     result["hwlib"] = "UNet + make_diffusion_step + fit, resident loader, fused Adam, foreach EMA, torch.compile"
     result["diffusers"] = "UNet2DModel + DDPMScheduler.add_noise + AdamW + EMAModel + DataLoader"
-    write_result("diffusion_train_throughput", result, device)
+    write_result("diffusion_train_throughput" + (f"_{args.tag}" if args.tag else ""), result, device)
 
 
 if __name__ == "__main__":

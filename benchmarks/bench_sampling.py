@@ -8,6 +8,11 @@ first) and measures
   T-step chain (T steps per sample);
 - quality (``--n``, default 1,000; 0 skips it): FID-MNIST, precision, recall and IS-MNIST of ``n`` ancestral samples
   drawn from the same noise in fp32 and under ``autocast``, with ``hwlib.metrics.evaluate``.
+- ``before``: the first setting with the self-attention as it was before ``hwlib.models.unet.AttnBlock`` wrote it
+  out (``scaled_dot_product_attention`` on strided queries, keys and values, which PyTorch computes by its unfused
+  fallback): today's code against the code the speed issue measured;
+- ``ceiling``: the share of the best setting's step spent in convolutions and matrix products (``torch.profiler``,
+  their operators' own time); if everything else were free, samples/s could rise by at most step / dense time.
 Writes ``benchmarks/results/sampling_<device>.json``.
 Usage: ``python benchmarks/bench_sampling.py [--profile quick] [--n 1000] [--repeats 5]``.
 """
@@ -16,15 +21,18 @@ from __future__ import annotations
 import argparse
 import contextlib
 import time
+from collections.abc import Callable
+from unittest import mock
 
 import torch
+import torch.nn.functional as F
 
 import hwlib
 from hwlib.bench import write_result
 from hwlib.checkpoints import Checkpointer
 from hwlib.diffusion import Diffusion
 from hwlib.metrics import evaluate
-from hwlib.models.unet import build
+from hwlib.models.unet import AttnBlock, build
 from hwlib.train import autocast, get_device
 
 NB = "04_vae_gan_ddpm"
@@ -49,6 +57,28 @@ def step_seconds(diffusion: Diffusion, model: torch.nn.Module, batch: int, preci
     return sorted(times)[len(times) // 2]
 
 
+def strided_attention(self: AttnBlock, x: torch.Tensor) -> torch.Tensor:
+    """``AttnBlock.forward`` as it was: q, k, v with stride H·W in the channel dimension (PyTorch's unfused path)."""
+    b, c, h, w = x.shape
+    q, k, v = self.qkv(self.norm(x)).reshape(b, 3, c, h * w).transpose(-1, -2).unbind(1)
+    out = F.scaled_dot_product_attention(q[:, None], k[:, None], v[:, None])[:, 0]
+    return x + self.proj(out.transpose(-1, -2).reshape(b, c, h, w))
+
+
+def dense_share(diffusion: Diffusion, model: torch.nn.Module, batch: int, precision: Callable, device: torch.device
+                ) -> float:
+    """Fraction of one network call's CPU time spent in convolutions and matrix products (their own time)."""
+    x = torch.randn(batch, 1, 28, 28, device=device)
+    with torch.no_grad(), precision():
+        diffusion.predict(model, x, diffusion.T // 2, None, None)
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            for _ in range(3):
+                diffusion.predict(model, x, diffusion.T // 2, None, None)
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    return sum(e.self_cpu_time_total for e in events if any(k in e.key for k in ("convolution", "mm", "linear"))) / total
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--profile", default="quick")
@@ -66,17 +96,25 @@ def main() -> None:
     diffusion = Diffusion(T=cfg.T, schedule=cfg.schedule, beta_start=1e-4 * scale, beta_end=0.02 * scale).to(device)
     bf16 = autocast(device)
     speed = {}
-    for label, batch, precision in (("fp32, batch 500", 500, contextlib.nullcontext()),
+    for label, batch, precision in (("before: fp32, batch 500, strided attention", 500, contextlib.nullcontext()),
+                                    ("fp32, batch 500", 500, contextlib.nullcontext()),
                                     ("fp32, batch 100", 100, contextlib.nullcontext()),
                                     ("autocast, batch 100", 100, bf16)):
-        seconds = step_seconds(diffusion, model, batch, precision, args.repeats, device)
+        with mock.patch.object(AttnBlock, "forward", strided_attention) if label.startswith("before") else contextlib.nullcontext():
+            seconds = step_seconds(diffusion, model, batch, precision, args.repeats, device)
         speed[label] = {"step_s": round(seconds, 4), "samples_per_s": round(batch / (seconds * cfg.T), 3)}
         print(f"{label:30s} {seconds:.3f} s per step -> {speed[label]['samples_per_s']:.2f} samples/s (T = {cfg.T})",
               flush=True)
-    base = speed["fp32, batch 500"]["samples_per_s"]
+    base = speed["before: fp32, batch 500, strided attention"]["samples_per_s"]
+    share = dense_share(diffusion, model, 100, lambda: autocast(device), device)
+    best = max(v["samples_per_s"] for v in speed.values())
+    print(f"convolutions and matrix products: {share:.0%} of a step at batch 100 under autocast; ceiling "
+          f"{best / share:.2f} samples/s ({best / share / base:.1f}x before) if the rest were free", flush=True)
     result = {"profile": cfg.profile, "T": cfg.T, "threads": torch.get_num_threads(),
               "autocast": str(bf16.fast_dtype) if isinstance(bf16, torch.autocast) else "fp32",
-              "speed": speed, "speedup_vs_fp32_batch500": {k: round(v["samples_per_s"] / base, 2) for k, v in speed.items()}}
+              "speed": speed, "speedup_vs_before": {k: round(v["samples_per_s"] / base, 2) for k, v in speed.items()},
+              "dense_share": round(share, 3), "ceiling_samples_per_s": round(best / share, 2),
+              "ceiling_speedup_vs_before": round(best / share / base, 2)}
     if args.n:
         quality = {}
         for label, precision in (("fp32", contextlib.nullcontext), ("autocast", lambda: autocast(device))):

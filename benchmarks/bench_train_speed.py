@@ -19,7 +19,10 @@ against the time the faster steps save over the profile's run.
 Then one more ``after`` pass runs under ``torch.profiler`` and splits a step's CPU time into phases: ``data``
 (the loader), ``forward`` (the step minus the rest: noise, augmentation, the networks' forward passes and the
 loss), ``backward`` (autograd), ``optimizer`` (``Optimizer.step`` and ``zero_grad``), ``ema``, ``log`` (the
-host sync of the loss history, once per ``log_every`` steps). Checkpoints and sample grids happen once per epoch
+host sync of the loss history, once per ``log_every`` steps); ``dense`` is the part of forward and backward spent
+inside convolutions and matrix products (their operators' own time). ``ceiling`` = before's ms per step / after's
+dense ms per step: the speed-up the core could reach if everything else were free and the dense operators ran as
+fast as oneDNN computes them here. Checkpoints and sample grids happen once per epoch
 and are left out (``fit`` is run without grids; the one end-of-run checkpoint is outside the timed steps).
 Each notebook's speed-up is its `quick` training calls (the profile's ``training_calls``) timed at these steps/s.
 
@@ -204,6 +207,7 @@ RUNS = {"01/stage1": run_01(1), "01/stage2": run_01(2), "02/lin": run_02, "03/ml
         "03/conv": run_03("conv"), "04/vae": run_04("vae"), "04/dcgan": run_04("dcgan"), "04/ddpm": run_04("ddpm")}
 
 PHASES = {"autograd::engine": "backward", "Optimizer.": "optimizer", "hwlib.ema": "ema"}  # inside hwlib.step
+DENSE = ("convolution", "mm", "linear")  # convolutions and matrix products, eager or fused by torch.compile
 
 
 def train(name: str, core: Core, steps: int, device: torch.device, profile: bool = False) -> dict:
@@ -228,7 +232,7 @@ def phases(prof: torch.profiler.profile, steps: int) -> dict[str, float]:
     """CPU milliseconds per step in each phase, from ``fit``'s ``record_function`` scopes (``hwlib.data``,
     ``hwlib.step``, ``hwlib.log``) and, inside a step, autograd's, the optimisers' and the EMA's own events; the rest
     of a step is ``forward``. The cost measurement ``fit`` makes before training runs outside these scopes."""
-    total = dict.fromkeys(("data", "forward", "backward", "optimizer", "ema", "log"), 0.0)
+    total = dict.fromkeys(("data", "forward", "backward", "optimizer", "ema", "log", "dense"), 0.0)
     for e in prof.events():
         parent = e.cpu_parent
         if parent is None and e.name in ("hwlib.data", "hwlib.log"):
@@ -236,7 +240,18 @@ def phases(prof: torch.profiler.profile, steps: int) -> dict[str, float]:
         elif parent is not None and parent.name == "hwlib.step":
             phase = next((v for k, v in PHASES.items() if e.name.startswith(k)), "forward")
             total[phase] += e.cpu_time_total
+        if any(k in e.name for k in DENSE) and in_step(e):
+            total["dense"] += e.self_cpu_time_total
     return {k: round(v / 1000 / steps, 2) for k, v in total.items()}
+
+
+def in_step(event) -> bool:
+    """Whether a profiler event ran inside ``fit``'s ``hwlib.step`` scope."""
+    while event is not None:
+        if event.name == "hwlib.step":
+            return True
+        event = event.cpu_parent
+    return False
 
 
 def run_of(notebook: str, call: str) -> str | None:
@@ -324,9 +339,11 @@ def main() -> None:
         row = {"before_steps_per_s": speed["before"], "after_steps_per_s": speed["after"],
                "speedup": round(speed["after"] / speed["before"], 2),
                "after_warmup_s": warmup, "after_phases_ms_per_step": prof["phases_ms_per_step"]}
+        dense = prof["phases_ms_per_step"]["dense"]
+        row["ceiling"] = round(1000 / speed["before"] / dense, 2) if dense else None
         result["runs"][name] = row
         print(f"{name:10s} before {speed['before']:.2f} -> after {speed['after']:.2f} steps/s ({row['speedup']:.2f}x); "
-              f"phases (ms/step) {row['after_phases_ms_per_step']}", flush=True)
+              f"phases (ms/step) {row['after_phases_ms_per_step']}; ceiling {row['ceiling']}x", flush=True)
     if not args.ablate:
         result["notebooks"] = notebook_speedups(result["runs"])
     suffix = "".join(f"_{x}" for x in (args.tag, args.ablate and f"ablate_{args.ablate}") if x)

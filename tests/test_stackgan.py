@@ -246,3 +246,25 @@ def test_stage1_dict_leaves_out_the_stage2_fields() -> None:
     r = stackgan.RECIPES["stable"]
     assert "stage2_skip" not in r.stage1_dict() and r.stage1_dict()["contrastive"] == r.contrastive
     assert stackgan.Recipe(stage2_consistency=3.0).stage1_dict() == stackgan.Recipe().stage1_dict()
+
+
+def test_hardest_negatives_pick_the_closest_caption_of_another_class():
+    text = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.8, 0.6], [0.0, 1.0]])
+    labels = torch.tensor([0, 0, 1, 2])
+    pick, valid = stackgan.hardest_negatives(text, labels)
+    assert pick.tolist() == [2, 2, 1, 2] and valid.all()  # never the same class, even when closer (row 0: row 1)
+    _, valid = stackgan.hardest_negatives(text[:2], labels[:2])
+    assert not valid.any()  # one class only: no wrong pair
+
+
+def test_hardest_wrong_pairs_train_a_step():
+    torch.manual_seed(0)
+    G, D = stackgan.build_stage1(8, c_dim=4, z_dim=4, gf=4, df=4, recipe="stable")
+    r = stackgan.Recipe(**{**stackgan.get_recipe("stable").as_dict(), "wrong": "hardest"})
+    images = torch.randint(0, 256, (6, 3, 76, 76), dtype=torch.uint8)
+    opt_g, opt_d = torch.optim.Adam(G.parameters()), torch.optim.Adam(D.parameters())
+    step = stackgan.make_stackgan_step(G, D, opt_g, opt_d, images=images, embeddings=torch.randn(6, 10, 8),
+                                       class_ids=torch.tensor([1, 1, 2, 2, 3, 3]), out_size=64, kl_coef=1.0, z_dim=4,
+                                       recipe=r)
+    out = step((torch.arange(6),), 0)
+    assert torch.isfinite(out["loss_d"]) and 0 < float(out["d_wrong"]) < 1

@@ -90,3 +90,14 @@ def test_full_size_parameter_count_is_stable():
 
     net = UNet(ch=64, channel_mult=(1, 2, 2), num_res_blocks=2, attn_resolutions=(14, 7), num_classes=10)
     assert 6_000_000 < count_parameters(net) < 8_000_000
+
+
+def test_attention_block_is_single_head_scaled_dot_product_attention():
+    torch.manual_seed(0)
+    block = AttnBlock(8)
+    torch.nn.init.normal_(block.proj.weight)  # zero-initialised: the block would be the identity
+    x = torch.randn(2, 8, 5, 5)
+    q, k, v = block.qkv(block.norm(x)).reshape(2, 3, 8, 25).transpose(-1, -2).unbind(1)
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v)  # (B, HW, C)
+    expected = x + block.proj(ref.transpose(-1, -2).reshape(2, 8, 5, 5))
+    torch.testing.assert_close(block(x), expected, atol=1e-5, rtol=1e-5)

@@ -70,7 +70,13 @@ class Recipe:
     - ``loss``: ``"bce"`` (the paper's GAN loss on logits) or ``"hinge"`` (Lim & Ye 2017; Miyato et al. 2018).
     - ``wrong``: matching-aware negatives. ``"shift"``: the real images' D features with the captions shifted
       by one place in the batch (official, no extra D pass); ``"class"``: real images of another class, as
-      the paper describes; ``"none"``: no wrong pairs (an unconditional or label-only ablation).
+      the paper describes; ``"hardest"``: each real image with the batch's caption of another class whose text
+      embedding is closest to its own (the hardest negative, as VSE++ picks them, Faghri et al. 2018): a random
+      other caption almost always names another body colour, so D can tell wrong pairs by the largest part alone,
+      while the closest one shares most colours and differs in a smaller part. Measured on the `stable` recipe at
+      `quick`'s 7,168 steps over three seeds: belly 0.32 against 0.28, but body 0.41 against 0.47 and wing 0.40
+      against 0.43, so `stable` keeps ``"shift"``; ``"none"``: no wrong pairs (an unconditional or label-only
+      ablation).
     - ``diffaug``: DiffAugment policy (Zhao et al. 2020) applied to every image D sees, real and fake:
       ``"translation,cutout"`` or ``""``. No colour policy: it would change the colours a caption names.
     - ``ema``: decay of an exponential moving average of G's weights to sample from (None: sample G).
@@ -120,7 +126,7 @@ class Recipe:
     stage2_consistency: float = 0.0
 
     def __post_init__(self) -> None:
-        for name, value, allowed in (("loss", self.loss, ("bce", "hinge")), ("wrong", self.wrong, ("shift", "class", "none"))):
+        for name, value, allowed in (("loss", self.loss, ("bce", "hinge")), ("wrong", self.wrong, ("shift", "class", "hardest", "none"))):
             if value not in allowed:
                 raise ValueError(f"Recipe.{name} must be one of {allowed}, not {value!r}")
 
@@ -434,6 +440,9 @@ def make_stackgan_step(G: nn.Module, D: StageD, opt_g: torch.optim.Optimizer, op
             elif r.wrong == "class":
                 wrong = augment(images[wrong_indices(class_ids, idx)], out_size)
                 wrong_logit = D.cond_logit(D.features(aug(wrong)), cond)
+            elif r.wrong == "hardest":
+                pick, valid = hardest_negatives(text, class_ids[idx])
+                wrong_logit = D.cond_logit(h_real[valid], cond[pick[valid]])
             else:
                 wrong_logit = None
             loss_d = matching_aware_d_loss(real_logit, wrong_logit, fake_logit, real_uncond=D.uncond_logit(h_real),
@@ -474,6 +483,16 @@ def make_stackgan_step(G: nn.Module, D: StageD, opt_g: torch.optim.Optimizer, op
         return out
 
     return step
+
+
+def hardest_negatives(text: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each caption embedding in ``text`` (B, t_dim), the index of the most similar one (cosine) whose label
+    (``labels`` (B,)) differs: ``pick`` int64 (B,), and ``valid`` bool (B,), False where every caption of the batch
+    has the same label as that row's."""
+    t = F.normalize(text.float(), dim=1)
+    sim = (t @ t.T).masked_fill(labels[:, None] == labels[None, :], float("-inf"))
+    best, pick = sim.max(dim=1)
+    return pick, torch.isfinite(best)
 
 
 def to_channels_last(images: torch.Tensor, *nets: nn.Module | None) -> torch.Tensor:

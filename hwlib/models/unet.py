@@ -70,9 +70,12 @@ class AttnBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
-        q, k, v = self.qkv(self.norm(x)).reshape(b, 3, c, h * w).transpose(-1, -2).unbind(1)  # each (B, HW, C)
-        out = F.scaled_dot_product_attention(q[:, None], k[:, None], v[:, None])[:, 0]  # (B, HW, C)
-        return x + self.proj(out.transpose(-1, -2).reshape(b, c, h, w))
+        q, k, v = self.qkv(self.norm(x)).reshape(b, 3, c, h * w).unbind(1)  # each (B, C, HW)
+        # written out, as in the DDPM code, with the softmax in float32: on a CPU, PyTorch's fused attention has a slow
+        # bf16 backward, and its unfused fallback for strided q, k, v samples more slowly (benchmarks/bench_sampling.py)
+        attn = torch.bmm(q.transpose(1, 2), k) * c ** -0.5  # (B, HW, HW): query i, key j
+        attn = attn.float().softmax(dim=-1).to(v.dtype)
+        return x + self.proj(torch.bmm(v, attn.transpose(1, 2)).reshape(b, c, h, w))
 
 
 class Downsample(nn.Module):
