@@ -268,3 +268,16 @@ def test_hardest_wrong_pairs_train_a_step():
                                        recipe=r)
     out = step((torch.arange(6),), 0)
     assert torch.isfinite(out["loss_d"]) and 0 < float(out["d_wrong"]) < 1
+
+
+def test_projection_map_scores_the_condition_at_each_position():
+    torch.manual_seed(0)
+    D = stackgan.StageD(64, c_dim=4, df=4, projection="map")
+    h, cond = torch.randn(3, 32, 4, 4), torch.randn(3, 4)
+    v = D.embed(cond).view(3, 32, 4, 4)
+    expected = D.logit_uncond(h).view(-1) + (v * h).sum((1, 2, 3))
+    torch.testing.assert_close(D.cond_logit(h, cond), expected)
+    moved = h.roll(1, dims=3)  # the same features elsewhere: a pooled projection could not tell
+    assert not torch.allclose(D.cond_logit(moved, cond) - D.logit_uncond(moved).view(-1), expected - D.logit_uncond(h).view(-1))
+    with pytest.raises(ValueError, match="projection"):
+        stackgan.Recipe(projection="pooled")

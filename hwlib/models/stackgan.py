@@ -82,7 +82,11 @@ class Recipe:
     - ``ema``: decay of an exponential moving average of G's weights to sample from (None: sample G).
     - ``spectral_norm``: spectral normalisation of every D weight, and no BatchNorm in D (Miyato et al. 2018).
     - ``projection``: the projection discriminator's conditional head (Miyato & Koyama 2018),
-      ``psi(phi(x)) + <V mu, phi(x)>`` with ``phi`` D's sum-pooled features, instead of concatenating mu.
+      ``psi(phi(x)) + <V mu, phi(x)>`` with ``phi`` D's sum-pooled features, instead of concatenating mu (True).
+      ``"map"``: ``V`` maps mu to a whole (8df, 4, 4) map and the inner product is taken with D's 4x4 features
+      before pooling, so the condition can ask for a colour at a place (a wing, a crown) instead of somewhere.
+      Measured on the `stable` recipe at `quick`'s 7,168 steps over three seeds: attribute-feature FID 108 against
+      116, but body 0.44 against 0.47, wing 0.41 against 0.43, belly 0.22 against 0.28, so `stable` keeps True.
     - ``lr_d``: D's learning rate as a multiple of G's (1: the paper's equal rates).
     - ``ca_logvar_init``: initial bias of the log-variance half of the conditioning augmentation (0: the
       official initialisation, sigma = 1). ``c = mu + sigma * eps``: with sigma = 1 and mu's spread ~0.4 at
@@ -116,7 +120,7 @@ class Recipe:
     diffaug: str = ""
     ema: float | None = None
     spectral_norm: bool = False
-    projection: bool = False
+    projection: bool | str = False
     lr_d: float = 1.0
     ca_logvar_init: float = 0.0
     g_min_channels: int = 0
@@ -126,7 +130,8 @@ class Recipe:
     stage2_consistency: float = 0.0
 
     def __post_init__(self) -> None:
-        for name, value, allowed in (("loss", self.loss, ("bce", "hinge")), ("wrong", self.wrong, ("shift", "class", "hardest", "none"))):
+        for name, value, allowed in (("loss", self.loss, ("bce", "hinge")), ("wrong", self.wrong, ("shift", "class", "hardest", "none")),
+                                     ("projection", self.projection, (False, True, "map"))):
             if value not in allowed:
                 raise ValueError(f"Recipe.{name} must be one of {allowed}, not {value!r}")
 
@@ -315,7 +320,7 @@ class StageD(nn.Module):
     """
 
     def __init__(self, image_size: int = 64, c_dim: int = 128, df: int = 64, uncond: bool = False,
-                 spectral_norm: bool = False, projection: bool = False, match: bool = False) -> None:
+                 spectral_norm: bool = False, projection: bool | str = False, match: bool = False) -> None:
         super().__init__()
         n_down = int(math.log2(image_size)) - 2
         if 4 * 2**n_down != image_size or n_down < 4:
@@ -333,7 +338,7 @@ class StageD(nn.Module):
         self.encode = nn.Sequential(*layers)
         self.projection = projection
         if projection:  # psi(phi(x)) + <V mu, phi(x)>; psi is the unconditional head
-            self.embed = sn(nn.Linear(c_dim, c, bias=False))
+            self.embed = sn(nn.Linear(c_dim, c * (16 if projection == "map" else 1), bias=False))
         else:
             self.joint = nn.Sequential(sn(nn.Conv2d(c + c_dim, c, 3, 1, 1, bias=False)), bn(c), nn.LeakyReLU(0.2, True))
             self.logit = sn(nn.Conv2d(c, 1, 4, 4))
@@ -346,6 +351,8 @@ class StageD(nn.Module):
         return self.encode(image)
 
     def cond_logit(self, h: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        if self.projection == "map":  # the inner product at each of the 4x4 positions
+            return self.logit_uncond(h).view(-1) + (self.embed(cond.to(h.dtype)).view(h.shape) * h).sum((1, 2, 3))
         if self.projection:
             return self.logit_uncond(h).view(-1) + (self.embed(cond.to(h.dtype)) * h.sum((2, 3))).sum(1)
         h = self.joint(torch.cat([h, cond.to(h.dtype)[:, :, None, None].expand(-1, -1, *h.shape[2:])], 1))
