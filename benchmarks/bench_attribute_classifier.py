@@ -71,7 +71,7 @@ def main() -> None:
     if list(captions) != [str(c) for c in saved["captions"]]:
         raise SystemExit(f"{path} was not made from this profile's evaluation captions: re-run notebook 01 with "
                          f"profile {cfg.profile!r}")
-    real = test.images(76)[:, :, 6:70, 6:70].float() / 127.5 - 1
+    real = cub.center_crop(test.images(76), 64)
     real_targets = synthbirds.attribute_labels(root, test.class_ids)
     shuffled = {k: v[np.random.default_rng(0).permutation(len(low))] for k, v in targets.items()}
     for width, n, epochs in configs:
@@ -96,6 +96,7 @@ def main() -> None:
             print(f"w{width} n{n} e{epochs} seed {s}: real {row['real']} | generated {row['generated']} | "
                   f"wrong {row['wrong']} | read as the body's colour {row['body_for_k']}", flush=True)
             write_result(f"stackgan_classifier/{cfg.profile}_w{width}_n{n}_e{epochs}_train{s}", row, device, echo=False)
+
 
 if __name__ == "__main__":
     main()

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 import hwlib
-from hwlib.bench import write_result
+from hwlib.bench import is_dense, write_result
 from hwlib.checkpoints import Checkpointer
 from hwlib.diffusion import Diffusion
 from hwlib.metrics import evaluate
@@ -76,7 +76,7 @@ def dense_share(diffusion: Diffusion, model: torch.nn.Module, batch: int, precis
                 diffusion.predict(model, x, diffusion.T // 2, None, None)
     events = prof.key_averages()
     total = sum(e.self_cpu_time_total for e in events)
-    return sum(e.self_cpu_time_total for e in events if any(k in e.key for k in ("convolution", "mm", "linear"))) / total
+    return sum(e.self_cpu_time_total for e in events if is_dense(e.key)) / total
 
 
 def main() -> None:

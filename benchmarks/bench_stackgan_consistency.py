@@ -142,7 +142,7 @@ def main() -> None:
         if args.condition == "none":
             embeddings = torch.zeros_like(embeddings)
             recipe = stackgan.Recipe(**{**recipe.as_dict(), "wrong": "none"})
-    real_feats = {k: attributes.features(clf, v[3][:n_eval, :, 6:70, 6:70].float() / 127.5 - 1) for k, v in evals.items()}
+    real_feats = {k: attributes.features(clf, cub.center_crop(v[3][:n_eval], 64)) for k, v in evals.items()}
 
     seed_everything(args.train_seed)
     G, D = (net.to(device) for net in stackgan.build_stage1(embeddings.shape[-1], cfg.c_dim, cfg.z_dim, gf, df,

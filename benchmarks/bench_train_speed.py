@@ -50,7 +50,7 @@ import torch
 
 import hwlib
 from hwlib import nbtools
-from hwlib.bench import write_result
+from hwlib.bench import is_dense, write_result
 from hwlib.checkpoints import Checkpointer
 from hwlib.data import ResidentLoader, load_mnist
 from hwlib.data.cub import index_loader
@@ -207,7 +207,6 @@ RUNS = {"01/stage1": run_01(1), "01/stage2": run_01(2), "02/lin": run_02, "03/ml
         "03/conv": run_03("conv"), "04/vae": run_04("vae"), "04/dcgan": run_04("dcgan"), "04/ddpm": run_04("ddpm")}
 
 PHASES = {"autograd::engine": "backward", "Optimizer.": "optimizer", "hwlib.ema": "ema"}  # inside hwlib.step
-DENSE = ("convolution", "mm", "linear")  # convolutions and matrix products, eager or fused by torch.compile
 
 
 def train(name: str, core: Core, steps: int, device: torch.device, profile: bool = False) -> dict:
@@ -240,7 +239,7 @@ def phases(prof: torch.profiler.profile, steps: int) -> dict[str, float]:
         elif parent is not None and parent.name == "hwlib.step":
             phase = next((v for k, v in PHASES.items() if e.name.startswith(k)), "forward")
             total[phase] += e.cpu_time_total
-        if any(k in e.name for k in DENSE) and in_step(e):
+        if is_dense(e.name) and in_step(e):
             total["dense"] += e.self_cpu_time_total
     return {k: round(v / 1000 / steps, 2) for k, v in total.items()}
 

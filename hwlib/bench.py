@@ -13,6 +13,15 @@ import torch
 from hwlib.paths import committed_or_scratch, repo_root
 
 
+DENSE_OPS = ("convolution", "mm", "linear")  # profiler names of convolutions and matrix products, eager or compiled
+
+
+def is_dense(op: str) -> bool:
+    """Whether a ``torch.profiler`` event name is a convolution or a matrix product (the work the benchmarks' speed
+    ceilings keep)."""
+    return any(k in op for k in DENSE_OPS)
+
+
 def device_name(device: torch.device | str | None = None) -> str:
     """A human-readable name: the GPU model, or the CPU model with its core count."""
     device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -433,3 +433,11 @@ def test_google_drive_urls_go_through_gdown(tmp_path: Path, monkeypatch) -> None
     monkeypatch.setitem(sys.modules, "gdown", types.SimpleNamespace(download=lambda url, output, quiet: None))
     with pytest.raises(OSError, match="gdown could not fetch"):
         cub._fetch(cub.BIRDS_URL, tmp_path / "again.zip", timeout=1)
+
+
+def test_center_crop_takes_the_middle_and_scales_to_minus_one_one() -> None:
+    images = torch.randint(0, 256, (2, 3, 76, 76), dtype=torch.uint8)
+    out = cub.center_crop(images, 64)
+    assert out.shape == (2, 3, 64, 64) and out.dtype == torch.float32
+    torch.testing.assert_close(out, images[:, :, 6:70, 6:70].float() / 127.5 - 1, rtol=0, atol=0)
+    assert cub.center_crop(torch.full((1, 3, 8, 8), 255, dtype=torch.uint8), 4).eq(1).all()

@@ -475,6 +475,13 @@ def augment(images: torch.Tensor, out_size: int, flip: bool = True, generator: t
     return crops.permute(0, 3, 1, 2).float().div(127.5).sub(1.0).contiguous()
 
 
+def center_crop(images: torch.Tensor, out_size: int) -> torch.Tensor:
+    """The centre ``out_size`` crop of uint8 images (B, 3, L, L), as float (B, 3, out_size, out_size) in [-1, 1]
+    (the deterministic counterpart of :func:`augment`, for evaluation)."""
+    o = (images.shape[-1] - out_size) // 2
+    return images[:, :, o:o + out_size, o:o + out_size].float() / 127.5 - 1
+
+
 def pick_embedding(embeddings: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """One of the 10 caption embeddings per sample: (B, 10, D) -> (B, D)."""
     b, k, _ = embeddings.shape
