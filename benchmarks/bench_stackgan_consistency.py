@@ -67,6 +67,25 @@ def recipe_name(recipe: stackgan.Recipe) -> str:
     return "_".join(["paper"] + diff)
 
 
+def attribute_classifier(cfg, seed: int, device) -> attributes.AttributeNet:
+    """Notebook 01's attribute classifier at the profile's settings (trained once, then restored from its run)."""
+    attr_images, attr_labels = synthbirds.attribute_birds(cfg.attr_n, seed=seed)
+    clf, _ = attributes.train_attribute_net(torch.from_numpy(attr_images), attr_labels, width=cfg.attr_width,
+                                            epochs=cfg.attr_epochs, run_dir=hwlib.runs_dir("bench/stackgan_ladder/attributes"),
+                                            seed=seed, device=device)
+    return clf
+
+
+def caption_evals(cfg, splits: dict, seed: int) -> dict[str, tuple]:
+    """{split name: (caption embeddings (n, t_dim), z (n, z_dim), colour targets, real 76 px images)} for
+    ``splits`` {name: (BirdSplit, its 76 px images)}: :func:`synthbirds.consistency_set` of each."""
+    evals = {}
+    for split_name, (split, real) in splits.items():
+        text, z, targets, captions = synthbirds.consistency_set(split, min(cfg.n_eval, len(split)), cfg.z_dim, seed)
+        evals[split_name] = (text, z, {k: targets[k] for k in COLOURS}, real, captions)
+    return evals
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--profile", default="quick")
@@ -86,6 +105,8 @@ def main() -> None:
     parser.add_argument("--halving", action="store_true", help="halve the learning rate as the profile does (default: constant)")
     parser.add_argument("--lr-decay-epochs", type=int, default=None, help="with --halving: halve every this many epochs "
                         "(default: the profile's lr_decay_epochs)")
+    parser.add_argument("--standing-stats", action="store_true", help="re-estimate the EMA generator's BatchNorm "
+                        "statistics on training captions before each evaluation (stackgan.standing_stats)")
     parser.add_argument("--tag", default="", help="extra name for the result file")
     args = parser.parse_args()
     cfg, device, seed = hwlib.get_profile("01_stackgan_cub", args.profile, verbose=False), get_device(), args.seed
@@ -107,14 +128,12 @@ def main() -> None:
     parts += [f"bs{batch_size}"] if batch_size != cfg.batch_size else []
     decay = args.lr_decay_epochs or cfg.lr_decay_epochs
     parts += [f"halving{decay}"] if args.halving else []  # results named plain "halving" were halved every 8 epochs
+    parts += ["standing"] if args.standing_stats else []
     parts += [args.tag] if args.tag else []
     name = "_".join(parts + [f"train{args.train_seed}"])
     runs = hwlib.runs_dir(f"bench/stackgan_ladder/{name}")
 
-    attr_images, attr_labels = synthbirds.attribute_birds(cfg.attr_n, seed=seed)
-    clf, _ = attributes.train_attribute_net(torch.from_numpy(attr_images), attr_labels, width=cfg.attr_width,
-                                            epochs=cfg.attr_epochs, run_dir=hwlib.runs_dir("bench/stackgan_ladder/attributes"),
-                                            seed=seed, device=device)
+    clf = attribute_classifier(cfg, seed, device)
     train_76, test_76 = train.images(76), test.images(76)
 
     # conditions and evaluation sets: {name: (text (n, t_dim), z (n, z_dim), targets, real 64 px crops)}
@@ -129,13 +148,13 @@ def main() -> None:
         z = torch.randn(n_eval, cfg.z_dim, generator=torch.Generator().manual_seed(seed + 1))
         evals["seen"] = (eye[torch.from_numpy(train.class_ids[idx]) - 1], z, {k: labels[k] for k in COLOURS}, train_76)
     else:
-        for split_name, split, real in (("unseen", test, test_76), ("seen", train, train_76)):
-            text, z, targets, captions = synthbirds.consistency_set(split, n_eval, cfg.z_dim, seed)
+        for split_name, (text, z, targets, real, captions) in caption_evals(
+                cfg, {"unseen": (test, test_76), "seen": (train, train_76)}, seed).items():
             if args.condition == "none":
                 text = torch.zeros_like(text)
             elif args.condition == "attributes":
                 text = torch.from_numpy(synthbirds.caption_codes(captions))
-            evals[split_name] = (text, z, {k: targets[k] for k in COLOURS}, real)
+            evals[split_name] = (text, z, targets, real)
         if args.condition == "attributes":
             codes = synthbirds.caption_codes([c for i in range(len(train)) for c in train.captions(i)])
             embeddings = torch.from_numpy(codes).view(len(train), -1, codes.shape[1])
@@ -158,6 +177,8 @@ def main() -> None:
         if epoch % every_epochs:
             return
         sampler = ema.module if ema is not None else G
+        if args.standing_stats:
+            stackgan.standing_stats(sampler, embeddings, seed=seed)
         row: dict = {"step": epoch * n_batches, "epoch": epoch, "seconds": round(time.perf_counter() - t0, 1)}
         for split_name, (text, z, targets, _) in evals.items():
             low = stackgan.generate(sampler, text, z=z)[0]
@@ -174,13 +195,14 @@ def main() -> None:
                          batch_size=batch_size, run_dir=runs, lr=lr, betas=cfg.betas, kl_coef=kl_coef,
                          z_dim=cfg.z_dim, lr_decay_epochs=decay if args.halving else None,
                          seed=args.train_seed, resume=False, recipe=recipe, ema=ema, on_epoch_end=score,
-                         config={"name": name, "epochs": epochs}, desc="Stage-I", progress=False)
+                         config={"name": name, "epochs": epochs}, desc="Stage-I", progress=False,
+                         swapped=torch.from_numpy(train.swapped_embeddings()).to(device) if recipe.wrong == "swap" else None)
     write_result(f"stackgan_ladder/{name}", {
         "profile": cfg.profile, "condition": args.condition, "recipe": rname, "recipe_fields": recipe.as_dict(),
         "gf": gf, "df": df, "batch_size": batch_size, "n_train": len(train), "train_seed": args.train_seed,
         "lr": lr, "kl_coef": kl_coef, "n_eval": n_eval, "chance": 0.1,
         "lr_schedule": f"halved every {decay} epochs" if args.halving else "constant", "lr_decay_epochs": decay,
-        "profile_steps": cfg.epochs1 * n_batches, "threads": torch.get_num_threads(), "curve": curve}, device)
+        "profile_steps": cfg.epochs1 * n_batches, "standing_stats": args.standing_stats, "threads": torch.get_num_threads(), "curve": curve}, device)
 
 
 if __name__ == "__main__":

@@ -51,3 +51,24 @@ def encode(captions: Sequence[str], batch_size: int = 256, device: str | None = 
         emb = _model(device).encode(list(unique), batch_size=batch_size, convert_to_numpy=True,
                                     normalize_embeddings=True, show_progress_bar=False)
     return emb.astype(np.float32)[inverse.reshape(-1)]
+
+
+# colour words of CUB's captions (and all of SynthBirds'); "gray" is CUB's other spelling of "grey"
+COLOUR_WORDS = ("red", "orange", "yellow", "green", "blue", "brown", "black", "white", "grey", "gray", "purple", "pink")
+
+
+def swap_colour(caption: str, rng: np.random.Generator) -> str | None:
+    """``caption`` with one of its colour words (:data:`COLOUR_WORDS`, picked with ``rng``) replaced by a different
+    colour, e.g. "a red crown and blue wings" -> "a red crown and green wings"; None when it names no colour.
+
+    A near-miss negative for a matching-aware discriminator: the caption still describes the same bird except
+    for one part, so telling it from the true caption needs that part's colour (``Recipe.wrong = "swap"``)."""
+    import re
+
+    words = list(re.finditer(rf"\b({'|'.join(COLOUR_WORDS)})\b", caption, flags=re.IGNORECASE))
+    if not words:
+        return None
+    m = words[rng.integers(len(words))]
+    same = {m.group(1).lower()} | ({"grey", "gray"} if m.group(1).lower() in ("grey", "gray") else set())
+    others = [c for c in COLOUR_WORDS if c not in same and c != "gray"]
+    return caption[:m.start()] + others[rng.integers(len(others))] + caption[m.end():]

@@ -230,6 +230,25 @@ class EMA:
         self.updates = int(state["updates"])
 
 
+@torch.no_grad()
+def standing_stats(module: nn.Module, forward: Callable[[int], Any], n_batches: int = 16) -> nn.Module:
+    """Re-estimate every BatchNorm's running mean and variance in ``module`` as the plain average over ``n_batches``
+    calls ``forward(i)`` (which run ``module`` on a batch) in train mode: BigGAN's "standing statistics" (Brock et
+    al. 2019). An EMA of a generator's weights needs them: the statistics :class:`EMA` copies from the live network
+    belong to other weights. Restores each BN's momentum and the module's mode; returns ``module``."""
+    bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    momenta, training = [m.momentum for m in bns], module.training
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    module.train()
+    for i in range(n_batches):
+        forward(i)
+    for m, momentum in zip(bns, momenta):
+        m.momentum = momentum
+    return module.train(training)
+
+
 # ----------------------------------------------------------------------------- checkpoints
 
 

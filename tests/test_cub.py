@@ -106,6 +106,34 @@ def test_minilm_option_embeds_text_c10_and_caches(root: Path, monkeypatch) -> No
     assert first.embeddings[0, 0, 0] == len(first.captions(0)[0])
 
 
+def test_swapped_embeddings_embed_one_colour_swap_per_caption_and_cache(root: Path, monkeypatch) -> None:
+    from hwlib import text
+
+    calls: list[list[str]] = []
+
+    def fake_encode(captions):
+        calls.append(list(captions))
+        return np.stack([np.full(384, len(c) + 0.5 * ("red" in c), np.float32) for c in captions])
+
+    monkeypatch.setattr(text, "encode", fake_encode)
+    split = cub.open_birds(root, "train", embedding="all-MiniLM-L6-v2")
+    first = root / "birds" / "text_c10" / f"{split.keys[0]}.txt"  # the fixture's captions name no colour: give some one
+    first.write_text("".join(f"a red bird with {c} wings\n" if k < 5 else f"a plain bird {k}\n"
+                             for k, c in enumerate(("blue", "grey", "gray", "white", "pink") + ("",) * 5)))
+    swapped = split.swapped_embeddings()
+    captions = [c for i in range(len(split)) for c in split.captions(i)]
+    n_coloured = sum(text.swap_colour(c, np.random.default_rng(0)) is not None for c in captions)
+    assert swapped.shape == split.embeddings.shape and n_coloured == 5 and len(calls[1]) == n_coloured
+    assert all(text.swap_colour(c, np.random.default_rng(0)) != c for c in calls[1])  # every one a changed caption
+    flat_new, flat_old = swapped.reshape(len(captions), -1), split.embeddings.reshape(len(captions), -1)
+    coloured = np.array([text.swap_colour(c, np.random.default_rng(0)) is not None for c in captions])
+    np.testing.assert_array_equal(flat_new[~coloured], flat_old[~coloured])  # no colour word: its own embedding
+    np.testing.assert_array_equal(split.swapped_embeddings(), swapped)
+    assert len(calls) == 2  # cached
+    with pytest.raises(ValueError, match="sentence encoder"):
+        cub.open_birds(root, "train").swapped_embeddings()
+
+
 def test_augment_crops_flips_and_scales() -> None:
     images = torch.arange(76, dtype=torch.uint8).repeat(2, 3, 76, 1)  # value = column index
     out = cub.augment(images, 64, generator=torch.Generator().manual_seed(0))

@@ -270,6 +270,28 @@ def test_hardest_wrong_pairs_train_a_step():
     assert torch.isfinite(out["loss_d"]) and 0 < float(out["d_wrong"]) < 1
 
 
+def test_swap_wrong_pairs_add_each_image_with_its_colour_swapped_caption():
+    r = stackgan.Recipe(**{**stackgan.get_recipe("stable").as_dict(), "wrong": "swap"})
+    shift = stackgan.Recipe(**{**r.as_dict(), "wrong": "shift"})
+    images = torch.randint(0, 256, (6, 3, 76, 76), dtype=torch.uint8)
+    emb = torch.randn(6, 10, 8)
+
+    def loss_d(recipe, swapped):
+        torch.manual_seed(0)
+        G, D = stackgan.build_stage1(8, c_dim=4, z_dim=4, gf=4, df=4, recipe=recipe)
+        opt_g, opt_d = torch.optim.Adam(G.parameters()), torch.optim.Adam(D.parameters())
+        step = stackgan.make_stackgan_step(G, D, opt_g, opt_d, images=images, embeddings=emb, class_ids=torch.arange(6),
+                                           out_size=64, kl_coef=1.0, z_dim=4, recipe=recipe, swapped=swapped, amp=False)
+        torch.manual_seed(1)
+        return float(step((torch.arange(6),), 0)["loss_d"])
+
+    # a caption without a colour word keeps its embedding: no near miss, the official shifted pairs alone
+    assert loss_d(r, emb.clone()) == loss_d(shift, None)
+    assert loss_d(r, emb + torch.randn_like(emb)) != loss_d(shift, None)
+    with pytest.raises(ValueError, match="swapped"):
+        loss_d(r, None)
+
+
 def test_projection_map_scores_the_condition_at_each_position():
     torch.manual_seed(0)
     D = stackgan.StageD(64, c_dim=4, df=4, projection="map")
@@ -281,3 +303,26 @@ def test_projection_map_scores_the_condition_at_each_position():
     assert not torch.allclose(D.cond_logit(moved, cond) - D.logit_uncond(moved).view(-1), expected - D.logit_uncond(h).view(-1))
     with pytest.raises(ValueError, match="projection"):
         stackgan.Recipe(projection="pooled")
+
+
+def test_generate_ca_noise_zero_samples_the_conditioning_mean():
+    torch.manual_seed(0)
+    G, _ = stackgan.build_stage1(8, c_dim=4, z_dim=4, gf=4, df=4)
+    text, z = torch.randn(5, 8), torch.randn(5, 4)
+    mean_a = stackgan.generate(G, text, z=z, ca_noise=0.0)[0]
+    mean_b = stackgan.generate(G, text, z=z, ca_noise=0.0)[0]
+    sampled = stackgan.generate(G, text, z=z)[0]
+    torch.testing.assert_close(mean_a, mean_b)  # c = mu: the same images for the same z
+    assert not torch.allclose(sampled, mean_a) and G.ca.noise == 1.0  # training samples c again afterwards
+
+
+def test_standing_stats_re_estimate_both_stages_batchnorm():
+    torch.manual_seed(0)
+    nets = stackgan.build(8, c_dim=4, z_dim=4, gf=4, df=4, stage2_size=64)
+    G1, G2 = nets["G1"].eval(), nets["G2"].eval()
+    emb = torch.randn(6, 10, 8)
+    for G, kw in ((G1, {}), (G2, {"G1": G1})):
+        bn = next(m for m in G.modules() if isinstance(m, torch.nn.BatchNorm2d))
+        stackgan.standing_stats(G, emb, n_batches=2, batch_size=4, **kw)
+        assert int(bn.num_batches_tracked) == 2 and not torch.equal(bn.running_mean, torch.zeros_like(bn.running_mean))
+        assert not G.training

@@ -329,3 +329,16 @@ def test_maybe_compile_only_when_enabled_and_not_in_a_cpu_dry_run(monkeypatch):
     monkeypatch.delenv("HWLIB_DRYRUN")
     compiled = train.maybe_compile(net, True)
     assert compiled is not net and train.unwrap(compiled) is net  # compiles lazily: nothing runs here
+
+
+def test_standing_stats_are_the_plain_average_over_the_batches():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4)).eval()
+    net[1].running_mean.fill_(5.0)  # stale statistics, e.g. copied from another network's weights
+    batches = [torch.randn(8, 3) * (i + 1) for i in range(3)]
+    train.standing_stats(net, lambda i: net(batches[i]), n_batches=3)
+    with torch.no_grad():
+        pre = [net[0](x) for x in batches]
+    torch.testing.assert_close(net[1].running_mean, torch.stack([h.mean(0) for h in pre]).mean(0))
+    torch.testing.assert_close(net[1].running_var, torch.stack([h.var(0) for h in pre]).mean(0))
+    assert not net.training and net[1].momentum == 0.1 and int(net[1].num_batches_tracked) == 3

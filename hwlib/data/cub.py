@@ -282,6 +282,7 @@ class BirdSplit:
     embeddings: np.ndarray
     bboxes: np.ndarray
     image_paths: list[Path]
+    embedding: str = "char-CNN-RNN"
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -289,6 +290,30 @@ class BirdSplit:
     def captions(self, index: int) -> list[str]:
         """The 10 captions of sample ``index``."""
         return read_captions(self.root, self.keys[index])
+
+    def swapped_embeddings(self, seed: int = 0) -> np.ndarray:
+        """Embeddings (N, 10, D) float32 of every caption with one colour word swapped (:func:`hwlib.text.swap_colour`,
+        drawn with ``seed``), the negatives of ``Recipe.wrong = "swap"``; a caption without a colour word keeps its own
+        embedding. Needs a sentence encoder (char-CNN-RNN cannot embed new sentences); embedded once and cached
+        (atomically) as ``birds/<split>/<encoder>-swapped<seed>.npy``."""
+        if self.embedding == "char-CNN-RNN":
+            raise ValueError("swapped captions need a sentence encoder: open the split with "
+                             "open_birds(..., embedding='all-MiniLM-L6-v2'), or choose another Recipe.wrong")
+        path = self.root / "birds" / self.split / f"{self.embedding}-swapped{seed}.npy"
+        emb = read_arrays(path)
+        if emb is None or emb.shape != self.embeddings.shape:
+            from hwlib import text
+
+            rng = np.random.default_rng(seed)
+            captions = [c for i in range(len(self)) for c in self.captions(i)]
+            swapped = [text.swap_colour(c, rng) for c in captions]
+            emb = self.embeddings.reshape(len(captions), -1).copy()
+            todo = [j for j, c in enumerate(swapped) if c is not None]
+            if todo:
+                emb[todo] = text.encode([swapped[j] for j in todo])
+            emb = emb.reshape(self.embeddings.shape)
+            write_arrays(path, emb)
+        return emb
 
     def images(self, load_size: int, indices: np.ndarray | None = None) -> torch.Tensor:
         """Bounding-box crops resized to ``load_size``: uint8 tensor (len(indices), 3, load_size, load_size)."""
@@ -391,7 +416,7 @@ def open_birds(root: str | Path | None = None, split: str = "train", embedding: 
     bboxes = _read_boxes(cub / "bounding_boxes.txt", ids, keys)
     paths = [cub / "images" / images[i][0] for i in ids]
     emb = _embeddings(root, split, keys, embedding)
-    return BirdSplit(root, split, keys, class_ids, emb, bboxes, paths)
+    return BirdSplit(root, split, keys, class_ids, emb, bboxes, paths, embedding)
 
 
 def _read_keys(path: Path) -> list[str]:

@@ -75,11 +75,19 @@ class Recipe:
       other caption almost always names another body colour, so D can tell wrong pairs by the largest part alone,
       while the closest one shares most colours and differs in a smaller part. Measured on the `stable` recipe at
       `quick`'s 7,168 steps over three seeds: belly 0.32 against 0.28, but body 0.41 against 0.47 and wing 0.40
-      against 0.43, so `stable` keeps ``"shift"``; ``"none"``: no wrong pairs (an unconditional or label-only
-      ablation).
+      against 0.43, so `stable` keeps ``"shift"``; ``"swap"``: the official shifted pairs plus each real image with
+      its own caption, one colour word swapped for another (:meth:`hwlib.data.cub.BirdSplit.swapped_embeddings`):
+      a near miss that differs from the truth in one part only, so D must check every part the caption names, the
+      crown as much as the body (needs a sentence encoder). Measured the same way: body 0.43, wing 0.39, crown 0.22,
+      belly 0.31 against 0.47, 0.43, 0.23, 0.28 -- D trained on near misses still reads a real test bird's crown
+      no better (``benchmarks/bench_stackgan_critic.py``: 0.62 against 0.63); ``"none"``: no wrong pairs (an unconditional or
+      label-only ablation).
     - ``diffaug``: DiffAugment policy (Zhao et al. 2020) applied to every image D sees, real and fake:
       ``"translation,cutout"`` or ``""``. No colour policy: it would change the colours a caption names.
-    - ``ema``: decay of an exponential moving average of G's weights to sample from (None: sample G).
+    - ``ema``: decay of an exponential moving average of G's weights to sample from (None: sample G). A longer
+      average (0.999) with BatchNorm statistics re-estimated for the averaged weights (:func:`standing_stats`)
+      measured body 0.47, wing 0.46, crown 0.22, belly 0.28 over three seeds against 0.47, 0.43, 0.23, 0.28: within
+      the spread, so `stable` keeps 0.99 (``benchmarks/bench_stackgan_consistency.py --set ema=0.999 --standing-stats``).
     - ``spectral_norm``: spectral normalisation of every D weight, and no BatchNorm in D (Miyato et al. 2018).
     - ``projection``: the projection discriminator's conditional head (Miyato & Koyama 2018),
       ``psi(phi(x)) + <V mu, phi(x)>`` with ``phi`` D's sum-pooled features, instead of concatenating mu (True).
@@ -130,7 +138,7 @@ class Recipe:
     stage2_consistency: float = 0.0
 
     def __post_init__(self) -> None:
-        for name, value, allowed in (("loss", self.loss, ("bce", "hinge")), ("wrong", self.wrong, ("shift", "class", "hardest", "none")),
+        for name, value, allowed in (("loss", self.loss, ("bce", "hinge")), ("wrong", self.wrong, ("shift", "class", "hardest", "swap", "none")),
                                      ("projection", self.projection, (False, True, "map"))):
             if value not in allowed:
                 raise ValueError(f"Recipe.{name} must be one of {allowed}, not {value!r}")
@@ -182,6 +190,7 @@ class CondAugment(nn.Module):
         super().__init__()
         self.fc = nn.Linear(t_dim, 2 * c_dim)
         self.c_dim, self.logvar_init = c_dim, logvar_init
+        self.noise = 1.0  # scale of sigma * eps (generate's ca_noise; 1 in training)
         self.register_buffer("t_mean", torch.zeros(t_dim))
         self.register_buffer("t_std", torch.ones(t_dim))
 
@@ -199,7 +208,7 @@ class CondAugment(nn.Module):
 
     def forward(self, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         mu, logvar = self.fc((text - self.t_mean) / self.t_std).chunk(2, dim=1)
-        c = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
+        c = mu + torch.randn_like(mu) * (0.5 * logvar).exp() * self.noise if self.noise else mu
         return c, mu, logvar
 
 
@@ -404,7 +413,7 @@ def build_stage1(t_dim: int, c_dim: int = 128, z_dim: int = 100, gf: int = 128, 
 def make_stackgan_step(G: nn.Module, D: StageD, opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer, *,
                        images: torch.Tensor, embeddings: torch.Tensor, class_ids: torch.Tensor, out_size: int,
                        kl_coef: float = 2.0, z_dim: int = 100, G1: nn.Module | None = None, amp: bool = True,
-                       recipe: str | Recipe | dict = "paper", ema: Any = None):
+                       recipe: str | Recipe | dict = "paper", ema: Any = None, swapped: torch.Tensor | None = None):
     """One StackGAN step for :func:`hwlib.train.fit` over a loader of dataset indices ``(idx (B,),)``.
 
     ``images`` uint8 (N, 3, L, L) (L = 76 for Stage I, 304 for Stage II), ``embeddings`` (N, 10, t_dim),
@@ -414,7 +423,8 @@ def make_stackgan_step(G: nn.Module, D: StageD, opt_g: torch.optim.Optimizer, op
     ``(real + real_u) / 2 + (fake + wrong + fake_u) / 3``, else ``real + (fake + wrong) / 2``), then one G
     update with ``loss_g + kl_coef * KL`` (``loss_g`` sums both heads). The :class:`Recipe` picks the loss, the
     wrong pairs, DiffAugment and (with ``ema``, an :class:`hwlib.train.EMA` of G) the weight average. With ``G1``
-    (frozen, eval mode) the step trains Stage II on Stage-I images. ``amp``: bf16 autocast where the hardware computes it natively
+    (frozen, eval mode) the step trains Stage II on Stage-I images. ``swapped`` (N, 10, t_dim): the colour-swapped
+    captions' embeddings, row for row with ``embeddings``, for ``recipe.wrong == "swap"``. ``amp``: bf16 autocast where the hardware computes it natively
     (:func:`hwlib.train.autocast`). Returns detached ``loss_d``, ``loss_g``, ``kl``, ``d_real``/``d_wrong``/``d_fake`` (mean sigmoid).
     """
     from hwlib.data.cub import augment, pick_embedding, wrong_indices
@@ -423,6 +433,9 @@ def make_stackgan_step(G: nn.Module, D: StageD, opt_g: torch.optim.Optimizer, op
 
     r = get_recipe(recipe)
     device = images.device
+    if r.wrong == "swap" and (swapped is None or swapped.shape != embeddings.shape):
+        raise ValueError("Recipe.wrong='swap' needs swapped= embeddings of embeddings' shape "
+                         "(BirdSplit.swapped_embeddings(), with a sentence encoder)")
 
     def aug(x: torch.Tensor) -> torch.Tensor:
         return diff_augment(x, r.diffaug)
@@ -430,7 +443,10 @@ def make_stackgan_step(G: nn.Module, D: StageD, opt_g: torch.optim.Optimizer, op
     def step(batch: tuple[torch.Tensor, ...], _: int) -> dict[str, torch.Tensor]:
         (idx,) = batch
         real = augment(images[idx], out_size)
-        text = pick_embedding(embeddings[idx]).float()
+        if r.wrong == "swap":  # the same caption index for the true and the swapped embedding
+            text, near = pick_embedding(torch.cat([embeddings[idx], swapped[idx]], -1)).float().chunk(2, dim=1)
+        else:
+            text = pick_embedding(embeddings[idx]).float()
         z = torch.randn(len(idx), z_dim, device=device)
         with autocast(device, amp):
             if G1 is None:
@@ -450,6 +466,11 @@ def make_stackgan_step(G: nn.Module, D: StageD, opt_g: torch.optim.Optimizer, op
             elif r.wrong == "hardest":
                 pick, valid = hardest_negatives(text, class_ids[idx])
                 wrong_logit = D.cond_logit(h_real[valid], cond[pick[valid]])
+            elif r.wrong == "swap":  # the shifted pairs and each image with its caption one colour off
+                valid = (near != text).any(1)
+                with torch.no_grad():
+                    near_mu = G.ca(near)[1]
+                wrong_logit = torch.cat([D.cond_logit(h_real[:-1], cond[1:]), D.cond_logit(h_real[valid], near_mu[valid])])
             else:
                 wrong_logit = None
             loss_d = matching_aware_d_loss(real_logit, wrong_logit, fake_logit, real_uncond=D.uncond_logit(h_real),
@@ -515,11 +536,11 @@ def train_stage(G: nn.Module, D: StageD, *, images: torch.Tensor, embeddings: to
                 betas: tuple[float, float] = (0.5, 0.999), kl_coef: float = 2.0, z_dim: int = 100,
                 lr_decay_epochs: int | None = None, G1: nn.Module | None = None, seed: int = 0, resume: bool = True,
                 config: Any = None, recipe: str | Recipe | dict = "paper", ema: Any = None, channels_last: bool = True,
-                **fit_kwargs: Any) -> History:
+                swapped: torch.Tensor | None = None, **fit_kwargs: Any) -> History:
     """Train one StackGAN stage (Stage I, or Stage II with a frozen ``G1``) through :func:`hwlib.train.fit`.
 
     ``images`` uint8 (N, 3, L, L), ``embeddings`` (N, 10, t_dim) and ``class_ids`` (N,) on the training device,
-    as :func:`make_stackgan_step` takes them. Sets G's text standardisation from ``embeddings``, then trains with
+    as :func:`make_stackgan_step` takes them (with ``swapped`` for ``recipe.wrong == "swap"``). Sets G's text standardisation from ``embeddings``, then trains with
     Adam (``lr`` for G, ``lr * recipe.lr_d`` for D, ``betas``), the learning rates halved every ``lr_decay_epochs``
     epochs as the official trainer (constant if None), over shuffled batches of ``batch_size`` dataset indices.
     ``ema``: an :class:`hwlib.train.EMA` of G, updated every step and checkpointed (build it from
@@ -540,20 +561,60 @@ def train_stage(G: nn.Module, D: StageD, *, images: torch.Tensor, embeddings: to
                   if lr_decay_epochs else {})
     step = make_stackgan_step(G, D, optimizers["G"], optimizers["D"], images=images, embeddings=embeddings,
                               class_ids=class_ids, out_size=out_size, kl_coef=kl_coef, z_dim=z_dim, G1=G1, recipe=r,
-                              ema=ema)
+                              ema=ema, swapped=swapped)
     loader = index_loader(len(images), batch_size, seed=seed, device=images.device)
     return fit(step, loader, epochs=epochs, run_dir=run_dir, modules={"G": G, "D": D}, optimizers=optimizers,
                schedulers=schedulers, emas={"G": ema} if ema is not None else None, seed=seed, resume=resume,
                config=config, **fit_kwargs)
 
 
+def standing_stats(G: nn.Module, embeddings: torch.Tensor, n_batches: int = 16, batch_size: int = 64,
+                   seed: int = 0, G1: nn.Module | None = None) -> nn.Module:
+    """Re-estimate G's BatchNorm statistics (:func:`hwlib.train.standing_stats`) on ``n_batches`` batches of training
+    captions ``embeddings`` (N, 10, t_dim) (one random caption each) and fresh noise, drawn with ``seed``; Stage II
+    (with the frozen ``G1``) on G1's images of them. For an EMA of G's weights, whose copied statistics are the live
+    G's. Returns G in the mode it came in."""
+    from hwlib.train import standing_stats as _standing
+
+    device = next(G.parameters()).device
+    gen = torch.Generator().manual_seed(seed)
+    z_dim = (G1 or G).z_dim
+
+    def forward(_: int) -> None:
+        idx = torch.randint(0, len(embeddings), (batch_size,), generator=gen)
+        cap = torch.randint(0, embeddings.shape[1], (batch_size,), generator=gen)
+        text = embeddings[idx.to(embeddings.device), cap.to(embeddings.device)].to(device).float()
+        z = torch.randn(batch_size, z_dim, generator=gen).to(device)
+        if G1 is None:
+            G(text, z)
+        else:
+            G(G1(text, z)[0], text)
+
+    return _standing(G, forward, n_batches)
+
+
 @torch.no_grad()
 def generate(G1: nn.Module, text: torch.Tensor, G2: nn.Module | None = None, z: torch.Tensor | None = None,
-             batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor | None]:
+             batch_size: int = 64, ca_noise: float = 1.0) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Stage-I images (N, 3, 64, 64) and, with ``G2``, Stage-II images (N, 3, S, S), in [-1, 1], on the CPU.
 
     ``text`` (N, t_dim); ``z`` (N, z_dim) defaults to fresh Gaussian noise. Networks run in eval mode.
+    ``ca_noise`` scales the conditioning augmentation's noise, ``c = mu + ca_noise * sigma * eps``: 1 samples c as
+    in training (the paper), 0 takes its mean, a truncation of the caption's noise as BigGAN truncates z's.
     """
+    for G in (G1, G2):
+        if G is not None:
+            G.ca.noise = ca_noise
+    try:
+        return _generate(G1, text, G2, z, batch_size)
+    finally:
+        for G in (G1, G2):
+            if G is not None:
+                G.ca.noise = 1.0
+
+
+def _generate(G1: nn.Module, text: torch.Tensor, G2: nn.Module | None, z: torch.Tensor | None,
+              batch_size: int) -> tuple[torch.Tensor, torch.Tensor | None]:
     G1.eval()
     if G2 is not None:
         G2.eval()

@@ -1,0 +1,91 @@
+"""How StackGAN Stage-I is sampled, measured on generators already trained by ``bench_stackgan_consistency.py``.
+
+Restores the last checkpoint of each named ladder run (``benchmarks/results/stackgan_ladder/<run>.json`` and its
+run folder) and scores the generator it samples from (the EMA copy where the recipe keeps one) on the unseen test
+species, as the ladder does, under each sampling option:
+
+- ``ca_noise``: the conditioning augmentation's noise, ``c = mu + ca_noise * sigma * eps`` (1: the paper's sample;
+  0: its mean, a truncation of the caption's noise);
+- ``bn``: ``copied``, the BatchNorm statistics the EMA copied from the live generator (what training leaves), or
+  ``standing``, re-estimated on training captions for the averaged weights (:func:`hwlib.models.stackgan.standing_stats`).
+
+No training: the options change only how images are drawn from the same weights. Writes
+``benchmarks/results/stackgan_sampling/<tag>.json``.
+Usage: ``python benchmarks/bench_stackgan_sampling.py --runs quick_caption_stable_halving32_epyc_train{0,1,2} --tag stable``.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import hwlib
+from bench_stackgan_consistency import COLOURS, attribute_classifier, caption_evals
+from hwlib.bench import write_result
+from hwlib.data import cub, synthbirds
+from hwlib.metrics.attributes import consistency, features
+from hwlib.models import stackgan
+from hwlib.train import get_device
+
+RESULTS = Path(__file__).parent / "results" / "stackgan_ladder"
+
+
+def restore(run: str, cfg, t_dim: int) -> torch.nn.Module:
+    """The generator run ``run`` samples from, at its last checkpoint (eval mode, on the CPU)."""
+    meta = json.loads((RESULTS / f"{run}.json").read_text())
+    recipe = stackgan.Recipe(**meta["recipe_fields"])
+    G, _ = stackgan.build_stage1(t_dim, cfg.c_dim, cfg.z_dim, meta["gf"], meta["df"], upsample=cfg.upsample, recipe=recipe)
+    ckpts = sorted(hwlib.runs_dir(f"bench/stackgan_ladder/{run}").glob("ckpt_*.pt"))
+    if not ckpts:
+        raise SystemExit(f"{run}: no checkpoint under {hwlib.runs_dir(f'bench/stackgan_ladder/{run}')}; "
+                         "train it with bench_stackgan_consistency.py first")
+    state = torch.load(ckpts[-1], map_location="cpu", weights_only=False)
+    if state["emas"]:
+        G.load_state_dict(state["emas"]["G"]["module"])
+    else:
+        G.load_state_dict(state["modules"]["G"])
+    return G.eval()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", nargs="+", required=True, help="ladder result names (without .json)")
+    parser.add_argument("--tag", required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    cfg, device, seed = hwlib.get_profile("01_stackgan_cub", "quick", verbose=False), get_device(), args.seed
+    root = synthbirds.make_synthbirds(cfg.n_train, cfg.n_test, seed=seed)
+    train, test = (cub.open_birds(root, s, embedding=cfg.embedding) for s in ("train", "test"))
+    clf = attribute_classifier(cfg, seed, device)
+    text, z, targets, real, _ = caption_evals(cfg, {"unseen": (test, test.images(76))}, seed)["unseen"]
+    real_feats = features(clf, cub.center_crop(real[:len(text)], 64))
+    embeddings = torch.from_numpy(train.embeddings)
+    rows: dict[str, dict] = {}
+    for run in args.runs:
+        trained = restore(run, cfg, embeddings.shape[-1])
+        for bn in ("copied", "standing"):
+            G = copy.deepcopy(trained)
+            if bn == "standing":
+                stackgan.standing_stats(G, embeddings, seed=seed)
+            for noise in (1.0, 0.0):
+                low = stackgan.generate(G, text, z=z, ca_noise=noise)[0]
+                res = consistency(clf, low, targets, real_feats)
+                key = f"bn={bn},ca_noise={noise:g}"
+                rows.setdefault(key, {})[run] = {**{k: round(res[k], 3) for k in COLOURS}, "fid": round(res["fid"], 2)}
+                print(f"{run[-40:]:>40} {key:24} " + " ".join(f"{k} {res[k]:.3f}" for k in COLOURS) + f" FID {res['fid']:.1f}",
+                      flush=True)
+    summary = {key: {k: {"mean": round(float(np.mean([r[k] for r in runs.values()])), 3),
+                         "std": round(float(np.std([r[k] for r in runs.values()])), 3)} for k in (*COLOURS, "fid")}
+               for key, runs in rows.items()}
+    for key, s in summary.items():
+        print(f"{key:24} " + " ".join(f"{k} {v['mean']:.3f}±{v['std']:.3f}" for k, v in s.items()))
+    write_result(f"stackgan_sampling/{args.tag}", {"profile": cfg.profile, "runs": args.runs, "n_eval": len(text),
+                                                   "split": "unseen", "rows": rows, "summary": summary}, device)
+
+
+if __name__ == "__main__":
+    main()
