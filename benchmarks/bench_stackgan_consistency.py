@@ -24,6 +24,7 @@ Usage: ``python benchmarks/bench_stackgan_consistency.py [--profile quick] [--co
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import time
@@ -62,7 +63,7 @@ def recipe_name(recipe: stackgan.Recipe) -> str:
     for name, known in stackgan.RECIPES.items():
         if stage1 == known.stage1_dict():
             return name
-    paper = stackgan.RECIPES["paper"].as_dict()
+    paper = dataclasses.asdict(stackgan.RECIPES["paper"])
     diff = [f"{k}-{v}".replace(",", "+") for k, v in stage1.items() if v != paper[k]]
     return "_".join(["paper"] + diff)
 
@@ -74,6 +75,16 @@ def attribute_classifier(cfg, seed: int, device) -> attributes.AttributeNet:
                                             epochs=cfg.attr_epochs, run_dir=hwlib.runs_dir("bench/stackgan_ladder/attributes"),
                                             seed=seed, device=device)
     return clf
+
+
+def trained_matcher(cfg, train, seed: int, device, epochs: int = 60):
+    """The frozen image-caption matcher of ``Recipe.matcher`` for ``train`` (a BirdSplit), trained once on its real
+    birds, captions and near misses (:func:`hwlib.models.matching.train_matcher`), then restored from its run."""
+    from hwlib.models import matching
+
+    return matching.train_matcher(train.images(76), torch.from_numpy(train.embeddings),
+                                  torch.from_numpy(train.swapped_embeddings()), epochs=epochs, seed=seed, device=device,
+                                  run_dir=hwlib.runs_dir(f"bench/stackgan_ladder/matcher_n{len(train)}_e{epochs}"))[0]
 
 
 def caption_evals(cfg, splits: dict, seed: int) -> dict[str, tuple]:
@@ -196,7 +207,9 @@ def main() -> None:
                          z_dim=cfg.z_dim, lr_decay_epochs=decay if args.halving else None,
                          seed=args.train_seed, resume=False, recipe=recipe, ema=ema, on_epoch_end=score,
                          config={"name": name, "epochs": epochs}, desc="Stage-I", progress=False,
-                         swapped=torch.from_numpy(train.swapped_embeddings()).to(device) if recipe.wrong == "swap" else None)
+                         swapped=torch.from_numpy(train.swapped_embeddings()).to(device)
+                         if recipe.wrong == "swap" or recipe.matcher else None,
+                         matcher=trained_matcher(cfg, train, seed, device) if recipe.matcher else None)
     write_result(f"stackgan_ladder/{name}", {
         "profile": cfg.profile, "condition": args.condition, "recipe": rname, "recipe_fields": recipe.as_dict(),
         "gf": gf, "df": df, "batch_size": batch_size, "n_train": len(train), "train_seed": args.train_seed,

@@ -34,21 +34,20 @@ from hwlib.train import get_device
 RESULTS = Path(__file__).parent / "results" / "stackgan_ladder"
 
 
-def restore(run: str, cfg, t_dim: int) -> torch.nn.Module:
-    """The generator run ``run`` samples from, at its last checkpoint (eval mode, on the CPU)."""
+def restore(run: str, cfg, t_dim: int) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(the generator run ``run`` samples from -- its EMA copy where it keeps one --, its discriminator) at the run's
+    last checkpoint, eval mode, on the CPU."""
     meta = json.loads((RESULTS / f"{run}.json").read_text())
     recipe = stackgan.Recipe(**meta["recipe_fields"])
-    G, _ = stackgan.build_stage1(t_dim, cfg.c_dim, cfg.z_dim, meta["gf"], meta["df"], upsample=cfg.upsample, recipe=recipe)
+    G, D = stackgan.build_stage1(t_dim, cfg.c_dim, cfg.z_dim, meta["gf"], meta["df"], upsample=cfg.upsample, recipe=recipe)
     ckpts = sorted(hwlib.runs_dir(f"bench/stackgan_ladder/{run}").glob("ckpt_*.pt"))
     if not ckpts:
         raise SystemExit(f"{run}: no checkpoint under {hwlib.runs_dir(f'bench/stackgan_ladder/{run}')}; "
                          "train it with bench_stackgan_consistency.py first")
     state = torch.load(ckpts[-1], map_location="cpu", weights_only=False)
-    if state["emas"]:
-        G.load_state_dict(state["emas"]["G"]["module"])
-    else:
-        G.load_state_dict(state["modules"]["G"])
-    return G.eval()
+    G.load_state_dict(state["emas"]["G"]["module"] if state["emas"] else state["modules"]["G"])
+    D.load_state_dict(state["modules"]["D"])
+    return G.eval(), D.eval()
 
 
 def main() -> None:
@@ -66,7 +65,7 @@ def main() -> None:
     embeddings = torch.from_numpy(train.embeddings)
     rows: dict[str, dict] = {}
     for run in args.runs:
-        trained = restore(run, cfg, embeddings.shape[-1])
+        trained = restore(run, cfg, embeddings.shape[-1])[0]
         for bn in ("copied", "standing"):
             G = copy.deepcopy(trained)
             if bn == "standing":

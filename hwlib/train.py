@@ -625,6 +625,32 @@ def _fit_locked(step_fn, loader, *, epochs, run_dir, modules, optimizers, emas, 
     return run.history
 
 
+def fit_minibatches(net: nn.Module, loss_fn: Callable[[torch.Tensor], torch.Tensor], n: int, *, name: str, epochs: int,
+                    batch_size: int, lr: float, run_dir: str | os.PathLike, seed: int = 0, resume: bool = True,
+                    device: torch.device | str = "cpu", config: Any = None, desc: str = "train",
+                    progress: bool = True) -> History:
+    """Minimise ``loss_fn(idx)`` -- a scalar for a batch of dataset indices ``idx`` (B,) -- over shuffled mini-batches
+    of ``batch_size`` (capped at ``n``) of ``n`` samples, with Adam(``lr``) and a cosine schedule over ``epochs``,
+    through :func:`fit` (``net`` checkpointed under ``name`` in ``run_dir``, resumable). The one supervised loop of
+    hwlib's helper networks (the attribute classifier, the image-caption matcher)."""
+    from hwlib.data.cub import index_loader
+
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+
+    def step(batch: tuple[torch.Tensor, ...], _: int) -> dict[str, torch.Tensor]:
+        (idx,) = batch
+        loss = loss_fn(idx)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return {"loss": loss.detach()}
+
+    return fit(step, index_loader(n, min(batch_size, n), seed=seed, device=device), epochs=epochs, run_dir=run_dir,
+               modules={name: net}, optimizers={name: opt},
+               schedulers={name: torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)}, seed=seed, resume=resume,
+               config=config, desc=desc, progress=progress)
+
+
 @contextlib.contextmanager
 def timer() -> Iterator[dict[str, float]]:
     """``with timer() as t: ...`` then ``t["seconds"]``; synchronises CUDA around the block."""

@@ -25,3 +25,12 @@ def test_consistency_is_accuracy_of_the_predictions_and_fid_to_real() -> None:
     out = consistency(net, images, targets, real_features=features(net, images))
     assert out["body"] == 0.75 and out["beak_length"] == 1.0
     assert abs(out["fid"]) < 1e-6  # the same images as the real set
+
+
+def test_near_miss_ranking_is_how_often_the_true_caption_scores_higher() -> None:
+    from hwlib.metrics.attributes import near_miss_ranking
+
+    true = torch.tensor([[1.0], [2.0], [3.0], [4.0]])
+    near = {"crown": torch.tensor([[0.0], [3.0], [0.0], [5.0]]), "same": true.clone()}
+    out = near_miss_ranking(lambda t: t[:, 0], true, near)
+    assert out == {"crown": 0.5, "same": 0.0}  # ties do not count as ranked above

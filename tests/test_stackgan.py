@@ -246,6 +246,8 @@ def test_stage1_dict_leaves_out_the_stage2_fields() -> None:
     r = stackgan.RECIPES["stable"]
     assert "stage2_skip" not in r.stage1_dict() and r.stage1_dict()["contrastive"] == r.contrastive
     assert stackgan.Recipe(stage2_consistency=3.0).stage1_dict() == stackgan.Recipe().stage1_dict()
+    # a field added later is left out at the value that reproduces older runs, so their checkpoints stay valid
+    assert "matcher" not in stackgan.Recipe().as_dict() and stackgan.Recipe(matcher=2.0).stage1_dict()["matcher"] == 2.0
 
 
 def test_hardest_negatives_pick_the_closest_caption_of_another_class():
@@ -326,3 +328,15 @@ def test_standing_stats_re_estimate_both_stages_batchnorm():
         stackgan.standing_stats(G, emb, n_batches=2, batch_size=4, **kw)
         assert int(bn.num_batches_tracked) == 2 and not torch.equal(bn.running_mean, torch.zeros_like(bn.running_mean))
         assert not G.training
+
+
+def test_critic_ranking_reports_both_heads_and_leaves_d_alone():
+    torch.manual_seed(0)
+    G, D = stackgan.build_stage1(8, c_dim=4, z_dim=4, gf=4, df=4, recipe="stable")
+    D.eval()
+    before = {k: v.clone() for k, v in D.state_dict().items()}
+    images, true = torch.rand(6, 3, 64, 64) * 2 - 1, torch.randn(6, 8)
+    out = stackgan.critic_ranking(G, D, images, true, {"crown": torch.randn(6, 8), "same": true.clone()})
+    assert set(out) == {"cond", "match"} and all(0 <= v <= 1 for r in out.values() for v in r.values())
+    assert out["cond"]["same"] == 0.0  # the same caption never ranks above itself
+    assert not D.training and all(torch.equal(before[k], v) for k, v in D.state_dict().items())

@@ -155,3 +155,16 @@ def test_attribute_birds_cache_is_atomic_and_rebuilt_when_corrupt(tmp_path: Path
         again, labels2 = synthbirds.attribute_birds(6, seed=2, load_size=32, root=tmp_path)
     assert np.array_equal(images, again) and all(np.array_equal(labels[a], labels2[a]) for a in labels)
     assert synthbirds.attribute_birds(6, seed=2, load_size=32, root=tmp_path)[0].shape == (6, 3, 32, 32)
+
+
+def test_near_miss_captions_change_exactly_the_named_part() -> None:
+    labels = {"body": np.array([0, 3]), "wing": np.array([1, 1]), "crown": np.array([2, 9]), "belly": np.array([4, 0])}
+    truth, near = synthbirds.near_miss_captions(labels, np.random.default_rng(0))
+    assert truth[0] == "a red bird with orange wings, a yellow crown and a blue belly"
+    assert set(near) == {"body", "wing", "crown", "belly", "all"}
+    for part in ("body", "wing", "crown", "belly"):
+        for t, n in zip(truth, near[part]):
+            was, now = synthbirds.parse_caption(t), synthbirds.parse_caption(n)
+            assert [k for k in was if was[k] != now[k]] == [part]
+    assert all(all(synthbirds.parse_caption(t)[k] != synthbirds.parse_caption(n)[k] for k in labels)
+               for t, n in zip(truth, near["all"]))

@@ -111,6 +111,26 @@ def consistency_set(split, n: int, z_dim: int, seed: int = 0) -> tuple["torch.Te
     return torch.from_numpy(split.embeddings[idx, 0]), z, caption_targets(captions), captions
 
 
+PART_TEMPLATE = "a {body} bird with {wing} wings, a {crown} crown and a {belly} belly"  # one of TEMPLATES
+
+
+def near_miss_captions(labels: dict[str, np.ndarray], rng: np.random.Generator) -> tuple[list[str], dict[str, list[str]]]:
+    """Captions naming all four colour parts of N birds (:data:`PART_TEMPLATE`, ``labels`` {part: value index (N,)}
+    as :func:`attribute_labels` gives them), and for each part (and ``"all"``) the same captions with that part's
+    colour (every part's) changed to another of the ten, drawn with ``rng``: the near misses that tell which parts
+    a caption-reading network checks."""
+    names, parts = list(COLOURS), ("body", "wing", "crown", "belly")
+    truth = [{k: names[labels[k][j]] for k in parts} for j in range(len(labels["body"]))]
+
+    def other(colour: str) -> str:
+        return names[(names.index(colour) + int(rng.integers(1, len(names)))) % len(names)]
+
+    near = {part: [{**t, part: other(t[part])} for t in truth] for part in parts}
+    near["all"] = [{k: other(t[k]) for k in parts} for t in truth]
+    return ([PART_TEMPLATE.format(**t) for t in truth],
+            {part: [PART_TEMPLATE.format(**t) for t in v] for part, v in near.items()})
+
+
 def random_species(rng: np.random.Generator) -> dict:
     """One species' attributes drawn uniformly: colour names, beak length, bars, size, shape."""
     names = list(COLOURS)

@@ -3,8 +3,12 @@
 The SynthBirds attribute classifier (:class:`hwlib.models.attributes.AttributeNet`, trained on real drawings)
 reads each generated image; an attribute counts as drawn when the classifier's prediction equals the value the
 caption names (:func:`hwlib.data.synthbirds.caption_targets`, -1 where the caption names none).
+:func:`near_miss_ranking` asks the same of a network that reads captions (StackGAN's discriminator, a matcher):
+which parts of a caption does it check?
 """
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -32,3 +36,14 @@ def consistency(net: AttributeNet, images: torch.Tensor, targets: dict[str, np.n
     if real_features is not None:
         out["fid"] = float(fid_from_features(real_features, features(net, images)))
     return out
+
+
+@torch.no_grad()
+def near_miss_ranking(score: Callable[[torch.Tensor], torch.Tensor], true_text: torch.Tensor,
+                      near_text: dict[str, torch.Tensor]) -> dict[str, float]:
+    """How often a caption-reading network ranks the true caption above each kind of near miss: ``score(text)``
+    (N,) scores N fixed images against captions ``text`` (N, t_dim); ``true_text`` (N, t_dim), ``near_text``
+    {kind: (N, t_dim)} (:func:`hwlib.data.synthbirds.near_miss_captions`). Returns {kind: fraction}; 0.5 means the
+    network ignores what that kind of near miss changes."""
+    true = score(true_text)
+    return {kind: float((true > score(t)).float().mean()) for kind, t in near_text.items()}

@@ -79,28 +79,17 @@ def train_attribute_net(images: torch.Tensor, labels: dict[str, np.ndarray], *, 
     through :func:`hwlib.train.fit` (checkpoints in ``run_dir``, resumable). ``labels``: {attribute:
     int64 (N,)}, one entry per head. Returns the network (eval mode) and the training history.
     """
-    from hwlib.data.cub import augment, index_loader
+    from hwlib.data.cub import augment
     from hwlib.data.synthbirds import ATTRIBUTES
-    from hwlib.train import fit, seed_everything
+    from hwlib.train import fit_minibatches, seed_everything
 
     names = list(labels)
     seed_everything(seed)
     net = AttributeNet({k: len(ATTRIBUTES[k]) for k in names}, width=width).to(device)
-    opt = torch.optim.Adam(net.parameters(), lr=lr)
     x = torch.as_tensor(images).to(device)
     ys = [torch.as_tensor(labels[k]).to(device) for k in names]
-
-    def step(batch, _):
-        (idx,) = batch
-        loss = net.loss(augment(x[idx], 64), {k: t[idx] for k, t in zip(names, ys)})
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return {"loss": loss.detach()}
-
-    history = fit(step, index_loader(len(x), min(batch_size, len(x)), seed=seed, device=device), epochs=epochs,
-                  run_dir=run_dir, modules={"clf": net}, optimizers={"clf": opt},
-                  schedulers={"clf": torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)}, seed=seed,
-                  resume=resume, config={"n": len(x), "w": width, "epochs": epochs, "arch": "flat"},
-                  desc="attribute classifier")
+    history = fit_minibatches(net, lambda idx: net.loss(augment(x[idx], 64), {k: t[idx] for k, t in zip(names, ys)}),
+                              len(x), name="clf", epochs=epochs, batch_size=batch_size, lr=lr, run_dir=run_dir, seed=seed,
+                              resume=resume, device=device, desc="attribute classifier",
+                              config={"n": len(x), "w": width, "epochs": epochs, "arch": "flat"})
     return net.eval(), history
