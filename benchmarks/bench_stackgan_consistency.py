@@ -43,7 +43,7 @@ COLOURS = ("body", "wing", "crown", "belly")
 
 
 def _override(recipe: stackgan.Recipe, pairs: list[str]) -> stackgan.Recipe:
-    fields = recipe.as_dict()
+    fields = dataclasses.asdict(recipe)
     for pair in pairs:
         key, value = pair.split("=", 1)
         if key not in fields:

@@ -340,3 +340,21 @@ def test_critic_ranking_reports_both_heads_and_leaves_d_alone():
     assert set(out) == {"cond", "match"} and all(0 <= v <= 1 for r in out.values() for v in r.values())
     assert out["cond"]["same"] == 0.0  # the same caption never ranks above itself
     assert not D.training and all(torch.equal(before[k], v) for k, v in D.state_dict().items())
+
+
+def test_contrastive_fakes_adds_g_images_as_negatives_for_d_only():
+    images, emb = torch.randint(0, 256, (6, 3, 76, 76), dtype=torch.uint8), torch.randn(6, 10, 8)
+
+    def run(fakes: bool) -> dict:
+        torch.manual_seed(0)
+        r = stackgan.Recipe(**{**stackgan.get_recipe("stable").as_dict(), "contrastive_fakes": fakes})
+        G, D = stackgan.build_stage1(8, c_dim=4, z_dim=4, gf=4, df=4, recipe=r)
+        opt_g, opt_d = torch.optim.Adam(G.parameters()), torch.optim.Adam(D.parameters())
+        step = stackgan.make_stackgan_step(G, D, opt_g, opt_d, images=images, embeddings=emb, class_ids=torch.arange(6),
+                                           out_size=64, kl_coef=1.0, z_dim=4, recipe=r, amp=False)
+        torch.manual_seed(1)
+        return {k: float(v) for k, v in step((torch.arange(6),), 0).items()}
+
+    plain, with_fakes = run(False), run(True)
+    assert with_fakes["match_d"] != plain["match_d"]  # D's contrastive loss now also ranks G's images
+    assert "contrastive_fakes" not in stackgan.Recipe().as_dict()  # older runs keep their identity
