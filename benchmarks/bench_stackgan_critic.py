@@ -7,7 +7,9 @@ belly", true species attributes); the near miss changes one part's colour to ano
 fraction of birds whose matching-aware logit is higher for the true caption (0.5: D ignores that part; D conditions
 on the caption's ``mu`` from G's conditioning augmentation, and normalises a batch of real or of fake images alone,
 as in training). The same for G's own images of the true
-caption, scored as real: does D, at the end of training, still hold G's birds to the caption's parts?
+caption, scored as real: does D, at the end of training, still hold G's birds to the caption's parts? Rows
+``*_classifier`` ask the attribute classifier the same question on the same images (its logit for the true colour
+above the near miss's; :func:`hwlib.metrics.attributes.classifier_ranking`), so judge and classifier share one scale.
 
 With ``--matcher``, the frozen image-caption matcher of ``Recipe.matcher`` (trained once for ``--matcher-epochs``)
 is scored on the same real birds. Writes ``benchmarks/results/stackgan_critic/<tag>_<split>.json``.
@@ -21,12 +23,12 @@ import numpy as np
 import torch
 
 import hwlib
-from bench_stackgan_consistency import trained_matcher
+from bench_stackgan_consistency import attribute_classifier, trained_matcher
 from bench_stackgan_sampling import restore
 from hwlib import text as captions_text
 from hwlib.bench import write_result
 from hwlib.data import cub, synthbirds
-from hwlib.metrics.attributes import near_miss_ranking
+from hwlib.metrics.attributes import classifier_ranking, near_miss_ranking
 from hwlib.models import stackgan
 from hwlib.train import get_device
 
@@ -46,7 +48,11 @@ def main() -> None:
     test = cub.open_birds(root, args.split, embedding=cfg.embedding)
     rng = np.random.default_rng(seed + 5)
     idx = rng.choice(len(test), min(args.n, len(test)), replace=False)
-    truth, near = synthbirds.near_miss_captions(synthbirds.attribute_labels(root, test.class_ids[idx]), rng)
+    labels = synthbirds.attribute_labels(root, test.class_ids[idx])
+    truth, near = synthbirds.near_miss_captions(labels, rng)
+    parts = ("body", "wing", "crown", "belly")
+    near_idx = {p: synthbirds.caption_targets(near[p])[p] for p in parts}  # the near miss's colour per bird
+    clf = attribute_classifier(cfg, seed, device)  # the same question asked of the attribute classifier
     emb_true = torch.from_numpy(captions_text.encode(truth))
     emb_near = {p: torch.from_numpy(captions_text.encode(v)) for p, v in near.items()}
     real = cub.center_crop(test.images(76, idx), 64)
@@ -66,6 +72,8 @@ def main() -> None:
         fake = stackgan.generate(G, emb_true, z=z)[0]
         row = {}
         for kind, images in (("real", real), ("fake", fake)):
+            rank = classifier_ranking(clf, images, {p: labels[p] for p in parts}, near_idx)
+            row[f"{kind}_classifier"] = {p: round(v, 3) for p, v in rank.items()}
             for head, rank in stackgan.critic_ranking(G, D, images, emb_true, emb_near).items():
                 row[kind if head == "cond" else f"{kind}_{head}"] = {p: round(v, 3) for p, v in rank.items()}
             if args.matcher:  # does G's image satisfy the frozen matcher as a real bird does?
@@ -77,7 +85,7 @@ def main() -> None:
                                               for kind, r in row.items()), flush=True)
     runs = [rows[run] for run in args.runs]
     summary = {kind: {p: {"mean": round(float(np.mean([r[kind][p] for r in runs])), 3),
-                          "std": round(float(np.std([r[kind][p] for r in runs])), 3)} for p in near}
+                          "std": round(float(np.std([r[kind][p] for r in runs])), 3)} for p in runs[0][kind]}
                for kind in (runs[0] if runs else ())}
     for kind, s in summary.items():
         print(f"{kind:5} " + " ".join(f"{p} {v['mean']:.3f}±{v['std']:.3f}" for p, v in s.items()))

@@ -34,3 +34,17 @@ def test_near_miss_ranking_is_how_often_the_true_caption_scores_higher() -> None
     near = {"crown": torch.tensor([[0.0], [3.0], [0.0], [5.0]]), "same": true.clone()}
     out = near_miss_ranking(lambda t: t[:, 0], true, near)
     assert out == {"crown": 0.5, "same": 0.0}  # ties do not count as ranked above
+
+
+def test_classifier_ranking_compares_the_true_and_the_near_miss_logit() -> None:
+    from hwlib.metrics.attributes import classifier_ranking
+    from hwlib.models.attributes import AttributeNet
+
+    torch.manual_seed(0)
+    net = AttributeNet({"crown": 3}, width=4).eval()
+    images = torch.rand(5, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        logits = net(images)["crown"]
+    best, worst = logits.argmax(1).numpy(), logits.argmin(1).numpy()
+    assert classifier_ranking(net, images, {"crown": best}, {"crown": worst}) == {"crown": 1.0}
+    assert classifier_ranking(net, images, {"crown": worst}, {"crown": best}) == {"crown": 0.0}

@@ -11,6 +11,7 @@
 - ``high_frequency_energy``                                          -- detail above a spatial frequency (``spectrum``)
 - ``reconstruction_scores``, ``class_brightness``, ``brightness_error`` -- per-image MSE/SSIM, class brightness (``images``)
 - ``attribute_accuracy``, ``consistency``                             -- SynthBirds text-image consistency (``attributes``)
+- ``near_miss_ranking``, ``classifier_ranking``                       -- which caption parts a judge checks (``attributes``)
 
 Names are imported lazily, so ``python -m hwlib.metrics.mnist_net`` and light imports stay cheap.
 """
@@ -33,7 +34,8 @@ _EXPORTS = {
     "feature_net": "features", "extract_features": "features", "feature_stats": "features",
     "reference_stats": "reference",
     "high_frequency_energy": "spectrum",
-    "attribute_accuracy": "attributes", "consistency": "attributes",
+    "attribute_accuracy": "attributes", "consistency": "attributes", "near_miss_ranking": "attributes",
+    "classifier_ranking": "attributes",
 }
 __all__ = sorted(_EXPORTS)
 

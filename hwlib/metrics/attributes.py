@@ -47,3 +47,19 @@ def near_miss_ranking(score: Callable[[torch.Tensor], torch.Tensor], true_text: 
     network ignores what that kind of near miss changes."""
     true = score(true_text)
     return {kind: float((true > score(t)).float().mean()) for kind, t in near_text.items()}
+
+
+@torch.no_grad()
+def classifier_ranking(net: AttributeNet, images: torch.Tensor, true: dict[str, np.ndarray],
+                       near: dict[str, np.ndarray], batch_size: int = 256) -> dict[str, float]:
+    """:func:`near_miss_ranking`'s question asked of the attribute classifier, so that a judge and the classifier
+    are compared on one scale (chance 0.5): for each part in ``near`` ({part: value index (N,)} of the near miss),
+    how often the classifier's logit for the true value ``true[part]`` (N,) beats the near miss's on ``images``
+    (N, 3, H, W) in [-1, 1]."""
+    from hwlib.metrics.features import map_batches
+
+    net.eval()
+    logits = map_batches(net, images, batch_size, lambda b: {k: net(b)[k].float() for k in near})
+    rows = torch.arange(len(images))
+    return {k: float((logits[k][rows, torch.as_tensor(true[k])] > logits[k][rows, torch.as_tensor(v)]).float().mean())
+            for k, v in near.items()}

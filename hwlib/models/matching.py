@@ -2,10 +2,11 @@
 
 StackGAN's discriminator learns which caption a bird has *while* the generator learns to please it, so the
 generator can write the caption into its images in a way only that discriminator reads
-(``benchmarks/bench_stackgan_critic.py``: D's contrastive head matches G's birds to their captions' crowns 0.84 of
-the time, the independent attribute classifier 0.22). A matcher trained once on real birds and frozen cannot be
-co-adapted with; its contrastive loss on G's images (``Recipe.matcher``) asks G to draw what real birds of the
-caption look like.
+(``benchmarks/bench_stackgan_critic.py``: D's contrastive head ranks the caption of G's birds above one with another
+crown colour 0.83 of the time, the attribute classifier asked the same question 0.57; 0.5 is chance). A matcher
+trained once on real birds and frozen cannot be co-adapted with; its contrastive loss on G's images
+(``Recipe.matcher``) asks G to draw what real birds of the caption look like. Measured: G learns to fool it too
+(0.84 on G's crowns, 0.74 on real ones).
 
 - :class:`Matcher`: image (B, 3, 64, 64) in [-1, 1] -> unit vector (B, dim) (four stride-2 conv blocks, the 4x4
   map flattened so *where* a colour is counts, as the attribute classifier); caption embedding (B, t_dim)
