@@ -48,3 +48,16 @@ def test_classifier_ranking_compares_the_true_and_the_near_miss_logit() -> None:
     best, worst = logits.argmax(1).numpy(), logits.argmin(1).numpy()
     assert classifier_ranking(net, images, {"crown": best}, {"crown": worst}) == {"crown": 1.0}
     assert classifier_ranking(net, images, {"crown": worst}, {"crown": best}) == {"crown": 0.0}
+
+
+def test_linear_probe_reads_a_linear_label_and_not_noise() -> None:
+    from hwlib.metrics.attributes import linear_probe
+
+    gen = torch.Generator().manual_seed(0)
+    x, x_te = torch.randn(300, 8, generator=gen), torch.randn(100, 8, generator=gen)
+    label = lambda v: v[:, :4].argmax(1).numpy()  # four linearly separable classes
+    y, y_te = label(x), label(x_te)
+    y[:10] = -1  # unlabelled rows are left out
+    assert linear_probe(x, y, x_te, y_te) > 0.9
+    noise = np.random.default_rng(0).integers(0, 4, 100)
+    assert linear_probe(x[:100], noise, x_te, y_te) < 0.5

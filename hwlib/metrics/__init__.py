@@ -12,6 +12,7 @@
 - ``reconstruction_scores``, ``class_brightness``, ``brightness_error`` -- per-image MSE/SSIM, class brightness (``images``)
 - ``attribute_accuracy``, ``consistency``                             -- SynthBirds text-image consistency (``attributes``)
 - ``near_miss_ranking``, ``classifier_ranking``                       -- which caption parts a judge checks (``attributes``)
+- ``linear_probe``                                                    -- how linearly features carry a label (``attributes``)
 
 Names are imported lazily, so ``python -m hwlib.metrics.mnist_net`` and light imports stay cheap.
 """
@@ -35,7 +36,7 @@ _EXPORTS = {
     "reference_stats": "reference",
     "high_frequency_energy": "spectrum",
     "attribute_accuracy": "attributes", "consistency": "attributes", "near_miss_ranking": "attributes",
-    "classifier_ranking": "attributes",
+    "classifier_ranking": "attributes", "linear_probe": "attributes",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from hwlib.metrics.evaluation import fid_from_features
 from hwlib.models.attributes import AttributeNet, features, predict_attributes
@@ -63,3 +64,28 @@ def classifier_ranking(net: AttributeNet, images: torch.Tensor, true: dict[str, 
     rows = torch.arange(len(images))
     return {k: float((logits[k][rows, torch.as_tensor(true[k])] > logits[k][rows, torch.as_tensor(v)]).float().mean())
             for k, v in near.items()}
+
+
+def linear_probe(train_x: torch.Tensor, train_y: np.ndarray, test_x: torch.Tensor, test_y: np.ndarray,
+                 steps: int = 300, lr: float = 1e-2, seed: int = 0) -> float:
+    """How linearly a representation carries a label: a softmax regression fitted on ``train_x`` (N, D) to
+    ``train_y`` int64 (N,) (full batch, Adam, features standardised with the training statistics; -1 = no label,
+    left out), and its accuracy on ``test_x`` (M, D) against ``test_y`` (M,) (rows with -1 left out). E.g. how much of
+    a caption's crown colour its sentence embedding keeps."""
+    gen = torch.Generator().manual_seed(seed)
+    ytr, yte = torch.as_tensor(train_y), torch.as_tensor(test_y)
+    keep, keep_te = ytr >= 0, yte >= 0
+    mean, std = train_x[keep].float().mean(0), train_x[keep].float().std(0).clamp_min(1e-6)
+    x, y = (train_x[keep].float() - mean) / std, ytr[keep]
+    n_classes = int(max(int(y.max()), int(yte[keep_te].max()) if keep_te.any() else 0)) + 1
+    w = (torch.randn(x.shape[1], n_classes, generator=gen) * 0.01).requires_grad_()
+    b = torch.zeros(n_classes, requires_grad=True)
+    opt = torch.optim.Adam([w, b], lr=lr)
+    for _ in range(steps):
+        loss = F.cross_entropy(x @ w + b, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        pred = ((test_x[keep_te].float() - mean) / std @ w + b).argmax(1)
+    return float((pred == yte[keep_te]).float().mean())
