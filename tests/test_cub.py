@@ -134,6 +134,14 @@ def test_swapped_embeddings_embed_one_colour_swap_per_caption_and_cache(root: Pa
         cub.open_birds(root, "train").swapped_embeddings()
 
 
+def test_pick_embedding_averages_captions_without_replacement() -> None:
+    emb = torch.arange(2 * 10 * 3, dtype=torch.float32).view(2, 10, 3)
+    torch.testing.assert_close(cub.pick_embedding(emb, average=10), emb.mean(1))  # all ten: the mean
+    four = cub.pick_embedding(emb, generator=torch.Generator().manual_seed(0), average=4)
+    rows = [{tuple(r.tolist()) for r in emb[i]} for i in range(2)]
+    assert four.shape == (2, 3) and all(tuple(four[i].tolist()) not in rows[i] for i in range(2))
+
+
 def test_augment_crops_flips_and_scales() -> None:
     images = torch.arange(76, dtype=torch.uint8).repeat(2, 3, 76, 1)  # value = column index
     out = cub.augment(images, 64, generator=torch.Generator().manual_seed(0))

@@ -358,3 +358,18 @@ def test_contrastive_fakes_adds_g_images_as_negatives_for_d_only():
     plain, with_fakes = run(False), run(True)
     assert with_fakes["match_d"] != plain["match_d"]  # D's contrastive loss now also ranks G's images
     assert "contrastive_fakes" not in stackgan.Recipe().as_dict()  # older runs keep their identity
+
+
+def test_caption_mix_conditions_on_the_mean_of_several_captions():
+    r = stackgan.Recipe(**{**stackgan.get_recipe("stable").as_dict(), "caption_mix": 10})
+    G, D = stackgan.build_stage1(8, c_dim=4, z_dim=4, gf=4, df=4, recipe=r)
+    seen = []
+    G.ca.register_forward_hook(lambda m, inp, out: seen.append(inp[0].detach()))
+    emb = torch.randn(6, 10, 8)
+    opt_g, opt_d = torch.optim.Adam(G.parameters()), torch.optim.Adam(D.parameters())
+    kw = dict(images=torch.randint(0, 256, (6, 3, 76, 76), dtype=torch.uint8), embeddings=emb,
+              class_ids=torch.arange(6), out_size=64, kl_coef=1.0, z_dim=4, recipe=r, amp=False)
+    stackgan.make_stackgan_step(G, D, opt_g, opt_d, **kw)((torch.arange(6),), 0)
+    torch.testing.assert_close(seen[0], emb.mean(1))  # all ten captions: their mean
+    with pytest.raises(ValueError, match="caption_mix"):
+        stackgan.make_stackgan_step(G, D, opt_g, opt_d, swapped=emb, **kw)

@@ -507,9 +507,13 @@ def center_crop(images: torch.Tensor, out_size: int) -> torch.Tensor:
     return images[:, :, o:o + out_size, o:o + out_size].float() / 127.5 - 1
 
 
-def pick_embedding(embeddings: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """One of the 10 caption embeddings per sample: (B, 10, D) -> (B, D)."""
+def pick_embedding(embeddings: torch.Tensor, generator: torch.Generator | None = None, average: int = 1) -> torch.Tensor:
+    """One of the 10 caption embeddings per sample, (B, 10, D) -> (B, D); with ``average`` > 1, the mean of that many
+    of the sample's captions drawn without replacement (the original TensorFlow StackGAN averages 4)."""
     b, k, _ = embeddings.shape
+    if average > 1:
+        choice = torch.rand(b, k, generator=generator).argsort(1)[:, :average].to(embeddings.device)
+        return embeddings[torch.arange(b, device=embeddings.device)[:, None], choice].mean(1)
     choice = torch.randint(0, k, (b,), generator=generator).to(embeddings.device)
     return embeddings[torch.arange(b, device=embeddings.device), choice]
 
