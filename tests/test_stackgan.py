@@ -373,3 +373,21 @@ def test_caption_mix_conditions_on_the_mean_of_several_captions():
     torch.testing.assert_close(seen[0], emb.mean(1))  # all ten captions: their mean
     with pytest.raises(ValueError, match="caption_mix"):
         stackgan.make_stackgan_step(G, D, opt_g, opt_d, swapped=emb, **kw)
+
+
+def test_contrastive_g_zero_keeps_ds_head_and_drops_gs_term():
+    images, emb = torch.randint(0, 256, (6, 3, 76, 76), dtype=torch.uint8), torch.randn(6, 10, 8)
+
+    def run(weight):
+        torch.manual_seed(0)
+        r = stackgan.Recipe(**{**stackgan.get_recipe("stable").as_dict(), "contrastive_g": weight})
+        G, D = stackgan.build_stage1(8, c_dim=4, z_dim=4, gf=4, df=4, recipe=r)
+        opt_g, opt_d = torch.optim.Adam(G.parameters()), torch.optim.Adam(D.parameters())
+        step = stackgan.make_stackgan_step(G, D, opt_g, opt_d, images=images, embeddings=emb, class_ids=torch.arange(6),
+                                           out_size=64, kl_coef=1.0, z_dim=4, recipe=r, amp=False)
+        torch.manual_seed(1)
+        return {k: float(v) for k, v in step((torch.arange(6),), 0).items()}
+
+    both, d_only = run(None), run(0.0)
+    assert both["match_d"] == d_only["match_d"]  # D's update is the same
+    assert abs(both["loss_g"] - d_only["loss_g"] - both["match_g"]) < 1e-4  # G's loss lacks exactly the term

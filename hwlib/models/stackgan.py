@@ -121,6 +121,12 @@ class Recipe:
       Measured on `stable` at `quick`'s 7,168 steps over three seeds: the head is fooled a little less (G's crowns
       pass it 0.78 of the time, against 0.83), but body 0.43, wing 0.41, crown 0.24, belly 0.29 against 0.47, 0.43,
       0.23, 0.28: `stable` keeps it off.
+    - ``contrastive_g``: the contrastive term's weight in G's loss (None: ``contrastive``, as in D's). 0 keeps D's
+      contrastive head -- D still learns which caption each real bird has -- but takes away the term G satisfies
+      with features the attribute classifier does not see (``benchmarks/bench_stackgan_critic.py``). Measured on
+      `stable` at 7,168 steps over three seeds: body 0.40, wing 0.44, crown 0.24, belly 0.26 against 0.47, 0.43, 0.23,
+      0.28, and D's contrastive head still reads G's crowns at 0.81 (the classifier 0.53): G writes the caption into
+      D's features through the matching-aware logit as well.
     - ``matcher``: weight of a frozen image-caption matcher's contrastive loss in G's (DAMSM's sentence term,
       AttnGAN, Xu et al. 2018; :mod:`hwlib.models.matching`): trained once on real birds, their captions and near
       misses, it scores G's images against the batch's captions and each image's near miss (0: off). Unlike D's
@@ -156,6 +162,7 @@ class Recipe:
     g_cond_norm: bool = False
     contrastive: float = 0.0
     contrastive_fakes: bool = False
+    contrastive_g: float | None = None
     matcher: float = 0.0
     caption_mix: int = 1
     stage2_skip: bool = False
@@ -169,7 +176,7 @@ class Recipe:
 
     # fields added after runs were checkpointed, with the value that reproduces those runs: left out of the
     # dicts (a run's identity) while they hold it, so the checkpoints stay valid
-    _LATER = {"matcher": 0.0, "contrastive_fakes": False, "caption_mix": 1}
+    _LATER = {"matcher": 0.0, "contrastive_fakes": False, "caption_mix": 1, "contrastive_g": None}
 
     def as_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if not (k in self._LATER and v == self._LATER[k])}
@@ -530,7 +537,7 @@ def make_stackgan_step(G: nn.Module, D: StageD, opt_g: torch.optim.Optimizer, op
                 loss_g = loss_g + g_loss(uncond, loss=r.loss)
             if r.contrastive:  # G is trained so that D picks the right caption for its fakes
                 match_g = contrastive_loss(D.match_logits(h, cond))
-                loss_g = loss_g + r.contrastive * match_g
+                loss_g = loss_g + (r.contrastive if r.contrastive_g is None else r.contrastive_g) * match_g
             if r.matcher:  # ... and so that a matcher trained on real birds alone picks it
                 if near is not None:
                     near = torch.where((near != text).any(1, keepdim=True), near, text.roll(1, 0))
