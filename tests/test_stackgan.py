@@ -342,20 +342,23 @@ def test_critic_ranking_reports_both_heads_and_leaves_d_alone():
     assert not D.training and all(torch.equal(before[k], v) for k, v in D.state_dict().items())
 
 
+def _stable_step_logs(**fields) -> dict[str, float]:
+    """One seeded step of a tiny Stage-I with the stable recipe and ``fields`` overridden: its logs."""
+    gen = torch.Generator().manual_seed(5)
+    images = torch.randint(0, 256, (6, 3, 76, 76), dtype=torch.uint8, generator=gen)
+    emb = torch.randn(6, 10, 8, generator=gen)
+    torch.manual_seed(0)
+    r = stackgan.Recipe(**{**stackgan.get_recipe("stable").as_dict(), **fields})
+    G, D = stackgan.build_stage1(8, c_dim=4, z_dim=4, gf=4, df=4, recipe=r)
+    opt_g, opt_d = torch.optim.Adam(G.parameters()), torch.optim.Adam(D.parameters())
+    step = stackgan.make_stackgan_step(G, D, opt_g, opt_d, images=images, embeddings=emb, class_ids=torch.arange(6),
+                                       out_size=64, kl_coef=1.0, z_dim=4, recipe=r, amp=False)
+    torch.manual_seed(1)
+    return {k: float(v) for k, v in step((torch.arange(6),), 0).items()}
+
+
 def test_contrastive_fakes_adds_g_images_as_negatives_for_d_only():
-    images, emb = torch.randint(0, 256, (6, 3, 76, 76), dtype=torch.uint8), torch.randn(6, 10, 8)
-
-    def run(fakes: bool) -> dict:
-        torch.manual_seed(0)
-        r = stackgan.Recipe(**{**stackgan.get_recipe("stable").as_dict(), "contrastive_fakes": fakes})
-        G, D = stackgan.build_stage1(8, c_dim=4, z_dim=4, gf=4, df=4, recipe=r)
-        opt_g, opt_d = torch.optim.Adam(G.parameters()), torch.optim.Adam(D.parameters())
-        step = stackgan.make_stackgan_step(G, D, opt_g, opt_d, images=images, embeddings=emb, class_ids=torch.arange(6),
-                                           out_size=64, kl_coef=1.0, z_dim=4, recipe=r, amp=False)
-        torch.manual_seed(1)
-        return {k: float(v) for k, v in step((torch.arange(6),), 0).items()}
-
-    plain, with_fakes = run(False), run(True)
+    plain, with_fakes = _stable_step_logs(contrastive_fakes=False), _stable_step_logs(contrastive_fakes=True)
     assert with_fakes["match_d"] != plain["match_d"]  # D's contrastive loss now also ranks G's images
     assert "contrastive_fakes" not in stackgan.Recipe().as_dict()  # older runs keep their identity
 
@@ -376,18 +379,6 @@ def test_caption_mix_conditions_on_the_mean_of_several_captions():
 
 
 def test_contrastive_g_zero_keeps_ds_head_and_drops_gs_term():
-    images, emb = torch.randint(0, 256, (6, 3, 76, 76), dtype=torch.uint8), torch.randn(6, 10, 8)
-
-    def run(weight):
-        torch.manual_seed(0)
-        r = stackgan.Recipe(**{**stackgan.get_recipe("stable").as_dict(), "contrastive_g": weight})
-        G, D = stackgan.build_stage1(8, c_dim=4, z_dim=4, gf=4, df=4, recipe=r)
-        opt_g, opt_d = torch.optim.Adam(G.parameters()), torch.optim.Adam(D.parameters())
-        step = stackgan.make_stackgan_step(G, D, opt_g, opt_d, images=images, embeddings=emb, class_ids=torch.arange(6),
-                                           out_size=64, kl_coef=1.0, z_dim=4, recipe=r, amp=False)
-        torch.manual_seed(1)
-        return {k: float(v) for k, v in step((torch.arange(6),), 0).items()}
-
-    both, d_only = run(None), run(0.0)
+    both, d_only = _stable_step_logs(contrastive_g=None), _stable_step_logs(contrastive_g=0.0)
     assert both["match_d"] == d_only["match_d"]  # D's update is the same
     assert abs(both["loss_g"] - d_only["loss_g"] - both["match_g"]) < 1e-4  # G's loss lacks exactly the term
