@@ -67,7 +67,8 @@ def matching_aware_d_loss(real_logits: torch.Tensor, wrong_logits: torch.Tensor 
 def contrastive_loss(logits: torch.Tensor) -> torch.Tensor:
     """Image-to-caption contrastive loss (InfoNCE; the sentence-image term of XMC-GAN, Zhang et al. 2021).
 
-    ``logits`` (B, B): entry (i, j) scores image i against caption j; caption i is image i's. The cross-entropy of
+    ``logits`` (B, B): entry (i, j) scores image i against caption j; caption i is image i's. Extra columns
+    (B, B + K) are more wrong captions per image (the matcher's near misses, :mod:`hwlib.models.matching`). The cross-entropy of
     picking the right caption in each row, in float32: ``log B`` when the scores are all equal, 0 when each image
     scores its own caption infinitely above the rest.
     """

@@ -8,6 +8,7 @@ caption and get a bird. The model is loaded from the files inside the installed 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from functools import lru_cache
 
@@ -63,8 +64,6 @@ def swap_colour(caption: str, rng: np.random.Generator) -> str | None:
 
     A near-miss negative for a matching-aware discriminator: the caption still describes the same bird except
     for one part, so telling it from the true caption needs that part's colour (``Recipe.wrong = "swap"``)."""
-    import re
-
     words = list(re.finditer(rf"\b({'|'.join(COLOUR_WORDS)})\b", caption, flags=re.IGNORECASE))
     if not words:
         return None

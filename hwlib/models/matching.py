@@ -67,9 +67,10 @@ class Matcher(nn.Module):
         return out / TEMPERATURE
 
 
-def matching_loss(logits: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of picking caption i for image i from ``logits`` (B, B) or (B, B + 1), in float32."""
-    return F.cross_entropy(logits.float(), torch.arange(len(logits), device=logits.device))
+def near_or_other(text: torch.Tensor, near: torch.Tensor) -> torch.Tensor:
+    """Each caption's near miss (B, t_dim); where a caption had no colour word to swap (its near miss is itself),
+    the previous caption of the batch instead, so that every image still gets one wrong caption."""
+    return torch.where((near != text).any(1, keepdim=True), near, text.roll(1, 0))
 
 
 def train_matcher(images: torch.Tensor, embeddings: torch.Tensor, swapped: torch.Tensor | None, *, epochs: int,
@@ -79,7 +80,7 @@ def train_matcher(images: torch.Tensor, embeddings: torch.Tensor, swapped: torch
     optionally, the near misses ``swapped`` (N, 10, t_dim) row for row; Adam(``lr``), cosine schedule, through
     :func:`hwlib.train.fit` (checkpoints in ``run_dir``, resumable). Returns the matcher (eval mode, frozen)."""
     from hwlib.data.cub import augment, pick_embedding
-    from hwlib.gan import diff_augment
+    from hwlib.gan import contrastive_loss, diff_augment
     from hwlib.train import fit_minibatches, seed_everything
 
     seed_everything(seed)
@@ -96,8 +97,8 @@ def train_matcher(images: torch.Tensor, embeddings: torch.Tensor, swapped: torch
             text, near = pick_embedding(emb[idx]), None
         else:
             text, near = pick_embedding(both[idx]).chunk(2, dim=1)
-            near = torch.where((near != text).any(1, keepdim=True), near, text.roll(1, 0))  # no colour word: another's
-        return matching_loss(net.logits(real, text, near))
+            near = near_or_other(text, near)
+        return contrastive_loss(net.logits(real, text, near))
 
     history = fit_minibatches(net, loss, len(x), name="matcher", epochs=epochs, batch_size=batch_size, lr=lr,
                               run_dir=run_dir, seed=seed, resume=resume, device=device, desc="matcher", progress=False,

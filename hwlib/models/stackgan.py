@@ -466,7 +466,7 @@ def make_stackgan_step(G: nn.Module, D: StageD, opt_g: torch.optim.Optimizer, op
     """
     from hwlib.data.cub import augment, pick_embedding, wrong_indices
     from hwlib.gan import contrastive_loss, diff_augment, g_loss, matching_aware_d_loss
-    from hwlib.models.matching import matching_loss
+    from hwlib.models.matching import near_or_other
     from hwlib.train import autocast
 
     r = get_recipe(recipe)
@@ -539,10 +539,8 @@ def make_stackgan_step(G: nn.Module, D: StageD, opt_g: torch.optim.Optimizer, op
                 match_g = contrastive_loss(D.match_logits(h, cond))
                 loss_g = loss_g + (r.contrastive if r.contrastive_g is None else r.contrastive_g) * match_g
             if r.matcher:  # ... and so that a matcher trained on real birds alone picks it
-                if near is not None:
-                    near = torch.where((near != text).any(1, keepdim=True), near, text.roll(1, 0))
-                matched = matching_loss(matcher.logits(aug(fake if G1 is None else F.interpolate(
-                    fake, size=64, mode="area")), text, near))
+                matched = contrastive_loss(matcher.logits(aug(fake if G1 is None else F.interpolate(
+                    fake, size=64, mode="area")), text, None if near is None else near_or_other(text, near)))
                 loss_g = loss_g + r.matcher * matched
             kl = kl_loss(mu, logvar)
             if G1 is not None and r.stage2_consistency:  # Stage-II keeps the colours Stage-I drew for the caption
