@@ -209,7 +209,8 @@ def main() -> None:
                          config={"name": name, "epochs": epochs}, desc="Stage-I", progress=False,
                          swapped=torch.from_numpy(train.swapped_embeddings()).to(device)
                          if recipe.wrong == "swap" or recipe.matcher else None,
-                         matcher=trained_matcher(cfg, train, seed, device) if recipe.matcher else None)
+                         matcher=trained_matcher(cfg, train, seed, device) if recipe.matcher else None,
+                         labels=torch.from_numpy(train.caption_labels()).to(device) if recipe.parts else None)
     write_result(f"stackgan_ladder/{name}", {
         "profile": cfg.profile, "condition": args.condition, "recipe": rname, "recipe_fields": recipe.as_dict(),
         "gf": gf, "df": df, "batch_size": batch_size, "n_train": len(train), "train_seed": args.train_seed,

@@ -12,7 +12,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from fixtures_cub import PER_CLASS, make_cub_fixture, py2_dumps  # noqa: E402
 
-from hwlib.data import cub  # noqa: E402
+from hwlib.data import cub, synthbirds  # noqa: E402
 
 
 @pytest.fixture()
@@ -132,6 +132,18 @@ def test_swapped_embeddings_embed_one_colour_swap_per_caption_and_cache(root: Pa
     assert len(calls) == 2  # cached
     with pytest.raises(ValueError, match="sentence encoder"):
         cub.open_birds(root, "train").swapped_embeddings()
+
+
+def test_caption_labels_parse_each_captions_part_colours(root: Path) -> None:
+    split = cub.open_birds(root, "train")
+    first = root / "birds" / "text_c10" / f"{split.keys[0]}.txt"
+    first.write_text("this bird has a red crown, gray wings and a short black beak\n"
+                     "a small bird with a blue body, a white belly and green wings\n" + "a plain bird\n" * 8)
+    labels = split.caption_labels()
+    assert labels.shape == (len(split), 10, 4) and labels.dtype == np.int64
+    red, grey, blue, white, green = (list(synthbirds.COLOURS).index(c) for c in ("red", "grey", "blue", "white", "green"))
+    assert labels[0, 0].tolist() == [-1, grey, red, -1] and labels[0, 1].tolist() == [blue, green, -1, white]
+    assert (labels[0, 2:] == -1).all()  # body, wing, crown, belly; -1 where a caption names none
 
 
 def test_pick_embedding_averages_captions_without_replacement() -> None:

@@ -1,6 +1,8 @@
 """StackGAN networks: shapes, paper-size parameter counts, ICNR, the KL term and one training step."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -342,7 +344,7 @@ def test_critic_ranking_reports_both_heads_and_leaves_d_alone():
     assert not D.training and all(torch.equal(before[k], v) for k, v in D.state_dict().items())
 
 
-def _stable_step_logs(**fields) -> dict[str, float]:
+def _stable_step_logs(labels: torch.Tensor | None = None, **fields) -> dict[str, float]:
     """One seeded step of a tiny Stage-I with the stable recipe and ``fields`` overridden: its logs."""
     gen = torch.Generator().manual_seed(5)
     images = torch.randint(0, 256, (6, 3, 76, 76), dtype=torch.uint8, generator=gen)
@@ -352,9 +354,36 @@ def _stable_step_logs(**fields) -> dict[str, float]:
     G, D = stackgan.build_stage1(8, c_dim=4, z_dim=4, gf=4, df=4, recipe=r)
     opt_g, opt_d = torch.optim.Adam(G.parameters()), torch.optim.Adam(D.parameters())
     step = stackgan.make_stackgan_step(G, D, opt_g, opt_d, images=images, embeddings=emb, class_ids=torch.arange(6),
-                                       out_size=64, kl_coef=1.0, z_dim=4, recipe=r, amp=False)
+                                       out_size=64, kl_coef=1.0, z_dim=4, recipe=r, amp=False, labels=labels)
     torch.manual_seed(1)
     return {k: float(v) for k, v in step((torch.arange(6),), 0).items()}
+
+
+def test_part_loss_averages_over_the_named_parts_only():
+    logits = torch.zeros(2, 4, 10)
+    logits[0, 0, 3] = 5.0
+    labels = torch.tensor([[3, -1, -1, -1], [-1, -1, -1, -1]])
+    expected = torch.nn.functional.cross_entropy(logits[0, :1], labels[0, :1])
+    torch.testing.assert_close(stackgan.part_loss(logits, labels), expected)
+    assert float(stackgan.part_loss(logits, torch.full((2, 4), -1))) == 0.0  # nothing named: no term, no NaN
+
+
+def test_parts_head_names_each_part_colour_and_keeps_the_other_terms():
+    labels = torch.randint(-1, 10, (6, 10, 4), generator=torch.Generator().manual_seed(2))
+    plain = _stable_step_logs()
+    parts, twice = _stable_step_logs(labels=labels, parts=1.0), _stable_step_logs(labels=labels, parts=2.0)
+    fakes = _stable_step_logs(labels=labels, parts=1.0, parts_fakes=True)
+    assert "parts_d" not in plain and 0 < parts["parts_d"] < 10 and 0 < parts["parts_g"] < 10
+    assert abs(parts["parts_d"] - math.log(10)) < 0.5  # ten colours, near-uniform at the official initialisation
+    # the same caption picks and the same D before its update: only the weight of the part terms differs
+    assert twice["d_real"] == parts["d_real"] and twice["parts_d"] == parts["parts_d"]
+    assert twice["loss_d"] > parts["loss_d"]
+    assert fakes["parts_d"] != parts["parts_d"]  # D also labels G's parts "drawn by G"
+    G, D = stackgan.build_stage1(8, c_dim=4, z_dim=4, gf=4, df=4, recipe=stackgan.Recipe(parts=1.0, parts_fakes=True))
+    assert D.part_logits(torch.randn(3, 32, 4, 4)).shape == (3, 4, 11)  # ten colours and "drawn by G"
+    assert "parts" not in stackgan.Recipe().as_dict()  # older runs keep their identity
+    with pytest.raises(ValueError, match="labels"):
+        _stable_step_logs(parts=1.0)
 
 
 def test_contrastive_fakes_adds_g_images_as_negatives_for_d_only():

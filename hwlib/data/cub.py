@@ -315,6 +315,16 @@ class BirdSplit:
             write_arrays(path, emb)
         return emb
 
+    def caption_labels(self) -> np.ndarray:
+        """The part colours each caption names, parsed from its words (:func:`hwlib.data.synthbirds.part_labels`):
+        int64 (N, 10, 4), body, wing, crown and belly, the index of the colour or -1 where the caption names none.
+        The labels of ``Recipe.parts``; on CUB's free-form captions the parser finds the phrasings it knows
+        ("a red crown", "blue wings") and leaves the rest at -1."""
+        from hwlib.data.synthbirds import part_labels
+
+        captions = [c for i in range(len(self)) for c in self.captions(i)]  # read_captions checks there are 10
+        return part_labels(captions).reshape(len(self), CAPTIONS_PER_IMAGE, -1)
+
     def images(self, load_size: int, indices: np.ndarray | None = None) -> torch.Tensor:
         """Bounding-box crops resized to ``load_size``: uint8 tensor (len(indices), 3, load_size, load_size)."""
         indices = np.arange(len(self)) if indices is None else np.asarray(indices)

@@ -31,6 +31,7 @@ COLOURS = {"red": (200, 30, 35), "orange": (240, 130, 20), "yellow": (245, 215, 
 BEAK_COLOURS = ("black", "orange", "yellow", "grey")
 ATTRIBUTES = {"body": tuple(COLOURS), "wing": tuple(COLOURS), "crown": tuple(COLOURS), "belly": tuple(COLOURS),
               "beak_colour": BEAK_COLOURS, "beak_length": ("short", "long")}
+COLOUR_PARTS = ("body", "wing", "crown", "belly")  # the attributes coloured by one of COLOURS
 N_CLASSES, N_TRAIN_CLASSES = 200, 150
 TEMPLATES = (
     "this bird has a {crown} crown, {wing} wings and a {beak_length} {beak_colour} beak",
@@ -82,6 +83,13 @@ def caption_targets(captions: list[str]) -> dict[str, np.ndarray]:
     return targets
 
 
+def part_labels(captions: list[str]) -> np.ndarray:
+    """The colour each of N captions names for each of :data:`COLOUR_PARTS`: int64 (N, 4), the index in
+    :data:`COLOURS`, -1 where the caption names none (:func:`caption_targets`)."""
+    targets = caption_targets(captions)
+    return np.stack([targets[part] for part in COLOUR_PARTS], axis=1) if captions else np.zeros((0, 4), np.int64)
+
+
 def caption_codes(captions: list[str]) -> np.ndarray:
     """A perfect text encoder for SynthBirds: float32 (N, 46), for each attribute a one-hot block of the value
     the caption names (:func:`caption_targets`), all zeros where it names none. The benchmark's
@@ -119,7 +127,7 @@ def near_miss_captions(labels: dict[str, np.ndarray], rng: np.random.Generator) 
     as :func:`attribute_labels` gives them), and for each part (and ``"all"``) the same captions with that part's
     colour (every part's) changed to another of the ten, drawn with ``rng``: the near misses that tell which parts
     a caption-reading network checks."""
-    names, parts = list(COLOURS), ("body", "wing", "crown", "belly")
+    names, parts = list(COLOURS), COLOUR_PARTS
     truth = [{k: names[labels[k][j]] for k in parts} for j in range(len(labels["body"]))]
 
     def other(colour: str) -> str:

@@ -12,7 +12,8 @@ Shapes (paper widths: ``gf=128``, ``df=64``, ``c_dim=128``, ``z_dim=100``, 4 res
                         the optional unconditional head conv4x4 -> logit (B,). Stage-I D is ``StageD(64)`` (conditional
                         head only), Stage-II D ``StageD(256, uncond=True)`` (both heads, two extra down-sampling convs
                         and two 3x3 reductions), as the official code.
-                        ``match`` (``Recipe.contrastive``) adds a head scoring every image against every caption.
+                        ``match`` (``Recipe.contrastive``) adds a head scoring every image against every caption, ``parts``
+                        (``Recipe.parts``) one naming each part's colour.
 
 Every network starts from the official initialisation (:func:`weights_init`). The training choices -- loss,
 wrong pairs, augmentation, EMA, spectral norm, projection head -- live in one :class:`Recipe`;
@@ -139,6 +140,16 @@ class Recipe:
       crown or the belly only half the time; an average of 4 names it almost always. Sampling still takes one caption.
       Measured on `stable` at 7,168 steps over three seeds (4 captions): body 0.45, wing 0.45, crown 0.23, belly 0.26
       against 0.47, 0.43, 0.23, 0.28: `stable` keeps one caption.
+    - ``parts``: weight of a per-part colour head in D (an auxiliary classifier, as TAC-GAN, Dash et al. 2017): from its
+      4x4 features D names the colour of a real bird's body, wings, crown and belly, learnt from the colours its ten
+      captions name (:meth:`hwlib.data.cub.BirdSplit.caption_labels`), and G is trained so that D names, for its
+      image, the colours its caption asks for (0: off). The caption embedding says which colours to check; these
+      labels teach D's features to see each part, which its matching-aware logit reads weakly on real birds (crown
+      0.63, body 0.83, where the attribute classifier reads 0.90 and 0.98).
+    - ``parts_fakes``: the part head has an eleventh class, "drawn by G", that D learns for every part of G's images
+      (the (K+1)-class discriminator of semi-supervised GANs, Salimans et al. 2016, per part): G can no longer pass
+      the head with features it alone writes, as it passes D's contrastive head (``contrastive_fakes``), but must
+      draw parts D takes for real ones of the asked colour.
     - ``stage2_skip``: Stage-II paints a residual over its input, ``tanh(atanh(up(x64)) + r)`` with ``up`` bicubic
       (residual learning, as VDSR, Kim et al. 2016), so it starts near Stage-I's colours instead of a flat grey and
       learns the detail on top. The last conv keeps the official N(0, 0.02) initialisation: started at zero, the
@@ -165,6 +176,8 @@ class Recipe:
     contrastive_g: float | None = None
     matcher: float = 0.0
     caption_mix: int = 1
+    parts: float = 0.0
+    parts_fakes: bool = False
     stage2_skip: bool = False
     stage2_consistency: float = 0.0
 
@@ -176,7 +189,8 @@ class Recipe:
 
     # fields added after runs were checkpointed, with the value that reproduces those runs: left out of the
     # dicts (a run's identity) while they hold it, so the checkpoints stay valid
-    _LATER = {"matcher": 0.0, "contrastive_fakes": False, "caption_mix": 1, "contrastive_g": None}
+    _LATER = {"matcher": 0.0, "contrastive_fakes": False, "caption_mix": 1, "contrastive_g": None, "parts": 0.0,
+              "parts_fakes": False}
 
     def as_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if not (k in self._LATER and v == self._LATER[k])}
@@ -364,7 +378,8 @@ class StageD(nn.Module):
     """
 
     def __init__(self, image_size: int = 64, c_dim: int = 128, df: int = 64, uncond: bool = False,
-                 spectral_norm: bool = False, projection: bool | str = False, match: bool = False) -> None:
+                 spectral_norm: bool = False, projection: bool | str = False, match: bool = False,
+                 parts: tuple[int, int] | None = None) -> None:
         super().__init__()
         n_down = int(math.log2(image_size)) - 2
         if 4 * 2**n_down != image_size or n_down < 4:
@@ -389,6 +404,9 @@ class StageD(nn.Module):
         self.logit_uncond = sn(nn.Conv2d(c, 1, 4, 4)) if (uncond or projection) else None
         # contrastive matching head (Recipe.contrastive): image features and condition into one c_dim space
         self.match = nn.ModuleDict({"image": nn.Linear(16 * c, c_dim), "text": nn.Linear(c_dim, c_dim)}) if match else None
+        # per-part colour head (Recipe.parts): (parts, classes per part) logits from the 4x4 features
+        self.n_parts = parts
+        self.parts = nn.Linear(16 * c, parts[0] * parts[1]) if parts else None
         self.apply(weights_init)
 
     def features(self, image: torch.Tensor) -> torch.Tensor:
@@ -412,6 +430,10 @@ class StageD(nn.Module):
         txt = F.normalize(self.match["text"](cond.to(h.dtype)).float(), dim=1)
         return img @ txt.T / temperature
 
+    def part_logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Features (B, 8df, 4, 4) -> (B, parts, classes) logits of each part's colour (needs ``parts``)."""
+        return self.parts(h.flatten(1)).view(len(h), *self.n_parts)
+
     def forward(self, image: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         return self.cond_logit(self.features(image), cond)
 
@@ -431,7 +453,7 @@ def build(t_dim: int, c_dim: int = 128, z_dim: int = 100, gf: int = 128, df: int
     return {"G1": G1, "D1": D1,
             "G2": Stage2G(t_dim, c_dim, gf2 or gf, n_res, n_up, upsample, r.ca_logvar_init, r.stage2_skip),
             "D2": StageD(stage2_size, c_dim, df2 or df, uncond=True, spectral_norm=r.spectral_norm,
-                         projection=r.projection, match=r.contrastive > 0)}
+                         projection=r.projection, match=r.contrastive > 0, parts=part_classes(r))}
 
 
 def build_stage1(t_dim: int, c_dim: int = 128, z_dim: int = 100, gf: int = 128, df: int = 64,
@@ -439,7 +461,23 @@ def build_stage1(t_dim: int, c_dim: int = 128, z_dim: int = 100, gf: int = 128, 
     """Stage I alone, ``(G1, D1)`` as :func:`build` makes them (G1 first): for experiments on Stage I only."""
     r = get_recipe(recipe)
     return (Stage1G(t_dim, c_dim, z_dim, gf, upsample, r.ca_logvar_init, r.g_min_channels, r.g_cond_norm),
-            StageD(64, c_dim, df, spectral_norm=r.spectral_norm, projection=r.projection, match=r.contrastive > 0))
+            StageD(64, c_dim, df, spectral_norm=r.spectral_norm, projection=r.projection, match=r.contrastive > 0,
+                   parts=part_classes(r)))
+
+
+def part_classes(recipe: Recipe) -> tuple[int, int] | None:
+    """The shape of D's part head for ``recipe``: (parts, colours [+ 1 for "drawn by G"]), None without one."""
+    from hwlib.data.synthbirds import COLOUR_PARTS, COLOURS
+
+    return (len(COLOUR_PARTS), len(COLOURS) + recipe.parts_fakes) if recipe.parts else None
+
+
+def part_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of part logits (B, P, C) against labels (B, P) int64, averaged over the labels >= 0 (-1: the
+    caption names no colour for that part); 0 when there are none."""
+    known = labels >= 0
+    ce = F.cross_entropy(logits.flatten(0, 1).float(), labels.clamp_min(0).flatten(), reduction="none")
+    return (ce * known.flatten()).sum() / known.sum().clamp_min(1)
 
 
 # ----------------------------------------------------------------------------- training steps
@@ -449,7 +487,7 @@ def make_stackgan_step(G: nn.Module, D: StageD, opt_g: torch.optim.Optimizer, op
                        images: torch.Tensor, embeddings: torch.Tensor, class_ids: torch.Tensor, out_size: int,
                        kl_coef: float = 2.0, z_dim: int = 100, G1: nn.Module | None = None, amp: bool = True,
                        recipe: str | Recipe | dict = "paper", ema: Any = None, swapped: torch.Tensor | None = None,
-                       matcher: nn.Module | None = None):
+                       matcher: nn.Module | None = None, labels: torch.Tensor | None = None):
     """One StackGAN step for :func:`hwlib.train.fit` over a loader of dataset indices ``(idx (B,),)``.
 
     ``images`` uint8 (N, 3, L, L) (L = 76 for Stage I, 304 for Stage II), ``embeddings`` (N, 10, t_dim),
@@ -461,8 +499,10 @@ def make_stackgan_step(G: nn.Module, D: StageD, opt_g: torch.optim.Optimizer, op
     wrong pairs, DiffAugment and (with ``ema``, an :class:`hwlib.train.EMA` of G) the weight average. With ``G1``
     (frozen, eval mode) the step trains Stage II on Stage-I images. ``swapped`` (N, 10, t_dim): the colour-swapped
     captions' embeddings, row for row with ``embeddings``, for ``recipe.wrong == "swap"`` (and the matcher's near
-    misses); ``matcher``: the frozen :class:`hwlib.models.matching.Matcher` of ``recipe.matcher``. ``amp``: bf16 autocast where the hardware computes it natively
-    (:func:`hwlib.train.autocast`). Returns detached ``loss_d``, ``loss_g``, ``kl``, ``d_real``/``d_wrong``/``d_fake`` (mean sigmoid).
+    misses); ``matcher``: the frozen :class:`hwlib.models.matching.Matcher` of ``recipe.matcher``; ``labels`` int64
+    (N, 10, 4): the part colours each caption names (:meth:`hwlib.data.cub.BirdSplit.caption_labels`), for
+    ``recipe.parts``. ``amp``: bf16 autocast where the hardware computes it natively (:func:`hwlib.train.autocast`).
+    Returns detached ``loss_d``, ``loss_g``, ``kl``, ``d_real``/``d_wrong``/``d_fake`` (mean sigmoid).
     """
     from hwlib.data.cub import augment, pick_embedding, wrong_indices
     from hwlib.gan import contrastive_loss, diff_augment, g_loss, matching_aware_d_loss
@@ -479,6 +519,12 @@ def make_stackgan_step(G: nn.Module, D: StageD, opt_g: torch.optim.Optimizer, op
                          "wrong='swap' and without the matcher")
     if r.matcher and matcher is None:
         raise ValueError("Recipe.matcher > 0 needs matcher= (hwlib.models.matching.train_matcher)")
+    if r.parts and (labels is None or labels.shape[:2] != embeddings.shape[:2]):
+        raise ValueError("Recipe.parts > 0 needs labels= (N, 10, 4) of the captions' part colours "
+                         "(BirdSplit.caption_labels())")
+    if r.parts and r.caption_mix > 1:
+        raise ValueError("Recipe.caption_mix > 1 averages captions, which name different colours: use it without Recipe.parts")
+    n_text = embeddings.shape[-1]
 
     def aug(x: torch.Tensor) -> torch.Tensor:
         return diff_augment(x, r.diffaug)
@@ -486,9 +532,16 @@ def make_stackgan_step(G: nn.Module, D: StageD, opt_g: torch.optim.Optimizer, op
     def step(batch: tuple[torch.Tensor, ...], _: int) -> dict[str, torch.Tensor]:
         (idx,) = batch
         real = augment(images[idx], out_size)
-        near = None
-        if swapped is not None:  # the same caption index for the true and the swapped embedding
-            text, near = pick_embedding(torch.cat([embeddings[idx], swapped[idx]], -1)).float().chunk(2, dim=1)
+        near = asked = None
+        if swapped is not None or r.parts:  # one caption index for the embedding, its near miss and its labels
+            rows = [embeddings[idx]] + ([swapped[idx]] if swapped is not None else [])
+            rows += [labels[idx].to(embeddings.dtype)] if r.parts else []
+            picked = pick_embedding(torch.cat(rows, -1)).float()
+            text = picked[:, :n_text]
+            if swapped is not None:
+                near = picked[:, n_text:2 * n_text]
+            if r.parts:
+                asked = picked[:, -labels.shape[-1]:].round().long()  # (B, 4): the colours this caption names
         else:
             text = pick_embedding(embeddings[idx], average=r.caption_mix).float()
         z = torch.randn(len(idx), z_dim, device=device)
@@ -525,6 +578,12 @@ def make_stackgan_step(G: nn.Module, D: StageD, opt_g: torch.optim.Optimizer, op
                     t2i = D.match_logits(torch.cat([h_real, h_fake]), cond).T  # (B, 2B): caption j, real image j
                     match_d = (match_d + contrastive_loss(t2i)) / 2
                 loss_d = loss_d + r.contrastive * match_d
+            if r.parts:  # D names each real part's colour, from all ten captions of the bird
+                parts_d = part_loss(D.part_logits(h_real), labels[idx].amax(1))
+                if r.parts_fakes:  # ... and every part of G's images as "drawn by G"
+                    drawn = torch.full_like(asked, D.n_parts[1] - 1)
+                    parts_d = (parts_d + part_loss(D.part_logits(h_fake), drawn)) / 2
+                loss_d = loss_d + r.parts * parts_d
         opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         opt_d.step()
@@ -542,6 +601,9 @@ def make_stackgan_step(G: nn.Module, D: StageD, opt_g: torch.optim.Optimizer, op
                 matched = contrastive_loss(matcher.logits(aug(fake if G1 is None else F.interpolate(
                     fake, size=64, mode="area")), text, None if near is None else near_or_other(text, near)))
                 loss_g = loss_g + r.matcher * matched
+            if r.parts:  # ... and so that D names the colours its caption asks for
+                parts_g = part_loss(D.part_logits(h), asked)
+                loss_g = loss_g + r.parts * parts_g
             kl = kl_loss(mu, logvar)
             if G1 is not None and r.stage2_consistency:  # Stage-II keeps the colours Stage-I drew for the caption
                 pooled = F.adaptive_avg_pool2d(fake.float(), low.shape[-1])
@@ -561,6 +623,8 @@ def make_stackgan_step(G: nn.Module, D: StageD, opt_g: torch.optim.Optimizer, op
             out["match_d"], out["match_g"] = match_d.detach(), match_g.detach()
         if r.matcher:
             out["matcher"] = matched.detach()
+        if r.parts:
+            out["parts_d"], out["parts_g"] = parts_d.detach(), parts_g.detach()
         return out
 
     return step
@@ -613,12 +677,13 @@ def train_stage(G: nn.Module, D: StageD, *, images: torch.Tensor, embeddings: to
                 betas: tuple[float, float] = (0.5, 0.999), kl_coef: float = 2.0, z_dim: int = 100,
                 lr_decay_epochs: int | None = None, G1: nn.Module | None = None, seed: int = 0, resume: bool = True,
                 config: Any = None, recipe: str | Recipe | dict = "paper", ema: Any = None, channels_last: bool = True,
-                swapped: torch.Tensor | None = None, matcher: nn.Module | None = None, **fit_kwargs: Any) -> History:
+                swapped: torch.Tensor | None = None, matcher: nn.Module | None = None, labels: torch.Tensor | None = None,
+                **fit_kwargs: Any) -> History:
     """Train one StackGAN stage (Stage I, or Stage II with a frozen ``G1``) through :func:`hwlib.train.fit`.
 
     ``images`` uint8 (N, 3, L, L), ``embeddings`` (N, 10, t_dim) and ``class_ids`` (N,) on the training device,
     as :func:`make_stackgan_step` takes them (with ``swapped`` for ``recipe.wrong == "swap"``, ``matcher`` for
-    ``recipe.matcher``). Sets G's text standardisation from ``embeddings``, then trains with
+    ``recipe.matcher``, ``labels`` for ``recipe.parts``). Sets G's text standardisation from ``embeddings``, then trains with
     Adam (``lr`` for G, ``lr * recipe.lr_d`` for D, ``betas``), the learning rates halved every ``lr_decay_epochs``
     epochs as the official trainer (constant if None), over shuffled batches of ``batch_size`` dataset indices.
     ``ema``: an :class:`hwlib.train.EMA` of G, updated every step and checkpointed (build it from
@@ -639,7 +704,7 @@ def train_stage(G: nn.Module, D: StageD, *, images: torch.Tensor, embeddings: to
                   if lr_decay_epochs else {})
     step = make_stackgan_step(G, D, optimizers["G"], optimizers["D"], images=images, embeddings=embeddings,
                               class_ids=class_ids, out_size=out_size, kl_coef=kl_coef, z_dim=z_dim, G1=G1, recipe=r,
-                              ema=ema, swapped=swapped, matcher=matcher)
+                              ema=ema, swapped=swapped, matcher=matcher, labels=labels)
     loader = index_loader(len(images), batch_size, seed=seed, device=images.device)
     return fit(step, loader, epochs=epochs, run_dir=run_dir, modules={"G": G, "D": D}, optimizers=optimizers,
                schedulers=schedulers, emas={"G": ema} if ema is not None else None, seed=seed, resume=resume,
