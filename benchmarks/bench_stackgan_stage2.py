@@ -5,7 +5,9 @@ from the newest checkpoint of ``<HWLIB_RUNS>/01_stackgan_cub/<profile>/stage1_st
 exactly as the notebook does (its widths, birds, batch, epochs and halving) with the ``stable`` recipe less or
 plus ``--set field=value`` overrides, and scores the first ``--n-eval`` evaluation captions of the unseen test
 species: the colour accuracy of Stage-II's images and of Stage-I's on the same captions (notebook 01's attribute
-classifier, chance 0.10), and the high-frequency energy of Stage-II against Stage-I up-sampled (bicubic).
+classifier, chance 0.10), and the high-frequency energy of Stage-II against Stage-I up-sampled (bicubic). With
+``--keep-low`` Stage-II's images are sampled as notebook 01 samples them, projected onto the images whose 64-px average
+is their Stage-I image (``stackgan.generate(keep_low=True)``; ``_keep_low_sampling`` in the name).
 ``--train-seed`` changes only Stage-II's networks and batches. Writes
 ``benchmarks/results/stackgan_stage2/<profile>_<overrides>_train<seed>.json``.
 Usage: ``python benchmarks/bench_stackgan_stage2.py [--set stage2_consistency=0] [--train-seed 0]`` after notebook 01
@@ -37,6 +39,8 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override one Recipe field")
     parser.add_argument("--train-seed", type=int, default=0)
     parser.add_argument("--n-eval", type=int, default=150, help="evaluation captions (the notebook's Stage-II count)")
+    parser.add_argument("--keep-low", action="store_true",
+                        help="score Stage-II's images projected onto Stage-I's 64-px average (generate(keep_low=True))")
     args = parser.parse_args()
     cfg, device, seed = hwlib.get_profile(NB, args.profile, verbose=False), get_device(), 0
     recipe = _override(stackgan.get_recipe("stable"), args.set)
@@ -59,7 +63,7 @@ def main() -> None:
     n2 = min(cfg.stage2_n, len(train))
     images = train.images(cfg.stage2_size * 76 // 64, np.arange(n2)).to(device)
     overrides = "_".join(p.replace("=", "-").replace(",", "+") for p in args.set) or "stable"
-    name = f"{cfg.profile}_{overrides}_train{args.train_seed}"
+    name = f"{cfg.profile}_{overrides}{'_keep_low_sampling' if args.keep_low else ''}_train{args.train_seed}"
     t0 = time.perf_counter()
     hist = stackgan.train_stage(G2, D2, images=images, embeddings=torch.from_numpy(train.embeddings[:n2]).to(device),
                                 class_ids=torch.from_numpy(train.class_ids[:n2]).to(device), out_size=cfg.stage2_size,
@@ -75,7 +79,7 @@ def main() -> None:
                                             seed=seed, device=device)
     text, z, targets, _ = synthbirds.consistency_set(test, min(cfg.n_eval, len(test)), cfg.z_dim, seed)
     n = min(args.n_eval, len(text))
-    low, high = stackgan.generate(G1, text[:n], G2, z=z[:n])
+    low, high = stackgan.generate(G1, text[:n], G2, z=z[:n], keep_low=args.keep_low)
     targets = {k: targets[k][:n] for k in COLOURS}
     up = torch.nn.functional.interpolate(low, size=cfg.stage2_size, mode="bicubic", align_corners=False).clamp(-1, 1)
     s1, s2 = consistency(clf, low, targets), consistency(clf, high, targets)
@@ -85,7 +89,8 @@ def main() -> None:
                                            for k in COLOURS)
           + f"; high-frequency energy {row['hf_stage2']:.4f} (S-I bicubic {row['hf_stage1_bicubic']:.4f})", flush=True)
     write_result(f"stackgan_stage2/{name}", {
-        "profile": cfg.profile, "recipe_fields": recipe.as_dict(), "overrides": args.set, "train_seed": args.train_seed,
+        "profile": cfg.profile, "recipe_fields": recipe.as_dict(), "overrides": args.set, "keep_low": args.keep_low,
+        "train_seed": args.train_seed,
         "stage1_checkpoint_step": state["step"], "steps": len(hist), "train_seconds": round(seconds, 1), "n_eval": n,
         "threads": torch.get_num_threads(), **row}, device)
 

@@ -411,3 +411,46 @@ def test_contrastive_g_zero_keeps_ds_head_and_drops_gs_term():
     both, d_only = _stable_step_logs(contrastive_g=None), _stable_step_logs(contrastive_g=0.0)
     assert both["match_d"] == d_only["match_d"]  # D's update is the same
     assert abs(both["loss_g"] - d_only["loss_g"] - both["match_g"]) < 1e-4  # G's loss lacks exactly the term
+
+
+def test_keep_low_pools_back_to_the_low_resolution_image():
+    gen = torch.Generator().manual_seed(0)
+    pool = torch.nn.functional.avg_pool2d
+    low = torch.rand(2, 3, 16, 16, generator=gen) * 1.2 - 0.6
+    smooth = torch.nn.functional.interpolate(low, scale_factor=4, mode="bicubic", align_corners=False)
+    high = smooth + 0.1 * torch.randn(2, 3, 64, 64, generator=gen)  # a refinement: the input up-sampled plus detail
+    out = stackgan.keep_low(high, low)
+    torch.testing.assert_close(pool(out, 4), low, atol=1e-5, rtol=0)
+    detail = high - torch.nn.functional.interpolate(pool(high, 4), scale_factor=4)  # zero mean in every block
+    consistent = torch.nn.functional.interpolate(low, scale_factor=4) + 0.3 * detail  # in range
+    torch.testing.assert_close(stackgan.keep_low(consistent, low), consistent, atol=1e-5, rtol=0)  # nothing to correct
+    extreme = stackgan.keep_low(torch.rand(2, 3, 64, 64, generator=gen) * 2 - 1, low.sign() * 0.97)
+    assert extreme.abs().max() <= 1  # in range, and still pooling back where the clamp bites
+    torch.testing.assert_close(torch.nn.functional.avg_pool2d(extreme, 4), low.sign() * 0.97, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="whole scale"):
+        stackgan.keep_low(high, torch.zeros(2, 3, 24, 24))
+
+
+def test_stage2_keep_low_keeps_stage1s_colours_by_construction():
+    torch.manual_seed(0)
+    r = stackgan.Recipe(**{**stackgan.get_recipe("stable").as_dict(), "stage2_keep_low": True})
+    G2 = stackgan.build(8, c_dim=4, z_dim=4, gf=4, df=4, n_res=1, stage2_size=128, recipe=r)["G2"].eval()
+    low = torch.nn.functional.interpolate(torch.rand(3, 3, 16, 16) * 1.2 - 0.6, size=64, mode="bicubic")
+    high = G2(low, torch.randn(3, 8))[0]
+    assert high.shape == (3, 3, 128, 128)
+    torch.testing.assert_close(torch.nn.functional.interpolate(high, size=64, mode="area"), low, atol=1e-4, rtol=0)
+    assert "stage2_keep_low" not in stackgan.Recipe().as_dict()  # older runs keep their identity
+
+
+def test_generate_keep_low_projects_stage2_onto_stage1():
+    torch.manual_seed(0)
+    nets = stackgan.build(8, c_dim=4, z_dim=4, gf=4, df=4, n_res=1, stage2_size=128, recipe="stable")
+    with torch.no_grad():  # away from the official initialisation's near-zero images
+        for p in [*nets["G1"].parameters(), *nets["G2"].parameters()]:
+            p.add_(torch.randn_like(p) * 0.3)
+    text, z = torch.randn(3, 8), torch.randn(3, 4)
+    low, raw = stackgan.generate(nets["G1"], text, nets["G2"], z=z, ca_noise=0)
+    low2, kept = stackgan.generate(nets["G1"], text, nets["G2"], z=z, ca_noise=0, keep_low=True)
+    torch.testing.assert_close(low2, low)
+    torch.testing.assert_close(torch.nn.functional.interpolate(kept, size=64, mode="area"), low, atol=1e-4, rtol=0)
+    assert not torch.allclose(torch.nn.functional.interpolate(raw, size=64, mode="area"), low, atol=1e-3)
