@@ -16,7 +16,6 @@ has run in that profile (``make run``, or papermill with ``-p profile quick``).
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 import torch
@@ -39,6 +38,7 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override one Recipe field")
     parser.add_argument("--train-seed", type=int, default=0)
     parser.add_argument("--n-eval", type=int, default=150, help="evaluation captions (the notebook's Stage-II count)")
+    parser.add_argument("--resume", action="store_true", help="restore this run's finished Stage-II instead of retraining it")
     parser.add_argument("--keep-low", action="store_true",
                         help="score Stage-II's images projected onto Stage-I's 64-px average (generate(keep_low=True))")
     args = parser.parse_args()
@@ -64,14 +64,12 @@ def main() -> None:
     images = train.images(cfg.stage2_size * 76 // 64, np.arange(n2)).to(device)
     overrides = "_".join(p.replace("=", "-").replace(",", "+") for p in args.set) or "stable"
     name = f"{cfg.profile}_{overrides}{'_keep_low_sampling' if args.keep_low else ''}_train{args.train_seed}"
-    t0 = time.perf_counter()
     hist = stackgan.train_stage(G2, D2, images=images, embeddings=torch.from_numpy(train.embeddings[:n2]).to(device),
                                 class_ids=torch.from_numpy(train.class_ids[:n2]).to(device), out_size=cfg.stage2_size,
                                 epochs=cfg.epochs2, batch_size=cfg.batch_size2, run_dir=hwlib.runs_dir(f"bench/stackgan_stage2/{name}"),
                                 lr=cfg.lr, betas=cfg.betas, kl_coef=cfg.kl_coef, z_dim=cfg.z_dim,
-                                lr_decay_epochs=cfg.lr_decay_epochs2, G1=G1, seed=args.train_seed, resume=False,
+                                lr_decay_epochs=cfg.lr_decay_epochs2, G1=G1, seed=args.train_seed, resume=args.resume,
                                 recipe=recipe, desc="Stage-II", progress=False)
-    seconds = time.perf_counter() - t0
 
     attr_images, attr_labels = synthbirds.attribute_birds(cfg.attr_n, seed=seed)
     clf, _ = attributes.train_attribute_net(torch.from_numpy(attr_images), attr_labels, width=cfg.attr_width,
@@ -91,7 +89,7 @@ def main() -> None:
     write_result(f"stackgan_stage2/{name}", {
         "profile": cfg.profile, "recipe_fields": recipe.as_dict(), "overrides": args.set, "keep_low": args.keep_low,
         "train_seed": args.train_seed,
-        "stage1_checkpoint_step": state["step"], "steps": len(hist), "train_seconds": round(seconds, 1), "n_eval": n,
+        "stage1_checkpoint_step": state["step"], "steps": len(hist), "train_seconds": round(hist.seconds, 1), "n_eval": n,
         "threads": torch.get_num_threads(), **row}, device)
 
 
