@@ -87,6 +87,23 @@ def trained_matcher(cfg, train, seed: int, device, epochs: int = 60):
                                   run_dir=hwlib.runs_dir(f"bench/stackgan_ladder/matcher_n{len(train)}_e{epochs}"))[0]
 
 
+def novel_set(root, embedding: str, n: int = 4000, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``Recipe.novel``'s captions: ``n`` of colour combinations no test species has
+    (:func:`synthbirds.novel_captions`), embedded with the sentence encoder (cached next to the training split's
+    embeddings) -> (embeddings float32 (n, t_dim), part labels int64 (n, 4))."""
+    from hwlib import text
+    from hwlib.files import read_arrays, write_arrays
+
+    exclude = synthbirds.species_colours(root, np.arange(synthbirds.N_TRAIN_CLASSES + 1, synthbirds.N_CLASSES + 1))
+    captions = synthbirds.novel_captions(n, exclude, seed)
+    path = root / "birds" / "train" / f"{embedding}-novel{seed}_{n}.npy"
+    emb = read_arrays(path)
+    if emb is None or len(emb) != n:
+        emb = text.encode(captions)
+        write_arrays(path, emb)
+    return torch.from_numpy(emb), torch.from_numpy(synthbirds.part_labels(captions))
+
+
 def caption_evals(cfg, splits: dict, seed: int) -> dict[str, tuple]:
     """{split name: (caption embeddings (n, t_dim), z (n, z_dim), colour targets, real 76 px images)} for
     ``splits`` {name: (BirdSplit, its 76 px images)}: :func:`synthbirds.consistency_set` of each."""
@@ -210,7 +227,8 @@ def main() -> None:
                          swapped=torch.from_numpy(train.swapped_embeddings()).to(device)
                          if recipe.wrong == "swap" or recipe.matcher else None,
                          matcher=trained_matcher(cfg, train, seed, device) if recipe.matcher else None,
-                         labels=torch.from_numpy(train.caption_labels()).to(device) if recipe.parts else None)
+                         labels=torch.from_numpy(train.caption_labels()).to(device) if recipe.parts else None,
+                         novel=tuple(t.to(device) for t in novel_set(root, cfg.embedding, seed=seed)) if recipe.novel else None)
     write_result(f"stackgan_ladder/{name}", {
         "profile": cfg.profile, "condition": args.condition, "recipe": rname, "recipe_fields": recipe.as_dict(),
         "gf": gf, "df": df, "batch_size": batch_size, "n_train": len(train), "train_seed": args.train_seed,

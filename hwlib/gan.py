@@ -41,7 +41,8 @@ def _real_term(logits: torch.Tensor, loss: str, real_label: float = 1.0) -> torc
     return F.relu(1 - logits.float()).mean() if loss == "hinge" else _bce(logits, real_label)
 
 
-def _fake_term(logits: torch.Tensor, loss: str) -> torch.Tensor:
+def fake_term(logits: torch.Tensor, loss: str = "bce") -> torch.Tensor:
+    """D's loss on logits it should call fake: BCE against 0, or the hinge ``relu(1 + l)``; mean, float32."""
     return F.relu(1 + logits.float()).mean() if loss == "hinge" else _bce(logits, 0.0)
 
 
@@ -57,10 +58,10 @@ def matching_aware_d_loss(real_logits: torch.Tensor, wrong_logits: torch.Tensor 
     Each term is BCE (``loss="bce"``) or the hinge ``relu(1 - l)`` / ``relu(1 + l)`` (``loss="hinge"``).
     """
     real = _real_term(real_logits, loss, real_label)
-    fakes = [_fake_term(fake_logits, loss)] + ([] if wrong_logits is None else [_fake_term(wrong_logits, loss)])
+    fakes = [fake_term(fake_logits, loss)] + ([] if wrong_logits is None else [fake_term(wrong_logits, loss)])
     if real_uncond is not None:
         real = (real + _real_term(real_uncond, loss, real_label)) / 2
-        fakes.append(_fake_term(fake_uncond, loss))
+        fakes.append(fake_term(fake_uncond, loss))
     return real + sum(fakes) / len(fakes)
 
 

@@ -344,7 +344,7 @@ def test_critic_ranking_reports_both_heads_and_leaves_d_alone():
     assert not D.training and all(torch.equal(before[k], v) for k, v in D.state_dict().items())
 
 
-def _stable_step_logs(labels: torch.Tensor | None = None, **fields) -> dict[str, float]:
+def _stable_step_logs(labels: torch.Tensor | None = None, novel_set: tuple | None = None, **fields) -> dict[str, float]:
     """One seeded step of a tiny Stage-I with the stable recipe and ``fields`` overridden: its logs."""
     gen = torch.Generator().manual_seed(5)
     images = torch.randint(0, 256, (6, 3, 76, 76), dtype=torch.uint8, generator=gen)
@@ -354,7 +354,8 @@ def _stable_step_logs(labels: torch.Tensor | None = None, **fields) -> dict[str,
     G, D = stackgan.build_stage1(8, c_dim=4, z_dim=4, gf=4, df=4, recipe=r)
     opt_g, opt_d = torch.optim.Adam(G.parameters()), torch.optim.Adam(D.parameters())
     step = stackgan.make_stackgan_step(G, D, opt_g, opt_d, images=images, embeddings=emb, class_ids=torch.arange(6),
-                                       out_size=64, kl_coef=1.0, z_dim=4, recipe=r, amp=False, labels=labels)
+                                       out_size=64, kl_coef=1.0, z_dim=4, recipe=r, amp=False, labels=labels,
+                                       novel=novel_set)
     torch.manual_seed(1)
     return {k: float(v) for k, v in step((torch.arange(6),), 0).items()}
 
@@ -411,6 +412,20 @@ def test_contrastive_g_zero_keeps_ds_head_and_drops_gs_term():
     both, d_only = _stable_step_logs(contrastive_g=None), _stable_step_logs(contrastive_g=0.0)
     assert both["match_d"] == d_only["match_d"]  # D's update is the same
     assert abs(both["loss_g"] - d_only["loss_g"] - both["match_g"]) < 1e-4  # G's loss lacks exactly the term
+
+
+def test_novel_captions_add_a_second_batch_for_g_and_d():
+    gen = torch.Generator().manual_seed(3)
+    labels = torch.randint(-1, 10, (6, 10, 4), generator=gen)
+    novel = (torch.randn(20, 8, generator=gen), torch.randint(-1, 10, (20, 4), generator=gen))
+    parts = _stable_step_logs(labels=labels, parts=1.0)
+    both = _stable_step_logs(labels=labels, parts=1.0, novel=1.0, novel_set=novel)
+    assert "novel_g" not in parts and 0 < both["novel_g"] < 20
+    assert both["loss_d"] != parts["loss_d"]  # D also calls G's images of the novel captions fake
+    with pytest.raises(ValueError, match="novel"):
+        _stable_step_logs(labels=labels, parts=1.0, novel=1.0)  # no captions given
+    with pytest.raises(ValueError, match="novel"):
+        _stable_step_logs(novel=1.0, novel_set=novel)  # no part head
 
 
 def test_keep_low_pools_back_to_the_low_resolution_image():

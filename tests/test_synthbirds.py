@@ -168,3 +168,12 @@ def test_near_miss_captions_change_exactly_the_named_part() -> None:
             assert [k for k in was if was[k] != now[k]] == [part]
     assert all(all(synthbirds.parse_caption(t)[k] != synthbirds.parse_caption(n)[k] for k in labels)
                for t, n in zip(truth, near["all"]))
+
+
+def test_novel_captions_leave_out_the_excluded_colour_combinations():
+    every = {(b, w, c, e) for b in synthbirds.COLOURS for w in synthbirds.COLOURS for c in synthbirds.COLOURS
+             for e in ("red", "blue")}  # every combination with a red or blue belly
+    captions = synthbirds.novel_captions(200, every, seed=1)
+    assert len(captions) == 200 and captions == synthbirds.novel_captions(200, every, seed=1)
+    bellies = {synthbirds.parse_caption(c).get("belly") for c in captions} - {None}
+    assert bellies and not bellies & {"red", "blue"}

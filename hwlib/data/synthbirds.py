@@ -90,6 +90,25 @@ def part_labels(captions: list[str]) -> np.ndarray:
     return np.stack([targets[part] for part in COLOUR_PARTS], axis=1) if captions else np.zeros((0, 4), np.int64)
 
 
+def novel_captions(n: int, exclude: set[tuple[str, ...]], seed: int = 0) -> list[str]:
+    """``n`` captions of random species (:func:`random_species`) whose body, wing, crown and belly colours
+    (:data:`COLOUR_PARTS`) are none of ``exclude``'s -- e.g. every test species' -- each from one random template
+    (:func:`captions_for`): captions with colour combinations no bird in the data need have, for ``Recipe.novel``."""
+    rng = np.random.default_rng(seed)
+    out: list[str] = []
+    while len(out) < n:
+        species = random_species(rng)
+        if tuple(species[k] for k in COLOUR_PARTS) not in exclude:
+            out.append(captions_for(species, rng)[int(rng.integers(0, 10))])
+    return out
+
+
+def species_colours(root: str | Path, class_ids: np.ndarray) -> set[tuple[str, ...]]:
+    """The (body, wing, crown, belly) colour names of the species in ``class_ids`` (1..200), from ``synthbirds.json``."""
+    labels = attribute_labels(root, np.unique(np.asarray(class_ids)))
+    return {tuple(ATTRIBUTES[k][labels[k][j]] for k in COLOUR_PARTS) for j in range(len(labels["body"]))}
+
+
 def caption_codes(captions: list[str]) -> np.ndarray:
     """A perfect text encoder for SynthBirds: float32 (N, 46), for each attribute a one-hot block of the value
     the caption names (:func:`caption_targets`), all zeros where it names none. The benchmark's

@@ -153,6 +153,12 @@ class Recipe:
       draw parts D takes for real ones of the asked colour. Measured on `stable` at 7,168 steps over three seeds
       (weight 1): body 0.42, wing 0.41, crown 0.23, belly 0.31, FID 119 against 0.47, 0.43, 0.23, 0.28, 116 -- belly up,
       body down, as with the near-miss wrong pairs: `stable` keeps it off.
+    - ``novel``: weight of a second, half-size batch per step whose captions name colour combinations of no training
+      bird (:func:`hwlib.data.synthbirds.novel_captions`, every test species' combination left out): D learns G's
+      images of them as fakes, and G is trained to pass D's matching-aware logit and its part head (``parts``) on them.
+      With ``parts`` the generator draws the parts of *training* species far better than of unseen ones (body 0.53
+      against 0.44, belly 0.43 against 0.30): it learns species, not parts. Captions of new combinations ask it to
+      compose the parts (needs ``parts`` > 0 and a sentence encoder).
     - ``stage2_skip``: Stage-II paints a residual over its input, ``tanh(atanh(up(x64)) + r)`` with ``up`` bicubic
       (residual learning, as VDSR, Kim et al. 2016), so it starts near Stage-I's colours instead of a flat grey and
       learns the detail on top. The last conv keeps the official N(0, 0.02) initialisation: started at zero, the
@@ -189,6 +195,7 @@ class Recipe:
     caption_mix: int = 1
     parts: float = 0.0
     parts_fakes: bool = False
+    novel: float = 0.0
     stage2_skip: bool = False
     stage2_keep_low: bool = False
     stage2_consistency: float = 0.0
@@ -202,7 +209,7 @@ class Recipe:
     # fields added after runs were checkpointed, with the value that reproduces those runs: left out of the
     # dicts (a run's identity) while they hold it, so the checkpoints stay valid
     _LATER = {"matcher": 0.0, "contrastive_fakes": False, "caption_mix": 1, "contrastive_g": None, "parts": 0.0,
-              "parts_fakes": False, "stage2_keep_low": False}
+              "parts_fakes": False, "novel": 0.0, "stage2_keep_low": False}
 
     def as_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if not (k in self._LATER and v == self._LATER[k])}
@@ -522,7 +529,8 @@ def make_stackgan_step(G: nn.Module, D: StageD, opt_g: torch.optim.Optimizer, op
                        images: torch.Tensor, embeddings: torch.Tensor, class_ids: torch.Tensor, out_size: int,
                        kl_coef: float = 2.0, z_dim: int = 100, G1: nn.Module | None = None, amp: bool = True,
                        recipe: str | Recipe | dict = "paper", ema: Any = None, swapped: torch.Tensor | None = None,
-                       matcher: nn.Module | None = None, labels: torch.Tensor | None = None):
+                       matcher: nn.Module | None = None, labels: torch.Tensor | None = None,
+                       novel: tuple[torch.Tensor, torch.Tensor] | None = None):
     """One StackGAN step for :func:`hwlib.train.fit` over a loader of dataset indices ``(idx (B,),)``.
 
     ``images`` uint8 (N, 3, L, L) (L = 76 for Stage I, 304 for Stage II), ``embeddings`` (N, 10, t_dim),
@@ -536,11 +544,12 @@ def make_stackgan_step(G: nn.Module, D: StageD, opt_g: torch.optim.Optimizer, op
     captions' embeddings, row for row with ``embeddings``, for ``recipe.wrong == "swap"`` (and the matcher's near
     misses); ``matcher``: the frozen :class:`hwlib.models.matching.Matcher` of ``recipe.matcher``; ``labels`` int64
     (N, 10, 4): the part colours each caption names (:meth:`hwlib.data.cub.BirdSplit.caption_labels`), for
-    ``recipe.parts``. ``amp``: bf16 autocast where the hardware computes it natively (:func:`hwlib.train.autocast`).
+    ``recipe.parts``; ``novel``: (embeddings (M, t_dim), part labels int64 (M, 4)) of the captions of
+    ``recipe.novel``. ``amp``: bf16 autocast where the hardware computes it natively (:func:`hwlib.train.autocast`).
     Returns detached ``loss_d``, ``loss_g``, ``kl``, ``d_real``/``d_wrong``/``d_fake`` (mean sigmoid).
     """
     from hwlib.data.cub import augment, pick_embedding, wrong_indices
-    from hwlib.gan import contrastive_loss, diff_augment, g_loss, matching_aware_d_loss
+    from hwlib.gan import contrastive_loss, diff_augment, fake_term, g_loss, matching_aware_d_loss
     from hwlib.models.matching import near_or_other
     from hwlib.train import autocast
 
@@ -557,6 +566,9 @@ def make_stackgan_step(G: nn.Module, D: StageD, opt_g: torch.optim.Optimizer, op
     if r.parts and (labels is None or labels.shape[:2] != embeddings.shape[:2]):
         raise ValueError("Recipe.parts > 0 needs labels= (N, 10, 4) of the captions' part colours "
                          "(BirdSplit.caption_labels())")
+    if r.novel and (not r.parts or novel is None or G1 is not None):
+        raise ValueError("Recipe.novel > 0 needs Recipe.parts > 0, novel= (embeddings, labels) of the novel captions "
+                         "(synthbirds.novel_captions), and Stage I")
     if r.parts and r.caption_mix > 1:
         raise ValueError("Recipe.caption_mix > 1 averages captions, which name different colours: use it without Recipe.parts")
     n_text = embeddings.shape[-1]
@@ -580,6 +592,10 @@ def make_stackgan_step(G: nn.Module, D: StageD, opt_g: torch.optim.Optimizer, op
         else:
             text = pick_embedding(embeddings[idx], average=r.caption_mix).float()
         z = torch.randn(len(idx), z_dim, device=device)
+        if r.novel:  # half a batch of captions naming colour combinations no training bird has
+            pick = torch.randint(0, len(novel[0]), (max(1, len(idx) // 2),), device=device)
+            text_n, asked_n = novel[0][pick].float(), novel[1][pick]
+            z_n = torch.randn(len(pick), z_dim, device=device)
         with autocast(device, amp):
             if G1 is None:
                 fake, mu, logvar = G(text, z)
@@ -587,6 +603,8 @@ def make_stackgan_step(G: nn.Module, D: StageD, opt_g: torch.optim.Optimizer, op
                 with torch.no_grad():
                     low, _, _ = G1(text, z)
                 fake, mu, logvar = G(low, text)
+            if r.novel:
+                fake_n, mu_n, logvar_n = G(text_n, z_n)
             cond = mu.detach()
             h_real, h_fake = D.features(aug(real)), D.features(aug(fake.detach()))
             real_logit, fake_logit = D.cond_logit(h_real, cond), D.cond_logit(h_fake, cond)
@@ -619,6 +637,8 @@ def make_stackgan_step(G: nn.Module, D: StageD, opt_g: torch.optim.Optimizer, op
                     drawn = torch.full_like(asked, D.n_parts[1] - 1)
                     parts_d = (parts_d + part_loss(D.part_logits(h_fake), drawn)) / 2
                 loss_d = loss_d + r.parts * parts_d
+            if r.novel:  # G's images of the novel captions are fakes too
+                loss_d = loss_d + r.novel * fake_term(D.cond_logit(D.features(aug(fake_n.detach())), mu_n.detach()), r.loss)
         opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         opt_d.step()
@@ -640,6 +660,11 @@ def make_stackgan_step(G: nn.Module, D: StageD, opt_g: torch.optim.Optimizer, op
                 parts_g = part_loss(D.part_logits(h), asked)
                 loss_g = loss_g + r.parts * parts_g
             kl = kl_loss(mu, logvar)
+            if r.novel:  # ... and, for the novel captions, to pass D's logit and draw the parts they name
+                h_n = D.features(aug(fake_n))
+                novel_g = g_loss(D.cond_logit(h_n, mu_n), loss=r.loss) + r.parts * part_loss(D.part_logits(h_n), asked_n)
+                loss_g = loss_g + r.novel * novel_g
+                kl = (kl + kl_loss(mu_n, logvar_n)) / 2
             if G1 is not None and r.stage2_consistency:  # Stage-II keeps the colours Stage-I drew for the caption
                 pooled = F.adaptive_avg_pool2d(fake.float(), low.shape[-1])
                 loss_g = loss_g + r.stage2_consistency * (pooled - low.float()).abs().mean()
@@ -660,6 +685,8 @@ def make_stackgan_step(G: nn.Module, D: StageD, opt_g: torch.optim.Optimizer, op
             out["matcher"] = matched.detach()
         if r.parts:
             out["parts_d"], out["parts_g"] = parts_d.detach(), parts_g.detach()
+        if r.novel:
+            out["novel_g"] = novel_g.detach()
         return out
 
     return step
@@ -713,12 +740,12 @@ def train_stage(G: nn.Module, D: StageD, *, images: torch.Tensor, embeddings: to
                 lr_decay_epochs: int | None = None, G1: nn.Module | None = None, seed: int = 0, resume: bool = True,
                 config: Any = None, recipe: str | Recipe | dict = "paper", ema: Any = None, channels_last: bool = True,
                 swapped: torch.Tensor | None = None, matcher: nn.Module | None = None, labels: torch.Tensor | None = None,
-                **fit_kwargs: Any) -> History:
+                novel: tuple[torch.Tensor, torch.Tensor] | None = None, **fit_kwargs: Any) -> History:
     """Train one StackGAN stage (Stage I, or Stage II with a frozen ``G1``) through :func:`hwlib.train.fit`.
 
     ``images`` uint8 (N, 3, L, L), ``embeddings`` (N, 10, t_dim) and ``class_ids`` (N,) on the training device,
     as :func:`make_stackgan_step` takes them (with ``swapped`` for ``recipe.wrong == "swap"``, ``matcher`` for
-    ``recipe.matcher``, ``labels`` for ``recipe.parts``). Sets G's text standardisation from ``embeddings``, then trains with
+    ``recipe.matcher``, ``labels`` for ``recipe.parts``, ``novel`` for ``recipe.novel``). Sets G's text standardisation from ``embeddings``, then trains with
     Adam (``lr`` for G, ``lr * recipe.lr_d`` for D, ``betas``), the learning rates halved every ``lr_decay_epochs``
     epochs as the official trainer (constant if None), over shuffled batches of ``batch_size`` dataset indices.
     ``ema``: an :class:`hwlib.train.EMA` of G, updated every step and checkpointed (build it from
@@ -739,7 +766,7 @@ def train_stage(G: nn.Module, D: StageD, *, images: torch.Tensor, embeddings: to
                   if lr_decay_epochs else {})
     step = make_stackgan_step(G, D, optimizers["G"], optimizers["D"], images=images, embeddings=embeddings,
                               class_ids=class_ids, out_size=out_size, kl_coef=kl_coef, z_dim=z_dim, G1=G1, recipe=r,
-                              ema=ema, swapped=swapped, matcher=matcher, labels=labels)
+                              ema=ema, swapped=swapped, matcher=matcher, labels=labels, novel=novel)
     loader = index_loader(len(images), batch_size, seed=seed, device=images.device)
     return fit(step, loader, epochs=epochs, run_dir=run_dir, modules={"G": G, "D": D}, optimizers=optimizers,
                schedulers=schedulers, emas={"G": ema} if ema is not None else None, seed=seed, resume=resume,
