@@ -66,6 +66,7 @@ def main() -> None:
     name = f"{cfg.profile}_{overrides}{'_keep_low_sampling' if args.keep_low else ''}_train{args.train_seed}"
     hist = stackgan.train_stage(G2, D2, images=images, embeddings=torch.from_numpy(train.embeddings[:n2]).to(device),
                                 class_ids=torch.from_numpy(train.class_ids[:n2]).to(device), out_size=cfg.stage2_size,
+                                labels=torch.from_numpy(train.caption_labels()[:n2]).to(device),
                                 epochs=cfg.epochs2, batch_size=cfg.batch_size2, run_dir=hwlib.runs_dir(f"bench/stackgan_stage2/{name}"),
                                 lr=cfg.lr, betas=cfg.betas, kl_coef=cfg.kl_coef, z_dim=cfg.z_dim,
                                 lr_decay_epochs=cfg.lr_decay_epochs2, G1=G1, seed=args.train_seed, resume=args.resume,

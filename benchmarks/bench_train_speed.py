@@ -196,8 +196,10 @@ def run_01(stage: int) -> Callable[[Core, int, torch.device], Run]:
         ema = core.ema(G, r.ema) if r.ema and stage == 1 else None
         if core.channels_last:
             images = stackgan.to_channels_last(images, G, D, G1, ema.module if ema else None)
+        labels = torch.randint(-1, 10, (n * batch, 10, 4), generator=g).to(device)  # the part colours captions name
         step = stackgan.make_stackgan_step(G, D, opt_g, opt_d, images=images, embeddings=emb, class_ids=classes,
-                                           out_size=size, kl_coef=cfg.kl_coef, z_dim=cfg.z_dim, G1=G1, recipe=r, ema=ema)
+                                           out_size=size, kl_coef=cfg.kl_coef, z_dim=cfg.z_dim, G1=G1, recipe=r, ema=ema,
+                                           labels=labels)
         return Run(step, index_loader(n * batch, batch, device=device), {"G": G, "D": D}, {"G": opt_g, "D": opt_d},
                    {"G": ema} if ema else {}, {})
     return make
