@@ -36,6 +36,7 @@ import hwlib
 from hwlib.bench import write_result
 from hwlib.data import cub, synthbirds
 from hwlib.metrics.attributes import consistency
+from hwlib.metrics.evaluation import within_class_spread
 from hwlib.models import attributes, stackgan
 from hwlib.train import EMA, get_device, seed_everything
 
@@ -212,6 +213,11 @@ def main() -> None:
             low = stackgan.generate(sampler, text, z=z)[0]
             res = consistency(clf, low, targets, real_feats[split_name])
             row[split_name] = {**{k: round(res[k], 3) for k in COLOURS}, "fid": round(res["fid"], 2)}
+            # diversity over the noise: pixel spread among 8 noise vectors of each of the first 50 captions
+            many = stackgan.generate(sampler, text[:50].repeat_interleave(8, 0),
+                                     z=torch.randn(8 * len(text[:50]), cfg.z_dim, generator=torch.Generator().manual_seed(seed + 3)))[0]
+            row[split_name]["spread"] = round(within_class_spread(many, torch.arange(len(text[:50])).repeat_interleave(8),
+                                                                  len(text[:50])), 4)
         curve.append(row)
         G.train()
         print(f"step {row['step']:6d} ({row['seconds']:.0f} s): " + "; ".join(

@@ -6,6 +6,8 @@ species, as the ladder does, under each sampling option:
 
 - ``ca_noise``: the conditioning augmentation's noise, ``c = mu + ca_noise * sigma * eps`` (1: the paper's sample;
   0: its mean, a truncation of the caption's noise);
+- ``spread``: the pixel spread among 8 noise vectors of each of the first 50 captions (as the ladder's), how much G
+  uses its noise;
 - ``bn``: ``copied``, the BatchNorm statistics the EMA copied from the live generator (what training leaves), or
   ``standing``, re-estimated on training captions for the averaged weights (:func:`hwlib.models.stackgan.standing_stats`).
 
@@ -28,6 +30,7 @@ from bench_stackgan_consistency import COLOURS, attribute_classifier, caption_ev
 from hwlib.bench import write_result
 from hwlib.data import cub, synthbirds
 from hwlib.metrics.attributes import consistency, features
+from hwlib.metrics.evaluation import within_class_spread
 from hwlib.models import stackgan
 from hwlib.train import get_device
 
@@ -63,6 +66,7 @@ def main() -> None:
     text, z, targets, real, _ = caption_evals(cfg, {"unseen": (test, test.images(76))}, seed)["unseen"]
     real_feats = features(clf, cub.center_crop(real[:len(text)], 64))
     embeddings = torch.from_numpy(train.embeddings)
+    spread_z = torch.randn(400, cfg.z_dim, generator=torch.Generator().manual_seed(seed + 3))  # as the ladder's spread
     rows: dict[str, dict] = {}
     for run in args.runs:
         trained = restore(run, cfg, embeddings.shape[-1])[0]
@@ -73,13 +77,19 @@ def main() -> None:
             for noise in (1.0, 0.0):
                 low = stackgan.generate(G, text, z=z, ca_noise=noise)[0]
                 res = consistency(clf, low, targets, real_feats)
+                many = stackgan.generate(G, text[:50].repeat_interleave(8, 0), z=spread_z, ca_noise=noise)[0]
+                res["spread"] = within_class_spread(many, torch.arange(50).repeat_interleave(8), 50)
                 key = f"bn={bn},ca_noise={noise:g}"
-                rows.setdefault(key, {})[run] = {**{k: round(res[k], 3) for k in COLOURS}, "fid": round(res["fid"], 2)}
-                print(f"{run[-40:]:>40} {key:24} " + " ".join(f"{k} {res[k]:.3f}" for k in COLOURS) + f" FID {res['fid']:.1f}",
-                      flush=True)
+                rows.setdefault(key, {})[run] = {**{k: round(res[k], 3) for k in COLOURS}, "fid": round(res["fid"], 2),
+                                                 "spread": round(res["spread"], 4)}
+                print(f"{run[-40:]:>40} {key:24} " + " ".join(f"{k} {res[k]:.3f}" for k in COLOURS) + f" FID {res['fid']:.1f}"
+                      f" spread {res['spread']:.4f}", flush=True)
     summary = {key: {k: {"mean": round(float(np.mean([r[k] for r in runs.values()])), 3),
                          "std": round(float(np.std([r[k] for r in runs.values()])), 3)} for k in (*COLOURS, "fid")}
                for key, runs in rows.items()}
+    for key, runs in rows.items():
+        summary[key]["spread"] = {"mean": round(float(np.mean([r["spread"] for r in runs.values()])), 4),
+                                  "std": round(float(np.std([r["spread"] for r in runs.values()])), 4)}
     for key, s in summary.items():
         print(f"{key:24} " + " ".join(f"{k} {v['mean']:.3f}±{v['std']:.3f}" for k, v in s.items()))
     write_result(f"stackgan_sampling/{args.tag}", {"profile": cfg.profile, "runs": args.runs, "n_eval": len(text),

@@ -480,3 +480,11 @@ def test_generate_keep_low_projects_stage2_onto_stage1():
     torch.testing.assert_close(low2, low)
     torch.testing.assert_close(torch.nn.functional.avg_pool2d(kept, 2), low, atol=1e-4, rtol=0)
     assert not torch.allclose(torch.nn.functional.interpolate(raw, size=64, mode="area"), low, atol=1e-3)
+
+
+def test_mode_seeking_rewards_g_for_drawing_another_bird_from_fresh_noise():
+    plain, seeking = _stable_step_logs(), _stable_step_logs(mode_seeking=1.0)
+    assert "ms_spread" not in plain and seeking["ms_spread"] > 0
+    term = 1.0 / (seeking["ms_spread"] + 1e-5)  # the rest of G's loss moves a little: the extra draw shifts the RNG
+    assert abs(seeking["loss_g"] - plain["loss_g"] - term) < 0.1 * term
+    assert "mode_seeking" not in stackgan.Recipe().as_dict()  # older runs keep their identity

@@ -152,7 +152,9 @@ class Recipe:
       0.63, body 0.83, where the attribute classifier reads 0.90 and 0.98). Measured at `quick`'s 7,168 steps over
       three seeds, against the recipe without it (body 0.47, wing 0.43, crown 0.23, belly 0.28, FID 116): weight 1,
       0.44, 0.46, 0.27, 0.30, FID 112; weight 4, 0.50 (0.47-0.54), 0.52 (0.50-0.53), 0.29 (0.27-0.32), 0.48
-      (0.44-0.51), FID 103 -- `stable` takes weight 4. On the *training* species it draws more still (weight 4: 0.54,
+      (0.44-0.51), FID 103 -- `stable` takes weight 4; weight 8, 0.51, 0.46, 0.30, 0.49, FID 155 (less bird-like). It
+      costs diversity that came from the CA noise: the pixel spread among 8 noise vectors of a caption is 0.061 against
+      0.084 without the head (with the CA mean, 0.041 and 0.039; ``benchmarks/bench_stackgan_sampling.py``). On the *training* species it draws more still (weight 4: 0.54,
       0.62, 0.33, 0.60): the generator learns the parts of the species it sees better than it composes them anew.
     - ``parts_fakes``: the part head has an eleventh class, "drawn by G", that D learns for every part of G's images
       (the (K+1)-class discriminator of semi-supervised GANs, Salimans et al. 2016, per part): G can no longer pass
@@ -168,6 +170,11 @@ class Recipe:
       compose the parts (needs ``parts`` > 0 and a sentence encoder). Measured at 7,168 steps (weight 1 with ``parts``
       4, two seeds, 1.6x the time per step): body 0.50, wing 0.48, crown 0.25, belly 0.36, FID 90 against 0.50, 0.52,
       0.29, 0.48, FID 103 -- more bird-like, not truer to the caption: `stable` keeps it off.
+    - ``mode_seeking``: weight of the mode-seeking term (MSGAN, Mao et al. 2019) in G's loss: G draws the first half of
+      its batch's captions a second time with fresh noise and is rewarded for the distance between the two images per
+      unit distance between the noises, ``w / (mean|G(t, z1) - G(t, z2)| / mean|z1 - z2| + 1e-5)`` (0: off). With
+      `stable` the eight noise vectors of one caption give nearly the same bird (pixel spread 0.06 against 0.29 among
+      real birds of one species): conditional GANs learn to ignore z.
     - ``stage2_skip``: Stage-II paints a residual over its input, ``tanh(atanh(up(x64)) + r)`` with ``up`` bicubic
       (residual learning, as VDSR, Kim et al. 2016), so it starts near Stage-I's colours instead of a flat grey and
       learns the detail on top. The last conv keeps the official N(0, 0.02) initialisation: started at zero, the
@@ -205,6 +212,7 @@ class Recipe:
     parts: float = 0.0
     parts_fakes: bool = False
     novel: float = 0.0
+    mode_seeking: float = 0.0
     stage2_skip: bool = False
     stage2_keep_low: bool = False
     stage2_consistency: float = 0.0
@@ -218,7 +226,8 @@ class Recipe:
     # fields added after runs were checkpointed, with the value that reproduces those runs: left out of the
     # dicts (a run's identity) while they hold it, so the checkpoints stay valid
     _LATER = {"matcher": 0.0, "contrastive_fakes": False, "caption_mix": 1, "contrastive_g": None, "parts": 0.0,
-              "parts_fakes": False, "novel": 0.0, "stage2_keep_low": False}
+              "parts_fakes": False, "novel": 0.0, "mode_seeking": 0.0,
+              "stage2_keep_low": False}
 
     def as_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if not (k in self._LATER and v == self._LATER[k])}
@@ -613,6 +622,8 @@ def make_stackgan_step(G: nn.Module, D: StageD, opt_g: torch.optim.Optimizer, op
         else:
             text = pick_embedding(embeddings[idx], average=r.caption_mix).float()
         z = torch.randn(len(idx), z_dim, device=device)
+        if r.mode_seeking:  # the first half of the captions again, with fresh noise
+            z_ms = torch.randn(max(1, len(idx) // 2), z_dim, device=device)
         if r.novel:  # half a batch of captions naming colour combinations no training bird has
             pick = torch.randint(0, len(novel[0]), (max(1, len(idx) // 2),), device=device)
             text_n, asked_n = novel[0][pick].float(), novel[1][pick]
@@ -626,6 +637,8 @@ def make_stackgan_step(G: nn.Module, D: StageD, opt_g: torch.optim.Optimizer, op
                 fake, mu, logvar = G(low, text)
             if r.novel:
                 fake_n, mu_n, logvar_n = G(text_n, z_n)
+            if r.mode_seeking:
+                fake_ms = (G(text[:len(z_ms)], z_ms) if G1 is None else G(G1(text[:len(z_ms)], z_ms)[0].detach(), text[:len(z_ms)]))[0]
             cond = mu.detach()
             h_real, h_fake = D.features(aug(real)), D.features(aug(fake.detach()))
             real_logit, fake_logit = D.cond_logit(h_real, cond), D.cond_logit(h_fake, cond)
@@ -681,6 +694,9 @@ def make_stackgan_step(G: nn.Module, D: StageD, opt_g: torch.optim.Optimizer, op
                 parts_g = part_loss(D.part_logits(h), asked)
                 loss_g = loss_g + r.parts * parts_g
             kl = kl_loss(mu, logvar)
+            if r.mode_seeking:  # ... and so that fresh noise draws another bird (MSGAN)
+                spread = (fake[:len(z_ms)].float() - fake_ms.float()).abs().mean() / (z[:len(z_ms)] - z_ms).abs().mean()
+                loss_g = loss_g + r.mode_seeking / (spread + 1e-5)
             if r.novel:  # ... and, for the novel captions, to pass D's logit and draw the parts they name
                 h_n = D.features(aug(fake_n))
                 novel_g = g_loss(D.cond_logit(h_n, mu_n), loss=r.loss) + r.parts * part_loss(D.part_logits(h_n), asked_n)
@@ -708,6 +724,8 @@ def make_stackgan_step(G: nn.Module, D: StageD, opt_g: torch.optim.Optimizer, op
             out["parts_d"], out["parts_g"] = parts_d.detach(), parts_g.detach()
         if r.novel:
             out["novel_g"] = novel_g.detach()
+        if r.mode_seeking:
+            out["ms_spread"] = spread.detach()
         return out
 
     return step
