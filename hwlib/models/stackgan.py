@@ -174,7 +174,10 @@ class Recipe:
       its batch's captions a second time with fresh noise and is rewarded for the distance between the two images per
       unit distance between the noises, ``w / (mean|G(t, z1) - G(t, z2)| / mean|z1 - z2| + 1e-5)`` (0: off). With
       `stable` the eight noise vectors of one caption give nearly the same bird (pixel spread 0.06 against 0.29 among
-      real birds of one species): conditional GANs learn to ignore z.
+      real birds of one species): conditional GANs learn to ignore z. Measured on `stable` at 7,168 steps over three
+      seeds (weight 1, 1.2x the time per step): the spread rises to 0.29 (0.29-0.30), that of real birds, mostly in
+      pose and background, but body 0.43, wing 0.54, crown 0.26, belly 0.41, FID 155 against 0.50, 0.52, 0.29, 0.48,
+      FID 103: `stable` keeps it off for now; a smaller weight is the next thing to measure.
     - ``stage2_skip``: Stage-II paints a residual over its input, ``tanh(atanh(up(x64)) + r)`` with ``up`` bicubic
       (residual learning, as VDSR, Kim et al. 2016), so it starts near Stage-I's colours instead of a flat grey and
       learns the detail on top. The last conv keeps the official N(0, 0.02) initialisation: started at zero, the
