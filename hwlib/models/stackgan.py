@@ -177,7 +177,8 @@ class Recipe:
       real birds of one species): conditional GANs learn to ignore z. Measured on `stable` at 7,168 steps over three
       seeds (weight 1, 1.2x the time per step): the spread rises to 0.29 (0.29-0.30), that of real birds, mostly in
       pose and background, but body 0.43, wing 0.54, crown 0.26, belly 0.41, FID 155 against 0.50, 0.52, 0.29, 0.48,
-      FID 103: `stable` keeps it off for now; a smaller weight is the next thing to measure.
+      FID 103. Weight 0.1: spread 0.14 (0.11-0.16), body 0.47 (0.38-0.53), wing 0.57, crown 0.28, belly 0.44, FID 99 --
+      2.3x the variety at about the same colours (body and belly a little lower, wing higher); not yet in `stable`.
     - ``stage2_skip``: Stage-II paints a residual over its input, ``tanh(atanh(up(x64)) + r)`` with ``up`` bicubic
       (residual learning, as VDSR, Kim et al. 2016), so it starts near Stage-I's colours instead of a flat grey and
       learns the detail on top. The last conv keeps the official N(0, 0.02) initialisation: started at zero, the
