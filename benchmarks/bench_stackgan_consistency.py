@@ -40,7 +40,7 @@ from hwlib.metrics.evaluation import within_class_spread
 from hwlib.models import attributes, stackgan
 from hwlib.train import EMA, get_device, seed_everything
 
-COLOURS = ("body", "wing", "crown", "belly")
+COLOURS = synthbirds.COLOUR_PARTS
 
 
 def _override(recipe: stackgan.Recipe, pairs: list[str]) -> stackgan.Recipe:
@@ -103,6 +103,17 @@ def novel_set(root, embedding: str, n: int = 4000, seed: int = 0) -> tuple[torch
         emb = text.encode(captions)
         write_arrays(path, emb)
     return torch.from_numpy(emb), torch.from_numpy(synthbirds.part_labels(captions))
+
+
+def noise_spread(G: torch.nn.Module, text: torch.Tensor, z_dim: int, seed: int, ca_noise: float = 1.0,
+                 n: int = 50, k: int = 8) -> float:
+    """How much G uses its noise: the pixel spread among ``k`` noise vectors (drawn with ``seed + 3``) of each of the
+    first ``n`` captions ``text`` (N, t_dim) (:func:`hwlib.metrics.evaluation.within_class_spread`; real birds of
+    one species: 0.29)."""
+    text = text[:n]
+    z = torch.randn(k * len(text), z_dim, generator=torch.Generator().manual_seed(seed + 3))
+    images = stackgan.generate(G, text.repeat_interleave(k, 0), z=z, ca_noise=ca_noise)[0]
+    return within_class_spread(images, torch.arange(len(text)).repeat_interleave(k), len(text))
 
 
 def caption_evals(cfg, splits: dict, seed: int) -> dict[str, tuple]:
@@ -213,11 +224,7 @@ def main() -> None:
             low = stackgan.generate(sampler, text, z=z)[0]
             res = consistency(clf, low, targets, real_feats[split_name])
             row[split_name] = {**{k: round(res[k], 3) for k in COLOURS}, "fid": round(res["fid"], 2)}
-            # diversity over the noise: pixel spread among 8 noise vectors of each of the first 50 captions
-            many = stackgan.generate(sampler, text[:50].repeat_interleave(8, 0),
-                                     z=torch.randn(8 * len(text[:50]), cfg.z_dim, generator=torch.Generator().manual_seed(seed + 3)))[0]
-            row[split_name]["spread"] = round(within_class_spread(many, torch.arange(len(text[:50])).repeat_interleave(8),
-                                                                  len(text[:50])), 4)
+            row[split_name]["spread"] = round(noise_spread(sampler, text, cfg.z_dim, seed), 4)
         curve.append(row)
         G.train()
         print(f"step {row['step']:6d} ({row['seconds']:.0f} s): " + "; ".join(

@@ -50,7 +50,7 @@ def main() -> None:
     idx = rng.choice(len(test), min(args.n, len(test)), replace=False)
     labels = synthbirds.attribute_labels(root, test.class_ids[idx])
     truth, near = synthbirds.near_miss_captions(labels, rng)
-    parts = ("body", "wing", "crown", "belly")
+    parts = synthbirds.COLOUR_PARTS
     near_idx = {p: synthbirds.caption_targets(near[p])[p] for p in parts}  # the near miss's colour per bird
     clf = attribute_classifier(cfg, seed, device)  # the same question asked of the attribute classifier
     emb_true = torch.from_numpy(captions_text.encode(truth))

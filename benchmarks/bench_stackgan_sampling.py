@@ -26,11 +26,10 @@ import numpy as np
 import torch
 
 import hwlib
-from bench_stackgan_consistency import COLOURS, attribute_classifier, caption_evals
+from bench_stackgan_consistency import COLOURS, attribute_classifier, caption_evals, noise_spread
 from hwlib.bench import write_result
 from hwlib.data import cub, synthbirds
 from hwlib.metrics.attributes import consistency, features
-from hwlib.metrics.evaluation import within_class_spread
 from hwlib.models import stackgan
 from hwlib.train import get_device
 
@@ -66,7 +65,6 @@ def main() -> None:
     text, z, targets, real, _ = caption_evals(cfg, {"unseen": (test, test.images(76))}, seed)["unseen"]
     real_feats = features(clf, cub.center_crop(real[:len(text)], 64))
     embeddings = torch.from_numpy(train.embeddings)
-    spread_z = torch.randn(400, cfg.z_dim, generator=torch.Generator().manual_seed(seed + 3))  # as the ladder's spread
     rows: dict[str, dict] = {}
     for run in args.runs:
         trained = restore(run, cfg, embeddings.shape[-1])[0]
@@ -77,8 +75,7 @@ def main() -> None:
             for noise in (1.0, 0.0):
                 low = stackgan.generate(G, text, z=z, ca_noise=noise)[0]
                 res = consistency(clf, low, targets, real_feats)
-                many = stackgan.generate(G, text[:50].repeat_interleave(8, 0), z=spread_z, ca_noise=noise)[0]
-                res["spread"] = within_class_spread(many, torch.arange(50).repeat_interleave(8), 50)
+                res["spread"] = noise_spread(G, text, cfg.z_dim, seed, ca_noise=noise)
                 key = f"bn={bn},ca_noise={noise:g}"
                 rows.setdefault(key, {})[run] = {**{k: round(res[k], 3) for k in COLOURS}, "fid": round(res["fid"], 2),
                                                  "spread": round(res["spread"], 4)}

@@ -606,6 +606,7 @@ def make_stackgan_step(G: nn.Module, D: StageD, opt_g: torch.optim.Optimizer, op
     if r.parts and r.caption_mix > 1:
         raise ValueError("Recipe.caption_mix > 1 averages captions, which name different colours: use it without Recipe.parts")
     n_text = embeddings.shape[-1]
+    bird_labels = labels.amax(1) if r.parts else None  # (N, 4): each part's colour from any of the bird's captions
 
     def aug(x: torch.Tensor) -> torch.Tensor:
         return diff_augment(x, r.diffaug)
@@ -670,7 +671,7 @@ def make_stackgan_step(G: nn.Module, D: StageD, opt_g: torch.optim.Optimizer, op
                     match_d = (match_d + contrastive_loss(t2i)) / 2
                 loss_d = loss_d + r.contrastive * match_d
             if r.parts:  # D names each real part's colour, from all ten captions of the bird
-                parts_d = part_loss(D.part_logits(h_real), labels[idx].amax(1))
+                parts_d = part_loss(D.part_logits(h_real), bird_labels[idx])
                 if r.parts_fakes:  # ... and every part of G's images as "drawn by G"
                     drawn = torch.full_like(asked, D.n_parts[1] - 1)
                     parts_d = (parts_d + part_loss(D.part_logits(h_fake), drawn)) / 2
