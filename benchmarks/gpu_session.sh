@@ -48,8 +48,9 @@ step() {  # step NAME SECONDS COMMAND...  (SECONDS is capped by what is left bef
   echo "$name rc=$? seconds=$(( $(date +%s) - start )) limit=$limit" >>"$W/logs/summary.txt"
 }
 
+NOTEBOOKS=${NOTEBOOKS:-02_diffusion_mnist 03_cgan_mnist 04_vae_gan_ddpm}  # the gpu runs to attempt, side by side
 pids=()
-for nb in 02_diffusion_mnist 03_cgan_mnist 04_vae_gan_ddpm; do
+for nb in $NOTEBOOKS; do
   step "$nb" 520 python3 -m papermill "notebooks/$nb.ipynb" "$W/nb/$nb.ipynb" -k python3 -p profile auto \
     --log-output --no-progress-bar &
   pids+=($!)
@@ -69,7 +70,7 @@ wait "${pids[@]}"
 cp benchmarks/results/stackgan.json benchmarks/results/diffusion_train_throughput.json "$W/results/" 2>/dev/null
 cp /tmp/hwlib_runs/*/*/*.csv "$W/results/" 2>/dev/null
 mkdir -p "$OUT"
-for nb in 02_diffusion_mnist 03_cgan_mnist 04_vae_gan_ddpm; do
+for nb in $NOTEBOOKS; do
   tar -czf "$OUT/$nb.tar.gz" -C "$W" "nb/$nb.ipynb" "figures/$nb" 2>/dev/null
 done
 tar -czf "$OUT/logs.tar.gz" -C "$W" logs results

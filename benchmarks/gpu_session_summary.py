@@ -52,9 +52,10 @@ def main() -> None:
         "benchmark": "gpu_session",
         "device": device,
         "torch": torch_version,
-        "what": "notebooks 02-04 in profile auto (= gpu) side by side on one GPU with the full dry runs, each notebook "
-                "stopped at its time limit; seconds per step are the two timed steps of hwlib.cost.measure_step, "
-                "taken while up to four jobs shared the GPU (time-sliced), so they are upper bounds",
+        "what": f"notebooks {', '.join(p.stem[:2] for p in sorted((src / 'nb').glob('*.ipynb')))} in profile auto (= gpu) "
+                "side by side on one GPU with the full dry runs, each notebook stopped at its time limit; seconds per "
+                "step are the two timed steps of hwlib.cost.measure_step, taken while the other jobs shared the GPU "
+                "(time-sliced), so they are upper bounds",
         "steps": steps,
         "dry_runs": dry,
         "training_calls": training,
