@@ -10,7 +10,9 @@ each one
 - ``real``: the real test-species birds (centre 64 px crops), against their species' attributes: the classifier's
   accuracy, the ceiling of any generated score;
 - ``generated``: the notebook's saved Stage-I samples (``figures/01_stackgan_cub/consistency_samples.npz``, the main
-  recipe's, one per evaluation caption) against the colours their captions name, exactly as the notebook does;
+  recipe's, one per evaluation caption) against the colours their captions name, exactly as the notebook does
+  (``--key stage1``: as the notebook samples, the best of ``rerank`` candidates by D's part head; ``--key
+  stage1_plain``: one sample per caption, written under ``stackgan_classifier/plain/``);
 - ``wrong``: the same samples against the colours of a shuffled set of captions (a text-blind generator's score);
 - ``body_for_k``: for crown, belly and wing, among samples whose caption names that part in a colour other than the
   body's, the fraction whose part is read as the *body's* colour (does G paint the whole bird in one colour?).
@@ -18,7 +20,7 @@ each one
 Writes ``benchmarks/results/stackgan_classifier/<profile>_w<width>_n<birds>_e<epochs>_train<seed>.json`` (one per
 classifier; ``hwlib.report.print_grouped`` sets the seeds side by side). Run notebook 01 first (its samples).
 Usage: ``python benchmarks/bench_attribute_classifier.py [--profile quick] [--seeds 0 1]
-[--configs 16,4000,12 32,8000,12]`` (width,birds,epochs; the first default is the profile's own classifier).
+[--configs 16,4000,12 32,8000,12] [--key stage1_plain]`` (width,birds,epochs; the first default is the profile's own classifier).
 """
 from __future__ import annotations
 
@@ -55,7 +57,10 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="classifier seeds")
     parser.add_argument("--configs", nargs="+", default=None, metavar="W,N,E",
                         help="width,random-attribute birds,epochs (default: the profile's, then five stronger ones)")
+    parser.add_argument("--key", default="stage1", choices=("stage1", "stage1_plain"),
+                        help="which saved Stage-I samples: as the notebook samples (default), or one per caption")
     args = parser.parse_args()
+    folder = "stackgan_classifier" + ("/plain" if args.key == "stage1_plain" else "")
     cfg, device, seed = hwlib.get_profile(NB, args.profile, verbose=False), get_device(), 0
     own = (cfg.attr_width, cfg.attr_n, cfg.attr_epochs)
     configs = ([tuple(int(v) for v in c.split(",")) for c in args.configs] if args.configs else
@@ -66,7 +71,7 @@ def main() -> None:
     saved = np.load(path)
     root = synthbirds.make_synthbirds(cfg.n_train, cfg.n_test, seed=seed)
     test = cub.open_birds(root, "test", embedding=cfg.embedding)
-    low = torch.from_numpy(saved["stage1"]).permute(0, 3, 1, 2).float() / 127.5 - 1
+    low = torch.from_numpy(saved[args.key]).permute(0, 3, 1, 2).float() / 127.5 - 1
     _, _, targets, captions = synthbirds.consistency_set(test, len(low), cfg.z_dim, seed)
     if list(captions) != [str(c) for c in saved["captions"]]:
         raise SystemExit(f"{path} was not made from this profile's evaluation captions: re-run notebook 01 with "
@@ -85,7 +90,7 @@ def main() -> None:
             row = {"profile": cfg.profile, "width": width, "n": n, "epochs": epochs, "train_seed": s,
                    "steps": len(hist), "profile_classifier": (width, n, epochs) == own,
                    "train_s": round(time.perf_counter() - start, 1), "threads": torch.get_num_threads(),
-                   "samples": f"figures/{NB}/{path.name}", "n_samples": len(low),
+                   "samples": f"figures/{NB}/{path.name}:{args.key}", "n_samples": len(low),
                    "real": {k: round(v, 3) for k, v in metrics.attribute_accuracy(
                        attributes.predict_attributes(clf, real), {k: real_targets[k] for k in PARTS}).items()},
                    "generated": {k: round(v, 3) for k, v in metrics.attribute_accuracy(
@@ -95,7 +100,7 @@ def main() -> None:
                    "body_for_k": body_for_part(predicted, targets)}
             print(f"w{width} n{n} e{epochs} seed {s}: real {row['real']} | generated {row['generated']} | "
                   f"wrong {row['wrong']} | read as the body's colour {row['body_for_k']}", flush=True)
-            write_result(f"stackgan_classifier/{cfg.profile}_w{width}_n{n}_e{epochs}_train{s}", row, device, echo=False)
+            write_result(f"{folder}/{cfg.profile}_w{width}_n{n}_e{epochs}_train{s}", row, device, echo=False)
 
 
 if __name__ == "__main__":

@@ -9,17 +9,21 @@ species, as the ladder does, under each sampling option:
 - ``spread``: the pixel spread among 8 noise vectors of each of the first 50 captions (as the ladder's), how much G
   uses its noise;
 - ``bn``: ``copied``, the BatchNorm statistics the EMA copied from the live generator (what training leaves), or
-  ``standing``, re-estimated on training captions for the averaged weights (:func:`hwlib.models.stackgan.standing_stats`).
+  ``standing``, re-estimated on training captions for the averaged weights (:func:`hwlib.models.stackgan.standing_stats`);
+- ``rerank`` (``--rerank K ...``, with ``bn=copied`` and ``ca_noise=1``): the best of K candidates per caption by the
+  run's own discriminator's part head (:func:`hwlib.models.stackgan.generate`), with the seconds it costs.
 
 No training: the options change only how images are drawn from the same weights. Writes
 ``benchmarks/results/stackgan_sampling/<tag>.json``.
-Usage: ``python benchmarks/bench_stackgan_sampling.py --runs quick_caption_stable_halving32_epyc_train{0,1,2} --tag stable``.
+Usage: ``python benchmarks/bench_stackgan_sampling.py --runs quick_caption_stable_halving32_epyc_train{0,1,2} --tag stable
+[--rerank 4 16 [--only-rerank]]``.
 """
 from __future__ import annotations
 
 import argparse
 import copy
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -57,30 +61,43 @@ def main() -> None:
     parser.add_argument("--runs", nargs="+", required=True, help="ladder result names (without .json)")
     parser.add_argument("--tag", required=True)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rerank", type=int, nargs="*", default=[], metavar="K",
+                        help="also sample the best of K candidates by D's part head (recipes with parts)")
+    parser.add_argument("--only-rerank", action="store_true", help="skip the bn / ca_noise rows")
     args = parser.parse_args()
     cfg, device, seed = hwlib.get_profile("01_stackgan_cub", "quick", verbose=False), get_device(), args.seed
     root = synthbirds.make_synthbirds(cfg.n_train, cfg.n_test, seed=seed)
     train, test = (cub.open_birds(root, s, embedding=cfg.embedding) for s in ("train", "test"))
     clf = attribute_classifier(cfg, seed, device)
-    text, z, targets, real, _ = caption_evals(cfg, {"unseen": (test, test.images(76))}, seed)["unseen"]
+    text, z, targets, real, captions = caption_evals(cfg, {"unseen": (test, test.images(76))}, seed)["unseen"]
+    asked = torch.from_numpy(synthbirds.part_labels(captions))
     real_feats = features(clf, cub.center_crop(real[:len(text)], 64))
     embeddings = torch.from_numpy(train.embeddings)
     rows: dict[str, dict] = {}
     for run in args.runs:
-        trained = restore(run, cfg, embeddings.shape[-1])[0]
-        for bn in ("copied", "standing"):
+        trained, D = restore(run, cfg, embeddings.shape[-1])
+
+        def record(key: str, low: torch.Tensor, spread: float, seconds: float | None = None) -> None:
+            res = consistency(clf, low, targets, real_feats)
+            rows.setdefault(key, {})[run] = {**{k: round(res[k], 3) for k in COLOURS}, "fid": round(res["fid"], 2),
+                                             "spread": round(spread, 4)} | ({"seconds": round(seconds, 1)} if seconds else {})
+            print(f"{run[-40:]:>40} {key:24} " + " ".join(f"{k} {res[k]:.3f}" for k in COLOURS) + f" FID {res['fid']:.1f}"
+                  f" spread {spread:.4f}", flush=True)
+
+        for bn in () if args.only_rerank else ("copied", "standing"):
             G = copy.deepcopy(trained)
             if bn == "standing":
                 stackgan.standing_stats(G, embeddings, seed=seed)
             for noise in (1.0, 0.0):
                 low = stackgan.generate(G, text, z=z, ca_noise=noise)[0]
-                res = consistency(clf, low, targets, real_feats)
-                res["spread"] = noise_spread(G, text, cfg.z_dim, seed, ca_noise=noise)
-                key = f"bn={bn},ca_noise={noise:g}"
-                rows.setdefault(key, {})[run] = {**{k: round(res[k], 3) for k in COLOURS}, "fid": round(res["fid"], 2),
-                                                 "spread": round(res["spread"], 4)}
-                print(f"{run[-40:]:>40} {key:24} " + " ".join(f"{k} {res[k]:.3f}" for k in COLOURS) + f" FID {res['fid']:.1f}"
-                      f" spread {res['spread']:.4f}", flush=True)
+                record(f"bn={bn},ca_noise={noise:g}", low, noise_spread(G, text, cfg.z_dim, seed, ca_noise=noise))
+        for k in args.rerank:
+            torch.manual_seed(seed + 17)  # the candidates' extra noise
+            t0 = time.perf_counter()
+            low = stackgan.generate(trained, text, z=z, rerank=k, D1=D, labels=asked)[0]
+            seconds = time.perf_counter() - t0
+            record(f"bn=copied,ca_noise=1,rerank={k}", low,
+                   noise_spread(trained, text, cfg.z_dim, seed, rerank=k, D=D, labels=asked), seconds)
     summary = {key: {k: {"mean": round(float(np.mean([r[k] for r in runs.values()])), 3),
                          "std": round(float(np.std([r[k] for r in runs.values()])), 3)} for k in (*COLOURS, "fid")}
                for key, runs in rows.items()}

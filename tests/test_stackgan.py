@@ -488,3 +488,39 @@ def test_mode_seeking_rewards_g_for_drawing_another_bird_from_fresh_noise():
     term = 1.0 / (seeking["ms_spread"] + 1e-5)  # the rest of G's loss moves a little: the extra draw shifts the RNG
     assert abs(seeking["loss_g"] - plain["loss_g"] - term) < 0.1 * term
     assert "mode_seeking" not in stackgan.Recipe().as_dict()  # older runs keep their identity
+
+
+def test_part_scores_sum_the_log_probability_of_the_asked_colours_only():
+    torch.manual_seed(0)
+    _, D = stackgan.build_stage1(8, c_dim=4, z_dim=4, gf=4, df=4, recipe="stable")
+    images = torch.rand(3, 3, 64, 64) * 2 - 1
+    labels = torch.tensor([[2, -1, -1, -1], [2, 5, -1, -1], [-1, -1, -1, -1]])
+    logp = torch.log_softmax(D.part_logits(D.features(images)).float(), -1)
+    scores = stackgan.part_scores(D, images, labels)
+    torch.testing.assert_close(scores, torch.stack([logp[0, 0, 2], logp[1, 0, 2] + logp[1, 1, 5], torch.tensor(0.0)]))
+
+
+def test_generate_rerank_keeps_each_captions_best_candidate_by_the_part_head():
+    torch.manual_seed(0)
+    G, D = stackgan.build_stage1(8, c_dim=4, z_dim=4, gf=4, df=4, recipe="stable")
+    with torch.no_grad():  # away from the official initialisation's near-zero images
+        for p in G.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    text, z, labels = torch.randn(5, 8), torch.randn(5, 4), torch.randint(0, 10, (5, 4))
+    labels[4] = -1  # a caption that asks for nothing keeps its first candidate, z
+    plain = stackgan.generate(G, text, z=z, ca_noise=0)[0]
+    torch.manual_seed(1)
+    best = stackgan.generate(G, text, z=z, ca_noise=0, rerank=6, D1=D, labels=labels, batch_size=2)[0]
+    assert D.training  # D's mode is restored
+    torch.manual_seed(1)  # the candidates generate draws: z first, then fresh noise per batch of 2 captions
+    extra = [torch.randn(5 * len(b), 4) for b in torch.arange(5).split(2)]
+    cands = torch.stack([plain] + [stackgan.generate(G, text, z=torch.cat([e[j * len(e) // 5:(j + 1) * len(e) // 5]
+                                                                          for e in extra]), ca_noise=0)[0]
+                                   for j in range(5)])  # (6, 5, 3, 64, 64)
+    D.eval()
+    scores = torch.stack([stackgan.part_scores(D, c, labels) for c in cands])  # (6, 5)
+    torch.testing.assert_close(best, cands[scores.argmax(0), torch.arange(5)], atol=1e-5, rtol=0)
+    torch.testing.assert_close(best[4], plain[4])
+    assert (scores.argmax(0)[:4] > 0).any()  # some caption changed its bird
+    with pytest.raises(ValueError, match="part head"):
+        stackgan.generate(G, text, rerank=4)

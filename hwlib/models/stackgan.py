@@ -842,9 +842,18 @@ def standing_stats(G: nn.Module, embeddings: torch.Tensor, n_batches: int = 16, 
     return _standing(G, forward, n_batches)
 
 
+def part_scores(D: StageD, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """How sure D's part head is that ``images`` (B, 3, S, S) in [-1, 1] have the colours ``labels`` (B, parts) int64
+    ask for (-1: not asked): (B,) the sum over the asked parts of log p(asked colour); 0 where nothing is asked."""
+    logp = F.log_softmax(D.part_logits(D.features(images)).float(), dim=-1)
+    known = labels >= 0
+    return (logp.gather(-1, labels.clamp_min(0)[..., None]).squeeze(-1) * known).sum(1)
+
+
 @torch.no_grad()
 def generate(G1: nn.Module, text: torch.Tensor, G2: nn.Module | None = None, z: torch.Tensor | None = None,
-             batch_size: int = 64, ca_noise: float = 1.0, keep_low: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+             batch_size: int = 64, ca_noise: float = 1.0, keep_low: bool = False, rerank: int = 1,
+             D1: StageD | None = None, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Stage-I images (N, 3, 64, 64) and, with ``G2``, Stage-II images (N, 3, S, S), in [-1, 1], on the CPU.
 
     ``text`` (N, t_dim); ``z`` (N, z_dim) defaults to fresh Gaussian noise. Networks run in eval mode.
@@ -852,20 +861,33 @@ def generate(G1: nn.Module, text: torch.Tensor, G2: nn.Module | None = None, z: 
     in training (the paper), 0 takes its mean, a truncation of the caption's noise as BigGAN truncates z's.
     ``keep_low``: each Stage-II image is projected onto the images whose 64-px average is its Stage-I image
     (:func:`keep_low`), so Stage-II keeps every colour Stage-I drew and adds only what lies within each 4x4 block.
+    ``rerank``: draw this many Stage-I candidates per caption (``z`` first, then fresh noise) and keep the one
+    Stage-I's discriminator ``D1`` finds most likely to have the colours ``labels`` (N, parts) int64 ask for
+    (:func:`part_scores`; -1: not asked; needs a recipe with ``parts``): re-ranking by a judge, as DALL-E re-ranks
+    its samples with CLIP (Ramesh et al. 2021), here with D's own part head. Stage II refines the chosen image.
     """
+    if rerank > 1 and (D1 is None or D1.parts is None or labels is None):
+        raise ValueError("generate(rerank > 1) needs D1, a Stage-I discriminator with a part head (a recipe with "
+                         "parts > 0), and labels, the colours each caption asks for (synthbirds.part_labels(captions))")
     for G in (G1, G2):
         if G is not None:
             G.ca.noise = ca_noise
+    was_training = D1.training if D1 is not None else False
     try:
-        return _generate(G1, text, G2, z, batch_size, keep_low)
+        if D1 is not None:
+            D1.eval()
+        return _generate(G1, text, G2, z, batch_size, keep_low, rerank, D1, labels)
     finally:
         for G in (G1, G2):
             if G is not None:
                 G.ca.noise = 1.0
+        if D1 is not None:
+            D1.train(was_training)
 
 
 def _generate(G1: nn.Module, text: torch.Tensor, G2: nn.Module | None, z: torch.Tensor | None,
-              batch_size: int, keep_low_: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+              batch_size: int, keep_low_: bool = False, rerank: int = 1, D1: StageD | None = None,
+              labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     G1.eval()
     if G2 is not None:
         G2.eval()
@@ -874,7 +896,13 @@ def _generate(G1: nn.Module, text: torch.Tensor, G2: nn.Module | None, z: torch.
     lows, highs = [], []
     for i in range(0, len(text), batch_size):
         t, zz = text[i:i + batch_size].to(device).float(), z[i:i + batch_size].to(device)
-        low = G1(t, zz)[0]
+        if rerank > 1:  # candidates (rerank, B, ...), z first; keep each caption's best by D1's part head
+            zz = torch.cat([zz, torch.randn((rerank - 1) * len(t), G1.z_dim).to(device)])
+            cand = G1(t.repeat(rerank, 1), zz)[0]
+            score = part_scores(D1, cand, labels[i:i + batch_size].to(device).repeat(rerank, 1)).view(rerank, len(t))
+            low = cand.view(rerank, len(t), *cand.shape[1:])[score.argmax(0), torch.arange(len(t), device=device)]
+        else:
+            low = G1(t, zz)[0]
         lows.append(low.float().cpu())
         if G2 is not None:
             high = G2(low, t)[0]

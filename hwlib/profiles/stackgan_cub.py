@@ -18,17 +18,20 @@ in both stages, a quarter of the FLOPs), 60 Stage-I epochs per recipe and 10 Sta
 ``recipe`` is the training recipe of the notebook's main run, which Stage II builds on
 (:data:`hwlib.models.stackgan.RECIPES`: ``paper`` is the official code's, ``stable`` adds GAN stabilisers);
 ``recipes`` are the Stage-I recipes trained side by side for the comparison (``full`` trains the paper's only).
+``rerank``: the notebook samples the best of this many Stage-I candidates per caption, judged by Stage-I D's part
+head (:func:`hwlib.models.stackgan.generate`); recipes without a part head (``paper``) sample one.
 """
 
 _COMMON = {
     "embedding": "all-MiniLM-L6-v2",  # SynthBirds' caption embedding (the notebook's `dataset` parameter picks the data)
     "z_dim": 100, "c_dim": 128, "lr": 2e-4, "betas": (0.5, 0.999), "kl_coef": 2.0,
     "upsample": "nearest", "recipe": "paper", "recipes": ("paper", "stable"),
+    "rerank": 16,  # sampling: the best of 16 Stage-I candidates per caption by D's part head (recipes with parts)
 }
 
 PROFILES = {
     "smoke": {**_COMMON, "n_train": 60, "n_test": 20, "gf": 4, "df": 4, "gf2": 4, "df2": 4, "n_res": 1,
-              "stage2_size": 128, "stage2_n": 60, "batch_size": 12, "batch_size2": 6, "epochs1": 2, "epochs2": 1,
+              "stage2_size": 128, "stage2_n": 60, "rerank": 2, "batch_size": 12, "batch_size2": 6, "epochs1": 2, "epochs2": 1,
               "lr_decay_epochs": 1, "lr_decay_epochs2": 1, "attr_n": 200, "attr_epochs": 1, "attr_width": 8, "n_eval": 40, "compare_epochs": 1,
               "compare_n": 60},
     "quick": {**_COMMON, "n_train": 1800, "n_test": 600, "gf": 16, "df": 16, "gf2": 16, "df2": 8, "n_res": 2,
