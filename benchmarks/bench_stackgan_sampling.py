@@ -10,8 +10,9 @@ species, as the ladder does, under each sampling option:
   uses its noise;
 - ``bn``: ``copied``, the BatchNorm statistics the EMA copied from the live generator (what training leaves), or
   ``standing``, re-estimated on training captions for the averaged weights (:func:`hwlib.models.stackgan.standing_stats`);
-- ``rerank`` (``--rerank K ...``, with ``bn=copied`` and ``ca_noise=1``): the best of K candidates per caption by the
-  run's own discriminator's part head (:func:`hwlib.models.stackgan.generate`), with the seconds it costs.
+- ``rerank`` (``--rerank K ...``, with ``bn=copied`` and ``ca_noise=1`` or ``--rerank-ca-noise``): the best of K
+  candidates per caption by the run's own discriminator's part head (:func:`hwlib.models.stackgan.generate`), with
+  the seconds it costs.
 
 No training: the options change only how images are drawn from the same weights. Writes
 ``benchmarks/results/stackgan_sampling/<tag>.json``.
@@ -64,6 +65,8 @@ def main() -> None:
     parser.add_argument("--rerank", type=int, nargs="*", default=[], metavar="K",
                         help="also sample the best of K candidates by D's part head (recipes with parts)")
     parser.add_argument("--only-rerank", action="store_true", help="skip the bn / ca_noise rows")
+    parser.add_argument("--rerank-ca-noise", type=float, default=1.0,
+                        help="the CA noise scale the re-ranked candidates are drawn with (default 1, as trained)")
     args = parser.parse_args()
     cfg, device, seed = hwlib.get_profile("01_stackgan_cub", "quick", verbose=False), get_device(), args.seed
     root = synthbirds.make_synthbirds(cfg.n_train, cfg.n_test, seed=seed)
@@ -94,10 +97,11 @@ def main() -> None:
         for k in args.rerank:
             torch.manual_seed(seed + 17)  # the candidates' extra noise
             t0 = time.perf_counter()
-            low = stackgan.generate(trained, text, z=z, rerank=k, D1=D, labels=asked)[0]
+            noise = args.rerank_ca_noise
+            low = stackgan.generate(trained, text, z=z, ca_noise=noise, rerank=k, D1=D, labels=asked)[0]
             seconds = time.perf_counter() - t0
-            record(f"bn=copied,ca_noise=1,rerank={k}", low,
-                   noise_spread(trained, text, cfg.z_dim, seed, rerank=k, D=D, labels=asked), seconds)
+            record(f"bn=copied,ca_noise={noise:g},rerank={k}", low,
+                   noise_spread(trained, text, cfg.z_dim, seed, ca_noise=noise, rerank=k, D=D, labels=asked), seconds)
     summary = {key: {k: {"mean": round(float(np.mean([r[k] for r in runs.values()])), 3),
                          "std": round(float(np.std([r[k] for r in runs.values()])), 3)} for k in (*COLOURS, "fid")}
                for key, runs in rows.items()}

@@ -524,3 +524,18 @@ def test_generate_rerank_keeps_each_captions_best_candidate_by_the_part_head():
     assert (scores.argmax(0)[:4] > 0).any()  # some caption changed its bird
     with pytest.raises(ValueError, match="part head"):
         stackgan.generate(G, text, rerank=4)
+
+
+def test_generate_ca_noise2_sets_stage2s_noise_apart_from_stage1s():
+    torch.manual_seed(0)
+    nets = stackgan.build(8, c_dim=4, z_dim=4, gf=4, df=4, n_res=1, stage2_size=128, recipe="stable")
+    with torch.no_grad():
+        for p in nets["G2"].parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    text, z = torch.randn(3, 8), torch.randn(3, 4)
+    low_a, high_a = stackgan.generate(nets["G1"], text, nets["G2"], z=z, ca_noise=0)  # Stage II follows: its mean too
+    low_b, high_b = stackgan.generate(nets["G1"], text, nets["G2"], z=z, ca_noise=0)
+    low_c, high_c = stackgan.generate(nets["G1"], text, nets["G2"], z=z, ca_noise=0, ca_noise2=1.0)
+    torch.testing.assert_close(high_a, high_b)
+    torch.testing.assert_close(low_c, low_a)  # Stage I still at its mean
+    assert not torch.allclose(high_c, high_a) and nets["G2"].ca.noise == 1.0

@@ -853,12 +853,14 @@ def part_scores(D: StageD, images: torch.Tensor, labels: torch.Tensor) -> torch.
 @torch.no_grad()
 def generate(G1: nn.Module, text: torch.Tensor, G2: nn.Module | None = None, z: torch.Tensor | None = None,
              batch_size: int = 64, ca_noise: float = 1.0, keep_low: bool = False, rerank: int = 1,
-             D1: StageD | None = None, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+             D1: StageD | None = None, labels: torch.Tensor | None = None,
+             ca_noise2: float | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Stage-I images (N, 3, 64, 64) and, with ``G2``, Stage-II images (N, 3, S, S), in [-1, 1], on the CPU.
 
     ``text`` (N, t_dim); ``z`` (N, z_dim) defaults to fresh Gaussian noise. Networks run in eval mode.
     ``ca_noise`` scales the conditioning augmentation's noise, ``c = mu + ca_noise * sigma * eps``: 1 samples c as
-    in training (the paper), 0 takes its mean, a truncation of the caption's noise as BigGAN truncates z's.
+    in training (the paper), 0 takes its mean, a truncation of the caption's noise as BigGAN truncates z's;
+    ``ca_noise2`` is Stage II's (default: ``ca_noise``).
     ``keep_low``: each Stage-II image is projected onto the images whose 64-px average is its Stage-I image
     (:func:`keep_low`), so Stage-II keeps every colour Stage-I drew and adds only what lies within each 4x4 block.
     ``rerank``: draw this many Stage-I candidates per caption (``z`` first, then fresh noise) and keep the one
@@ -869,9 +871,9 @@ def generate(G1: nn.Module, text: torch.Tensor, G2: nn.Module | None = None, z: 
     if rerank > 1 and (D1 is None or D1.parts is None or labels is None):
         raise ValueError("generate(rerank > 1) needs D1, a Stage-I discriminator with a part head (a recipe with "
                          "parts > 0), and labels, the colours each caption asks for (synthbirds.part_labels(captions))")
-    for G in (G1, G2):
-        if G is not None:
-            G.ca.noise = ca_noise
+    G1.ca.noise = ca_noise
+    if G2 is not None:
+        G2.ca.noise = ca_noise if ca_noise2 is None else ca_noise2
     was_training = D1.training if D1 is not None else False
     try:
         if D1 is not None:

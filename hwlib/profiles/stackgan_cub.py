@@ -19,7 +19,8 @@ in both stages, a quarter of the FLOPs), 60 Stage-I epochs per recipe and 10 Sta
 (:data:`hwlib.models.stackgan.RECIPES`: ``paper`` is the official code's, ``stable`` adds GAN stabilisers);
 ``recipes`` are the Stage-I recipes trained side by side for the comparison (``full`` trains the paper's only).
 ``rerank``: the notebook samples the best of this many Stage-I candidates per caption, judged by Stage-I D's part
-head (:func:`hwlib.models.stackgan.generate`); recipes without a part head (``paper``) sample one.
+head (:func:`hwlib.models.stackgan.generate`), drawn with ``rerank_ca_noise`` times the conditioning augmentation's
+noise; recipes without a part head (``paper``) sample one, with the CA noise as trained.
 """
 
 _COMMON = {
@@ -27,6 +28,7 @@ _COMMON = {
     "z_dim": 100, "c_dim": 128, "lr": 2e-4, "betas": (0.5, 0.999), "kl_coef": 2.0,
     "upsample": "nearest", "recipe": "paper", "recipes": ("paper", "stable"),
     "rerank": 16,  # sampling: the best of 16 Stage-I candidates per caption by D's part head (recipes with parts)
+    "rerank_ca_noise": 4.0,  # ... drawn with 4x the CA noise: more variety to choose from (benchmarks/bench_stackgan_sampling.py)
 }
 
 PROFILES = {
