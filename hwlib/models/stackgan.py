@@ -20,6 +20,9 @@ Every network starts from the official initialisation (:func:`weights_init`). Th
 wrong pairs, augmentation, EMA, spectral norm, projection head -- live in one :class:`Recipe`;
 ``RECIPES["paper"]`` is the official code's, ``RECIPES["stable"]`` adds established GAN stabilisers.
 
+:func:`generate` samples both stages; with ``rerank=K`` it keeps, per caption, the best of K Stage-I candidates by
+Stage-I D's part head (:func:`part_scores`).
+
 Up-blocks double the resolution by nearest-neighbour up-sampling + 3x3 conv (the default, as the
 official code) or by a 3x3 conv to 4x the channels + ``PixelShuffle(2)`` initialised with ICNR
 (Aitken et al., 2017), which starts out identical to nearest up-sampling and so avoids checkerboards.
