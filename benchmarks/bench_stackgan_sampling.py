@@ -102,12 +102,10 @@ def main() -> None:
             seconds = time.perf_counter() - t0
             record(f"bn=copied,ca_noise={noise:g},rerank={k}", low,
                    noise_spread(trained, text, cfg.z_dim, seed, ca_noise=noise, rerank=k, D=D, labels=asked), seconds)
-    summary = {key: {k: {"mean": round(float(np.mean([r[k] for r in runs.values()])), 3),
-                         "std": round(float(np.std([r[k] for r in runs.values()])), 3)} for k in (*COLOURS, "fid")}
+    digits = {**{k: 3 for k in (*COLOURS, "fid")}, "spread": 4}
+    summary = {key: {k: {"mean": round(float(np.mean([r[k] for r in runs.values()])), d),
+                         "std": round(float(np.std([r[k] for r in runs.values()])), d)} for k, d in digits.items()}
                for key, runs in rows.items()}
-    for key, runs in rows.items():
-        summary[key]["spread"] = {"mean": round(float(np.mean([r["spread"] for r in runs.values()])), 4),
-                                  "std": round(float(np.std([r["spread"] for r in runs.values()])), 4)}
     for key, s in summary.items():
         print(f"{key:24} " + " ".join(f"{k} {v['mean']:.3f}±{v['std']:.3f}" for k, v in s.items()))
     write_result(f"stackgan_sampling/{args.tag}", {"profile": cfg.profile, "runs": args.runs, "n_eval": len(text),
