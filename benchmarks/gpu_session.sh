@@ -49,13 +49,15 @@ step() {  # step NAME SECONDS COMMAND...  (SECONDS is capped by what is left bef
 }
 
 NOTEBOOKS=${NOTEBOOKS:-02_diffusion_mnist 03_cgan_mnist 04_vae_gan_ddpm}  # the gpu runs to attempt, side by side
+NB_LIMIT=${NB_LIMIT:-520}  # seconds each notebook may run
+EXTRAS=${EXTRAS:-1}        # 0: no dry runs or benchmarks beside the notebooks (the GPU is theirs alone)
 pids=()
 for nb in $NOTEBOOKS; do
-  step "$nb" 520 python3 -m papermill "notebooks/$nb.ipynb" "$W/nb/$nb.ipynb" -k python3 -p profile auto \
+  step "$nb" "$NB_LIMIT" python3 -m papermill "notebooks/$nb.ipynb" "$W/nb/$nb.ipynb" -k python3 -p profile auto \
     --log-output --no-progress-bar &
   pids+=($!)
 done
-(
+[ "$EXTRAS" = 1 ] && (
   step dryrun_full 240 python3 -m pytest -q -p no:cacheprovider tests/test_dryrun.py \
     --deselect "tests/test_dryrun.py::test_full_profile_dry_run[01_stackgan_cub]"
   while [ "$(left)" -gt 130 ] && pgrep -f "papermill notebooks/" >/dev/null; do sleep 5; done

@@ -24,7 +24,11 @@ def notebook_progress(path: Path) -> dict:
     done = [c for c in cells if c.get("metadata", {}).get("papermill", {}).get("status") == "completed"]
     running = [c for c in cells if c.get("metadata", {}).get("papermill", {}).get("status") == "running"]
     slow = sorted(done, key=lambda c: -(c["metadata"]["papermill"].get("duration") or 0))[:3]
-    return {"code_cells": len(cells), "completed": len(done),
+    # the headline numbers a finished notebook records (hwlib.report.record_seed prints "<name>  this run (seed S)  <value>")
+    printed = "".join(o.get("text", "") if isinstance(o.get("text", ""), str) else "".join(o["text"])
+                      for c in done for o in c.get("outputs", []))
+    headline = {m[1].strip(): float(m[2]) for m in re.finditer(r"^ +(\S.*?) +this run \(seed \d+\) +(-?[\d.]+)", printed, re.M)}
+    return {"code_cells": len(cells), "completed": len(done), **({"headline": headline} if headline else {}),
             "running_cell": "".join(running[0]["source"]).splitlines()[0] if running else None,
             "slowest_cells": [{"first_line": "".join(c["source"]).splitlines()[0],
                                "seconds": round(c["metadata"]["papermill"]["duration"], 1)} for c in slow]}
@@ -47,15 +51,18 @@ def main() -> None:
                 for e in ledger if e["batch"] > 2}  # batch 2: the dry runs' calls
     # env.txt ends with "<torch> <numpy> <GPU name>", printed by gpu_session.sh
     torch_version, _, device = (src / "logs" / "env.txt").read_text().strip().splitlines()[-1].split(" ", 2)
-    dry = (src / "logs" / "dryrun_full.log").read_text().strip().splitlines()[-1]
+    dry_log = src / "logs" / "dryrun_full.log"
+    dry = dry_log.read_text().strip().splitlines()[-1] if dry_log.is_file() else None  # EXTRAS=0: none ran
     record = {
         "benchmark": "gpu_session",
         "device": device,
         "torch": torch_version,
         "what": f"notebooks {', '.join(p.stem[:2] for p in sorted((src / 'nb').glob('*.ipynb')))} in profile auto (= gpu) "
-                "side by side on one GPU with the full dry runs, each notebook stopped at its time limit; seconds per "
-                "step are the two timed steps of hwlib.cost.measure_step, taken while the other jobs shared the GPU "
-                "(time-sliced), so they are upper bounds",
+                + ("side by side on one GPU with the full dry runs, each notebook stopped at its time limit; seconds per "
+                   "step are the two timed steps of hwlib.cost.measure_step, taken while the other jobs shared the GPU "
+                   "(time-sliced), so they are upper bounds" if dry else
+                   "alone on the GPU (EXTRAS=0), each stopped at its time limit; seconds per step are the two timed steps "
+                   "of hwlib.cost.measure_step"),
         "steps": steps,
         "dry_runs": dry,
         "training_calls": training,
