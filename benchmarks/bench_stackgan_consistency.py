@@ -88,19 +88,20 @@ def trained_matcher(cfg, train, seed: int, device, epochs: int = 60):
                                   run_dir=hwlib.runs_dir(f"bench/stackgan_ladder/matcher_n{len(train)}_e{epochs}"))[0]
 
 
-def novel_set(root, embedding: str, n: int = 4000, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def novel_set(train: cub.BirdSplit, n: int = 4000, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """``Recipe.novel``'s captions: ``n`` of colour combinations no test species has
-    (:func:`synthbirds.novel_captions`), embedded with the sentence encoder (cached next to the training split's
+    (:func:`synthbirds.novel_captions`), embedded with the training split's encoder (cached next to its
     embeddings) -> (embeddings float32 (n, t_dim), part labels int64 (n, 4))."""
-    from hwlib import text
     from hwlib.files import read_arrays, write_arrays
+
+    root = train.root
 
     exclude = synthbirds.species_colours(root, np.arange(synthbirds.N_TRAIN_CLASSES + 1, synthbirds.N_CLASSES + 1))
     captions = synthbirds.novel_captions(n, exclude, seed)
-    path = root / "birds" / "train" / f"{embedding}-novel{seed}_{n}.npy"
+    path = root / "birds" / "train" / f"{train.embedding}-novel{seed}_{n}.npy"
     emb = read_arrays(path)
     if emb is None or len(emb) != n:
-        emb = text.encode(captions)
+        emb = train.encode(captions)
         write_arrays(path, emb)
     return torch.from_numpy(emb), torch.from_numpy(synthbirds.part_labels(captions))
 
@@ -150,6 +151,8 @@ def main() -> None:
                         "(default: the profile's lr_decay_epochs)")
     parser.add_argument("--standing-stats", action="store_true", help="re-estimate the EMA generator's BatchNorm "
                         "statistics on training captions before each evaluation (stackgan.standing_stats)")
+    parser.add_argument("--embedding", default=None, choices=sorted(cub.EMBEDDINGS),
+                        help="the caption encoder (default: the profile's)")
     parser.add_argument("--tag", default="", help="extra name for the result file")
     args = parser.parse_args()
     cfg, device, seed = hwlib.get_profile("01_stackgan_cub", args.profile, verbose=False), get_device(), args.seed
@@ -159,10 +162,12 @@ def main() -> None:
     kl_coef = cfg.kl_coef if args.kl_coef is None else args.kl_coef
     batch_size = args.batch_size or cfg.batch_size
     root = synthbirds.make_synthbirds(n_train, cfg.n_test, seed=seed)
-    train = cub.open_birds(root, "train", embedding=cfg.embedding)
-    test = cub.open_birds(root, "test", embedding=cfg.embedding)
+    embedding = args.embedding or cfg.embedding
+    train = cub.open_birds(root, "train", embedding=embedding)
+    test = cub.open_birds(root, "test", embedding=embedding)
     rname = recipe_name(recipe)
     parts = [cfg.profile, args.condition, rname]
+    parts += [embedding] if embedding != "all-MiniLM-L6-v2" else []  # the encoder of every result before bag-of-ngrams
     parts += [f"gf{gf}"] if gf != cfg.gf else []
     parts += [f"df{df}"] if df != cfg.df else []
     parts += [f"lr{lr:g}"] if lr != cfg.lr else []
@@ -244,9 +249,9 @@ def main() -> None:
                          if recipe.wrong == "swap" or recipe.matcher else None,
                          matcher=trained_matcher(cfg, train, seed, device) if recipe.matcher else None,
                          labels=torch.from_numpy(train.caption_labels()).to(device) if recipe.parts else None,
-                         novel=tuple(t.to(device) for t in novel_set(root, cfg.embedding, seed=seed)) if recipe.novel else None)
+                         novel=tuple(t.to(device) for t in novel_set(train, seed=seed)) if recipe.novel else None)
     write_result(f"stackgan_ladder/{name}", {
-        "profile": cfg.profile, "condition": args.condition, "recipe": rname, "recipe_fields": recipe.as_dict(),
+        "profile": cfg.profile, "condition": args.condition, "embedding": embedding, "recipe": rname, "recipe_fields": recipe.as_dict(),
         "gf": gf, "df": df, "batch_size": batch_size, "n_train": len(train), "train_seed": args.train_seed,
         "lr": lr, "kl_coef": kl_coef, "n_eval": n_eval, "chance": 0.1,
         "lr_schedule": f"halved every {decay} epochs" if args.halving else "constant", "lr_decay_epochs": decay,

@@ -70,7 +70,12 @@ def main() -> None:
     args = parser.parse_args()
     cfg, device, seed = hwlib.get_profile("01_stackgan_cub", "quick", verbose=False), get_device(), args.seed
     root = synthbirds.make_synthbirds(cfg.n_train, cfg.n_test, seed=seed)
-    train, test = (cub.open_birds(root, s, embedding=cfg.embedding) for s in ("train", "test"))
+    # every run samples with the caption encoder it was trained with (results before bag-of-ngrams were MiniLM's)
+    embedding = {json.loads((RESULTS / f"{run}.json").read_text()).get("embedding", "all-MiniLM-L6-v2") for run in args.runs}
+    if len(embedding) != 1:
+        raise SystemExit(f"the runs were trained with different caption encoders ({sorted(embedding)}): compare them in separate calls")
+    embedding = embedding.pop()
+    train, test = (cub.open_birds(root, s, embedding=embedding) for s in ("train", "test"))
     clf = attribute_classifier(cfg, seed, device)
     text, z, targets, real, captions = caption_evals(cfg, {"unseen": (test, test.images(76))}, seed)["unseen"]
     asked = torch.from_numpy(synthbirds.part_labels(captions))
@@ -108,7 +113,7 @@ def main() -> None:
                for key, runs in rows.items()}
     for key, s in summary.items():
         print(f"{key:24} " + " ".join(f"{k} {v['mean']:.3f}±{v['std']:.3f}" for k, v in s.items()))
-    write_result(f"stackgan_sampling/{args.tag}", {"profile": cfg.profile, "runs": args.runs, "n_eval": len(text),
+    write_result(f"stackgan_sampling/{args.tag}", {"profile": cfg.profile, "embedding": embedding, "runs": args.runs, "n_eval": len(text),
                                                    "split": "unseen", "rows": rows, "summary": summary}, device)
 
 

@@ -63,7 +63,8 @@ def main() -> None:
     n2 = min(cfg.stage2_n, len(train))
     images = train.images(cfg.stage2_size * 76 // 64, np.arange(n2)).to(device)
     overrides = "_".join(p.replace("=", "-").replace(",", "+") for p in args.set) or "stable"
-    name = f"{cfg.profile}_{overrides}{'_keep_low_sampling' if args.keep_low else ''}_train{args.train_seed}"
+    encoder = f"_{cfg.embedding}" if cfg.embedding != "all-MiniLM-L6-v2" else ""  # results before bag-of-ngrams: MiniLM's
+    name = f"{cfg.profile}_{overrides}{encoder}{'_keep_low_sampling' if args.keep_low else ''}_train{args.train_seed}"
     hist = stackgan.train_stage(G2, D2, images=images, embeddings=torch.from_numpy(train.embeddings[:n2]).to(device),
                                 class_ids=torch.from_numpy(train.class_ids[:n2]).to(device), out_size=cfg.stage2_size,
                                 labels=torch.from_numpy(train.caption_labels()[:n2]).to(device),
@@ -88,7 +89,7 @@ def main() -> None:
                                            for k in COLOURS)
           + f"; high-frequency energy {row['hf_stage2']:.4f} (S-I bicubic {row['hf_stage1_bicubic']:.4f})", flush=True)
     write_result(f"stackgan_stage2/{name}", {
-        "profile": cfg.profile, "recipe_fields": recipe.as_dict(), "overrides": args.set, "keep_low": args.keep_low,
+        "profile": cfg.profile, "embedding": cfg.embedding, "recipe_fields": recipe.as_dict(), "overrides": args.set, "keep_low": args.keep_low,
         "train_seed": args.train_seed,
         "stage1_checkpoint_step": state["step"], "steps": len(hist), "train_seconds": round(hist.seconds, 1), "n_eval": n,
         "threads": torch.get_num_threads(), **row}, device)

@@ -489,3 +489,20 @@ def test_center_crop_takes_the_middle_and_scales_to_minus_one_one() -> None:
     assert out.shape == (2, 3, 64, 64) and out.dtype == torch.float32
     torch.testing.assert_close(out, images[:, :, 6:70, 6:70].float() / 127.5 - 1, rtol=0, atol=0)
     assert cub.center_crop(torch.full((1, 3, 8, 8), 255, dtype=torch.uint8), 4).eq(1).all()
+
+
+def test_bag_of_ngrams_option_trains_the_encoder_once_on_train_captions(root: Path, monkeypatch) -> None:
+    from hwlib import text
+
+    fits = []
+    real_fit = text.fit_ngram_encoder
+    monkeypatch.setattr(text, "fit_ngram_encoder", lambda *a, **k: fits.append(len(a[0])) or real_fit(*a, **k, steps=5))
+    train = cub.open_birds(root, "train", embedding="bag-of-ngrams")
+    test = cub.open_birds(root, "test", embedding="bag-of-ngrams")
+    assert fits == [len(train)] and train.embeddings.shape == (6, 10, 128) and test.embeddings.shape == (6, 10, 128)
+    assert (root / "birds" / cub.NGRAM_ENCODER).is_file() and (root / "birds/test/bag-of-ngrams-embeddings.npy").is_file()
+    caption = test.captions(0)[0]
+    np.testing.assert_allclose(test.encode([caption])[0], test.embeddings[0, 0], atol=1e-6)  # new captions, same encoder
+    assert set(cub.ngram_encoder(root).vocab) == {g for i in range(len(train)) for c in train.captions(i) for g in text.ngrams(c)}
+    with pytest.raises(ValueError, match="cannot embed new captions"):
+        cub.open_birds(root, "train").encode(["a red bird"])

@@ -14,7 +14,9 @@ The pickles were written by Python 2: they are read with ``encoding="latin1"`` t
 :func:`load_pickle`, an unpickler that admits only numpy arrays, lists, tuples, dicts, numbers and
 strings (an ordinary pickle can run any code); Python 3 pickles of arrays (protocols 0-5) load too.
 The ``all-MiniLM-L6-v2`` embedding option embeds the ``text_c10`` captions with :mod:`hwlib.text` and
-caches them (atomically) as ``birds/<split>/all-MiniLM-L6-v2-embeddings.npy``. Captions that are not
+caches them (atomically) as ``birds/<split>/all-MiniLM-L6-v2-embeddings.npy``; the ``bag-of-ngrams`` option trains
+:class:`hwlib.text.NgramEncoder` once on the train split's captions (cached as ``birds/bag-of-ngrams-encoder.npz``)
+and caches its embeddings the same way. Captions that are not
 UTF-8 are read as latin-1, with a warning naming the file.
 
 Every file is checked as it is read, and :class:`CUBFormatError` names the file (and the line, id or
@@ -37,6 +39,7 @@ import tarfile
 import urllib.request
 import warnings
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
@@ -47,7 +50,9 @@ import torch
 from hwlib.files import publish_dir, read_arrays, staging_dir, write_arrays
 from hwlib.paths import data_dir, shown
 
-EMBEDDINGS = {"char-CNN-RNN": ("char-CNN-RNN-embeddings.pickle", 1024), "all-MiniLM-L6-v2": ("all-MiniLM-L6-v2-embeddings.npy", 384)}
+EMBEDDINGS = {"char-CNN-RNN": ("char-CNN-RNN-embeddings.pickle", 1024), "all-MiniLM-L6-v2": ("all-MiniLM-L6-v2-embeddings.npy", 384),
+              "bag-of-ngrams": ("bag-of-ngrams-embeddings.npy", 128)}
+NGRAM_ENCODER = "bag-of-ngrams-encoder.npz"  # under birds/: the n-gram encoder trained on birds/train's captions
 CAPTIONS_PER_IMAGE = 10
 N_CLASSES = 200
 BOX_SLACK = 2.0  # pixels a bounding box may reach past its image's border (rounding in the annotations)
@@ -291,6 +296,17 @@ class BirdSplit:
         """The 10 captions of sample ``index``."""
         return read_captions(self.root, self.keys[index])
 
+    def encode(self, captions: Sequence[str]) -> np.ndarray:
+        """New captions embedded as this split's are: float32 (N, D). char-CNN-RNN cannot embed new sentences."""
+        if self.embedding == "char-CNN-RNN":
+            raise ValueError("char-CNN-RNN embeddings are precomputed and cannot embed new captions: open the split "
+                             "with open_birds(..., embedding='all-MiniLM-L6-v2' or 'bag-of-ngrams')")
+        if self.embedding == "bag-of-ngrams":
+            return ngram_encoder(self.root).encode(captions)
+        from hwlib import text
+
+        return text.encode(captions)
+
     def swapped_embeddings(self, seed: int = 0) -> np.ndarray:
         """Embeddings (N, 10, D) float32 of every caption with one colour word swapped (:func:`hwlib.text.swap_colour`,
         drawn with ``seed``), the negatives of ``Recipe.wrong = "swap"``; a caption without a colour word keeps its own
@@ -298,7 +314,7 @@ class BirdSplit:
         (atomically) as ``birds/<split>/<encoder>-swapped<seed>.npy``."""
         if self.embedding == "char-CNN-RNN":
             raise ValueError("swapped captions need a sentence encoder: open the split with "
-                             "open_birds(..., embedding='all-MiniLM-L6-v2'), or choose another Recipe.wrong")
+                             "open_birds(..., embedding='all-MiniLM-L6-v2' or 'bag-of-ngrams'), or choose another Recipe.wrong")
         path = self.root / "birds" / self.split / f"{self.embedding}-swapped{seed}.npy"
         emb = read_arrays(path)
         if emb is None or emb.shape != self.embeddings.shape:
@@ -310,7 +326,7 @@ class BirdSplit:
             emb = self.embeddings.reshape(len(captions), -1).copy()
             todo = [j for j, c in enumerate(swapped) if c is not None]
             if todo:
-                emb[todo] = text.encode([swapped[j] for j in todo])
+                emb[todo] = self.encode([swapped[j] for j in todo])
             emb = emb.reshape(self.embeddings.shape)
             write_arrays(path, emb)
         return emb
@@ -374,14 +390,34 @@ def crop_and_resize(path: Path, bbox: np.ndarray, size: int) -> np.ndarray:
     return np.array(im.crop(box).resize((size, size), Image.BICUBIC), dtype=np.uint8)
 
 
-def _minilm_embeddings(path: Path, root: Path, keys: list[str]) -> np.ndarray:
-    """The cached ``.npy`` at ``path``, or the ``text_c10`` captions embedded once and cached (atomically)."""
+def ngram_encoder(root: str | Path) -> Any:
+    """The :class:`hwlib.text.NgramEncoder` of the birds under ``root``: trained on ``birds/train``'s captions and
+    class ids (:func:`hwlib.text.fit_ngram_encoder`, seed 0) the first time, then read from its cache."""
+    from hwlib import text
+
+    root = Path(root)
+    path = root / "birds" / NGRAM_ENCODER
+    state = read_arrays(path, ("vocab", "weight"))
+    if state is None:
+        birds = root / "birds" / "train"
+        keys = _read_keys(birds / "filenames.pickle")
+        class_ids = _read_class_ids(birds / "class_info.pickle", keys)
+        enc = text.fit_ngram_encoder([read_captions(root, key) for key in keys], class_ids)
+        write_arrays(path, enc.state())
+        return enc
+    return text.NgramEncoder.from_state(state)
+
+
+def _sentence_embeddings(path: Path, root: Path, keys: list[str], embedding: str) -> np.ndarray:
+    """The cached ``.npy`` at ``path``, or the ``text_c10`` captions embedded once (by ``embedding``:
+    all-MiniLM-L6-v2 or the n-gram encoder) and cached (atomically)."""
     emb = read_arrays(path)  # None when missing; None with a warning when unreadable
     if emb is None:
         from hwlib import text
 
         captions = [c for key in keys for c in read_captions(root, key)]
-        emb = text.encode(captions).reshape(len(keys), CAPTIONS_PER_IMAGE, -1)
+        encode = ngram_encoder(root).encode if embedding == "bag-of-ngrams" else text.encode
+        emb = encode(captions).reshape(len(keys), CAPTIONS_PER_IMAGE, -1)
         write_arrays(path, emb)
     return emb
 
@@ -392,7 +428,7 @@ def _embeddings(root: Path, split: str, keys: list[str], embedding: str) -> np.n
         raise ValueError(f"unknown embedding {embedding!r}; choose one of {sorted(EMBEDDINGS)}")
     name, dim = EMBEDDINGS[embedding]
     path = root / "birds" / split / name
-    raw = load_pickle(path) if embedding == "char-CNN-RNN" else _minilm_embeddings(path, root, keys)
+    raw = load_pickle(path) if embedding == "char-CNN-RNN" else _sentence_embeddings(path, root, keys, embedding)
     try:
         emb = np.asarray(raw, dtype=np.float32)
     except (TypeError, ValueError) as err:

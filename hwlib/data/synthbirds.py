@@ -8,8 +8,8 @@ drawn at 2x and downsampled (anti-aliased) to ``image_size`` (304) pixels. Speci
 train split and 151-200 the test split (class-disjoint, as StackGAN's CUB split).
 
 Each image gets 10 captions from templates in CUB's style ("this bird has a red crown, blue wings
-and a short black beak"); their all-MiniLM-L6-v2 embeddings are cached through
-:func:`hwlib.data.cub.open_birds`. Species attributes are saved in ``synthbirds.json`` (the labels of
+and a short black beak"); their embeddings (by the n-gram encoder trained on the training captions, or by
+all-MiniLM-L6-v2) are cached through :func:`hwlib.data.cub.open_birds`. Species attributes are saved in ``synthbirds.json`` (the labels of
 the attribute classifier), with the settings the set was drawn with; :func:`parse_caption` reads the
 attributes a caption mentions. Sets and caches are written atomically (:mod:`hwlib.files`).
 """
@@ -336,7 +336,7 @@ def make_synthbirds(n_train: int = 8855, n_test: int = 2933, seed: int = 0, imag
     """Write SynthBirds in the CUB + ``birds/`` layout (cached: a finished folder is reused) and return its root.
 
     ``n_train`` images over species 1-150 and ``n_test`` over 151-200 (round-robin); with ``embed``,
-    the all-MiniLM-L6-v2 caption embeddings are computed and cached too. The set is drawn into a
+    the captions' bag-of-ngrams embeddings are computed and cached too (a few seconds; other encoders embed on first use). The set is drawn into a
     temporary folder next to ``root`` and renamed to ``root`` when complete, so an interrupted build
     leaves nothing behind that a later call would reuse. A ``root`` that holds a set of other settings,
     or files but no finished set, raises :class:`SynthBirdsError` (the default ``root`` is named after
@@ -359,7 +359,7 @@ def make_synthbirds(n_train: int = 8855, n_test: int = 2933, seed: int = 0, imag
         from hwlib.data.cub import open_birds
 
         for split in ("train", "test"):
-            open_birds(root, split, embedding="all-MiniLM-L6-v2")
+            open_birds(root, split, embedding="bag-of-ngrams")
     return root
 
 
