@@ -41,8 +41,12 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true", help="restore this run's finished Stage-II instead of retraining it")
     parser.add_argument("--keep-low", action="store_true",
                         help="score Stage-II's images projected onto Stage-I's 64-px average (generate(keep_low=True))")
+    parser.add_argument("--df2", type=int, default=None, help="Stage-II D's width (default: the profile's)")
+    parser.add_argument("--epochs2", type=int, default=None, help="Stage-II epochs (default: the profile's)")
     args = parser.parse_args()
     cfg, device, seed = hwlib.get_profile(NB, args.profile, verbose=False), get_device(), 0
+    sizes = "".join(f"_{k}{v}" for k, v in (("df2", args.df2), ("epochs2", args.epochs2)) if v is not None)
+    cfg.df2, cfg.epochs2 = args.df2 or cfg.df2, args.epochs2 or cfg.epochs2
     recipe = _override(stackgan.get_recipe("stable"), args.set)
     stage1_dir = hwlib.runs_dir(f"{NB}/{cfg.profile}/stage1_stable")
     state = Checkpointer(stage1_dir).load_latest()
@@ -64,7 +68,7 @@ def main() -> None:
     images = train.images(cfg.stage2_size * 76 // 64, np.arange(n2)).to(device)
     overrides = "_".join(p.replace("=", "-").replace(",", "+") for p in args.set) or "stable"
     encoder = f"_{cfg.embedding}" if cfg.embedding != "all-MiniLM-L6-v2" else ""  # results before bag-of-ngrams: MiniLM's
-    name = f"{cfg.profile}_{overrides}{encoder}{'_keep_low_sampling' if args.keep_low else ''}_train{args.train_seed}"
+    name = f"{cfg.profile}_{overrides}{encoder}{sizes}{'_keep_low_sampling' if args.keep_low else ''}_train{args.train_seed}"
     hist = stackgan.train_stage(G2, D2, images=images, embeddings=torch.from_numpy(train.embeddings[:n2]).to(device),
                                 class_ids=torch.from_numpy(train.class_ids[:n2]).to(device), out_size=cfg.stage2_size,
                                 labels=torch.from_numpy(train.caption_labels()[:n2]).to(device),
@@ -89,7 +93,7 @@ def main() -> None:
                                            for k in COLOURS)
           + f"; high-frequency energy {row['hf_stage2']:.4f} (S-I bicubic {row['hf_stage1_bicubic']:.4f})", flush=True)
     write_result(f"stackgan_stage2/{name}", {
-        "profile": cfg.profile, "embedding": cfg.embedding, "recipe_fields": recipe.as_dict(), "overrides": args.set, "keep_low": args.keep_low,
+        "profile": cfg.profile, "embedding": cfg.embedding, "recipe_fields": recipe.as_dict(), "overrides": args.set, "keep_low": args.keep_low, "df2": cfg.df2, "epochs2": cfg.epochs2,
         "train_seed": args.train_seed,
         "stage1_checkpoint_step": state["step"], "steps": len(hist), "train_seconds": round(hist.seconds, 1), "n_eval": n,
         "threads": torch.get_num_threads(), **row}, device)
