@@ -95,14 +95,18 @@ class NgramEncoder(nn.Module):
         self.vocab = {g: i for i, g in enumerate(vocab)}
         self.bag = nn.EmbeddingBag(len(self.vocab), dim, mode="mean")
 
-    def _bags(self, captions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        ids = [[self.vocab[g] for g in ngrams(c) if g in self.vocab] for c in captions]
-        offsets = torch.tensor(np.cumsum([0] + [len(i) for i in ids[:-1]]), dtype=torch.long)
-        return torch.tensor([i for row in ids for i in row], dtype=torch.long), offsets
+    def ids(self, caption: str) -> list[int]:
+        """The vocabulary indices of ``caption``'s known n-grams."""
+        return [self.vocab[g] for g in ngrams(caption) if g in self.vocab]
+
+    def embed_ids(self, rows: Sequence[Sequence[int]]) -> torch.Tensor:
+        """(N, dim) unit rows (zero for an empty one) from N captions' n-gram indices (:meth:`ids`)."""
+        offsets = torch.tensor(np.cumsum([0] + [len(r) for r in rows[:-1]]), dtype=torch.long)
+        return F.normalize(self.bag(torch.tensor([i for r in rows for i in r], dtype=torch.long), offsets), dim=1)
 
     def forward(self, captions: Sequence[str]) -> torch.Tensor:
         """(N, dim) float32, each row unit-norm (or zero)."""
-        return F.normalize(self.bag(*self._bags(captions)), dim=1)
+        return self.embed_ids([self.ids(c) for c in captions])
 
     def encode(self, captions: Sequence[str]) -> np.ndarray:
         """float32 (N, dim), as :func:`encode` returns them."""
@@ -130,29 +134,23 @@ def fit_ngram_encoder(captions: Sequence[Sequence[str]], class_ids: np.ndarray, 
 
     Each step takes ``batch_size`` birds and two different captions of each: the InfoNCE loss, both ways, picks each
     caption's partner among the batch's (cosine / ``temperature``), and pairs of the same class are not counted as
-    wrong (they describe the same species). Adam(``lr``), deterministic for a ``seed``; about a second on a CPU."""
+    wrong (they describe the same species). Adam(``lr``), deterministic for a ``seed``; a few seconds on a CPU."""
     vocab = sorted({g for caps in captions for c in caps for g in ngrams(c)})
     gen = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         enc = NgramEncoder(vocab, dim)
-    bags = [[enc._bags([c]) for c in caps] for caps in captions]  # n-gram ids of every caption, once
+    ids = [[enc.ids(c) for c in caps] for caps in captions]  # n-gram indices of every caption, once
     cls = torch.as_tensor(np.asarray(class_ids))
     opt = torch.optim.Adam(enc.parameters(), lr=lr)
     n, b = len(captions), min(batch_size, len(captions))
-    target = torch.arange(b)
+    target, diagonal = torch.arange(b), torch.eye(b, dtype=torch.bool)
     for _ in range(steps):
         idx = torch.randperm(n, generator=gen)[:b].tolist()
         pairs = [torch.randperm(len(captions[i]), generator=gen)[:2].tolist() for i in idx]
-
-        def embed(which: int) -> torch.Tensor:
-            ids = [bags[i][p[which]][0] for i, p in zip(idx, pairs)]
-            offsets = torch.tensor(np.cumsum([0] + [len(t) for t in ids[:-1]]), dtype=torch.long)
-            return F.normalize(enc.bag(torch.cat(ids), offsets), dim=1)
-
-        logits = embed(0) @ embed(1).T / temperature
-        same = (cls[idx][:, None] == cls[idx][None]) & ~torch.eye(b, dtype=torch.bool)
-        logits = logits.masked_fill(same, float("-inf"))
+        first, second = (enc.embed_ids([ids[i][p[k]] for i, p in zip(idx, pairs)]) for k in (0, 1))
+        same = (cls[idx][:, None] == cls[idx][None]) & ~diagonal  # the same species: not a wrong pair
+        logits = (first @ second.T / temperature).masked_fill(same, float("-inf"))
         loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
         opt.zero_grad(set_to_none=True)
         loss.backward()
