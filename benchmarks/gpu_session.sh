@@ -18,7 +18,8 @@
 # them into benchmarks/results/h200/gpu_session.json.
 # Measured on an H200 (2026-11-29): the dry runs pass in 2 minutes; no gpu notebook finishes in 520 s (02 trains both
 # models in 476 s, 03's three CGANs need about 19 minutes alone), and bench_diffusion needs over 60 s for
-# torch.compile. With 15 minutes of device time a session can prove the path and measure, not publish a gpu run.
+# torch.compile. Alone on the GPU (NOTEBOOKS=02_diffusion_mnist EXTRAS=0 NB_LIMIT=565, 2026-12-04) notebook 02 finishes
+# in 446 s: one gpu notebook per session fits, the others do not.
 set -u
 T0=$(date +%s)
 DEADLINE=${DEADLINE:-540}
