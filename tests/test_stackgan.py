@@ -539,3 +539,25 @@ def test_generate_ca_noise2_sets_stage2s_noise_apart_from_stage1s():
     torch.testing.assert_close(high_a, high_b)
     torch.testing.assert_close(low_c, low_a)  # Stage I still at its mean
     assert not torch.allclose(high_c, high_a) and nets["G2"].ca.noise == 1.0
+
+
+def test_stage2_diffaug_sets_stage2s_augmentation_apart_from_stage1s(monkeypatch) -> None:
+    import hwlib.gan
+
+    seen: list[str] = []
+    real_aug = hwlib.gan.diff_augment
+    monkeypatch.setattr(hwlib.gan, "diff_augment", lambda x, policy="": seen.append(policy) or real_aug(x, policy))
+    n, r = 8, stackgan.Recipe(diffaug="translation,cutout", stage2_diffaug="")
+    data = dict(embeddings=torch.randn(n, 10, 32), class_ids=torch.arange(n))
+    torch.manual_seed(0)
+    nets, frozen = (stackgan.build(t_dim=32, gf=4, df=4, n_res=1, stage2_size=128, recipe=r) for _ in range(2))
+    g1, d1, g2, d2 = nets["G1"], nets["D1"], nets["G2"], nets["D2"]
+    (batch,) = list(index_loader(n, 4).epoch(0))[:1]
+    for g, d, kw in ((g1, d1, dict(images=torch.randint(0, 256, (n, 3, 76, 76), dtype=torch.uint8), out_size=64)),
+                     (g2, d2, dict(images=torch.randint(0, 256, (n, 3, 152, 152), dtype=torch.uint8), out_size=128,
+                                   G1=frozen["G1"].eval().requires_grad_(False)))):
+        seen.clear()
+        stackgan.make_stackgan_step(g, d, torch.optim.Adam(g.parameters()), torch.optim.Adam(d.parameters()),
+                                    recipe=r, **data, **kw)(batch, 0)
+        assert seen and set(seen) == ({"translation,cutout"} if "G1" not in kw else {""})
+    assert "stage2_diffaug" not in stackgan.Recipe().as_dict() and "stage2_diffaug" not in r.stage1_dict()

@@ -205,6 +205,11 @@ class Recipe:
       detail above them. On notebook 01's quick Stage-I, over three Stage-II seeds
       (``benchmarks/bench_stackgan_stage2.py``), the body colour is 0.51 with it, 0.45 without it and 0.26 without
       the skip either (Stage-I: 0.52).
+    - ``stage2_diffaug``: Stage-II's DiffAugment policy (None: ``diffaug``, as Stage I). On notebook 01's quick Stage-I
+      (n-gram encoder, sampled with ``keep_low``, ``benchmarks/bench_stackgan_stage2.py``, three Stage-II seeds) Stage-II
+      with translation and cutout adds almost no high frequencies (0.0017, 0.0019, 0.0014 against 0.0015 for Stage I
+      up-sampled); without them (``""``) 2-4 times as much, but what it adds is mostly a fine regular, grid-like
+      texture, not the edges of real birds (notebook 01, section 8a), so `stable` keeps them.
     """
     loss: str = "bce"
     wrong: str = "shift"
@@ -228,6 +233,7 @@ class Recipe:
     stage2_skip: bool = False
     stage2_keep_low: bool = False
     stage2_consistency: float = 0.0
+    stage2_diffaug: str | None = None
 
     def __post_init__(self) -> None:
         for name, value, allowed in (("loss", self.loss, ("bce", "hinge")), ("wrong", self.wrong, ("shift", "class", "hardest", "swap", "none")),
@@ -239,7 +245,7 @@ class Recipe:
     # dicts (a run's identity) while they hold it, so the checkpoints stay valid
     _LATER = {"matcher": 0.0, "contrastive_fakes": False, "caption_mix": 1, "contrastive_g": None, "parts": 0.0,
               "parts_fakes": False, "novel": 0.0, "mode_seeking": 0.0,
-              "stage2_keep_low": False}
+              "stage2_keep_low": False, "stage2_diffaug": None}
 
     def as_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if not (k in self._LATER and v == self._LATER[k])}
@@ -616,8 +622,10 @@ def make_stackgan_step(G: nn.Module, D: StageD, opt_g: torch.optim.Optimizer, op
     n_text = embeddings.shape[-1]
     bird_labels = labels.amax(1) if r.parts else None  # (N, 4): each part's colour from any of the bird's captions
 
+    policy = r.stage2_diffaug if G1 is not None and r.stage2_diffaug is not None else r.diffaug
+
     def aug(x: torch.Tensor) -> torch.Tensor:
-        return diff_augment(x, r.diffaug)
+        return diff_augment(x, policy)
 
     def step(batch: tuple[torch.Tensor, ...], _: int) -> dict[str, torch.Tensor]:
         (idx,) = batch
