@@ -41,6 +41,12 @@ from hwlib.models import attributes, stackgan
 from hwlib.train import EMA, get_device, seed_everything
 
 COLOURS = synthbirds.COLOUR_PARTS
+EARLIER_ENCODER = "all-MiniLM-L6-v2"  # the caption encoder of every result before bag-of-ngrams: not in their names
+
+
+def encoder_tag(embedding: str) -> list[str]:
+    """The part of a result's name that says which caption encoder it ran with (none for :data:`EARLIER_ENCODER`)."""
+    return [] if embedding == EARLIER_ENCODER else [embedding]
 
 
 def _override(recipe: stackgan.Recipe, pairs: list[str]) -> stackgan.Recipe:
@@ -167,7 +173,7 @@ def main() -> None:
     test = cub.open_birds(root, "test", embedding=embedding)
     rname = recipe_name(recipe)
     parts = [cfg.profile, args.condition, rname]
-    parts += [embedding] if embedding != "all-MiniLM-L6-v2" else []  # the encoder of every result before bag-of-ngrams
+    parts += encoder_tag(embedding)
     parts += [f"gf{gf}"] if gf != cfg.gf else []
     parts += [f"df{df}"] if df != cfg.df else []
     parts += [f"lr{lr:g}"] if lr != cfg.lr else []

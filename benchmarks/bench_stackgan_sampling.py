@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 import hwlib
-from bench_stackgan_consistency import COLOURS, attribute_classifier, caption_evals, noise_spread
+from bench_stackgan_consistency import COLOURS, EARLIER_ENCODER, attribute_classifier, caption_evals, noise_spread
 from hwlib.bench import write_result
 from hwlib.data import cub, synthbirds
 from hwlib.metrics.attributes import consistency, features
@@ -70,8 +70,8 @@ def main() -> None:
     args = parser.parse_args()
     cfg, device, seed = hwlib.get_profile("01_stackgan_cub", "quick", verbose=False), get_device(), args.seed
     root = synthbirds.make_synthbirds(cfg.n_train, cfg.n_test, seed=seed)
-    # every run samples with the caption encoder it was trained with (results before bag-of-ngrams were MiniLM's)
-    embedding = {json.loads((RESULTS / f"{run}.json").read_text()).get("embedding", "all-MiniLM-L6-v2") for run in args.runs}
+    # every run samples with the caption encoder it was trained with (results without the key: EARLIER_ENCODER's)
+    embedding = {json.loads((RESULTS / f"{run}.json").read_text()).get("embedding", EARLIER_ENCODER) for run in args.runs}
     if len(embedding) != 1:
         raise SystemExit(f"the runs were trained with different caption encoders ({sorted(embedding)}): compare them in separate calls")
     embedding = embedding.pop()

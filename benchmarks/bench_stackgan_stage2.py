@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 import hwlib
-from bench_stackgan_consistency import COLOURS, _override
+from bench_stackgan_consistency import COLOURS, _override, encoder_tag
 from hwlib.bench import write_result
 from hwlib.checkpoints import Checkpointer
 from hwlib.data import cub, synthbirds
@@ -67,7 +67,7 @@ def main() -> None:
     n2 = min(cfg.stage2_n, len(train))
     images = train.images(cfg.stage2_size * 76 // 64, np.arange(n2)).to(device)
     overrides = "_".join(p.replace("=", "-").replace(",", "+") for p in args.set) or "stable"
-    encoder = f"_{cfg.embedding}" if cfg.embedding != "all-MiniLM-L6-v2" else ""  # results before bag-of-ngrams: MiniLM's
+    encoder = "".join(f"_{e}" for e in encoder_tag(cfg.embedding))
     name = f"{cfg.profile}_{overrides}{encoder}{sizes}{'_keep_low_sampling' if args.keep_low else ''}_train{args.train_seed}"
     hist = stackgan.train_stage(G2, D2, images=images, embeddings=torch.from_numpy(train.embeddings[:n2]).to(device),
                                 class_ids=torch.from_numpy(train.class_ids[:n2]).to(device), out_size=cfg.stage2_size,

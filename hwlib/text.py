@@ -135,6 +135,7 @@ def fit_ngram_encoder(captions: Sequence[Sequence[str]], class_ids: np.ndarray, 
     Each step takes ``batch_size`` birds and two different captions of each: the InfoNCE loss, both ways, picks each
     caption's partner among the batch's (cosine / ``temperature``), and pairs of the same class are not counted as
     wrong (they describe the same species). Adam(``lr``), deterministic for a ``seed``; a few seconds on a CPU."""
+    from hwlib.gan import contrastive_loss
     vocab = sorted({g for caps in captions for c in caps for g in ngrams(c)})
     gen = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
@@ -144,14 +145,14 @@ def fit_ngram_encoder(captions: Sequence[Sequence[str]], class_ids: np.ndarray, 
     cls = torch.as_tensor(np.asarray(class_ids))
     opt = torch.optim.Adam(enc.parameters(), lr=lr)
     n, b = len(captions), min(batch_size, len(captions))
-    target, diagonal = torch.arange(b), torch.eye(b, dtype=torch.bool)
+    diagonal = torch.eye(b, dtype=torch.bool)
     for _ in range(steps):
         idx = torch.randperm(n, generator=gen)[:b].tolist()
         pairs = [torch.randperm(len(captions[i]), generator=gen)[:2].tolist() for i in idx]
         first, second = (enc.embed_ids([ids[i][p[k]] for i, p in zip(idx, pairs)]) for k in (0, 1))
         same = (cls[idx][:, None] == cls[idx][None]) & ~diagonal  # the same species: not a wrong pair
         logits = (first @ second.T / temperature).masked_fill(same, float("-inf"))
-        loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+        loss = (contrastive_loss(logits) + contrastive_loss(logits.T)) / 2
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

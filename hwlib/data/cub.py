@@ -39,7 +39,7 @@ import tarfile
 import urllib.request
 import warnings
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
@@ -298,14 +298,7 @@ class BirdSplit:
 
     def encode(self, captions: Sequence[str]) -> np.ndarray:
         """New captions embedded as this split's are: float32 (N, D). char-CNN-RNN cannot embed new sentences."""
-        if self.embedding == "char-CNN-RNN":
-            raise ValueError("char-CNN-RNN embeddings are precomputed and cannot embed new captions: open the split "
-                             "with open_birds(..., embedding='all-MiniLM-L6-v2' or 'bag-of-ngrams')")
-        if self.embedding == "bag-of-ngrams":
-            return ngram_encoder(self.root).encode(captions)
-        from hwlib import text
-
-        return text.encode(captions)
+        return _caption_encoder(self.root, self.embedding)(captions)
 
     def swapped_embeddings(self, seed: int = 0) -> np.ndarray:
         """Embeddings (N, 10, D) float32 of every caption with one colour word swapped (:func:`hwlib.text.swap_colour`,
@@ -408,16 +401,25 @@ def ngram_encoder(root: str | Path) -> Any:
     return text.NgramEncoder.from_state(state)
 
 
+def _caption_encoder(root: Path, embedding: str) -> Callable[[Sequence[str]], np.ndarray]:
+    """The function that embeds captions as ``embedding`` does: captions (N,) -> float32 (N, D)."""
+    if embedding == "char-CNN-RNN":
+        raise ValueError("char-CNN-RNN embeddings are precomputed and cannot embed new captions: open the split "
+                         "with open_birds(..., embedding='all-MiniLM-L6-v2' or 'bag-of-ngrams')")
+    if embedding == "bag-of-ngrams":
+        return ngram_encoder(root).encode
+    from hwlib import text
+
+    return text.encode
+
+
 def _sentence_embeddings(path: Path, root: Path, keys: list[str], embedding: str) -> np.ndarray:
     """The cached ``.npy`` at ``path``, or the ``text_c10`` captions embedded once (by ``embedding``:
     all-MiniLM-L6-v2 or the n-gram encoder) and cached (atomically)."""
     emb = read_arrays(path)  # None when missing; None with a warning when unreadable
     if emb is None:
-        from hwlib import text
-
         captions = [c for key in keys for c in read_captions(root, key)]
-        encode = ngram_encoder(root).encode if embedding == "bag-of-ngrams" else text.encode
-        emb = encode(captions).reshape(len(keys), CAPTIONS_PER_IMAGE, -1)
+        emb = _caption_encoder(root, embedding)(captions).reshape(len(keys), CAPTIONS_PER_IMAGE, -1)
         write_arrays(path, emb)
     return emb
 
