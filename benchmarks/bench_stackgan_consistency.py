@@ -113,15 +113,15 @@ def novel_set(train: cub.BirdSplit, n: int = 4000, seed: int = 0) -> tuple[torch
 
 
 def noise_spread(G: torch.nn.Module, text: torch.Tensor, z_dim: int, seed: int, ca_noise: float = 1.0,
-                 n: int = 50, k: int = 8, rerank: int = 1, D: torch.nn.Module | None = None,
+                 n: int = 50, k: int = 8, rerank: int = 1, judge: torch.nn.Module | None = None,
                  labels: torch.Tensor | None = None) -> float:
     """How much G uses its noise: the pixel spread among ``k`` noise vectors (drawn with ``seed + 3``) of each of the
     first ``n`` captions ``text`` (N, t_dim) (:func:`hwlib.metrics.evaluation.within_class_spread`; real birds of
-    one species: 0.29); ``rerank``, ``D`` and ``labels`` (N, 4) sample as :func:`stackgan.generate` does."""
+    one species: 0.29); ``rerank``, ``judge`` and ``labels`` (N, 4) sample as :func:`stackgan.generate` does."""
     text = text[:n]
     z = torch.randn(k * len(text), z_dim, generator=torch.Generator().manual_seed(seed + 3))
     lab = labels[:n].repeat_interleave(k, 0) if labels is not None else None
-    images = stackgan.generate(G, text.repeat_interleave(k, 0), z=z, ca_noise=ca_noise, rerank=rerank, D1=D,
+    images = stackgan.generate(G, text.repeat_interleave(k, 0), z=z, ca_noise=ca_noise, rerank=rerank, judge=judge,
                                labels=lab)[0]
     return within_class_spread(images, torch.arange(len(text)).repeat_interleave(k), len(text))
 

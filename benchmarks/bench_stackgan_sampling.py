@@ -11,13 +11,17 @@ species, as the ladder does, under each sampling option:
 - ``bn``: ``copied``, the BatchNorm statistics the EMA copied from the live generator (what training leaves), or
   ``standing``, re-estimated on training captions for the averaged weights (:func:`hwlib.models.stackgan.standing_stats`);
 - ``rerank`` (``--rerank K ...``, with ``bn=copied`` and ``ca_noise=1`` or ``--rerank-ca-noise``): the best of K
-  candidates per caption by the run's own discriminator's part head (:func:`hwlib.models.stackgan.generate`), with
-  the seconds it costs.
+  candidates per caption by a judge (:func:`hwlib.models.stackgan.generate`), with the seconds it costs: the run's
+  own discriminator's part head (``--judge D``) or, with ``--judge classifier`` (``judge=classifier`` in the row's
+  name), a classifier of the training birds' part colours that G never trained against
+  (:func:`hwlib.models.attributes.train_part_judge`, at the attribute classifier's width and epochs, trained once).
+  Each re-ranked row also scores notebook 01's "type a caption" demo (``demo``: :data:`synthbirds.DEMO_CAPTIONS`,
+  eight noise vectors each, the fraction of birds with the asked body and wing colour, :func:`metrics.both_asked`).
 
 No training: the options change only how images are drawn from the same weights. Writes
 ``benchmarks/results/stackgan_sampling/<tag>.json``.
 Usage: ``python benchmarks/bench_stackgan_sampling.py --runs quick_caption_stable_halving32_epyc_train{0,1,2} --tag stable
-[--rerank 4 16 [--only-rerank]]``.
+[--rerank 4 16 [--only-rerank]] [--judge classifier]``.
 """
 from __future__ import annotations
 
@@ -34,8 +38,8 @@ import hwlib
 from bench_stackgan_consistency import COLOURS, EARLIER_ENCODER, attribute_classifier, caption_evals, noise_spread
 from hwlib.bench import write_result
 from hwlib.data import cub, synthbirds
-from hwlib.metrics.attributes import consistency, features
-from hwlib.models import stackgan
+from hwlib.metrics.attributes import both_asked, consistency, features
+from hwlib.models import attributes, stackgan
 from hwlib.train import get_device
 
 RESULTS = Path(__file__).parent / "results" / "stackgan_ladder"
@@ -67,6 +71,8 @@ def main() -> None:
     parser.add_argument("--only-rerank", action="store_true", help="skip the bn / ca_noise rows")
     parser.add_argument("--rerank-ca-noise", type=float, default=1.0,
                         help="the CA noise scale the re-ranked candidates are drawn with (default 1, as trained)")
+    parser.add_argument("--judge", choices=("D", "classifier"), default="D",
+                        help="re-rank by D's part head or by a part classifier G never trained against")
     args = parser.parse_args()
     cfg, device, seed = hwlib.get_profile("01_stackgan_cub", "quick", verbose=False), get_device(), args.seed
     root = synthbirds.make_synthbirds(cfg.n_train, cfg.n_test, seed=seed)
@@ -81,16 +87,26 @@ def main() -> None:
     asked = torch.from_numpy(synthbirds.part_labels(captions))
     real_feats = features(clf, cub.center_crop(real[:len(text)], 64))
     embeddings = torch.from_numpy(train.embeddings)
+    demo = list(np.repeat(synthbirds.DEMO_CAPTIONS, 8))  # notebook 01's demo: eight noise vectors per caption
+    demo_text, demo_asked = torch.from_numpy(train.encode(demo)), torch.from_numpy(synthbirds.part_labels(demo))
+    demo_z = torch.randn(len(demo), cfg.z_dim, generator=torch.Generator().manual_seed(seed))
+    judge_name = "" if args.judge == "D" else f",judge={args.judge}"
+    part_judge = None if args.judge == "D" else attributes.train_part_judge(
+        train.images(76), train.image_part_labels(), width=cfg.attr_width, epochs=cfg.attr_epochs, seed=seed,
+        device=device, run_dir=hwlib.runs_dir(f"bench/stackgan_sampling/part_judge_w{cfg.attr_width}_e{cfg.attr_epochs}"))
     rows: dict[str, dict] = {}
     for run in args.runs:
         trained, D = restore(run, cfg, embeddings.shape[-1])
+        judge = D if part_judge is None else part_judge
 
-        def record(key: str, low: torch.Tensor, spread: float, seconds: float | None = None) -> None:
+        def record(key: str, low: torch.Tensor, spread: float, seconds: float | None = None,
+                   demo_score: float | None = None) -> None:
             res = consistency(clf, low, targets, real_feats)
-            rows.setdefault(key, {})[run] = {**{k: round(res[k], 3) for k in COLOURS}, "fid": round(res["fid"], 2),
-                                             "spread": round(spread, 4)} | ({"seconds": round(seconds, 1)} if seconds else {})
+            rows.setdefault(key, {})[run] = ({**{k: round(res[k], 3) for k in COLOURS}, "fid": round(res["fid"], 2),
+                                              "spread": round(spread, 4)} | ({"seconds": round(seconds, 1)} if seconds else {})
+                                             | ({"demo": round(demo_score, 3)} if demo_score is not None else {}))
             print(f"{run[-40:]:>40} {key:24} " + " ".join(f"{k} {res[k]:.3f}" for k in COLOURS) + f" FID {res['fid']:.1f}"
-                  f" spread {spread:.4f}", flush=True)
+                  f" spread {spread:.4f}" + (f" demo {demo_score:.2f}" if demo_score is not None else ""), flush=True)
 
         for bn in () if args.only_rerank else ("copied", "standing"):
             G = copy.deepcopy(trained)
@@ -103,17 +119,22 @@ def main() -> None:
             torch.manual_seed(seed + 17)  # the candidates' extra noise
             t0 = time.perf_counter()
             noise = args.rerank_ca_noise
-            low = stackgan.generate(trained, text, z=z, ca_noise=noise, rerank=k, D1=D, labels=asked)[0]
+            low = stackgan.generate(trained, text, z=z, ca_noise=noise, rerank=k, judge=judge, labels=asked)[0]
             seconds = time.perf_counter() - t0
-            record(f"bn=copied,ca_noise={noise:g},rerank={k}", low,
-                   noise_spread(trained, text, cfg.z_dim, seed, ca_noise=noise, rerank=k, D=D, labels=asked), seconds)
-    digits = {**{k: 3 for k in (*COLOURS, "fid")}, "spread": 4}
+            torch.manual_seed(seed + 19)
+            demo_low = stackgan.generate(trained, demo_text, z=demo_z, ca_noise=noise, rerank=k, judge=judge, labels=demo_asked)[0]
+            record(f"bn=copied,ca_noise={noise:g},rerank={k}{judge_name if k > 1 else ''}", low,
+                   noise_spread(trained, text, cfg.z_dim, seed, ca_noise=noise, rerank=k, judge=judge, labels=asked), seconds,
+                   both_asked(clf, demo_low, synthbirds.caption_targets(demo)))
+    digits = {**{k: 3 for k in (*COLOURS, "fid", "demo")}, "spread": 4}
     summary = {key: {k: {"mean": round(float(np.mean([r[k] for r in runs.values()])), d),
-                         "std": round(float(np.std([r[k] for r in runs.values()])), d)} for k, d in digits.items()}
+                         "std": round(float(np.std([r[k] for r in runs.values()])), d)}
+                     for k, d in digits.items() if all(k in r for r in runs.values())}
                for key, runs in rows.items()}
     for key, s in summary.items():
         print(f"{key:24} " + " ".join(f"{k} {v['mean']:.3f}±{v['std']:.3f}" for k, v in s.items()))
     write_result(f"stackgan_sampling/{args.tag}", {"profile": cfg.profile, "embedding": embedding, "runs": args.runs, "n_eval": len(text),
+                                                   "judge": args.judge,
                                                    "split": "unseen", "rows": rows, "summary": summary}, device)
 
 

@@ -269,7 +269,7 @@ def run_of(notebook: str, call: str) -> str | None:
 
 def notebook_speedups(runs: dict[str, dict]) -> dict[str, dict]:
     """Each notebook's training speed-up: its `quick` training calls (``training_calls`` of its profile) timed at
-    the benchmarked runs' steps/s, before and after; calls with no benchmarked run (01's attribute classifier) are
+    the benchmarked runs' steps/s, before and after; calls with no benchmarked run (01's attribute classifier and part judge) are
     left out and named."""
     out = {}
     for nb in (path.stem for path in nbtools.published()):

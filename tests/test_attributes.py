@@ -26,3 +26,21 @@ def test_train_attribute_net_learns_and_resumes(tmp_path) -> None:
     assert len(hist2) == len(hist)
     for a, b in zip(net.state_dict().values(), again.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_train_part_judge_reads_each_colour_part_and_ranks_candidates(tmp_path) -> None:
+    from hwlib.models import stackgan
+    from hwlib.models.attributes import train_part_judge
+
+    images, labels = synthbirds.attribute_birds(256, seed=0, root=tmp_path)
+    parts = torch.stack([torch.as_tensor(labels[p]) for p in synthbirds.COLOUR_PARTS], 1).numpy()
+    parts[:8, 2] = -1  # a part no caption names is left out of the loss
+    judge = train_part_judge(images, parts, width=8, epochs=3, run_dir=tmp_path / "judge")
+    assert set(judge.heads) == set(synthbirds.COLOUR_PARTS) and not judge.training
+    x = torch.as_tensor(images[:6, :, 6:70, 6:70]).float() / 127.5 - 1
+    logits = judge.read_parts(x)
+    assert logits.shape == (6, 4, len(synthbirds.COLOURS))
+    torch.testing.assert_close(logits[:, 1], judge(x)["wing"])  # body, wing, crown, belly, in COLOUR_PARTS' order
+    asked = torch.as_tensor(parts[:6]).clamp_min(0)
+    scores = stackgan.part_scores(judge, x, asked)  # the same scores generate(rerank=K, judge=...) ranks by
+    torch.testing.assert_close(scores, torch.log_softmax(logits, -1).gather(-1, asked[..., None]).squeeze(-1).sum(1))

@@ -144,6 +144,11 @@ def test_caption_labels_parse_each_captions_part_colours(root: Path) -> None:
     red, grey, blue, white, green = (list(synthbirds.COLOURS).index(c) for c in ("red", "grey", "blue", "white", "green"))
     assert labels[0, 0].tolist() == [-1, grey, red, -1] and labels[0, 1].tolist() == [blue, green, -1, white]
     assert (labels[0, 2:] == -1).all()  # body, wing, crown, belly; -1 where a caption names none
+    per_image = split.image_part_labels()  # the colour the image's captions name most often, per part
+    assert per_image.shape == (len(split), 4)  # the wings are named grey once and green once: a tie goes to the
+    assert per_image[0].tolist() == [blue, green, red, white]  # colour listed first in synthbirds.COLOURS
+    first.write_text("a bird with red wings\n" * 2 + "a bird with blue wings\n" * 3 + "a plain bird\n" * 5)
+    assert split.image_part_labels()[0].tolist() == [-1, blue, -1, -1]
 
 
 def test_pick_embedding_averages_captions_without_replacement() -> None:

@@ -282,6 +282,19 @@ def test_within_class_spread_detects_collapse_and_streams():
         float(images[:2].std(0).mean()), rel=1e-6)
 
 
+def test_high_frequency_error_tells_the_right_detail_from_added_noise():
+    from hwlib.metrics import high_frequency_error
+
+    torch.manual_seed(0)
+    real = torch.rand(4, 3, 64, 64) * 2 - 1
+    up = torch.nn.functional.interpolate(torch.nn.functional.avg_pool2d(real, 4), scale_factor=4, mode="nearest")
+    assert high_frequency_error(real, real) == 0.0
+    half = up + 0.5 * (real - up)  # half of the missing detail, in the right place
+    noisy = up + (torch.rand_like(real) * 2 - 1)  # as much detail, none of it the real bird's
+    e_up, e_half, e_noisy = (high_frequency_error(x, real) for x in (up, half, noisy))
+    assert e_half < 0.5 < e_up < 1.2 < e_noisy  # nearest up-sampling keeps a little of the band: its block edges
+
+
 def test_high_frequency_energy_sees_detail_that_upsampling_lacks():
     from hwlib.metrics import high_frequency_energy
 

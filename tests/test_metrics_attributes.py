@@ -27,6 +27,22 @@ def test_consistency_is_accuracy_of_the_predictions_and_fid_to_real() -> None:
     assert abs(out["fid"]) < 1e-6  # the same images as the real set
 
 
+def test_both_asked_counts_images_with_every_part_as_asked_over_captions_naming_all() -> None:
+    from hwlib.metrics.attributes import both_asked
+
+    torch.manual_seed(0)
+    net = AttributeNet({"body": 10, "wing": 10}, width=4)
+    images = torch.rand(8, 3, 64, 64) * 2 - 1
+    pred = predict_attributes(net, images)
+    body, wing = pred["body"].copy(), pred["wing"].copy()
+    body[0] = (body[0] + 1) % 10  # image 0: wrong body; image 1: wrong wing; images 2-5 right; 6-7 name no wing
+    wing[1] = (wing[1] + 1) % 10
+    wing[6:] = -1
+    assert both_asked(net, images, {"body": body, "wing": wing}) == 4 / 6
+    assert both_asked(net, images, {"body": body, "wing": wing}, parts=("body",)) == 7 / 8
+    assert np.isnan(both_asked(net, images, {"body": body, "wing": np.full(8, -1)}))
+
+
 def test_near_miss_ranking_is_how_often_the_true_caption_scores_higher() -> None:
     from hwlib.metrics.attributes import near_miss_ranking
 

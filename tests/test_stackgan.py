@@ -213,22 +213,65 @@ def test_stage2_skip_paints_a_residual_over_the_bicubic_upsampled_stage1_image()
     assert flat.std() < 0.5 * up.std()  # without the skip the paper's G2 starts near a flat grey
 
 
-def test_stage2_consistency_pulls_stage2_toward_the_stage1_colours() -> None:
+def _stage2_step_logs(**fields) -> dict[str, torch.Tensor]:
+    """One Stage-II step's logs with Recipe(stage2_skip=True, **fields): the same networks, data and noise every call."""
     n = 8
+    torch.manual_seed(0)
     data = dict(images=torch.randint(0, 256, (n, 3, 152, 152), dtype=torch.uint8), embeddings=torch.randn(n, 10, 32),
                 class_ids=torch.arange(n))
-    losses = {}
-    for w in (0.0, 10.0):  # the same networks, data and noise: only the weight differs
-        r = stackgan.Recipe(stage2_skip=True, stage2_consistency=w)
-        torch.manual_seed(0)
-        nets = stackgan.build(t_dim=32, gf=4, df=4, n_res=1, stage2_size=128, recipe=r)
-        g1, g2, d2 = nets["G1"].eval().requires_grad_(False), nets["G2"], nets["D2"]
-        step = stackgan.make_stackgan_step(g2, d2, torch.optim.Adam(g2.parameters()), torch.optim.Adam(d2.parameters()),
-                                           out_size=128, G1=g1, recipe=r, **data)
-        (batch,) = list(index_loader(n, 4).epoch(0))[:1]
-        losses[w] = step(batch, 0)
+    r = stackgan.Recipe(stage2_skip=True, **fields)
+    nets = stackgan.build(t_dim=32, gf=4, df=4, n_res=1, stage2_size=128, recipe=r)
+    g1, g2, d2 = nets["G1"].eval().requires_grad_(False), nets["G2"], nets["D2"]
+    step = stackgan.make_stackgan_step(g2, d2, torch.optim.Adam(g2.parameters()), torch.optim.Adam(d2.parameters()),
+                                       out_size=128, G1=g1, recipe=r, **data)
+    (batch,) = list(index_loader(n, 4).epoch(0))[:1]
+    return step(batch, 0)
+
+
+def test_stage2_consistency_pulls_stage2_toward_the_stage1_colours() -> None:
+    losses = {w: _stage2_step_logs(stage2_consistency=w) for w in (0.0, 10.0)}  # only the weight differs
     assert torch.equal(losses[10.0]["loss_d"], losses[0.0]["loss_d"])  # D's update does not see the term
     assert losses[10.0]["loss_g"] > losses[0.0]["loss_g"]  # the L1 term enters G's loss
+
+
+def test_stage2_sr_adds_a_paired_l1_term_on_real_birds_to_stage2s_loss_alone() -> None:
+    logs = {w: _stage2_step_logs(stage2_sr=w) for w in (0.0, 1.0, 3.0)}  # only the weight differs
+    assert torch.equal(logs[3.0]["loss_d"], logs[0.0]["loss_d"])  # D's update does not see the term
+    term = logs[1.0]["loss_g"] - logs[0.0]["loss_g"]  # the L1 distance to the real birds, in [0, 2]
+    assert 0.05 < term < 2
+    torch.testing.assert_close(logs[3.0]["loss_g"] - logs[0.0]["loss_g"], 3 * term, rtol=1e-4, atol=1e-5)
+    r = stackgan.Recipe(stage2_sr=3.0)
+    assert "stage2_sr" not in stackgan.Recipe().as_dict() and "stage2_sr" not in r.stage1_dict()
+
+
+def test_stage2_image_skip_lets_the_upsampled_input_reach_the_full_resolution_features() -> None:
+    torch.manual_seed(0)
+    plain = stackgan.build(t_dim=8, gf=4, df=4, n_res=1, stage2_size=128, recipe="stable")["G2"]
+    skip = stackgan.build(t_dim=8, gf=4, df=4, n_res=1, stage2_size=128,
+                          recipe=stackgan.Recipe(**{**stackgan.RECIPES["stable"].__dict__, "stage2_image_skip": True}))["G2"]
+    assert plain.refine is None and count_parameters(skip) == count_parameters(plain) + 2 * 9 * 8 * 8 + 9 * 3 * 8
+    image, text = torch.rand(2, 3, 64, 64) * 2 - 1, torch.randn(2, 8)
+    out = skip.eval()(image, text)[0]
+    assert out.shape == (2, 3, 128, 128)
+    feats = {}
+    skip.refine.register_forward_hook(lambda m, inp, o: feats.update({"in": inp[0]}))  # returns None: output kept
+    skip(image, text)
+    base = torch.nn.functional.interpolate(image, size=128, mode="bicubic", align_corners=False)
+    torch.testing.assert_close(feats["in"][:, -3:], base)  # the last three input channels are the up-sampled image
+    assert "stage2_image_skip" not in stackgan.Recipe().as_dict()
+
+
+def test_real_detail_scores_stage2_against_real_birds_and_bicubic(tmp_path) -> None:
+    from fixtures_cub import make_cub_fixture
+
+    from hwlib.data import cub
+
+    split = cub.open_birds(make_cub_fixture(tmp_path / "cub"), "train")
+    torch.manual_seed(0)
+    g2 = stackgan.build(t_dim=split.embeddings.shape[-1], gf=4, df=4, n_res=1, stage2_size=128, recipe="stable")["G2"]
+    out = stackgan.real_detail(g2, split, 128, n=3, keep_low_=True)
+    assert set(out) == {"hf_error_stage2", "hf_error_bicubic"} and g2.training
+    assert 0.5 < out["hf_error_bicubic"] < 1.5 and out["hf_error_stage2"] > 0  # bicubic: about no detail
 
 
 def test_train_stage_keeps_networks_and_ema_channels_last(tmp_path) -> None:
@@ -510,7 +553,7 @@ def test_generate_rerank_keeps_each_captions_best_candidate_by_the_part_head():
     labels[4] = -1  # a caption that asks for nothing keeps its first candidate, z
     plain = stackgan.generate(G, text, z=z, ca_noise=0)[0]
     torch.manual_seed(1)
-    best = stackgan.generate(G, text, z=z, ca_noise=0, rerank=6, D1=D, labels=labels, batch_size=2)[0]
+    best = stackgan.generate(G, text, z=z, ca_noise=0, rerank=6, judge=D, labels=labels, batch_size=2)[0]
     assert D.training  # D's mode is restored
     torch.manual_seed(1)  # the candidates generate draws: z first, then fresh noise per batch of 2 captions
     extra = [torch.randn(5 * len(b), 4) for b in torch.arange(5).split(2)]

@@ -334,6 +334,17 @@ class BirdSplit:
         captions = [c for i in range(len(self)) for c in self.captions(i)]  # read_captions checks there are 10
         return part_labels(captions).reshape(len(self), CAPTIONS_PER_IMAGE, -1)
 
+    def image_part_labels(self) -> np.ndarray:
+        """One label per image: int64 (N, 4), for each part the colour its captions name most often
+        (:meth:`caption_labels`; a tie goes to the colour listed first in ``synthbirds.COLOURS``; -1 where none names
+        one), e.g. to train a judge of the part colours
+        (:func:`hwlib.models.attributes.train_part_judge`)."""
+        from hwlib.data.synthbirds import COLOURS
+
+        labels = self.caption_labels()  # (N, 10, 4)
+        counts = (labels[..., None] == np.arange(len(COLOURS))).sum(1)  # (N, 4, colours)
+        return np.where(counts.max(-1) > 0, counts.argmax(-1), -1)
+
     def images(self, load_size: int, indices: np.ndarray | None = None) -> torch.Tensor:
         """Bounding-box crops resized to ``load_size``: uint8 tensor (len(indices), 3, load_size, load_size)."""
         indices = np.arange(len(self)) if indices is None else np.asarray(indices)

@@ -49,6 +49,11 @@ TEMPLATES = (
     "a small {body} bird with a {crown} crown and {wing} secondaries",
     "this bird has a {beak_length} beak, a {belly} breast and {body} feathers",
 )
+# notebook 01's "type a caption" demo and benchmarks/bench_stackgan_sampling.py's demo score
+# (metrics.both_asked: body and wing as asked, over the two captions that name both)
+DEMO_CAPTIONS = ("this bird has a red crown, blue wings and a short black beak",
+                 "a small yellow bird with black wings and a long orange bill",
+                 "this bird is white with green wings and a purple belly")
 _PART_WORDS = {"body": r"(?:body|bird|feathers)", "wing": r"(?:wings|secondaries)", "crown": r"(?:crown|head)",
                "belly": r"(?:belly|breast|bellied)"}
 

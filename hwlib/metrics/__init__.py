@@ -8,9 +8,9 @@
 - ``inception_score``, ``InceptionFeatures``                            -- FID Inception-v3 (``inception``)
 - ``mnist_classifier``, ``conditional_accuracy``, ``per_class_accuracy`` -- the shipped CNN (``mnist_net``)
 - ``feature_net``, ``extract_features``, ``reference_stats``           -- features and cached real statistics
-- ``high_frequency_energy``                                          -- detail above a spatial frequency (``spectrum``)
+- ``high_frequency_energy``, ``high_frequency_error``                 -- detail above a spatial frequency (``spectrum``)
 - ``reconstruction_scores``, ``class_brightness``, ``brightness_error`` -- per-image MSE/SSIM, class brightness (``images``)
-- ``attribute_accuracy``, ``consistency``                             -- SynthBirds text-image consistency (``attributes``)
+- ``attribute_accuracy``, ``consistency``, ``both_asked``               -- SynthBirds text-image consistency (``attributes``)
 - ``near_miss_ranking``, ``classifier_ranking``                       -- which caption parts a judge checks (``attributes``)
 - ``linear_probe``                                                    -- how linearly features carry a label (``attributes``)
 
@@ -34,8 +34,8 @@ _EXPORTS = {
     "reconstruction_scores": "images", "class_brightness": "images", "brightness_error": "images",
     "feature_net": "features", "extract_features": "features", "feature_stats": "features",
     "reference_stats": "reference",
-    "high_frequency_energy": "spectrum",
-    "attribute_accuracy": "attributes", "consistency": "attributes", "near_miss_ranking": "attributes",
+    "high_frequency_energy": "spectrum", "high_frequency_error": "spectrum",
+    "attribute_accuracy": "attributes", "consistency": "attributes", "both_asked": "attributes", "near_miss_ranking": "attributes",
     "classifier_ranking": "attributes", "linear_probe": "attributes",
 }
 __all__ = sorted(_EXPORTS)

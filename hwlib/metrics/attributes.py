@@ -39,6 +39,18 @@ def consistency(net: AttributeNet, images: torch.Tensor, targets: dict[str, np.n
     return out
 
 
+def both_asked(net: AttributeNet, images: torch.Tensor, targets: dict[str, np.ndarray],
+               parts: tuple[str, ...] = ("body", "wing")) -> float:
+    """The "type a caption" score: the fraction of ``images`` (N, 3, H, W) in [-1, 1] in which ``net`` reads every one
+    of ``parts`` in the colour ``targets`` ({name: int64 (N,)}, -1 = not named; ``synthbirds.caption_targets``) asks,
+    over the images whose caption names all of them (NaN if none does)."""
+    named = np.all([np.asarray(targets[p]) >= 0 for p in parts], axis=0)
+    if not named.any():
+        return float("nan")
+    pred = predict_attributes(net, images[torch.from_numpy(named)])
+    return float(np.all([pred[p] == np.asarray(targets[p])[named] for p in parts], axis=0).mean())
+
+
 @torch.no_grad()
 def near_miss_ranking(score: Callable[[torch.Tensor], torch.Tensor], true_text: torch.Tensor,
                       near_text: dict[str, torch.Tensor]) -> dict[str, float]:

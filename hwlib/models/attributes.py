@@ -50,6 +50,15 @@ class AttributeNet(nn.Module):
         h = self.features(x)
         return {name: head(h) for name, head in self.heads.items()}
 
+    def read_parts(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (B, 3, S, S) in [-1, 1] -> (B, 4, 10) logits of the colour of each of
+        :data:`hwlib.data.synthbirds.COLOUR_PARTS` (needs a head per part): the reading a re-ranking judge gives
+        (:func:`hwlib.models.stackgan.part_scores`)."""
+        from hwlib.data.synthbirds import COLOUR_PARTS
+
+        out = self(x)
+        return torch.stack([out[p] for p in COLOUR_PARTS], 1)
+
     def loss(self, x: torch.Tensor, targets: dict[str, torch.Tensor]) -> torch.Tensor:
         """Sum of the heads' cross-entropies; a target of -1 (attribute not given) is ignored."""
         logits = self(x)
@@ -93,3 +102,20 @@ def train_attribute_net(images: torch.Tensor, labels: dict[str, np.ndarray], *, 
                               resume=resume, device=device, desc="attribute classifier",
                               config={"n": len(x), "w": width, "epochs": epochs, "arch": "flat"})
     return net.eval(), history
+
+
+def train_part_judge(images: torch.Tensor, part_labels: np.ndarray, *, width: int, epochs: int,
+                     run_dir: str | os.PathLike, seed: int = 0, resume: bool = True,
+                     device: torch.device | str = "cpu") -> AttributeNet:
+    """A re-ranking judge the generator was never trained against: an :class:`AttributeNet` with one head per
+    :data:`hwlib.data.synthbirds.COLOUR_PARTS`, trained on a GAN's own training birds -- uint8 (N, 3, L, L), L >= 64
+    -- and the part colours their captions name, int64 (N, 4) (-1: none named; ``BirdSplit.image_part_labels``).
+
+    D's part head reads the same labels, but G is trained to satisfy it and learns what fools it (a grey body that
+    D takes for white); this network sees only real birds, so G's samples cannot have been shaped to it. It is not
+    the scoring classifier either, which is trained on birds whose attributes are drawn per image."""
+    from hwlib.data.synthbirds import COLOUR_PARTS
+
+    labels = {p: np.asarray(part_labels)[:, j] for j, p in enumerate(COLOUR_PARTS)}
+    return train_attribute_net(images, labels, width=width, epochs=epochs, run_dir=run_dir, seed=seed, resume=resume,
+                               device=device)[0]

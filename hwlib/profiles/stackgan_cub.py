@@ -18,10 +18,13 @@ in both stages, a quarter of the FLOPs), 60 Stage-I epochs per recipe and 10 Sta
 ``recipe`` is the training recipe of the notebook's main run, which Stage II builds on
 (:data:`hwlib.models.stackgan.RECIPES`: ``paper`` is the official code's, ``stable`` adds GAN stabilisers);
 ``recipes`` are the Stage-I recipes trained side by side for the comparison (``full`` trains the paper's only).
-``rerank``: the notebook samples the best of this many Stage-I candidates per caption, judged by Stage-I D's part
-head (:func:`hwlib.models.stackgan.generate`), drawn with ``rerank_ca_noise`` times the conditioning augmentation's
-noise (with the n-gram encoder, over three seeds: x2 keeps x1's colours at a lower FID and 1.5x the variety; x4 costs
-colour); recipes without a part head (``paper``) sample one, with the CA noise as trained.
+``rerank``: the notebook samples the best of this many Stage-I candidates per caption (:func:`hwlib.models.stackgan.generate`),
+drawn with ``rerank_ca_noise`` times the conditioning augmentation's noise (with the n-gram encoder, over three seeds:
+x2 keeps x1's colours at a lower FID and 1.5x the variety; x4 costs colour), judged by ``judge``: ``"classifier"``, a
+part-colour classifier of the training birds that G never trained against (:func:`hwlib.models.attributes.train_part_judge`,
+at the attribute classifier's width and epochs), or ``"D"``, Stage-I D's part head, which G learnt to satisfy
+(``benchmarks/bench_stackgan_sampling.py --judge``); recipes without a part head (``paper``) sample one, with the CA
+noise as trained.
 """
 
 _COMMON = {
@@ -31,8 +34,9 @@ _COMMON = {
     "embedding": "bag-of-ngrams",
     "z_dim": 100, "c_dim": 128, "lr": 2e-4, "betas": (0.5, 0.999), "kl_coef": 2.0,
     "upsample": "nearest", "recipe": "paper", "recipes": ("paper", "stable"),
-    "rerank": 16,  # sampling: the best of 16 Stage-I candidates per caption by D's part head (recipes with parts)
+    "rerank": 16,  # sampling: the best of 16 Stage-I candidates per caption (recipes with parts)
     "rerank_ca_noise": 2.0,  # ... drawn with 2x the CA noise: more variety to choose from (benchmarks/bench_stackgan_sampling.py)
+    "judge": "classifier",  # ... judged by a part classifier G never trained against (or "D": D's part head)
 }
 
 PROFILES = {
@@ -68,6 +72,9 @@ def training_calls(cfg: dict) -> dict[str, tuple[int, int]]:
 
     attr_batch = min(TRAIN_BATCH, cfg["attr_n"])
     calls["attribute classifier"] = (attr_batch, cfg["attr_epochs"] * (cfg["attr_n"] // attr_batch))
+    if cfg["judge"] == "classifier":  # the re-ranking judge: the same network on the training birds
+        judge_batch = min(TRAIN_BATCH, cfg["n_train"])
+        calls["part judge"] = (judge_batch, cfg["attr_epochs"] * (cfg["n_train"] // judge_batch))
     compare = min(cfg["compare_n"], cfg["n_train"])
     for mode in ("nearest", "pixelshuffle"):
         calls[f"Stage-I (compare_{mode})"] = (cfg["batch_size"], cfg["compare_epochs"] * (compare // cfg["batch_size"]))
