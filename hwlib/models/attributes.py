@@ -81,12 +81,13 @@ def features(net: AttributeNet, images: torch.Tensor, batch_size: int = 256) -> 
 def train_attribute_net(images: torch.Tensor, labels: dict[str, np.ndarray], *, width: int, epochs: int,
                         run_dir: str | os.PathLike, seed: int = 0, resume: bool = True,
                         device: torch.device | str = "cpu", batch_size: int = TRAIN_BATCH,
-                        lr: float = 2e-3) -> tuple[AttributeNet, History]:
+                        lr: float = 2e-3, desc: str = "attribute classifier") -> tuple[AttributeNet, History]:
     """Train an :class:`AttributeNet` on uint8 birds (N, 3, L, L) (L >= 64) and their value indices.
 
     Random 64 px crops and flips (:func:`hwlib.data.cub.augment`), Adam(``lr``) with a cosine schedule,
     through :func:`hwlib.train.fit` (checkpoints in ``run_dir``, resumable). ``labels``: {attribute:
-    int64 (N,)}, one entry per head. Returns the network (eval mode) and the training history.
+    int64 (N,)}, one entry per head; ``desc`` names the run in progress lines and the cost ledger. Returns the network
+    (eval mode) and the training history.
     """
     from hwlib.data.cub import augment
     from hwlib.data.synthbirds import ATTRIBUTES
@@ -99,7 +100,7 @@ def train_attribute_net(images: torch.Tensor, labels: dict[str, np.ndarray], *, 
     ys = [torch.as_tensor(labels[k]).to(device) for k in names]
     history = fit_minibatches(net, lambda idx: net.loss(augment(x[idx], 64), {k: t[idx] for k, t in zip(names, ys)}),
                               len(x), name="clf", epochs=epochs, batch_size=batch_size, lr=lr, run_dir=run_dir, seed=seed,
-                              resume=resume, device=device, desc="attribute classifier",
+                              resume=resume, device=device, desc=desc,
                               config={"n": len(x), "w": width, "epochs": epochs, "arch": "flat"})
     return net.eval(), history
 
@@ -118,4 +119,4 @@ def train_part_judge(images: torch.Tensor, part_labels: np.ndarray, *, width: in
 
     labels = {p: np.asarray(part_labels)[:, j] for j, p in enumerate(COLOUR_PARTS)}
     return train_attribute_net(images, labels, width=width, epochs=epochs, run_dir=run_dir, seed=seed, resume=resume,
-                               device=device)[0]
+                               device=device, desc="part judge")[0]

@@ -72,7 +72,10 @@ def training_calls(cfg: dict) -> dict[str, tuple[int, int]]:
 
     attr_batch = min(TRAIN_BATCH, cfg["attr_n"])
     calls["attribute classifier"] = (attr_batch, cfg["attr_epochs"] * (cfg["attr_n"] // attr_batch))
-    if cfg["judge"] == "classifier":  # the re-ranking judge: the same network on the training birds
+    from hwlib.models.stackgan import get_recipe
+
+    if cfg["judge"] == "classifier" and cfg["rerank"] > 1 and get_recipe(cfg["recipe"]).parts:  # the re-ranking judge
+        # (the notebook re-ranks only a recipe with a part head): the attribute network on the training birds
         judge_batch = min(TRAIN_BATCH, cfg["n_train"])
         calls["part judge"] = (judge_batch, cfg["attr_epochs"] * (cfg["n_train"] // judge_batch))
     compare = min(cfg["compare_n"], cfg["n_train"])
