@@ -438,7 +438,8 @@ class Stage2G(nn.Module):
         h = self.encoder(image)
         h = self.joint(torch.cat([h, c[:, :, None, None].expand(-1, -1, *h.shape[2:])], 1))
         h = self.up(self.res(h))
-        base = F.interpolate(image.to(h.dtype), size=h.shape[-2:], mode="bicubic", align_corners=False)
+        if self.skip or self.refine is not None:  # the input up-sampled, for the residual and / or the image skip
+            base = F.interpolate(image.to(h.dtype), size=h.shape[-2:], mode="bicubic", align_corners=False)
         if self.refine is not None:
             h = self.refine(torch.cat([h, base], 1))
         out = self.to_img(h)
@@ -915,7 +916,7 @@ def generate(G1: nn.Module, text: torch.Tensor, G2: nn.Module | None = None, z: 
     D's part head (a recipe with ``parts``) or a classifier of the training birds' part colours that G never trained
     against (:func:`hwlib.models.attributes.train_part_judge`). Stage II refines the chosen image.
     """
-    if rerank > 1 and (judge is None or getattr(judge, "parts", True) is None or labels is None):
+    if rerank > 1 and (judge is None or labels is None or isinstance(judge, StageD) and judge.parts is None):
         raise ValueError("generate(rerank > 1) needs a judge -- Stage-I's discriminator with a part head (a recipe with "
                          "parts > 0) or attributes.train_part_judge's classifier -- and labels, the colours each "
                          "caption asks for (synthbirds.part_labels(captions))")
