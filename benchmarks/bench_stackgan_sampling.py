@@ -16,7 +16,9 @@ species, as the ladder does, under each sampling option:
   name), a classifier of the training birds' part colours that G never trained against
   (:func:`hwlib.models.attributes.train_part_judge`, at the attribute classifier's width and epochs, trained once).
   Each re-ranked row also scores notebook 01's "type a caption" demo (``demo``: :data:`synthbirds.DEMO_CAPTIONS`,
-  eight noise vectors each, the fraction of birds with the asked body and wing colour, :func:`metrics.both_asked`).
+  eight noise vectors each, the fraction of birds with the asked body and wing colour, :func:`metrics.both_asked`);
+  ``demo_real_birds`` is that score for 100 real birds drawn to each caption (:func:`metrics.real_both_asked`), the
+  most the classifier lets a generator reach.
 
 No training: the options change only how images are drawn from the same weights. Writes
 ``benchmarks/results/stackgan_sampling/<tag>.json``.
@@ -38,7 +40,7 @@ import hwlib
 from bench_stackgan_consistency import COLOURS, EARLIER_ENCODER, attribute_classifier, caption_evals, noise_spread
 from hwlib.bench import write_result
 from hwlib.data import cub, synthbirds
-from hwlib.metrics.attributes import both_asked, consistency, features
+from hwlib.metrics.attributes import both_asked, consistency, features, real_both_asked
 from hwlib.models import attributes, stackgan
 from hwlib.train import get_device
 
@@ -90,6 +92,8 @@ def main() -> None:
     demo = list(np.repeat(synthbirds.DEMO_CAPTIONS, 8))  # notebook 01's demo: eight noise vectors per caption
     demo_text, demo_asked = torch.from_numpy(train.encode(demo)), torch.from_numpy(synthbirds.part_labels(demo))
     demo_z = torch.randn(len(demo), cfg.z_dim, generator=torch.Generator().manual_seed(seed))
+    demo_real = real_both_asked(clf, list(synthbirds.DEMO_CAPTIONS), seed=seed)  # what real birds of the captions score
+    print(f"demo: real birds drawn to the demo captions score {demo_real:.2f}")
     judge_name = "" if args.judge == "D" else f",judge={args.judge}"
     part_judge = None if args.judge == "D" else attributes.train_part_judge(
         train.images(76), train.image_part_labels(), width=cfg.attr_width, epochs=cfg.attr_epochs, seed=seed,
@@ -134,7 +138,7 @@ def main() -> None:
     for key, s in summary.items():
         print(f"{key:24} " + " ".join(f"{k} {v['mean']:.3f}±{v['std']:.3f}" for k, v in s.items()))
     write_result(f"stackgan_sampling/{args.tag}", {"profile": cfg.profile, "embedding": embedding, "runs": args.runs, "n_eval": len(text),
-                                                   "judge": args.judge,
+                                                   "judge": args.judge, "demo_real_birds": round(demo_real, 3),
                                                    "split": "unseen", "rows": rows, "summary": summary}, device)
 
 

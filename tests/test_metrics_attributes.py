@@ -43,6 +43,26 @@ def test_both_asked_counts_images_with_every_part_as_asked_over_captions_naming_
     assert np.isnan(both_asked(net, images, {"body": body, "wing": np.full(8, -1)}))
 
 
+def test_real_both_asked_scores_real_birds_of_each_caption_that_names_every_part() -> None:
+    from hwlib.data.synthbirds import COLOURS
+    from hwlib.metrics.attributes import real_both_asked
+
+    class Reads(torch.nn.Module):  # always reads a yellow body and black wings
+        def __init__(self) -> None:
+            super().__init__()
+            self.unused = torch.nn.Parameter(torch.zeros(1))  # (batches go to the device of its parameters)
+
+        def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+            assert x.shape[1:] == (3, 64, 64) and -1 <= x.min() and x.max() <= 1
+            logits = torch.zeros(len(x), len(COLOURS))
+            return {"body": logits.index_fill(1, torch.tensor(list(COLOURS).index("yellow")), 1.0),
+                    "wing": logits.index_fill(1, torch.tensor(list(COLOURS).index("black")), 1.0)}
+
+    captions = ["a small yellow bird with black wings", "a small red bird with black wings", "this bird has a red crown"]
+    assert real_both_asked(Reads(), captions, n=3) == 0.5  # the crown caption names no body: not counted
+    assert real_both_asked(Reads(), captions, n=3, parts=("wing",)) == 1.0
+
+
 def test_near_miss_ranking_is_how_often_the_true_caption_scores_higher() -> None:
     from hwlib.metrics.attributes import near_miss_ranking
 

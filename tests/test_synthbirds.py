@@ -177,3 +177,25 @@ def test_novel_captions_leave_out_the_excluded_colour_combinations():
     assert len(captions) == 200 and captions == synthbirds.novel_captions(200, every, seed=1)
     bellies = {synthbirds.parse_caption(c).get("belly") for c in captions} - {None}
     assert bellies and not bellies & {"red", "blue"}
+
+
+def test_caption_birds_draw_every_named_colour_and_are_seeded() -> None:
+    birds = {}
+    for caption in ("a small yellow bird with black wings and a long orange bill", "a small red bird with blue wings"):
+        images, labels = synthbirds.caption_birds(caption, 6, seed=1, load_size=48)
+        assert images.shape == (6, 3, 48, 48) and images.dtype == np.uint8
+        assert np.array_equal(images, synthbirds.caption_birds(caption, 6, seed=1, load_size=48)[0])
+        for attribute, value in synthbirds.parse_caption(caption).items():  # as named; the rest vary
+            assert (labels[attribute] == synthbirds.ATTRIBUTES[attribute].index(value)).all()
+        assert len(set(labels["crown"])) > 1
+        birds[caption] = images.transpose(0, 2, 3, 1).reshape(6, -1, 3).astype(float)
+    yellow, red = birds.values()
+    for colour in ("yellow", "black"):  # every yellow bird shows more yellow and black than any red bird
+        near = {k: (np.linalg.norm(v - synthbirds.COLOURS[colour], axis=-1) < 60).mean(1) for k, v in (("y", yellow), ("r", red))}
+        assert near["y"].min() > near["r"].max(), colour
+
+
+def test_part_label_mode_takes_the_commonest_colour_per_part_and_the_first_on_a_tie() -> None:
+    red, blue, green = (list(synthbirds.COLOURS).index(c) for c in ("red", "blue", "green"))
+    labels = np.array([[[blue, -1, green, -1], [red, -1, blue, -1], [blue, -1, -1, -1]]])  # (1 bird, 3 captions, 4)
+    assert synthbirds.part_label_mode(labels).tolist() == [[blue, -1, min(green, blue), -1]]

@@ -336,14 +336,12 @@ class BirdSplit:
 
     def image_part_labels(self) -> np.ndarray:
         """One label per image: int64 (N, 4), for each part the colour its captions name most often
-        (:meth:`caption_labels`; a tie goes to the colour listed first in ``synthbirds.COLOURS``; -1 where none names
-        one), e.g. to train a judge of the part colours
+        (:func:`hwlib.data.synthbirds.part_label_mode` of :meth:`caption_labels`; -1 where none names one): the
+        labels of D's part head (``Recipe.parts``) and of the judge of the part colours
         (:func:`hwlib.models.attributes.train_part_judge`)."""
-        from hwlib.data.synthbirds import COLOURS
+        from hwlib.data.synthbirds import part_label_mode
 
-        labels = self.caption_labels()  # (N, 10, 4)
-        counts = (labels[..., None] == np.arange(len(COLOURS))).sum(1)  # (N, 4, colours)
-        return np.where(counts.max(-1) > 0, counts.argmax(-1), -1)
+        return part_label_mode(self.caption_labels())
 
     def images(self, load_size: int, indices: np.ndarray | None = None) -> torch.Tensor:
         """Bounding-box crops resized to ``load_size``: uint8 tensor (len(indices), 3, load_size, load_size)."""

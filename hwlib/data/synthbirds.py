@@ -95,6 +95,14 @@ def part_labels(captions: list[str]) -> np.ndarray:
     return np.stack([targets[part] for part in COLOUR_PARTS], axis=1) if captions else np.zeros((0, 4), np.int64)
 
 
+def part_label_mode(labels: np.ndarray) -> np.ndarray:
+    """One label per image from its captions' (:func:`part_labels` of each): int64 (N, K, 4) -> (N, 4), for each
+    part the colour its K captions name most often (a tie goes to the colour listed first in :data:`COLOURS`; -1
+    where none names one). SynthBirds' captions of one bird never disagree; real CUB's do."""
+    counts = (np.asarray(labels)[..., None] == np.arange(len(COLOURS))).sum(1)  # (N, 4, colours)
+    return np.where(counts.max(-1) > 0, counts.argmax(-1), -1)
+
+
 def novel_captions(n: int, exclude: set[tuple[str, ...]], seed: int = 0) -> list[str]:
     """``n`` captions of random species (:func:`random_species`) whose body, wing, crown and belly colours
     (:data:`COLOUR_PARTS`) are none of ``exclude``'s -- e.g. every test species' -- each from one random template
@@ -385,26 +393,41 @@ def attribute_birds(n: int, seed: int = 0, load_size: int = 76, root: str | Path
     the dataset's images (:func:`hwlib.data.cub.crop_and_resize`). Cached under ``data_dir()/synthbirds``.
     Returns uint8 images (n, 3, load_size, load_size) and {attribute: int64 (n,)} value indices.
     """
+    path = (Path(root) if root is not None else data_dir() / "synthbirds") / f"attribute_birds_n{n}_px{load_size}_seed{seed}.npz"
+    data = read_arrays(path, ("images", *ATTRIBUTES))  # None when missing; None with a warning when unreadable
+    if data is None:
+        images, labels = _draw_crops(n, {}, np.random.default_rng(seed + 1_000_003), load_size)
+        data = {"images": images.transpose(0, 2, 3, 1), **labels}
+        write_arrays(path, data)
+    return data["images"].transpose(0, 3, 1, 2).copy(), {a: data[a] for a in ATTRIBUTES}
+
+
+def caption_birds(caption: str, n: int, seed: int = 0, load_size: int = 76) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """``n`` real SynthBirds drawn to a caption: every attribute it names (:func:`parse_caption`) as named, the rest
+    drawn per bird (:func:`random_species`), rendered and cropped as :func:`attribute_birds`' are. Returns uint8
+    (n, 3, load_size, load_size) and {attribute: int64 (n,)}; e.g. the attribute classifier's reading of these birds
+    is the most a generator's birds of that caption can score under it."""
+    return _draw_crops(n, parse_caption(caption), np.random.default_rng(seed), load_size)
+
+
+def _draw_crops(n: int, fixed: dict[str, str], rng: np.random.Generator, load_size: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """``n`` birds of random attributes but ``fixed``'s, drawn at ``2 * load_size`` px, JPEG-encoded and cropped
+    around their box as the dataset's images (:func:`hwlib.data.cub.crop_and_resize`): uint8 (n, 3, L, L) and
+    {attribute: int64 (n,)} value indices."""
     import io
 
     from PIL import Image
 
     from hwlib.data.cub import crop_and_resize
 
-    path = (Path(root) if root is not None else data_dir() / "synthbirds") / f"attribute_birds_n{n}_px{load_size}_seed{seed}.npz"
-    data = read_arrays(path, ("images", *ATTRIBUTES))  # None when missing; None with a warning when unreadable
-    if data is None:
-        rng = np.random.default_rng(seed + 1_000_003)
-        images = np.empty((n, load_size, load_size, 3), np.uint8)
-        labels = {a: np.empty(n, np.int64) for a in ATTRIBUTES}
-        for i in range(n):
-            species = random_species(rng)
-            image, box = draw_bird(species, rng, 2 * load_size)
-            buf = io.BytesIO()
-            Image.fromarray(image).save(buf, format="JPEG", quality=92)
-            images[i] = crop_and_resize(buf, np.array(box), load_size)
-            for a, values in ATTRIBUTES.items():
-                labels[a][i] = values.index(species[a])
-        data = {"images": images, **labels}
-        write_arrays(path, data)
-    return data["images"].transpose(0, 3, 1, 2).copy(), {a: data[a] for a in ATTRIBUTES}
+    images = np.empty((n, load_size, load_size, 3), np.uint8)
+    labels = {a: np.empty(n, np.int64) for a in ATTRIBUTES}
+    for i in range(n):
+        species = {**random_species(rng), **fixed}
+        image, box = draw_bird(species, rng, 2 * load_size)
+        buf = io.BytesIO()
+        Image.fromarray(image).save(buf, format="JPEG", quality=92)
+        images[i] = crop_and_resize(buf, np.array(box), load_size)
+        for a, values in ATTRIBUTES.items():
+            labels[a][i] = values.index(species[a])
+    return images.transpose(0, 3, 1, 2), labels

@@ -51,6 +51,18 @@ def both_asked(net: AttributeNet, images: torch.Tensor, targets: dict[str, np.nd
     return float(np.all([pred[p] == np.asarray(targets[p])[named] for p in parts], axis=0).mean())
 
 
+def real_both_asked(net: AttributeNet, captions: list[str], n: int = 100, seed: int = 0,
+                    parts: tuple[str, ...] = ("body", "wing")) -> float:
+    """:func:`both_asked` of ``n`` real SynthBirds drawn to each of ``captions``
+    (:func:`hwlib.data.synthbirds.caption_birds`, centre 64 px): how often ``net`` reads real birds of these captions
+    as asked, the most a generator's birds of them can score under it."""
+    from hwlib.data.cub import center_crop
+    from hwlib.data.synthbirds import caption_birds, caption_targets
+
+    images = np.concatenate([caption_birds(c, n, seed=seed + k)[0] for k, c in enumerate(captions)])
+    return both_asked(net, center_crop(torch.from_numpy(images), 64), caption_targets(list(np.repeat(captions, n))), parts)
+
+
 @torch.no_grad()
 def near_miss_ranking(score: Callable[[torch.Tensor], torch.Tensor], true_text: torch.Tensor,
                       near_text: dict[str, torch.Tensor]) -> dict[str, float]:

@@ -622,6 +622,7 @@ def make_stackgan_step(G: nn.Module, D: StageD, opt_g: torch.optim.Optimizer, op
     Returns detached ``loss_d``, ``loss_g``, ``kl``, ``d_real``/``d_wrong``/``d_fake`` (mean sigmoid).
     """
     from hwlib.data.cub import augment, pick_embedding, wrong_indices
+    from hwlib.data.synthbirds import part_label_mode
     from hwlib.gan import contrastive_loss, diff_augment, fake_term, g_loss, matching_aware_d_loss
     from hwlib.models.matching import near_or_other
     from hwlib.train import autocast
@@ -645,7 +646,8 @@ def make_stackgan_step(G: nn.Module, D: StageD, opt_g: torch.optim.Optimizer, op
     if r.parts and r.caption_mix > 1:
         raise ValueError("Recipe.caption_mix > 1 averages captions, which name different colours: use it without Recipe.parts")
     n_text = embeddings.shape[-1]
-    bird_labels = labels.amax(1) if r.parts else None  # (N, 4): each part's colour from any of the bird's captions
+    # (N, 4): each part's colour as the bird's captions name it most often, D's part head's label for the real image
+    bird_labels = torch.from_numpy(part_label_mode(labels.cpu().numpy())).to(device) if r.parts else None
 
     policy = r.stage2_diffaug if G1 is not None and r.stage2_diffaug is not None else r.diffaug
 
