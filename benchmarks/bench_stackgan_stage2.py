@@ -11,7 +11,7 @@ is their Stage-I image (``stackgan.generate(keep_low=True)``; ``_keep_low_sampli
 ``--train-seed`` changes only Stage-II's networks and batches. Writes
 ``benchmarks/results/stackgan_stage2/<profile>_<overrides>_train<seed>.json``.
 Usage: ``python benchmarks/bench_stackgan_stage2.py [--set stage2_consistency=0] [--train-seed 0]
-[--epochs2 E --lr-decay-epochs2 H]`` after notebook 01
+[--gf2 W] [--epochs2 E --lr-decay-epochs2 H]`` after notebook 01
 has run in that profile (``make run``, or papermill with ``-p profile quick``).
 """
 from __future__ import annotations
@@ -42,15 +42,16 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true", help="restore this run's finished Stage-II instead of retraining it")
     parser.add_argument("--keep-low", action="store_true",
                         help="score Stage-II's images projected onto Stage-I's 64-px average (generate(keep_low=True))")
+    parser.add_argument("--gf2", type=int, default=None, help="Stage-II G's width (default: the profile's)")
     parser.add_argument("--df2", type=int, default=None, help="Stage-II D's width (default: the profile's)")
     parser.add_argument("--epochs2", type=int, default=None, help="Stage-II epochs (default: the profile's)")
     parser.add_argument("--lr-decay-epochs2", type=int, default=None,
                         help="halve Stage-II's learning rate every this many epochs (default: the profile's)")
     args = parser.parse_args()
     cfg, device, seed = hwlib.get_profile(NB, args.profile, verbose=False), get_device(), 0
-    sizes = "".join(f"_{k}{v}" for k, v in (("df2", args.df2), ("epochs2", args.epochs2),
+    sizes = "".join(f"_{k}{v}" for k, v in (("gf2", args.gf2), ("df2", args.df2), ("epochs2", args.epochs2),
                                             ("halving2_", args.lr_decay_epochs2)) if v is not None)
-    cfg.df2, cfg.epochs2 = args.df2 or cfg.df2, args.epochs2 or cfg.epochs2
+    cfg.gf2, cfg.df2, cfg.epochs2 = args.gf2 or cfg.gf2, args.df2 or cfg.df2, args.epochs2 or cfg.epochs2
     cfg.lr_decay_epochs2 = args.lr_decay_epochs2 or cfg.lr_decay_epochs2
     recipe = _override(stackgan.get_recipe("stable"), args.set)
     stage1_dir = hwlib.runs_dir(f"{NB}/{cfg.profile}/stage1_stable")
@@ -101,7 +102,7 @@ def main() -> None:
           + f"; high-frequency energy {row['hf_stage2']:.4f} (S-I bicubic {row['hf_stage1_bicubic']:.4f}); "
             f"real birds' detail recovered: error {row['hf_error_stage2']:.3f} (bicubic {row['hf_error_bicubic']:.3f})", flush=True)
     write_result(f"stackgan_stage2/{name}", {
-        "profile": cfg.profile, "embedding": cfg.embedding, "recipe_fields": recipe.as_dict(), "overrides": args.set, "keep_low": args.keep_low, "df2": cfg.df2, "epochs2": cfg.epochs2, "lr_decay_epochs2": cfg.lr_decay_epochs2,
+        "profile": cfg.profile, "embedding": cfg.embedding, "recipe_fields": recipe.as_dict(), "overrides": args.set, "keep_low": args.keep_low, "gf2": cfg.gf2, "df2": cfg.df2, "epochs2": cfg.epochs2, "lr_decay_epochs2": cfg.lr_decay_epochs2,
         "train_seed": args.train_seed,
         "stage1_checkpoint_step": state["step"], "steps": len(hist), "train_seconds": round(hist.seconds, 1), "n_eval": n,
         "threads": torch.get_num_threads(), **row}, device)
