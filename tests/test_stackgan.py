@@ -244,6 +244,17 @@ def test_stage2_sr_adds_a_paired_l1_term_on_real_birds_to_stage2s_loss_alone() -
     assert "stage2_sr" not in stackgan.Recipe().as_dict() and "stage2_sr" not in r.stage1_dict()
 
 
+def test_stage2_adversarial_weighs_the_terms_d_judges_and_zero_leaves_the_paired_terms_alone() -> None:
+    logs = {w: _stage2_step_logs(stage2_adversarial=w, stage2_sr=1.0) for w in (1.0, 0.5, 0.0)}
+    only_sr = _stage2_step_logs(stage2_adversarial=0.0, stage2_sr=1.0)["loss_g"]  # the paired L1 alone
+    adversarial = logs[1.0]["loss_g"] - only_sr
+    assert adversarial.abs() > 0.1 and 0 < only_sr < 2
+    torch.testing.assert_close(logs[0.5]["loss_g"], only_sr + 0.5 * adversarial, rtol=1e-4, atol=1e-5)
+    assert torch.equal(logs[0.0]["loss_d"], logs[1.0]["loss_d"])  # D trains as before
+    assert "stage2_adversarial" not in stackgan.Recipe().as_dict()
+    assert torch.equal(_stage2_step_logs()["loss_g"], _stage2_step_logs(stage2_adversarial=1.0)["loss_g"])
+
+
 def test_stage2_image_skip_lets_the_upsampled_input_reach_the_full_resolution_features() -> None:
     torch.manual_seed(0)
     plain = stackgan.build(t_dim=8, gf=4, df=4, n_res=1, stage2_size=128, recipe="stable")["G2"]

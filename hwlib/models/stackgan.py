@@ -227,6 +227,9 @@ class Recipe:
       0.0015): at quick's widths and 720 steps neither teaches Stage-II the birds' edges, so `stable` has neither; nor
       do more steps of `stable` (1,440 and 2,880, the learning rate halved as often: 0.901 both times), a G twice as
       wide (``gf2 = 32``: 0.907; with ``stage2_sr = 10`` and the image skip 0.896) or ``stage2_sr = 100`` (0.896).
+    - ``stage2_adversarial``: weight of Stage-II G's terms that D judges (its logits, contrastive and part heads); 0
+      trains Stage-II as a plain super-resolution network on the paired and consistency terms alone, a check of what
+      the architecture can learn without the GAN (D still trains, unused).
     """
     loss: str = "bce"
     wrong: str = "shift"
@@ -253,6 +256,7 @@ class Recipe:
     stage2_diffaug: str | None = None
     stage2_sr: float = 0.0
     stage2_image_skip: bool = False
+    stage2_adversarial: float = 1.0
 
     def __post_init__(self) -> None:
         for name, value, allowed in (("loss", self.loss, ("bce", "hinge")), ("wrong", self.wrong, ("shift", "class", "hardest", "swap", "none")),
@@ -265,7 +269,7 @@ class Recipe:
     _LATER = {"matcher": 0.0, "contrastive_fakes": False, "caption_mix": 1, "contrastive_g": None, "parts": 0.0,
               "parts_fakes": False, "novel": 0.0, "mode_seeking": 0.0,
               "stage2_keep_low": False, "stage2_diffaug": None, "stage2_sr": 0.0,
-              "stage2_image_skip": False}
+              "stage2_image_skip": False, "stage2_adversarial": 1.0}
 
     def as_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if not (k in self._LATER and v == self._LATER[k])}
@@ -756,6 +760,8 @@ def make_stackgan_step(G: nn.Module, D: StageD, opt_g: torch.optim.Optimizer, op
                 novel_g = g_loss(D.cond_logit(h_n, mu_n), loss=r.loss) + r.parts * part_loss(D.part_logits(h_n), asked_n)
                 loss_g = loss_g + r.novel * novel_g
                 kl = (kl + kl_loss(mu_n, logvar_n)) / 2
+            if G1 is not None and r.stage2_adversarial != 1:  # (0: Stage-II learns from the paired terms alone)
+                loss_g = r.stage2_adversarial * loss_g
             if G1 is not None and r.stage2_consistency:  # Stage-II keeps the colours Stage-I drew for the caption
                 pooled = F.adaptive_avg_pool2d(fake.float(), low.shape[-1])
                 loss_g = loss_g + r.stage2_consistency * (pooled - low.float()).abs().mean()
