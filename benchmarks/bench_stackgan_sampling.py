@@ -92,7 +92,8 @@ def main() -> None:
     demo = list(np.repeat(synthbirds.DEMO_CAPTIONS, 8))  # notebook 01's demo: eight noise vectors per caption
     demo_text, demo_asked = torch.from_numpy(train.encode(demo)), torch.from_numpy(synthbirds.part_labels(demo))
     demo_z = torch.randn(len(demo), cfg.z_dim, generator=torch.Generator().manual_seed(seed))
-    demo_real = real_both_asked(clf, list(synthbirds.DEMO_CAPTIONS), seed=seed)  # what real birds of the captions score
+    # what real birds of the captions score: over the captions that name both parts (equal counts: the nanmean)
+    demo_real = float(np.nanmean(list(real_both_asked(clf, list(synthbirds.DEMO_CAPTIONS), seed=seed).values())))
     print(f"demo: real birds drawn to the demo captions score {demo_real:.2f}")
     judge_name = "" if args.judge == "D" else f",judge={args.judge}"
     part_judge = None if args.judge == "D" else attributes.train_part_judge(

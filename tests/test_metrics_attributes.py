@@ -59,8 +59,11 @@ def test_real_both_asked_scores_real_birds_of_each_caption_that_names_every_part
                     "wing": logits.index_fill(1, torch.tensor(list(COLOURS).index("black")), 1.0)}
 
     captions = ["a small yellow bird with black wings", "a small red bird with black wings", "this bird has a red crown"]
-    assert real_both_asked(Reads(), captions, n=3) == 0.5  # the crown caption names no body: not counted
-    assert real_both_asked(Reads(), captions, n=3, parts=("wing",)) == 1.0
+    scores = real_both_asked(Reads(), captions, n=3)
+    assert list(scores) == captions and scores[captions[0]] == 1.0 and scores[captions[1]] == 0.0
+    assert np.isnan(scores[captions[2]])  # the crown caption names no body: not counted
+    wings = real_both_asked(Reads(), captions, n=3, parts=("wing",))
+    assert wings[captions[0]] == wings[captions[1]] == 1.0 and np.isnan(wings[captions[2]])
 
 
 def test_near_miss_ranking_is_how_often_the_true_caption_scores_higher() -> None:

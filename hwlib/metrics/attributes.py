@@ -52,15 +52,16 @@ def both_asked(net: AttributeNet, images: torch.Tensor, targets: dict[str, np.nd
 
 
 def real_both_asked(net: AttributeNet, captions: list[str], n: int = 100, seed: int = 0,
-                    parts: tuple[str, ...] = ("body", "wing")) -> float:
-    """:func:`both_asked` of ``n`` real SynthBirds drawn to each of ``captions``
-    (:func:`hwlib.data.synthbirds.caption_birds`, centre 64 px): how often ``net`` reads real birds of these captions
-    as asked, the most a generator's birds of them can score under it."""
+                    parts: tuple[str, ...] = ("body", "wing")) -> dict[str, float]:
+    """:func:`both_asked` of ``n`` real SynthBirds drawn to each of ``captions`` (caption ``k``'s from ``seed + k``,
+    :func:`hwlib.data.synthbirds.caption_birds`, centre 64 px): how often ``net`` reads real birds of each caption as
+    asked, the most a generator's birds of it can score under it. Returns {caption: score} (NaN for a caption that
+    does not name every one of ``parts``); with equal ``n`` their ``nanmean`` is the score of all the birds at once."""
     from hwlib.data.cub import center_crop
     from hwlib.data.synthbirds import caption_birds, caption_targets
 
-    images = np.concatenate([caption_birds(c, n, seed=seed + k)[0] for k, c in enumerate(captions)])
-    return both_asked(net, center_crop(torch.from_numpy(images), 64), caption_targets(list(np.repeat(captions, n))), parts)
+    return {c: both_asked(net, center_crop(torch.from_numpy(caption_birds(c, n, seed=seed + k)[0]), 64),
+                          caption_targets([c] * n), parts) for k, c in enumerate(captions)}
 
 
 @torch.no_grad()
