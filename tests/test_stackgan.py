@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -272,6 +273,73 @@ def test_stage2_image_skip_lets_the_upsampled_input_reach_the_full_resolution_fe
     assert "stage2_image_skip" not in stackgan.Recipe().as_dict()
 
 
+def test_stage2_sr_branch_starts_at_zero_sharpens_at_the_input_resolution_and_needs_the_skip() -> None:
+    stable = stackgan.RECIPES["stable"].__dict__
+    torch.manual_seed(0)
+    plain = stackgan.build(t_dim=16, gf=4, df=4, n_res=1, stage2_size=128, recipe="stable")["G2"].eval()
+    torch.manual_seed(0)
+    g2 = stackgan.build(t_dim=16, gf=4, df=4, n_res=1, stage2_size=128,
+                        recipe=stackgan.Recipe(**{**stable, "stage2_sr_branch": 8}))["G2"].eval()
+    image, text = torch.rand(2, 3, 64, 64) * 2 - 1, torch.randn(2, 16)
+    torch.manual_seed(1)
+    ref = plain(image, text)[0]
+    torch.manual_seed(1)
+    torch.testing.assert_close(g2(image, text)[0], ref)  # its last conv starts at zero: Stage-II as without it
+    convs = [m for m in g2.sr_branch if isinstance(m, torch.nn.Conv2d)]
+    assert convs[-1].out_channels == 3 * 2 * 2 and isinstance(g2.sr_branch[-1], torch.nn.PixelShuffle)  # 64 -> 128
+    with torch.no_grad():
+        convs[-1].bias.fill_(0.1)  # a branch that paints: the residual (in atanh space) moves by its output
+    torch.manual_seed(1)
+    moved = g2(image, text)[0]
+    inside = (moved.abs() < 0.99) & (ref.abs() < 0.99)  # (where neither is clamped near +-1)
+    torch.testing.assert_close((torch.atanh(moved) - torch.atanh(ref))[inside], torch.full_like(ref, 0.1)[inside],
+                               atol=2e-2, rtol=0)
+    assert inside.float().mean() > 0.9
+    assert "stage2_sr_branch" not in stackgan.Recipe().as_dict()
+    with pytest.raises(ValueError, match="stage2_skip"):
+        stackgan.Recipe(stage2_sr_branch=8)
+
+
+def test_stage2_sr_paired_branch_learns_from_the_paired_term_alone() -> None:
+    stable = stackgan.RECIPES["stable"].__dict__
+    g2 = stackgan.build(t_dim=16, gf=4, df=4, n_res=1, stage2_size=128,
+                        recipe=stackgan.Recipe(**{**stable, "stage2_sr_branch": 8, "stage2_sr_paired": True}))["G2"]
+    image, text = torch.rand(2, 3, 64, 64) * 2 - 1, torch.randn(2, 16)
+    last = [m for m in g2.sr_branch if isinstance(m, torch.nn.Conv2d)][-1]
+    g2(image, text)[0].sum().backward()  # a fake's path: the branch's output is detached
+    assert last.weight.grad is None and g2.to_img.weight.grad is not None
+    g2(image, text, paired=True)[0].sum().backward()  # the paired super-resolution term's path
+    assert last.weight.grad is not None and last.weight.grad.abs().sum() > 0
+
+
+def test_stage2_sr_lr_gives_the_branch_its_own_learning_rate(monkeypatch, tmp_path) -> None:
+    import hwlib.train
+
+    stable = stackgan.RECIPES["stable"].__dict__
+    recipe = stackgan.Recipe(**{**stable, "stage2_sr_branch": 8, "stage2_sr_lr": 5.0})
+    nets = stackgan.build(t_dim=16, gf=4, df=4, n_res=1, stage2_size=128, recipe=recipe)
+    groups = []
+
+    class Stop(Exception):
+        pass
+
+    def adam(params, lr, betas):
+        groups.append((list(params), lr))
+        if len(groups) == 2:
+            raise Stop
+
+    monkeypatch.setattr(hwlib.train, "adam", adam)
+    with pytest.raises(Stop):
+        stackgan.train_stage(nets["G2"], nets["D2"], images=torch.zeros(2, 3, 152, 152, dtype=torch.uint8),
+                             embeddings=torch.randn(2, 10, 16), class_ids=torch.arange(2), out_size=128, epochs=1,
+                             batch_size=2, run_dir=tmp_path, lr=2e-4, G1=nets["G1"], recipe=recipe)
+    (g_groups, lr), _ = groups
+    branch = {id(p) for p in nets["G2"].sr_branch.parameters()}
+    assert lr == 2e-4 and "lr" not in g_groups[0] and g_groups[1]["lr"] == 1e-3
+    assert {id(p) for p in g_groups[1]["params"]} == branch and not branch & {id(p) for p in g_groups[0]["params"]}
+    assert len(g_groups[0]["params"]) + len(branch) == len(list(nets["G2"].parameters()))
+
+
 def test_real_detail_scores_stage2_against_real_birds_and_bicubic(tmp_path) -> None:
     from fixtures_cub import make_cub_fixture
 
@@ -280,9 +348,13 @@ def test_real_detail_scores_stage2_against_real_birds_and_bicubic(tmp_path) -> N
     split = cub.open_birds(make_cub_fixture(tmp_path / "cub"), "train")
     torch.manual_seed(0)
     g2 = stackgan.build(t_dim=split.embeddings.shape[-1], gf=4, df=4, n_res=1, stage2_size=128, recipe="stable")["G2"]
+    torch.manual_seed(1)  # (Stage-II's conditioning augmentation draws its noise)
     out = stackgan.real_detail(g2, split, 128, n=3, keep_low_=True)
     assert set(out) == {"hf_error_stage2", "hf_error_bicubic"} and g2.training
     assert 0.5 < out["hf_error_bicubic"] < 1.5 and out["hf_error_stage2"] > 0  # bicubic: about no detail
+    decoded = cub.center_crop(split.images(128 * 76 // 64, np.arange(3)), 128)  # the caller's own crops: same scores
+    torch.manual_seed(1)
+    assert stackgan.real_detail(g2, split, 128, n=3, keep_low_=True, real=decoded) == out
 
 
 def test_train_stage_keeps_networks_and_ema_channels_last(tmp_path) -> None:
