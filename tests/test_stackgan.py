@@ -276,7 +276,9 @@ def test_stage2_image_skip_lets_the_upsampled_input_reach_the_full_resolution_fe
 def test_stage2_sr_branch_starts_at_zero_sharpens_at_the_input_resolution_and_needs_the_skip() -> None:
     stable = stackgan.RECIPES["stable"].__dict__
     torch.manual_seed(0)
-    plain = stackgan.build(t_dim=16, gf=4, df=4, n_res=1, stage2_size=128, recipe="stable")["G2"].eval()
+    plain = stackgan.build(t_dim=16, gf=4, df=4, n_res=1, stage2_size=128, recipe=stackgan.Recipe(
+        **{**stable, "stage2_sr_branch": 0, "stage2_sr_lr": 1.0, "stage2_sr_paired": False}))["G2"].eval()
+    assert plain.sr_branch is None
     torch.manual_seed(0)
     g2 = stackgan.build(t_dim=16, gf=4, df=4, n_res=1, stage2_size=128,
                         recipe=stackgan.Recipe(**{**stable, "stage2_sr_branch": 8}))["G2"].eval()

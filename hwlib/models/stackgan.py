@@ -227,15 +227,21 @@ class Recipe:
       0.0015): at quick's widths and 720 steps neither teaches Stage-II the birds' edges, so `stable` has neither; nor
       do more steps of `stable` (1,440 and 2,880, the learning rate halved as often: 0.901 both times), a G twice as
       wide (``gf2 = 32``: 0.907; with ``stage2_sr = 10`` and the image skip 0.896) or ``stage2_sr = 100`` (0.896).
-    - ``stage2_sr_branch``: width of a super-resolution branch at the input's resolution (ESPCN, Shi et al. 2016: a
-      5x5 and three 3x3 convs on the 64-px image, then a sub-pixel shuffle to S), whose output joins the residual of
-      ``stage2_skip`` (which it needs); 0: none, the paper's Stage-II. Its last conv starts at zero, so Stage-II
-      starts where it does without it. The paper's Stage-II sees its input only through a 16x16 bottleneck, and the
-      image skip's 3x3 convs at 256 px see barely more than one input pixel; an ESPCN-style net of width 32 trained
-      alone on SynthBirds' real birds (L2, 500 steps of 16) recovers their detail at 0.68 (bicubic 0.876).
-      ``stage2_sr_lr``: the branch's learning rate, times G's (it is halved with G's). ``stage2_sr_paired``: the branch
-      learns from the paired term alone (its output is detached where Stage-II refines Stage-I's fakes), as a
-      super-resolution net trained beside the GAN rather than by it.
+    - ``stage2_sr_branch``: width of a super-resolution branch at the input's resolution (:func:`espcn`, Shi et al.
+      2016: a 5x5 and three 3x3 convs on the 64-px image, then a sub-pixel shuffle to S), whose output joins the
+      residual of ``stage2_skip`` (which it needs); 0: none, the paper's Stage-II. Its last conv starts at zero, so
+      Stage-II starts where it does without it. ``stage2_sr_lr``: the branch's learning rate, times G's (halved with
+      G's). ``stage2_sr_paired``: the branch learns from the paired term alone (its output is detached where Stage-II
+      refines Stage-I's fakes): a super-resolution net trained beside the GAN rather than by it, as SRGAN starts from
+      an SRResNet trained on the paired loss. Why: the paper's Stage-II sees its input only through a 16x16
+      bottleneck, and the image skip's 3x3 convs at 256 px see little more than one input pixel. Measured on the
+      detail of real test birds (bicubic 0.876; ``benchmarks/bench_stackgan_sr.py``, ``bench_stackgan_stage2.py
+      --keep-low``, seed 0): the branch (width 32) trained *alone* on Stage-II's 320 birds, batch and 720 steps
+      reaches 0.697 at a constant 1e-3 (at 2e-3 it never leaves zero); inside Stage-II with ``stage2_sr = 10`` it
+      learns nothing when every term of G trains it (0.902; 0.900 at ``stage2_sr_lr = 5``) -- the GAN terms drown
+      the paired one -- but 0.810 without the GAN terms (``stage2_adversarial = 0``), 0.813 with ``stage2_sr = 100``
+      and 0.819 paired-only at ``stage2_sr_lr = 5`` (0.796 at 10). `stable` takes the paired-only branch at 5x:
+      over three Stage-II seeds 0.803 (0.791-0.819), high-frequency energy 0.0020 against bicubic's 0.0015.
     - ``stage2_adversarial``: weight of Stage-II G's terms that D judges (its logits, contrastive and part heads); 0
       trains Stage-II as a plain super-resolution network on the paired and consistency terms alone, a check of what
       the architecture can learn without the GAN (D still trains, unused).
@@ -306,8 +312,11 @@ RECIPES = {
     # contrastive term (weight 1) raised unseen species' body colour (benchmarks/results/stackgan_ladder/, README).
     # The part head came last: three training seeds at 7,168 steps, unseen species, body / wing / crown / belly
     # 0.50 / 0.52 / 0.29 / 0.48 with it (weight 4), 0.47 / 0.43 / 0.23 / 0.28 without (all with MiniLM's embeddings).
+    # Stage-II's super-resolution branch came last (bench_stackgan_stage2.py and bench_stackgan_sr.py): the first
+    # Stage-II of this recipe to draw real birds' detail better than bicubic up-sampling
     "stable": Recipe(diffaug="translation,cutout", ema=0.99, ca_logvar_init=-4.0, g_cond_norm=True, projection=True,
-                     contrastive=1.0, parts=4.0, stage2_skip=True, stage2_consistency=10.0),
+                     contrastive=1.0, parts=4.0, stage2_skip=True, stage2_consistency=10.0, stage2_sr=10.0,
+                     stage2_sr_branch=32, stage2_sr_lr=5.0, stage2_sr_paired=True),
 }
 
 
