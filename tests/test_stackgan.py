@@ -357,6 +357,10 @@ def test_real_detail_scores_stage2_against_real_birds_and_bicubic(tmp_path) -> N
     decoded = cub.center_crop(split.images(128 * 76 // 64, np.arange(3)), 128)  # the caller's own crops: same scores
     torch.manual_seed(1)
     assert stackgan.real_detail(g2, split, 128, n=3, keep_low_=True, real=decoded) == out
+    high, up = stackgan.refine_real(g2, decoded, torch.from_numpy(split.embeddings[:3, 0]))
+    assert high.shape == up.shape == decoded.shape and g2.training
+    torch.testing.assert_close(up, torch.nn.functional.interpolate(torch.nn.functional.adaptive_avg_pool2d(decoded, 64), size=128,
+                                                                    mode="bicubic", align_corners=False).clamp(-1, 1))
 
 
 def test_train_stage_keeps_networks_and_ema_channels_last(tmp_path) -> None:

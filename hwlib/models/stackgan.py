@@ -999,34 +999,41 @@ def generate(G1: nn.Module, text: torch.Tensor, G2: nn.Module | None = None, z: 
 
 
 @torch.no_grad()
-def real_detail(G2: nn.Module, split: Any, size: int, n: int = 150, keep_low_: bool = False,
-                batch_size: int = 16, real: torch.Tensor | None = None) -> dict[str, float]:
-    """Stage-II as a super-resolver of real birds, where the right detail is known: the first ``n`` birds of
-    ``split`` (a :class:`hwlib.data.cub.BirdSplit`; centre ``size``-px crops in [-1, 1], or ``real`` (n, 3, size, size)
-    when the caller has them decoded already), average-pooled to 64 px and refined by ``G2`` with each bird's first
-    caption (projected as :func:`generate`'s ``keep_low`` with ``keep_low_``). Returns
-    :func:`hwlib.metrics.high_frequency_error` of Stage-II's images and of bicubic up-sampling against the real birds
-    (``hf_error_stage2``, ``hf_error_bicubic``; 1: no detail added, below 1: the bird's own detail, above 1: detail
-    it does not have)."""
-    from hwlib.data.cub import center_crop
-    from hwlib.metrics import high_frequency_error
-
-    if real is None:
-        real = center_crop(split.images(size * 76 // 64, np.arange(min(n, len(split)))), size)
-    real = real[:n]
+def refine_real(G2: nn.Module, real: torch.Tensor, text: torch.Tensor, keep_low_: bool = False,
+                batch_size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stage-II as a super-resolver of real birds: ``real`` (N, 3, S, S) in [-1, 1] average-pooled to 64 px and refined
+    by ``G2`` with ``text`` (N, t_dim) (projected as :func:`generate`'s ``keep_low`` with ``keep_low_``). Returns
+    (Stage-II's images, the bicubic up-sampling of the same 64-px images), float (N, 3, S, S) on the CPU."""
     low = F.adaptive_avg_pool2d(real, 64)
-    text = torch.from_numpy(split.embeddings[:len(real), 0]).float()
     device = next(G2.parameters()).device
     was_training = G2.training
     G2.eval()
     outs = []
     for i in range(0, len(real), batch_size):
         lo = low[i:i + batch_size].to(device)
-        high = G2(lo, text[i:i + batch_size].to(device))[0]
+        high = G2(lo, text[i:i + batch_size].to(device).float())[0]
         outs.append((keep_low(high, lo) if keep_low_ else high).float().cpu())
     G2.train(was_training)
-    up = F.interpolate(low, size=size, mode="bicubic", align_corners=False).clamp(-1, 1)
-    return {"hf_error_stage2": high_frequency_error(torch.cat(outs), real), "hf_error_bicubic": high_frequency_error(up, real)}
+    up = F.interpolate(low, size=real.shape[-1], mode="bicubic", align_corners=False).clamp(-1, 1)
+    return torch.cat(outs), up
+
+
+def real_detail(G2: nn.Module, split: Any, size: int, n: int = 150, keep_low_: bool = False,
+                batch_size: int = 16, real: torch.Tensor | None = None) -> dict[str, float]:
+    """How much of real birds' own detail Stage-II draws, where the right detail is known: the first ``n`` birds of
+    ``split`` (a :class:`hwlib.data.cub.BirdSplit`; centre ``size``-px crops in [-1, 1], or ``real`` (n, 3, size, size)
+    when the caller has them decoded already) refined from 64 px by :func:`refine_real` with each bird's first caption.
+    Returns :func:`hwlib.metrics.high_frequency_error` of Stage-II's images and of bicubic up-sampling against the
+    real birds (``hf_error_stage2``, ``hf_error_bicubic``; 1: no detail added, below 1: the bird's own detail, above
+    1: detail it does not have)."""
+    from hwlib.data.cub import center_crop
+    from hwlib.metrics import high_frequency_error
+
+    if real is None:
+        real = center_crop(split.images(size * 76 // 64, np.arange(min(n, len(split)))), size)
+    real = real[:n]
+    high, up = refine_real(G2, real, torch.from_numpy(split.embeddings[:len(real), 0]), keep_low_, batch_size)
+    return {"hf_error_stage2": high_frequency_error(high, real), "hf_error_bicubic": high_frequency_error(up, real)}
 
 
 def _generate(G1: nn.Module, text: torch.Tensor, G2: nn.Module | None, z: torch.Tensor | None,
