@@ -184,7 +184,9 @@ class Recipe:
       01's demo 0.35 (0.50, 0.06, 0.50 by seed) against 0.19, and 2.7x the variety within a caption (pixel spread 0.26
       against 0.10; real birds of one species 0.29). The demo gain is within the seed spread: `stable` keeps it off.
       Weight 2 (``rerank_novel2_judge``): demo 0.46 (0.38, 0.50, 0.50), body 0.74, wing 0.75, crown 0.52, belly 0.75,
-      FID 72 -- steadier and closer to 0.5, colours still above the quick goals; the next lever to try.
+      FID 72 -- steadier and closer to 0.5, colours still above the quick goals. Weight 3 (``rerank_novel3_judge``):
+      demo 0.52 (0.56, 0.50, 0.50), body 0.68, wing 0.69, crown 0.45, belly 0.71, FID 80 (55-113) -- the demo goal at
+      every seed, every colour goal still met; not yet in `stable` (the notebook's Stage-I would retrain, 1.6x slower).
     - ``mode_seeking``: weight of the mode-seeking term (MSGAN, Mao et al. 2019) in G's loss: G draws the first half of
       its batch's captions a second time with fresh noise and is rewarded for the distance between the two images per
       unit distance between the noises, ``w / (mean|G(t, z1) - G(t, z2)| / mean|z1 - z2| + 1e-5)`` (0: off). With
