@@ -94,24 +94,6 @@ def trained_matcher(cfg, train, seed: int, device, epochs: int = 60):
                                   run_dir=hwlib.runs_dir(f"bench/stackgan_ladder/matcher_n{len(train)}_e{epochs}"))[0]
 
 
-def novel_set(train: cub.BirdSplit, n: int = 4000, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """``Recipe.novel``'s captions: ``n`` of colour combinations no test species has
-    (:func:`synthbirds.novel_captions`), embedded with the training split's encoder (cached next to its
-    embeddings) -> (embeddings float32 (n, t_dim), part labels int64 (n, 4))."""
-    from hwlib.files import read_arrays, write_arrays
-
-    root = train.root
-
-    exclude = synthbirds.species_colours(root, np.arange(synthbirds.N_TRAIN_CLASSES + 1, synthbirds.N_CLASSES + 1))
-    captions = synthbirds.novel_captions(n, exclude, seed)
-    path = root / "birds" / "train" / f"{train.embedding}-novel{seed}_{n}.npy"
-    emb = read_arrays(path)
-    if emb is None or len(emb) != n:
-        emb = train.encode(captions)
-        write_arrays(path, emb)
-    return torch.from_numpy(emb), torch.from_numpy(synthbirds.part_labels(captions))
-
-
 def noise_spread(G: torch.nn.Module, text: torch.Tensor, z_dim: int, seed: int, ca_noise: float = 1.0,
                  n: int = 50, k: int = 8, rerank: int = 1, judge: torch.nn.Module | None = None,
                  labels: torch.Tensor | None = None) -> float:
@@ -255,7 +237,7 @@ def main() -> None:
                          if recipe.wrong == "swap" or recipe.matcher else None,
                          matcher=trained_matcher(cfg, train, seed, device) if recipe.matcher else None,
                          labels=torch.from_numpy(train.caption_labels()).to(device) if recipe.parts else None,
-                         novel=tuple(t.to(device) for t in novel_set(train, seed=seed)) if recipe.novel else None)
+                         novel=tuple(t.to(device) for t in synthbirds.novel_set(train, seed=seed)) if recipe.novel else None)
     write_result(f"stackgan_ladder/{name}", {
         "profile": cfg.profile, "condition": args.condition, "embedding": embedding, "recipe": rname, "recipe_fields": recipe.as_dict(),
         "gf": gf, "df": df, "batch_size": batch_size, "n_train": len(train), "train_seed": args.train_seed,

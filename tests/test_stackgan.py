@@ -342,6 +342,19 @@ def test_stage2_sr_lr_gives_the_branch_its_own_learning_rate(monkeypatch, tmp_pa
     assert len(g_groups[0]["params"]) + len(branch) == len(list(nets["G2"].parameters()))
 
 
+def test_stage2_trains_without_recipe_novel_a_stage1_field() -> None:
+    stable = stackgan.RECIPES["stable"].__dict__
+    recipe = stackgan.Recipe(**{**stable, "novel": 1.0})
+    nets = stackgan.build(t_dim=16, gf=4, df=4, n_res=1, stage2_size=128, recipe=recipe)
+    g2, d2 = nets["G2"], nets["D2"]
+    step = stackgan.make_stackgan_step(g2, d2, torch.optim.Adam(g2.parameters()), torch.optim.Adam(d2.parameters()),
+                                       images=torch.randint(0, 256, (4, 3, 152, 152), dtype=torch.uint8),
+                                       embeddings=torch.randn(4, 10, 16), class_ids=torch.arange(4), out_size=128,
+                                       G1=nets["G1"].eval(), recipe=recipe, labels=torch.randint(-1, 10, (4, 10, 4)))
+    logs = step((torch.arange(4),), 0)  # no novel= captions needed: Stage-II ignores the Stage-I field
+    assert "novel_g" not in logs and torch.isfinite(logs["loss_g"])
+
+
 def test_real_detail_scores_stage2_against_real_birds_and_bicubic(tmp_path) -> None:
     from fixtures_cub import make_cub_fixture
 

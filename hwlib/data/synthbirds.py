@@ -19,11 +19,15 @@ import json
 import pickle
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from hwlib.files import publish_dir, read_arrays, staging_dir, write_arrays
 from hwlib.paths import data_dir
+
+if TYPE_CHECKING:
+    import torch
 
 COLOURS = {"red": (200, 30, 35), "orange": (240, 130, 20), "yellow": (245, 215, 40), "green": (50, 150, 50),
            "blue": (40, 80, 210), "brown": (125, 80, 40), "black": (25, 25, 25), "white": (240, 240, 235),
@@ -431,3 +435,20 @@ def _draw_crops(n: int, fixed: dict[str, str], rng: np.random.Generator, load_si
         for a, values in ATTRIBUTES.items():
             labels[a][i] = values.index(species[a])
     return images.transpose(0, 3, 1, 2), labels
+
+
+def novel_set(train: Any, n: int = 4000, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``Recipe.novel``'s captions: ``n`` of colour combinations no test species has (:func:`novel_captions`), embedded
+    with the training split's encoder (a :class:`hwlib.data.cub.BirdSplit` of SynthBirds; cached next to its
+    embeddings) -> (embeddings float32 (n, t_dim), part labels int64 (n, 4))."""
+    import torch
+
+    root = train.root
+    exclude = species_colours(root, np.arange(N_TRAIN_CLASSES + 1, N_CLASSES + 1))
+    captions = novel_captions(n, exclude, seed)
+    path = root / "birds" / "train" / f"{train.embedding}-novel{seed}_{n}.npy"
+    emb = read_arrays(path)
+    if emb is None or len(emb) != n:
+        emb = train.encode(captions)
+        write_arrays(path, emb)
+    return torch.from_numpy(emb), torch.from_numpy(part_labels(captions))

@@ -32,7 +32,7 @@ from __future__ import annotations
 import copy
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -687,6 +687,8 @@ def make_stackgan_step(G: nn.Module, D: StageD, opt_g: torch.optim.Optimizer, op
     from hwlib.train import autocast
 
     r = get_recipe(recipe)
+    if G1 is not None and r.novel:  # a Stage-I field: Stage-II trains on the data set's captions alone
+        r = replace(r, novel=0.0)
     device = images.device
     if r.wrong == "swap" and (swapped is None or swapped.shape != embeddings.shape):
         raise ValueError("Recipe.wrong='swap' needs swapped= embeddings of embeddings' shape "
