@@ -228,8 +228,9 @@ class Recipe:
       ``keep_low`` (``benchmarks/bench_stackgan_stage2.py``): detail on real test birds (``real_detail``, the error of
       the high band against the real bird; bicubic 0.876) 0.910 for `stable`, 0.911 with ``stage2_sr = 1``, 0.899 with
       10, 0.896 with ``stage2_image_skip`` and 10, and high-frequency energy 0.0017, 0.0017, 0.0015, 0.0014 (bicubic
-      0.0015): at quick's widths and 720 steps neither teaches Stage-II the birds' edges, so `stable` has neither; nor
-      do more steps of `stable` (1,440 and 2,880, the learning rate halved as often: 0.901 both times), a G twice as
+      0.0015): at quick's widths and 720 steps neither teaches Stage-II the birds' edges (`stable` takes ``stage2_sr``
+      only with the branch below); nor
+      do more steps of that Stage-II (1,440 and 2,880, the learning rate halved as often: 0.901 both times), a G twice as
       wide (``gf2 = 32``: 0.907; with ``stage2_sr = 10`` and the image skip 0.896) or ``stage2_sr = 100`` (0.896).
     - ``stage2_sr_branch``: width of a super-resolution branch at the input's resolution (:func:`espcn`, Shi et al.
       2016: a 5x5 and three 3x3 convs on the 64-px image, then a sub-pixel shuffle to S), whose output joins the
@@ -701,9 +702,9 @@ def make_stackgan_step(G: nn.Module, D: StageD, opt_g: torch.optim.Optimizer, op
     if r.parts and (labels is None or labels.shape[:2] != embeddings.shape[:2]):
         raise ValueError("Recipe.parts > 0 needs labels= (N, 10, 4) of the captions' part colours "
                          "(BirdSplit.caption_labels())")
-    if r.novel and (not r.parts or novel is None or G1 is not None):
-        raise ValueError("Recipe.novel > 0 needs Recipe.parts > 0, novel= (embeddings, labels) of the novel captions "
-                         "(synthbirds.novel_captions), and Stage I")
+    if r.novel and (not r.parts or novel is None):
+        raise ValueError("Recipe.novel > 0 needs Recipe.parts > 0 and novel= (embeddings, labels) of the novel captions "
+                         "(synthbirds.novel_set)")
     if r.parts and r.caption_mix > 1:
         raise ValueError("Recipe.caption_mix > 1 averages captions, which name different colours: use it without Recipe.parts")
     n_text = embeddings.shape[-1]
