@@ -197,9 +197,12 @@ def run_01(stage: int) -> Callable[[Core, int, torch.device], Run]:
         if core.channels_last:
             images = stackgan.to_channels_last(images, G, D, G1, ema.module if ema else None)
         labels = torch.randint(-1, 10, (n * batch, 10, 4), generator=g).to(device)  # the part colours captions name
+        novel = None  # Stage-I's captions of new colour combinations (stable's Recipe.novel): as many as the notebook's
+        if r.novel and stage == 1:
+            novel = (torch.randn(4000, t_dim, generator=g).to(device), torch.randint(-1, 10, (4000, 4), generator=g).to(device))
         step = stackgan.make_stackgan_step(G, D, opt_g, opt_d, images=images, embeddings=emb, class_ids=classes,
                                            out_size=size, kl_coef=cfg.kl_coef, z_dim=cfg.z_dim, G1=G1, recipe=r, ema=ema,
-                                           labels=labels)
+                                           labels=labels, novel=novel)
         return Run(step, index_loader(n * batch, batch, device=device), {"G": G, "D": D}, {"G": opt_g, "D": opt_d},
                    {"G": ema} if ema else {}, {})
     return make

@@ -43,7 +43,7 @@ def test_train_matcher_learns_which_caption_a_bird_has_and_comes_back_frozen(tmp
 
 def test_recipe_matcher_adds_the_frozen_matchers_loss_to_g():
     torch.manual_seed(0)
-    r = stackgan.Recipe(**{**stackgan.get_recipe("stable").as_dict(), "matcher": 1.0, "parts": 0.0})
+    r = stackgan.Recipe(**{**stackgan.get_recipe("stable").as_dict(), "matcher": 1.0, "parts": 0.0, "novel": 0.0})
     G, D = stackgan.build_stage1(8, c_dim=4, z_dim=4, gf=4, df=4, recipe=r)
     m = matching.Matcher(8, dim=8, width=4).eval().requires_grad_(False)
     images, emb = torch.randint(0, 256, (6, 3, 76, 76), dtype=torch.uint8), torch.randn(6, 10, 8)

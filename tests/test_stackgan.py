@@ -175,8 +175,9 @@ def test_every_recipe_trains_a_step(recipe) -> None:
                 class_ids=torch.tensor([1, 1, 2, 2, 3, 3, 4, 4]), labels=torch.randint(-1, 10, (n, 10, 4)))
     g, d = nets["G1"], nets["D1"]
     ema = EMA(g, r.ema) if r.ema else None
+    novel = (torch.randn(5, 32), torch.randint(-1, 10, (5, 4))) if r.novel else None  # stable's novel captions
     step = stackgan.make_stackgan_step(g, d, torch.optim.Adam(g.parameters()), torch.optim.Adam(d.parameters()), out_size=64,
-                              recipe=r, ema=ema, **data)
+                              recipe=r, ema=ema, novel=novel, **data)
     (batch,) = list(index_loader(n, 4).epoch(0))[:1]
     logs = step(batch, 0)
     assert all(torch.isfinite(v) for v in logs.values()) and ("d_wrong" in logs) == (r.wrong != "none")
@@ -384,6 +385,7 @@ def test_train_stage_keeps_networks_and_ema_channels_last(tmp_path) -> None:
     ema = EMA(g, 0.99)
     stackgan.train_stage(g, d, images=torch.randint(0, 256, (8, 3, 76, 76), dtype=torch.uint8),
                          embeddings=torch.randn(8, 10, 32), class_ids=torch.arange(8), labels=torch.randint(-1, 10, (8, 10, 4)), out_size=64, epochs=1,
+                         novel=(torch.randn(5, 32), torch.randint(-1, 10, (5, 4))),
                          batch_size=4, run_dir=tmp_path, recipe="stable", ema=ema, progress=False)
     for net in (g, d, ema.module):
         conv = next(m for m in net.modules() if isinstance(m, torch.nn.Conv2d))
@@ -410,7 +412,7 @@ def test_hardest_negatives_pick_the_closest_caption_of_another_class():
 def test_hardest_wrong_pairs_train_a_step():
     torch.manual_seed(0)
     G, D = stackgan.build_stage1(8, c_dim=4, z_dim=4, gf=4, df=4, recipe="stable")
-    r = stackgan.Recipe(**{**stackgan.get_recipe("stable").as_dict(), "wrong": "hardest", "parts": 0.0})
+    r = stackgan.Recipe(**{**stackgan.get_recipe("stable").as_dict(), "wrong": "hardest", "parts": 0.0, "novel": 0.0})
     images = torch.randint(0, 256, (6, 3, 76, 76), dtype=torch.uint8)
     opt_g, opt_d = torch.optim.Adam(G.parameters()), torch.optim.Adam(D.parameters())
     step = stackgan.make_stackgan_step(G, D, opt_g, opt_d, images=images, embeddings=torch.randn(6, 10, 8),
@@ -421,7 +423,7 @@ def test_hardest_wrong_pairs_train_a_step():
 
 
 def test_swap_wrong_pairs_add_each_image_with_its_colour_swapped_caption():
-    r = stackgan.Recipe(**{**stackgan.get_recipe("stable").as_dict(), "wrong": "swap", "parts": 0.0})
+    r = stackgan.Recipe(**{**stackgan.get_recipe("stable").as_dict(), "wrong": "swap", "parts": 0.0, "novel": 0.0})
     shift = stackgan.Recipe(**{**r.as_dict(), "wrong": "shift"})
     images = torch.randint(0, 256, (6, 3, 76, 76), dtype=torch.uint8)
     emb = torch.randn(6, 10, 8)
@@ -491,12 +493,13 @@ def test_critic_ranking_reports_both_heads_and_leaves_d_alone():
 
 
 def _stable_step_logs(labels: torch.Tensor | None = None, novel_set: tuple | None = None, **fields) -> dict[str, float]:
-    """One seeded step of a tiny Stage-I with the stable recipe and ``fields`` overridden: its logs."""
+    """One seeded step of a tiny Stage-I with the stable recipe less its novel captions (pinned on their own below)
+    and ``fields`` overridden: its logs."""
     gen = torch.Generator().manual_seed(5)
     images = torch.randint(0, 256, (6, 3, 76, 76), dtype=torch.uint8, generator=gen)
     emb = torch.randn(6, 10, 8, generator=gen)
     torch.manual_seed(0)
-    r = stackgan.Recipe(**{**stackgan.get_recipe("stable").as_dict(), **fields})
+    r = stackgan.Recipe(**{**stackgan.get_recipe("stable").as_dict(), "novel": 0.0, **fields})
     if labels is None and r.parts and not fields.get("parts"):  # stable's own part head: some labels
         labels = torch.randint(-1, 10, (6, 10, 4), generator=gen)
     G, D = stackgan.build_stage1(8, c_dim=4, z_dim=4, gf=4, df=4, recipe=r)
@@ -542,7 +545,7 @@ def test_contrastive_fakes_adds_g_images_as_negatives_for_d_only():
 
 
 def test_caption_mix_conditions_on_the_mean_of_several_captions():
-    r = stackgan.Recipe(**{**stackgan.get_recipe("stable").as_dict(), "caption_mix": 10, "parts": 0.0})
+    r = stackgan.Recipe(**{**stackgan.get_recipe("stable").as_dict(), "caption_mix": 10, "parts": 0.0, "novel": 0.0})
     G, D = stackgan.build_stage1(8, c_dim=4, z_dim=4, gf=4, df=4, recipe=r)
     seen = []
     G.ca.register_forward_hook(lambda m, inp, out: seen.append(inp[0].detach()))
