@@ -412,7 +412,7 @@ def test_hardest_negatives_pick_the_closest_caption_of_another_class():
 def test_hardest_wrong_pairs_train_a_step():
     torch.manual_seed(0)
     G, D = stackgan.build_stage1(8, c_dim=4, z_dim=4, gf=4, df=4, recipe="stable")
-    r = stackgan.Recipe(**{**stackgan.get_recipe("stable").as_dict(), "wrong": "hardest", "parts": 0.0, "novel": 0.0})
+    r = _stable(wrong="hardest", parts=0.0)
     images = torch.randint(0, 256, (6, 3, 76, 76), dtype=torch.uint8)
     opt_g, opt_d = torch.optim.Adam(G.parameters()), torch.optim.Adam(D.parameters())
     step = stackgan.make_stackgan_step(G, D, opt_g, opt_d, images=images, embeddings=torch.randn(6, 10, 8),
@@ -423,7 +423,7 @@ def test_hardest_wrong_pairs_train_a_step():
 
 
 def test_swap_wrong_pairs_add_each_image_with_its_colour_swapped_caption():
-    r = stackgan.Recipe(**{**stackgan.get_recipe("stable").as_dict(), "wrong": "swap", "parts": 0.0, "novel": 0.0})
+    r = _stable(wrong="swap", parts=0.0)
     shift = stackgan.Recipe(**{**r.as_dict(), "wrong": "shift"})
     images = torch.randint(0, 256, (6, 3, 76, 76), dtype=torch.uint8)
     emb = torch.randn(6, 10, 8)
@@ -492,14 +492,18 @@ def test_critic_ranking_reports_both_heads_and_leaves_d_alone():
     assert not D.training and all(torch.equal(before[k], v) for k, v in D.state_dict().items())
 
 
+def _stable(**fields) -> stackgan.Recipe:
+    """The stable recipe less its novel captions (they need novel= data; pinned on their own below), ``fields`` overridden."""
+    return stackgan.Recipe(**{**stackgan.get_recipe("stable").as_dict(), "novel": 0.0, **fields})
+
+
 def _stable_step_logs(labels: torch.Tensor | None = None, novel_set: tuple | None = None, **fields) -> dict[str, float]:
-    """One seeded step of a tiny Stage-I with the stable recipe less its novel captions (pinned on their own below)
-    and ``fields`` overridden: its logs."""
+    """One seeded step of a tiny Stage-I with :func:`_stable` ``(**fields)``: its logs."""
     gen = torch.Generator().manual_seed(5)
     images = torch.randint(0, 256, (6, 3, 76, 76), dtype=torch.uint8, generator=gen)
     emb = torch.randn(6, 10, 8, generator=gen)
     torch.manual_seed(0)
-    r = stackgan.Recipe(**{**stackgan.get_recipe("stable").as_dict(), "novel": 0.0, **fields})
+    r = _stable(**fields)
     if labels is None and r.parts and not fields.get("parts"):  # stable's own part head: some labels
         labels = torch.randint(-1, 10, (6, 10, 4), generator=gen)
     G, D = stackgan.build_stage1(8, c_dim=4, z_dim=4, gf=4, df=4, recipe=r)
@@ -545,7 +549,7 @@ def test_contrastive_fakes_adds_g_images_as_negatives_for_d_only():
 
 
 def test_caption_mix_conditions_on_the_mean_of_several_captions():
-    r = stackgan.Recipe(**{**stackgan.get_recipe("stable").as_dict(), "caption_mix": 10, "parts": 0.0, "novel": 0.0})
+    r = _stable(caption_mix=10, parts=0.0)
     G, D = stackgan.build_stage1(8, c_dim=4, z_dim=4, gf=4, df=4, recipe=r)
     seen = []
     G.ca.register_forward_hook(lambda m, inp, out: seen.append(inp[0].detach()))
