@@ -583,6 +583,40 @@ def test_novel_captions_add_a_second_batch_for_g_and_d():
         _stable_step_logs(parts=0.0, novel=1.0, novel_set=novel)  # no part head
 
 
+def test_novel_focus_draws_captions_in_proportion_to_their_latest_part_loss():
+    focus = stackgan.NovelFocus(4)
+    assert torch.allclose(focus.loss, torch.full((4,), math.log(10)))  # every caption at chance: all come first
+    focus.update(torch.tensor([0, 1, 2]), torch.tensor([0.0, 0.0, 0.0]))  # G draws three of them perfectly
+    torch.manual_seed(0)
+    hard = focus.pick(400, 1.0)
+    assert (hard == 3).float().mean() > 0.99  # the one still at chance
+    mixed = focus.pick(400, 0.5)
+    assert (mixed[:200] == 3).float().mean() > 0.99 and 0.1 < (mixed[200:] == 3).float().mean() < 0.4  # the rest uniformly
+    assert len(focus.pick(4, 0.0)) == 4
+    logits = torch.zeros(2, 4, 10)
+    logits[0, 0, 3] = 5.0
+    per_row = stackgan.part_loss(logits, torch.tensor([[3, -1, -1, -1], [1, 2, -1, -1]]), per_row=True)
+    assert per_row[0] < 0.1 and per_row[1] == pytest.approx(math.log(10))
+
+
+def test_novel_focus_remembers_each_step_and_is_checkpointed(tmp_path) -> None:
+    gen = torch.Generator().manual_seed(3)
+    novel = (torch.randn(20, 32, generator=gen), torch.randint(-1, 10, (20, 4), generator=gen))
+    r = _stable(novel=1.0, novel_focus=0.5)
+    with pytest.raises(ValueError, match="novel_focus"):
+        _stable_step_logs(labels=torch.randint(-1, 10, (6, 10, 4), generator=gen), novel=1.0, novel_focus=0.5,
+                          novel_set=(novel[0][:, :8], novel[1]))  # no NovelFocus given
+    torch.manual_seed(0)
+    g, d = stackgan.build_stage1(32, gf=4, df=4, recipe=r)
+    stackgan.train_stage(g, d, images=torch.randint(0, 256, (8, 3, 76, 76), dtype=torch.uint8),
+                         embeddings=torch.randn(8, 10, 32), class_ids=torch.arange(8),
+                         labels=torch.randint(-1, 10, (8, 10, 4)), out_size=64, epochs=1, novel=novel,
+                         batch_size=4, run_dir=tmp_path, recipe=r, progress=False)
+    from hwlib.checkpoints import Checkpointer
+    memory = Checkpointer(tmp_path).load_latest()["modules"]["novel_focus"]["loss"]
+    assert memory.shape == (20,) and (memory < math.log(10) - 1e-4).any()  # two steps of two captions remembered
+
+
 def test_keep_low_pools_back_to_the_low_resolution_image():
     gen = torch.Generator().manual_seed(0)
     pool = torch.nn.functional.avg_pool2d
