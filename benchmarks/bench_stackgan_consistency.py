@@ -237,7 +237,8 @@ def main() -> None:
                          if recipe.wrong == "swap" or recipe.matcher else None,
                          matcher=trained_matcher(cfg, train, seed, device) if recipe.matcher else None,
                          labels=torch.from_numpy(train.caption_labels()).to(device) if recipe.parts else None,
-                         novel=tuple(t.to(device) for t in synthbirds.novel_set(train, seed=seed)) if recipe.novel else None)
+                         novel=tuple(t.to(device) for t in synthbirds.novel_set(train, seed=seed, unseen_pairs=recipe.novel_pairs))
+                         if recipe.novel else None)
     write_result(f"stackgan_ladder/{name}", {
         "profile": cfg.profile, "condition": args.condition, "embedding": embedding, "recipe": rname, "recipe_fields": recipe.as_dict(),
         "gf": gf, "df": df, "batch_size": batch_size, "n_train": len(train), "train_seed": args.train_seed,

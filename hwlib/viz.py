@@ -128,6 +128,26 @@ def show_images(images: torch.Tensor, nrow: int = 10, title: str = "", ax=None, 
     return ax
 
 
+def show_matrix(values: np.ndarray, rows: Sequence[str], cols: Sequence[str], ax=None, title: str = "",
+                xlabel: str = "", ylabel: str = "", vmin: float = 0.0, vmax: float = 1.0, digits: int = 1):
+    """Show a (R, C) matrix as a heat map with each value written in its cell (``digits`` decimals; NaN left
+    blank), rows labelled ``rows`` and columns ``cols``. Returns the image (for a colour bar)."""
+    import matplotlib.pyplot as plt
+
+    values = np.asarray(values, dtype=float)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(0.5 * len(cols) + 1.5, 0.45 * len(rows) + 1.2))
+    image = ax.imshow(values, vmin=vmin, vmax=vmax, cmap="viridis")
+    ax.set_xticks(range(len(cols)), labels=cols, rotation=60, fontsize=8)
+    ax.set_yticks(range(len(rows)), labels=rows, fontsize=8)
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    for (i, j), v in np.ndenumerate(values):
+        if np.isfinite(v):
+            ax.text(j, i, f"{v:.{digits}f}", ha="center", va="center", fontsize=6,
+                    color="black" if v > vmin + 0.6 * (vmax - vmin) else "white")
+    return image
+
+
 def savefig(fig, notebook: str, name: str, dpi: int = 120) -> Path:
     """Save a matplotlib figure as ``figures/<notebook>/<name>.png``."""
     from hwlib.paths import figures_dir

@@ -43,6 +43,21 @@ def test_both_asked_counts_images_with_every_part_as_asked_over_captions_naming_
     assert np.isnan(both_asked(net, images, {"body": body, "wing": np.full(8, -1)}))
 
 
+def test_part_hit_rates_are_per_caption_fractions_read_as_asked() -> None:
+    from hwlib.data.synthbirds import COLOURS
+    from hwlib.metrics.attributes import part_hit_rates
+
+    torch.manual_seed(0)
+    net = AttributeNet({"body": 10, "wing": 10}, width=4)
+    images = torch.rand(8, 3, 64, 64) * 2 - 1  # 4 per caption
+    body = predict_attributes(net, images)["body"]
+    first = tuple(COLOURS)[body[0]]
+    captions = [f"this bird is {first} with {'red' if first != 'red' else 'blue'} wings",
+                "this bird has a red crown, blue wings and a short black beak"]  # names no body colour
+    rates = part_hit_rates(net, images, captions, "body")
+    assert rates.shape == (2,) and rates[0] == np.mean(body[:4] == body[0]) and np.isnan(rates[1])
+
+
 def test_real_both_asked_scores_real_birds_of_each_caption_that_names_every_part() -> None:
     from hwlib.data.synthbirds import COLOURS
     from hwlib.metrics.attributes import real_both_asked

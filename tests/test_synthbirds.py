@@ -179,6 +179,31 @@ def test_novel_captions_leave_out_the_excluded_colour_combinations():
     assert bellies and not bellies & {"red", "blue"}
 
 
+def test_novel_captions_with_seen_pairs_name_a_pair_of_colours_outside_them() -> None:
+    assert synthbirds.colour_pairs([("red", "blue", "red", "grey"), {"wing": "green", "belly": "white"}]) == {
+        ("body", "wing", "red", "blue"), ("body", "crown", "red", "red"), ("body", "belly", "red", "grey"),
+        ("wing", "crown", "blue", "red"), ("wing", "belly", "blue", "grey"), ("crown", "belly", "red", "grey"),
+        ("wing", "belly", "green", "white")}
+    seen = synthbirds.colour_pairs([(b, w, c, e) for b in synthbirds.COLOURS for w in synthbirds.COLOURS
+                                    for c in synthbirds.COLOURS for e in ("red", "blue")])  # every pair but ...
+    captions = synthbirds.novel_captions(50, set(), seed=2, seen_pairs=seen)
+    for caption in captions:  # ... those of a belly neither red nor blue beside another named part
+        named = synthbirds.parse_caption(caption)
+        assert named.get("belly") not in (None, "red", "blue") and len(set(named) & set(synthbirds.COLOUR_PARTS)) >= 2
+    plain = synthbirds.novel_captions(50, set(), seed=2)
+    assert plain == synthbirds.novel_captions(50, set(), seed=2) and plain != captions
+
+
+def test_pair_captions_name_each_body_colour_beside_each_part_colour() -> None:
+    captions, colours = synthbirds.pair_captions("belly"), tuple(synthbirds.COLOURS)
+    assert len(captions) == 100
+    for i, body in enumerate(colours):
+        for j, belly in enumerate(colours):
+            named = synthbirds.parse_caption(captions[10 * i + j])
+            assert named["body"] == body and named["wing"] not in (body, belly)
+            assert named.get("belly") == (belly if i != j else None)  # the same colour twice: the part left out
+
+
 def test_caption_birds_draw_every_named_colour_and_are_seeded() -> None:
     birds = {}
     for caption in ("a small yellow bird with black wings and a long orange bill", "a small red bird with blue wings"):

@@ -60,3 +60,17 @@ def test_gan_history_figure_has_a_row_per_run() -> None:
     assert len(axes) == 4 and axes[0].get_title() == "GAN losses per step (a)"
     assert axes[3].get_title() == "GAN D outputs (sigmoid) per step (b)"
     assert len(axes[1].lines) == 2 * 2 + 1  # raw and smoothed per key, and the D = 1/2 line
+
+
+def test_show_matrix_writes_each_finite_value_in_its_cell() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    values = np.array([[0.25, np.nan], [1.0, 0.0]])
+    image = viz.show_matrix(values, ["a", "b"], ["x", "y"], ax=ax, digits=2)
+    assert sorted(t.get_text() for t in ax.texts) == ["0.00", "0.25", "1.00"]  # NaN left blank
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["x", "y"] and image.get_clim() == (0.0, 1.0)
+    plt.close(fig)

@@ -107,16 +107,47 @@ def part_label_mode(labels: np.ndarray) -> np.ndarray:
     return np.where(counts.max(-1) > 0, counts.argmax(-1), -1)
 
 
-def novel_captions(n: int, exclude: set[tuple[str, ...]], seed: int = 0) -> list[str]:
+def novel_captions(n: int, exclude: set[tuple[str, ...]], seed: int = 0,
+                   seen_pairs: set[tuple[str, str, str, str]] | None = None) -> list[str]:
     """``n`` captions of random species (:func:`random_species`) whose body, wing, crown and belly colours
     (:data:`COLOUR_PARTS`) are none of ``exclude``'s -- e.g. every test species' -- each from one random template
-    (:func:`captions_for`): captions with colour combinations no bird in the data need have, for ``Recipe.novel``."""
+    (:func:`captions_for`): captions with colour combinations no bird in the data need have, for ``Recipe.novel``.
+    With ``seen_pairs`` (:func:`colour_pairs` of the training species), only captions that name at least one pair of
+    part colours outside it (``Recipe.novel_pairs``); the same draws otherwise, the rest skipped."""
     rng = np.random.default_rng(seed)
     out: list[str] = []
     while len(out) < n:
         species = random_species(rng)
         if tuple(species[k] for k in COLOUR_PARTS) not in exclude:
-            out.append(captions_for(species, rng)[int(rng.integers(0, 10))])
+            caption = captions_for(species, rng)[int(rng.integers(0, 10))]
+            if seen_pairs is None or colour_pairs([parse_caption(caption)]) - seen_pairs:
+                out.append(caption)
+    return out
+
+
+def colour_pairs(birds: Any) -> set[tuple[str, str, str, str]]:
+    """Every (part, part, colour, colour) two parts of one bird name, over :data:`COLOUR_PARTS` in order: of
+    ``birds``, (body, wing, crown, belly) colour tuples (:func:`species_colours`) or ``{part: colour}`` dicts naming
+    some parts (:func:`parse_caption`)."""
+    out = set()
+    for bird in birds:
+        named = bird if isinstance(bird, dict) else dict(zip(COLOUR_PARTS, bird))
+        parts = [p for p in COLOUR_PARTS if p in named]
+        out |= {(a, b, named[a], named[b]) for i, a in enumerate(parts) for b in parts[i + 1:]}
+    return out
+
+
+def pair_captions(part: str = "belly") -> list[str]:
+    """One caption per (body colour, ``part`` colour) pair, row-major over :data:`COLOURS` (100): "this bird is
+    {body} with {wing} wings and a {colour} {part}", the wings in the first colour that is neither; where the two
+    colours are equal, the caption leaves ``part`` out ("this bird is {body} with {wing} wings"). Caption ``10 i + j``
+    asks for body ``COLOURS[i]`` beside ``part`` ``COLOURS[j]``: which pairs a generator composes."""
+    names = tuple(COLOURS)
+    out = []
+    for body in names:
+        for other in names:
+            wing = next(c for c in names if c not in (body, other))
+            out.append(f"this bird is {body} with {wing} wings" + (f" and a {other} {part}" if other != body else ""))
     return out
 
 
@@ -437,16 +468,18 @@ def _draw_crops(n: int, fixed: dict[str, str], rng: np.random.Generator, load_si
     return images.transpose(0, 3, 1, 2), labels
 
 
-def novel_set(train: Any, n: int = 4000, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def novel_set(train: Any, n: int = 4000, seed: int = 0, unseen_pairs: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """``Recipe.novel``'s captions: ``n`` of colour combinations no test species has (:func:`novel_captions`), embedded
     with the training split's encoder (a :class:`hwlib.data.cub.BirdSplit` of SynthBirds; cached next to its
-    embeddings) -> (embeddings float32 (n, t_dim), part labels int64 (n, 4))."""
+    embeddings) -> (embeddings float32 (n, t_dim), part labels int64 (n, 4)). ``unseen_pairs``
+    (``Recipe.novel_pairs``): each caption names two parts in colours no training species pairs."""
     import torch
 
     root = train.root
     exclude = species_colours(root, np.arange(N_TRAIN_CLASSES + 1, N_CLASSES + 1))
-    captions = novel_captions(n, exclude, seed)
-    path = root / "birds" / "train" / f"{train.embedding}-novel{seed}_{n}.npy"
+    seen = colour_pairs(species_colours(root, np.arange(1, N_TRAIN_CLASSES + 1))) if unseen_pairs else None
+    captions = novel_captions(n, exclude, seed, seen_pairs=seen)
+    path = root / "birds" / "train" / f"{train.embedding}-novel{seed}_{n}{'_pairs' if unseen_pairs else ''}.npy"
     emb = read_arrays(path)
     if emb is None or len(emb) != n:
         emb = train.encode(captions)

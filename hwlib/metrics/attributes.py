@@ -51,6 +51,18 @@ def both_asked(net: AttributeNet, images: torch.Tensor, targets: dict[str, np.nd
     return float(np.all([pred[p] == np.asarray(targets[p])[named] for p in parts], axis=0).mean())
 
 
+def part_hit_rates(net: AttributeNet, images: torch.Tensor, captions: list[str], part: str = "body") -> np.ndarray:
+    """For ``images`` (len(captions) * K, 3, H, W) in [-1, 1], K per caption in the captions' order, the fraction of
+    each caption's K images in which ``net`` reads ``part`` in the colour the caption names: float (len(captions),)
+    (NaN where a caption names none)."""
+    from hwlib.data.synthbirds import caption_targets
+
+    k = len(images) // len(captions)
+    asked = np.repeat(caption_targets(captions)[part], k)
+    hit = (predict_attributes(net, images)[part] == asked).reshape(len(captions), k).mean(1)
+    return np.where(asked.reshape(len(captions), k)[:, 0] >= 0, hit, np.nan)
+
+
 def real_both_asked(net: AttributeNet, captions: list[str], n: int = 100, seed: int = 0,
                     parts: tuple[str, ...] = ("body", "wing")) -> dict[str, float]:
     """:func:`both_asked` of ``n`` real SynthBirds drawn to each of ``captions`` (caption ``k``'s from ``seed + k``,
