@@ -19,6 +19,10 @@ species, as the ladder does, under each sampling option:
   eight noise vectors each, the fraction of birds with the asked body and wing colour, :func:`metrics.both_asked`);
   ``demo_real_birds`` is that score for 100 real birds drawn to each caption (:func:`metrics.real_both_asked`), the
   most the classifier lets a generator reach.
+- ``pairs`` (``--pairs``): notebook 01's section 10a on each run's generator, one draw per noise vector at the trained
+  CA noise: every body colour beside every belly colour (:func:`synthbirds.pair_captions`, 16 birds each), how often
+  the body is drawn as asked with no belly named, with a belly of another colour, and beside a belly colour some
+  training species pairs with it or none does (:func:`metrics.pair_composition`).
 
 No training: the options change only how images are drawn from the same weights. Writes
 ``benchmarks/results/stackgan_sampling/<tag>.json``.
@@ -40,7 +44,7 @@ import hwlib
 from bench_stackgan_consistency import COLOURS, EARLIER_ENCODER, attribute_classifier, caption_evals, noise_spread
 from hwlib.bench import write_result
 from hwlib.data import cub, synthbirds
-from hwlib.metrics.attributes import both_asked, consistency, features, real_both_asked
+from hwlib.metrics.attributes import both_asked, consistency, features, pair_composition, real_both_asked
 from hwlib.models import attributes, stackgan
 from hwlib.train import get_device
 
@@ -75,6 +79,7 @@ def main() -> None:
                         help="the CA noise scale the re-ranked candidates are drawn with (default 1, as trained)")
     parser.add_argument("--judge", choices=("D", "classifier"), default="D",
                         help="re-rank by D's part head or by a part classifier G never trained against")
+    parser.add_argument("--pairs", action="store_true", help="add the body/belly composition row (notebook 01, 10a)")
     args = parser.parse_args()
     cfg, device, seed = hwlib.get_profile("01_stackgan_cub", "quick", verbose=False), get_device(), args.seed
     root = synthbirds.make_synthbirds(cfg.n_train, cfg.n_test, seed=seed)
@@ -100,6 +105,12 @@ def main() -> None:
         train.images(76), train.image_part_labels(), width=cfg.attr_width, epochs=cfg.attr_epochs, seed=seed,
         device=device, run_dir=hwlib.runs_dir(f"bench/stackgan_sampling/part_judge_w{cfg.attr_width}_e{cfg.attr_epochs}"))
     rows: dict[str, dict] = {}
+    pair_keys = ("no_part", "other_colour", "seen_pair", "unseen_pair")
+    if args.pairs:  # notebook 01's section 10a: its captions and noise
+        pairs = synthbirds.pair_captions("belly")
+        pair_text = torch.from_numpy(train.encode(pairs)).repeat_interleave(16, 0)
+        pair_z = torch.randn(len(pair_text), cfg.z_dim, generator=torch.Generator().manual_seed(seed + 2))
+        seen = synthbirds.colour_pairs(synthbirds.species_colours(root, np.unique(train.class_ids)))
     for run in args.runs:
         trained, D = restore(run, cfg, embeddings.shape[-1])
         judge = D if part_judge is None else part_judge
@@ -113,6 +124,10 @@ def main() -> None:
             print(f"{run[-40:]:>40} {key:24} " + " ".join(f"{k} {res[k]:.3f}" for k in COLOURS) + f" FID {res['fid']:.1f}"
                   f" spread {spread:.4f}" + (f" demo {demo_score:.2f}" if demo_score is not None else ""), flush=True)
 
+        if args.pairs:
+            comp = pair_composition(clf, stackgan.generate(trained, pair_text, z=pair_z)[0], seen)
+            rows.setdefault("pairs,ca_noise=1", {})[run] = {k: round(comp[k], 3) for k in pair_keys}
+            print(f"{run[-40:]:>40} body/belly pairs: " + " ".join(f"{k} {comp[k]:.2f}" for k in pair_keys), flush=True)
         for bn in () if args.only_rerank else ("copied", "standing"):
             G = copy.deepcopy(trained)
             if bn == "standing":
@@ -131,7 +146,7 @@ def main() -> None:
             record(f"bn=copied,ca_noise={noise:g},rerank={k}{judge_name if k > 1 else ''}", low,
                    noise_spread(trained, text, cfg.z_dim, seed, ca_noise=noise, rerank=k, judge=judge, labels=asked), seconds,
                    both_asked(clf, demo_low, synthbirds.caption_targets(demo)))
-    digits = {**{k: 3 for k in (*COLOURS, "fid", "demo")}, "spread": 4}
+    digits = {**{k: 3 for k in (*COLOURS, "fid", "demo", *pair_keys)}, "spread": 4}
     summary = {key: {k: {"mean": round(float(np.mean([r[k] for r in runs.values()])), d),
                          "std": round(float(np.std([r[k] for r in runs.values()])), d)}
                      for k, d in digits.items() if all(k in r for r in runs.values())}

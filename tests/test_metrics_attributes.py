@@ -58,6 +58,27 @@ def test_part_hit_rates_are_per_caption_fractions_read_as_asked() -> None:
     assert rates.shape == (2,) and rates[0] == np.mean(body[:4] == body[0]) and np.isnan(rates[1])
 
 
+def test_pair_composition_splits_body_hits_by_the_belly_named_and_by_pairs_seen() -> None:
+    from hwlib.data.synthbirds import COLOURS
+    from hwlib.metrics.attributes import pair_composition
+
+    torch.manual_seed(0)
+    net = AttributeNet({"body": 10, "belly": 10}, width=4)
+    images = torch.rand(200, 3, 64, 64) * 2 - 1  # 2 per caption of pair_captions("belly")
+    body = predict_attributes(net, images)["body"].reshape(10, 10, 2)
+    expected = (body == np.arange(10)[:, None, None]).mean(-1)  # row i asks for body colour i
+    colours = tuple(COLOURS)
+    seen = {("body", "belly", colours[i], colours[(i + 1) % 10]) for i in range(10)}  # one pair per body colour
+    out = pair_composition(net, images, seen)
+    other = ~np.eye(10, dtype=bool)
+    known = np.zeros((10, 10), bool)
+    known[np.arange(10), (np.arange(10) + 1) % 10] = True
+    np.testing.assert_allclose(out["matrix"], expected)
+    assert out["no_part"] == expected.diagonal().mean() and out["other_colour"] == expected[other].mean()
+    assert out["seen_pair"] == expected[known].mean() and out["unseen_pair"] == expected[other & ~known].mean()
+    assert out["n_unseen_pairs"] == 80 and "seen_pair" not in pair_composition(net, images)
+
+
 def test_real_both_asked_scores_real_birds_of_each_caption_that_names_every_part() -> None:
     from hwlib.data.synthbirds import COLOURS
     from hwlib.metrics.attributes import real_both_asked

@@ -35,7 +35,7 @@ _EXPORTS = {
     "feature_net": "features", "extract_features": "features", "feature_stats": "features",
     "reference_stats": "reference",
     "high_frequency_energy": "spectrum", "high_frequency_error": "spectrum",
-    "attribute_accuracy": "attributes", "consistency": "attributes", "both_asked": "attributes", "part_hit_rates": "attributes", "real_both_asked": "attributes", "near_miss_ranking": "attributes",
+    "attribute_accuracy": "attributes", "consistency": "attributes", "both_asked": "attributes", "part_hit_rates": "attributes", "pair_composition": "attributes", "real_both_asked": "attributes", "near_miss_ranking": "attributes",
     "classifier_ranking": "attributes", "linear_probe": "attributes",
 }
 __all__ = sorted(_EXPORTS)

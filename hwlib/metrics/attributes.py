@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from typing import Any
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -61,6 +63,26 @@ def part_hit_rates(net: AttributeNet, images: torch.Tensor, captions: list[str],
     asked = np.repeat(caption_targets(captions)[part], k)
     hit = (predict_attributes(net, images)[part] == asked).reshape(len(captions), k).mean(1)
     return np.where(asked.reshape(len(captions), k)[:, 0] >= 0, hit, np.nan)
+
+
+def pair_composition(net: AttributeNet, images: torch.Tensor, seen: set[tuple[str, str, str, str]] | None = None,
+                     part: str = "belly") -> dict[str, Any]:
+    """How often ``net`` reads the body in the asked colour, for ``images`` (100 * K, 3, H, W) in [-1, 1] drawn K
+    per caption of :func:`hwlib.data.synthbirds.pair_captions` ``(part)`` in order: ``matrix`` float (10, 10) (row:
+    body colour, column: ``part`` colour, diagonal: ``part`` not named) and its means ``no_part`` (the diagonal),
+    ``other_colour`` (off it), and, given ``seen`` (:func:`hwlib.data.synthbirds.colour_pairs` of the training
+    species), ``seen_pair`` / ``unseen_pair``: off-diagonal pairs some training species has / none has."""
+    from hwlib.data.synthbirds import COLOURS, pair_captions
+
+    colours = tuple(COLOURS)
+    m = part_hit_rates(net, images, pair_captions(part), "body").reshape(len(colours), len(colours))
+    other = ~np.eye(len(colours), dtype=bool)
+    out: dict[str, Any] = {"matrix": m, "no_part": float(m.diagonal().mean()), "other_colour": float(m[other].mean())}
+    if seen is not None:
+        known = np.array([[("body", part, b, e) in seen for e in colours] for b in colours]) & other
+        out |= {"seen_pair": float(m[known].mean()), "unseen_pair": float(m[other & ~known].mean()),
+                "n_unseen_pairs": int((other & ~known).sum())}
+    return out
 
 
 def real_both_asked(net: AttributeNet, captions: list[str], n: int = 100, seed: int = 0,
