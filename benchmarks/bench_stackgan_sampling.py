@@ -106,10 +106,7 @@ def main() -> None:
         device=device, run_dir=hwlib.runs_dir(f"bench/stackgan_sampling/part_judge_w{cfg.attr_width}_e{cfg.attr_epochs}"))
     rows: dict[str, dict] = {}
     pair_keys = ("no_part", "other_colour", "seen_pair", "unseen_pair")
-    if args.pairs:  # notebook 01's section 10a: its captions and noise
-        pairs = synthbirds.pair_captions("belly")
-        pair_text = torch.from_numpy(train.encode(pairs)).repeat_interleave(16, 0)
-        pair_z = torch.randn(len(pair_text), cfg.z_dim, generator=torch.Generator().manual_seed(seed + 2))
+    if args.pairs:  # notebook 01's section 10a
         seen = synthbirds.colour_pairs(synthbirds.species_colours(root, np.unique(train.class_ids)))
     for run in args.runs:
         trained, D = restore(run, cfg, embeddings.shape[-1])
@@ -125,7 +122,7 @@ def main() -> None:
                   f" spread {spread:.4f}" + (f" demo {demo_score:.2f}" if demo_score is not None else ""), flush=True)
 
         if args.pairs:
-            comp = pair_composition(clf, stackgan.generate(trained, pair_text, z=pair_z)[0], seen)
+            comp = pair_composition(clf, stackgan.pair_birds(trained, train.encode, cfg.z_dim, seed + 2), seen)
             rows.setdefault("pairs,ca_noise=1", {})[run] = {k: round(comp[k], 3) for k in pair_keys}
             print(f"{run[-40:]:>40} body/belly pairs: " + " ".join(f"{k} {comp[k]:.2f}" for k in pair_keys), flush=True)
         for bn in () if args.only_rerank else ("copied", "standing"):

@@ -747,3 +747,21 @@ def test_stage2_diffaug_sets_stage2s_augmentation_apart_from_stage1s(monkeypatch
                                     recipe=r, **data, **kw)(batch, 0)
         assert seen and set(seen) == ({"translation,cutout"} if "G1" not in kw else {""})
     assert "stage2_diffaug" not in stackgan.Recipe().as_dict() and "stage2_diffaug" not in r.stage1_dict()
+
+
+def test_pair_birds_draws_each_pair_caption_in_order_from_the_seed() -> None:
+    from hwlib.data import synthbirds
+
+    torch.manual_seed(0)
+    g, _ = stackgan.build_stage1(8, c_dim=4, z_dim=4, gf=4, df=4, recipe="stable")
+    encode = lambda captions: np.stack([np.full(8, len(c) / 50.0, np.float32) for c in captions])  # a toy encoder
+    birds = stackgan.pair_birds(g, encode, z_dim=4, seed=3, per_caption=2)
+    assert birds.shape == (200, 3, 64, 64)
+    text = torch.from_numpy(encode(synthbirds.pair_captions("belly"))).repeat_interleave(2, 0)
+    z = torch.randn(200, 4, generator=torch.Generator().manual_seed(3))
+    torch.manual_seed(3)
+    torch.testing.assert_close(birds, stackgan.generate(g, text, z=z)[0])
+    torch.manual_seed(99)  # the seed, not the global generator's state, decides the birds
+    state = torch.random.get_rng_state()
+    torch.testing.assert_close(stackgan.pair_birds(g, encode, z_dim=4, seed=3, per_caption=2), birds)
+    assert torch.equal(torch.random.get_rng_state(), state)

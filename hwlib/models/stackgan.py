@@ -1023,6 +1023,22 @@ def part_scores(judge: nn.Module, images: torch.Tensor, labels: torch.Tensor) ->
     return (logp.gather(-1, labels.clamp_min(0)[..., None]).squeeze(-1) * known).sum(1)
 
 
+def pair_birds(G1: nn.Module, encode: Any, z_dim: int, seed: int = 0, per_caption: int = 16,
+               part: str = "belly") -> torch.Tensor:
+    """Stage-I's birds of :func:`hwlib.data.synthbirds.pair_captions` ``(part)``: ``per_caption`` per caption in their
+    order, one draw each at the trained CA noise -> (100 * per_caption, 3, 64, 64) in [-1, 1], for
+    :func:`hwlib.metrics.pair_composition`. ``seed`` fixes the noise z and the CA noise (the global generator is
+    left as it was). ``encode``: captions -> embeddings (N, t_dim), e.g. ``BirdSplit.encode``."""
+    from hwlib.data.synthbirds import pair_captions
+
+    captions = pair_captions(part)
+    text = torch.as_tensor(encode(captions)).repeat_interleave(per_caption, 0)
+    z = torch.randn(len(text), z_dim, generator=torch.Generator().manual_seed(seed))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return generate(G1, text, z=z)[0]
+
+
 @torch.no_grad()
 def generate(G1: nn.Module, text: torch.Tensor, G2: nn.Module | None = None, z: torch.Tensor | None = None,
              batch_size: int = 64, ca_noise: float = 1.0, keep_low: bool = False, rerank: int = 1,
