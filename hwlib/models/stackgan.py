@@ -196,11 +196,17 @@ class Recipe:
     - ``novel_focus``: the fraction of the novel half-batch drawn in proportion to each caption's latest part loss on
       G's image of it (:class:`NovelFocus`, prioritised replay), the rest uniformly (0: all uniformly). The demo's
       white bird with a purple belly is never drawn white: G fails some combinations far more than others, and a
-      uniform draw shows it each of the 4,000 captions about 14 times in 7,168 steps.
+      uniform draw shows it each of the 4,000 captions about 14 times in 7,168 steps. Measured at 0.5 on `stable`,
+      three seeds (``rerank_focus_judge``, ``pairs_novel_focus``): demo 0.42 (0.31, 0.38, 0.56) against 0.46 at the
+      same seeds, colours 0.77 / 0.75 / 0.50 / 0.73, FID 76 -- no gain; `stable` keeps it off.
     - ``novel_pairs``: the novel captions each name two parts in colours no training species pairs (e.g. a white body
       with a purple belly; ``synthbirds.novel_set(unseen_pairs=True)``, which the callers build from this field);
       uniformly drawn combinations do so in about one caption in ten. Notebook 01's generator draws the asked body
-      colour less often beside a belly colour no training species pairs with it (section 10).
+      colour less often beside a belly colour no training species pairs with it (section 10a). Measured on `stable`,
+      three seeds (``rerank_pairs_judge``, ``pairs_novel_pairs``): the body drawn as asked beside unseen pairs 0.50
+      and beside seen ones 0.47 (`stable`: 0.51 and 0.66) -- the gap closed by drawing every body less often (no
+      belly named 0.52 against 0.72) --, demo 0.46 (0.62, 0.25, 0.50) as `stable`'s at the same seeds, FID 102
+      against 72; `stable` keeps it off.
     - ``mode_seeking``: weight of the mode-seeking term (MSGAN, Mao et al. 2019) in G's loss: G draws the first half of
       its batch's captions a second time with fresh noise and is rewarded for the distance between the two images per
       unit distance between the noises, ``w / (mean|G(t, z1) - G(t, z2)| / mean|z1 - z2| + 1e-5)`` (0: off). With
