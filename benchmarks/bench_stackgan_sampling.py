@@ -107,7 +107,7 @@ def main() -> None:
     rows: dict[str, dict] = {}
     pair_keys = ("no_part", "other_colour", "seen_pair", "unseen_pair")
     if args.pairs:  # notebook 01's section 10a
-        seen = synthbirds.colour_pairs(synthbirds.species_colours(root, np.unique(train.class_ids)))
+        seen = synthbirds.training_pairs(root)
     for run in args.runs:
         trained, D = restore(run, cfg, embeddings.shape[-1])
         judge = D if part_judge is None else part_judge

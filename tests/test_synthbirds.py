@@ -194,6 +194,13 @@ def test_novel_captions_with_seen_pairs_name_a_pair_of_colours_outside_them() ->
     assert plain == synthbirds.novel_captions(50, set(), seed=2) and plain != captions
 
 
+def test_training_pairs_are_the_colour_pairs_of_the_training_species_only(root: Path) -> None:
+    train = synthbirds.species_colours(root, np.arange(1, synthbirds.N_TRAIN_CLASSES + 1))
+    assert synthbirds.training_pairs(root) == synthbirds.colour_pairs(train)
+    test = synthbirds.species_colours(root, np.arange(synthbirds.N_TRAIN_CLASSES + 1, synthbirds.N_CLASSES + 1))
+    assert synthbirds.colour_pairs(test) - synthbirds.training_pairs(root)  # some test species pair colours anew
+
+
 def test_pair_captions_name_each_body_colour_beside_each_part_colour() -> None:
     captions, colours = synthbirds.pair_captions("belly"), tuple(synthbirds.COLOURS)
     assert len(captions) == 100

@@ -112,7 +112,7 @@ def novel_captions(n: int, exclude: set[tuple[str, ...]], seed: int = 0,
     """``n`` captions of random species (:func:`random_species`) whose body, wing, crown and belly colours
     (:data:`COLOUR_PARTS`) are none of ``exclude``'s -- e.g. every test species' -- each from one random template
     (:func:`captions_for`): captions with colour combinations no bird in the data need have, for ``Recipe.novel``.
-    With ``seen_pairs`` (:func:`colour_pairs` of the training species), only captions that name at least one pair of
+    With ``seen_pairs`` (:func:`training_pairs`), only captions that name at least one pair of
     part colours outside it (``Recipe.novel_pairs``); the same draws otherwise, the rest skipped."""
     rng = np.random.default_rng(seed)
     out: list[str] = []
@@ -135,6 +135,12 @@ def colour_pairs(birds: Any) -> set[tuple[str, str, str, str]]:
         parts = [p for p in COLOUR_PARTS if p in named]
         out |= {(a, b, named[a], named[b]) for i, a in enumerate(parts) for b in parts[i + 1:]}
     return out
+
+
+def training_pairs(root: str | Path) -> set[tuple[str, str, str, str]]:
+    """:func:`colour_pairs` of the training species (classes 1..:data:`N_TRAIN_CLASSES`) of the SynthBirds set at
+    ``root``: the pairs of part colours some training bird has."""
+    return colour_pairs(species_colours(root, np.arange(1, N_TRAIN_CLASSES + 1)))
 
 
 def pair_captions(part: str = "belly") -> list[str]:
@@ -477,7 +483,7 @@ def novel_set(train: Any, n: int = 4000, seed: int = 0, unseen_pairs: bool = Fal
 
     root = train.root
     exclude = species_colours(root, np.arange(N_TRAIN_CLASSES + 1, N_CLASSES + 1))
-    seen = colour_pairs(species_colours(root, np.arange(1, N_TRAIN_CLASSES + 1))) if unseen_pairs else None
+    seen = training_pairs(root) if unseen_pairs else None
     captions = novel_captions(n, exclude, seed, seen_pairs=seen)
     path = root / "birds" / "train" / f"{train.embedding}-novel{seed}_{n}{'_pairs' if unseen_pairs else ''}.npy"
     emb = read_arrays(path)

@@ -9,7 +9,6 @@ which parts of a caption does it check?
 from __future__ import annotations
 
 from collections.abc import Callable
-
 from typing import Any
 
 import numpy as np
@@ -70,8 +69,8 @@ def pair_composition(net: AttributeNet, images: torch.Tensor, seen: set[tuple[st
     """How often ``net`` reads the body in the asked colour, for ``images`` (100 * K, 3, H, W) in [-1, 1] drawn K
     per caption of :func:`hwlib.data.synthbirds.pair_captions` ``(part)`` in order: ``matrix`` float (10, 10) (row:
     body colour, column: ``part`` colour, diagonal: ``part`` not named) and its means ``no_part`` (the diagonal),
-    ``other_colour`` (off it), and, given ``seen`` (:func:`hwlib.data.synthbirds.colour_pairs` of the training
-    species), ``seen_pair`` / ``unseen_pair``: off-diagonal pairs some training species has / none has."""
+    ``other_colour`` (off it), and, given ``seen`` (:func:`hwlib.data.synthbirds.training_pairs`), ``seen_pair`` /
+    ``unseen_pair``: off-diagonal pairs some training species has / none has."""
     from hwlib.data.synthbirds import COLOURS, pair_captions
 
     colours = tuple(COLOURS)

@@ -696,7 +696,8 @@ class NovelFocus(nn.Module):
         """``k`` caption indices int64: ``round(focus * k)`` drawn in proportion to their latest loss, the rest
         uniformly."""
         n_hard = round(focus * k)
-        hard = torch.multinomial(self.loss.clamp_min(1e-3), n_hard, replacement=True) if n_hard else self.loss.new_empty(0, dtype=torch.long)
+        hard = (torch.multinomial(self.loss.clamp_min(1e-3), n_hard, replacement=True) if n_hard
+                else self.loss.new_empty(0, dtype=torch.long))
         return torch.cat([hard, torch.randint(0, len(self.loss), (k - n_hard,), device=self.loss.device)])
 
     @torch.no_grad()
@@ -728,7 +729,8 @@ def make_stackgan_step(G: nn.Module, D: StageD, opt_g: torch.optim.Optimizer, op
     misses); ``matcher``: the frozen :class:`hwlib.models.matching.Matcher` of ``recipe.matcher``; ``labels`` int64
     (N, 10, 4): the part colours each caption names (:meth:`hwlib.data.cub.BirdSplit.caption_labels`), for
     ``recipe.parts``; ``novel``: (embeddings (M, t_dim), part labels int64 (M, 4)) of the captions of
-    ``recipe.novel``; ``focus``: their :class:`NovelFocus`, for ``recipe.novel_focus``. ``amp``: bf16 autocast where the hardware computes it natively (:func:`hwlib.train.autocast`).
+    ``recipe.novel``; ``focus``: their :class:`NovelFocus`, for ``recipe.novel_focus``. ``amp``: bf16 autocast where
+    the hardware computes it natively (:func:`hwlib.train.autocast`).
     Returns detached ``loss_d``, ``loss_g``, ``kl``, ``d_real``/``d_wrong``/``d_fake`` (mean sigmoid).
     """
     from hwlib.data.cub import augment, pick_embedding, wrong_indices
