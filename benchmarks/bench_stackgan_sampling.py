@@ -16,7 +16,8 @@ species, as the ladder does, under each sampling option:
   name), a classifier of the training birds' part colours that G never trained against
   (:func:`hwlib.models.attributes.train_part_judge`, at the attribute classifier's width and epochs, trained once).
   Each re-ranked row also scores notebook 01's "type a caption" demo (``demo``: :data:`synthbirds.DEMO_CAPTIONS`,
-  eight noise vectors each, the fraction of birds with the asked body and wing colour, :func:`metrics.both_asked`);
+  eight noise vectors each, the fraction of birds with the asked body and wing colour, :func:`metrics.both_asked`),
+  and ``demo64`` the same score over 64 noise vectors per caption (128 birds instead of 16: steps of 1/128, not 1/16);
   ``demo_real_birds`` is that score for 100 real birds drawn to each caption (:func:`metrics.real_both_asked`), the
   most the classifier lets a generator reach.
 - ``pairs`` (``--pairs``): notebook 01's section 10a on each run's generator, one draw per noise vector at the trained
@@ -97,6 +98,9 @@ def main() -> None:
     demo = list(np.repeat(synthbirds.DEMO_CAPTIONS, 8))  # notebook 01's demo: eight noise vectors per caption
     demo_text, demo_asked = torch.from_numpy(train.encode(demo)), torch.from_numpy(synthbirds.part_labels(demo))
     demo_z = torch.randn(len(demo), cfg.z_dim, generator=torch.Generator().manual_seed(seed))
+    wide = list(np.repeat(synthbirds.DEMO_CAPTIONS, 64))  # the same captions, 64 noise vectors each (demo64)
+    wide_text, wide_asked = torch.from_numpy(train.encode(wide)), torch.from_numpy(synthbirds.part_labels(wide))
+    wide_z = torch.randn(len(wide), cfg.z_dim, generator=torch.Generator().manual_seed(seed + 23))
     # what real birds of the captions score: over the captions that name both parts (equal counts: the nanmean)
     demo_real = float(np.nanmean(list(real_both_asked(clf, list(synthbirds.DEMO_CAPTIONS), seed=seed).values())))
     print(f"demo: real birds drawn to the demo captions score {demo_real:.2f}")
@@ -113,13 +117,15 @@ def main() -> None:
         judge = D if part_judge is None else part_judge
 
         def record(key: str, low: torch.Tensor, spread: float, seconds: float | None = None,
-                   demo_score: float | None = None) -> None:
+                   demo_score: tuple[float, float] | None = None) -> None:
             res = consistency(clf, low, targets, real_feats)
             rows.setdefault(key, {})[run] = ({**{k: round(res[k], 3) for k in COLOURS}, "fid": round(res["fid"], 2),
                                               "spread": round(spread, 4)} | ({"seconds": round(seconds, 1)} if seconds else {})
-                                             | ({"demo": round(demo_score, 3)} if demo_score is not None else {}))
+                                             | ({"demo": round(demo_score[0], 3), "demo64": round(demo_score[1], 3)}
+                                                if demo_score is not None else {}))
             print(f"{run[-40:]:>40} {key:24} " + " ".join(f"{k} {res[k]:.3f}" for k in COLOURS) + f" FID {res['fid']:.1f}"
-                  f" spread {spread:.4f}" + (f" demo {demo_score:.2f}" if demo_score is not None else ""), flush=True)
+                  f" spread {spread:.4f}" + (f" demo {demo_score[0]:.2f} demo64 {demo_score[1]:.3f}" if demo_score else ""),
+                  flush=True)
 
         if args.pairs:
             comp = pair_composition(clf, stackgan.pair_birds(trained, train.encode, cfg.z_dim, seed + 2), seen)
@@ -140,10 +146,15 @@ def main() -> None:
             seconds = time.perf_counter() - t0
             torch.manual_seed(seed + 19)
             demo_low = stackgan.generate(trained, demo_text, z=demo_z, ca_noise=noise, rerank=k, judge=judge, labels=demo_asked)[0]
+            with torch.random.fork_rng(devices=[]):  # the rows' other draws stay as they were before demo64
+                torch.manual_seed(seed + 29)
+                wide_low = stackgan.generate(trained, wide_text, z=wide_z, ca_noise=noise, rerank=k, judge=judge,
+                                             labels=wide_asked)[0]
             record(f"bn=copied,ca_noise={noise:g},rerank={k}{judge_name if k > 1 else ''}", low,
                    noise_spread(trained, text, cfg.z_dim, seed, ca_noise=noise, rerank=k, judge=judge, labels=asked), seconds,
-                   both_asked(clf, demo_low, synthbirds.caption_targets(demo)))
-    digits = {**{k: 3 for k in (*COLOURS, "fid", "demo", *pair_keys)}, "spread": 4}
+                   (both_asked(clf, demo_low, synthbirds.caption_targets(demo)),
+                    both_asked(clf, wide_low, synthbirds.caption_targets(wide))))
+    digits = {**{k: 3 for k in (*COLOURS, "fid", "demo", "demo64", *pair_keys)}, "spread": 4}
     summary = {key: {k: {"mean": round(float(np.mean([r[k] for r in runs.values()])), d),
                          "std": round(float(np.std([r[k] for r in runs.values()])), d)}
                      for k, d in digits.items() if all(k in r for r in runs.values())}

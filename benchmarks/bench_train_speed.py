@@ -34,6 +34,12 @@ Writes ``benchmarks/results/train_speed_<device>[_<tag>].json``; quality at the 
 (``History.seconds``, read from the newest checkpoint under ``HWLIB_RUNS``) and the notebook's wall time
 (``metadata.hwlib.wall_seconds``); a notebook re-run from its checkpoints spends that wall time on everything but
 training (evaluation, sampling, figures). Writes ``benchmarks/results/notebook_time_<device>.json``.
+
+``--from-scratch NB [NB ...]`` runs each named notebook under papermill (``quick``) as a new machine would: an empty
+checkpoint folder, figures in a scratch folder, and with ``--fresh-data`` an empty data folder too (notebook 01 then
+draws SynthBirds and trains its caption encoder; the MNIST notebooks would need a download). It records the wall time
+of the whole run beside the training seconds of each of its runs, at the thread count ``OMP_NUM_THREADS`` pins:
+``benchmarks/results/notebook_time_<device>_from_scratch.json`` (notebook 01's 15-minute budget is this wall time).
 """
 from __future__ import annotations
 
@@ -44,6 +50,7 @@ import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
+from pathlib import Path
 from unittest import mock
 
 import torch
@@ -294,21 +301,47 @@ def notebook_speedups(runs: dict[str, dict]) -> dict[str, dict]:
     return out
 
 
+def training_seconds(runs: Path) -> dict[str, float]:
+    """{run: training seconds} of every run folder under ``runs``, read from its newest checkpoint."""
+    out = {}
+    for run in sorted(d for d in runs.iterdir() if d.is_dir()) if runs.is_dir() else []:
+        state = Checkpointer(run).load_latest()
+        if state is not None:
+            out[run.name] = round(float(state.get("seconds", 0.0)), 1)
+    return out
+
+
 def notebook_times(profile: str = "quick") -> dict[str, dict]:
     """{notebook: {"training_s": {run: seconds}, "training_total_s", "published_wall_s"}} of the published notebooks."""
     out = {}
     for path in nbtools.published():
-        runs = hwlib.runs_dir(f"{path.stem}/{profile}")
-        training = {}
-        for run in sorted(d for d in runs.iterdir() if d.is_dir()) if runs.is_dir() else []:
-            state = Checkpointer(run).load_latest()
-            if state is not None:
-                training[run.name] = round(float(state.get("seconds", 0.0)), 1)
+        training = training_seconds(hwlib.runs_dir(f"{path.stem}/{profile}"))
         wall = nbtools.wall_seconds(path)
         out[path.stem] = {"training_s": training, "training_total_s": round(sum(training.values()), 1),
                           "published_wall_s": wall}
         print(f"{path.stem}: training {out[path.stem]['training_total_s']:.0f} s over {len(training)} runs; "
               f"published notebook's wall time {wall} s", flush=True)
+    return out
+
+
+def from_scratch(notebooks: list[str], fresh_data: bool, profile: str = "quick") -> dict[str, dict]:
+    """Run each notebook under papermill with no checkpoints (and, with ``fresh_data``, no data): {notebook:
+    {"wall_s", "training_s": {run: seconds}, "training_total_s", "other_s"}} (``other_s``: data, evaluation, figures)."""
+    out = {}
+    for notebook in notebooks:
+        with tempfile.TemporaryDirectory(prefix="hwlib-scratch-") as tmp:
+            work = Path(tmp)
+            env = {"HWLIB_DATA": str(work / "data")} if fresh_data else {}
+            start = time.perf_counter()
+            nbtools.execute(notebook, work / "out.ipynb", work, {"profile": profile}, env=env)
+            wall = time.perf_counter() - start
+            training = training_seconds(work / "runs" / notebook / profile)
+        total = round(sum(training.values()), 1)
+        out[notebook] = {"wall_s": round(wall, 1), "training_s": training, "training_total_s": total,
+                         "other_s": round(wall - total, 1), "fresh_data": fresh_data,
+                         "threads": int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads()))}
+        print(f"{notebook}: {wall:.0f} s from scratch ({total:.0f} s training: "
+              + ", ".join(f"{k} {v:.0f} s" for k, v in training.items()) + ")", flush=True)
     return out
 
 
@@ -318,11 +351,17 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--notebooks", action="store_true", help="split the published notebooks' time instead")
+    parser.add_argument("--from-scratch", nargs="+", metavar="NB", help="run these notebooks with no checkpoints and time them")
+    parser.add_argument("--fresh-data", action="store_true", help="with --from-scratch: an empty data folder too")
     parser.add_argument("--tag", default="", help="a run on another machine: write train_speed_<device>_<tag>.json")
     parser.add_argument("--ablate", choices=[f for f in vars(AFTER) if isinstance(getattr(AFTER, f), bool)],
                         help="'before' is the after core less this one choice (e.g. channels_last): its speed-up alone")
     args = parser.parse_args()
     device = get_device()
+    if args.from_scratch:
+        write_result(f"notebook_time_{device.type}_from_scratch", {"notebooks": from_scratch(args.from_scratch, args.fresh_data)},
+                     device)
+        return
     if args.notebooks:
         write_result(f"notebook_time_{device.type}", {"notebooks": notebook_times()},
                      device)

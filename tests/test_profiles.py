@@ -100,3 +100,15 @@ def test_oversubscription_warning():
     assert oversubscription_warning(1, load=5.0, cores=2) is None  # one thread does not wait for others
     warning = oversubscription_warning(2, load=1.9, cores=2)
     assert warning and "OMP_NUM_THREADS=1" in warning and "2 torch threads on 2 cores" in warning
+
+
+def test_stackgan_side_recipes_train_their_own_epochs():
+    from hwlib.profiles.stackgan_cub import stage1_epochs, training_calls
+
+    quick = hwlib.get_profile("01_stackgan_cub", "quick", verbose=False)
+    assert quick.recipe == "stable" and "paper" in quick.recipes
+    assert (stage1_epochs(quick, "stable"), stage1_epochs(quick, "paper")) == (64, 16)
+    steps = {name: n for name, (_, n) in training_calls(quick).items()}
+    assert steps["Stage-I (stable)"] == 4 * steps["Stage-I (paper)"] == 64 * (1800 // 16)
+    full = hwlib.get_profile("01_stackgan_cub", "full", verbose=False)  # the paper's recipe is full's main recipe
+    assert full.recipes == ("paper",) and stage1_epochs(full, "paper") == full.epochs1 == 600
