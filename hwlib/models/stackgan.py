@@ -1035,8 +1035,10 @@ def pair_birds(G1: nn.Module, encode: Any, z_dim: int, seed: int = 0, per_captio
                part: str = "belly") -> torch.Tensor:
     """Stage-I's birds of :func:`hwlib.data.synthbirds.pair_captions` ``(part)``: ``per_caption`` per caption in their
     order, one draw each at the trained CA noise -> (100 * per_caption, 3, 64, 64) in [-1, 1], for
-    :func:`hwlib.metrics.pair_composition`. ``seed`` fixes the noise z and the CA noise (the global generator is
-    left as it was). ``encode``: captions -> embeddings (N, t_dim), e.g. ``BirdSplit.encode``."""
+    :func:`hwlib.metrics.pair_composition`. ``seed`` fixes the noise z and the CA noise, which is drawn in a forked
+    generator. ``encode``: captions -> embeddings (N, t_dim), e.g. ``BirdSplit.encode``; it runs outside the fork, and
+    the n-gram encoder's ``encode`` draws from the global generator (it rebuilds the encoder, randomly initialised,
+    from its cache on every call), so only an encoder that draws nothing leaves the global generator as it was."""
     from hwlib.data.synthbirds import pair_captions
 
     captions = pair_captions(part)
