@@ -146,3 +146,30 @@ def test_contrastive_loss_is_log_b_at_chance_and_falls_as_the_diagonal_wins():
     assert torch.isclose(contrastive_loss(torch.zeros(6, 6)), torch.tensor(math.log(6)))
     assert contrastive_loss(10 * torch.eye(6)) < 1e-3
     assert contrastive_loss(10 * torch.eye(6).flip(0)) > math.log(6)  # each image prefers another's caption
+
+
+def test_diff_augment_translation_equals_a_gather_from_the_zero_padded_batch():
+    """The slice copies give the values and gradients, bit for bit, of the zero-padded index gather they replaced
+    (the checkpoints trained with that gather stay reproducible)."""
+    import torch.nn.functional as F
+
+    from hwlib.gan import diff_augment
+
+    for b, size in ((9, 64), (3, 256)):
+        x0 = torch.randn(b, 3, size, size).contiguous(memory_format=torch.channels_last)
+        g = torch.randn(b, 3, size, size)
+        torch.manual_seed(1)
+        x = x0.clone().requires_grad_(True)
+        out = diff_augment(x, "translation")
+        out.backward(g)
+        torch.manual_seed(1)  # the same draws, through the gather
+        s = int(size / 8 + 0.5)
+        ty, tx = torch.randint(-s, s + 1, (b, 1, 1)), torch.randint(-s, s + 1, (b, 1, 1))
+        gy = (torch.arange(size)[None, :, None] + ty + 1).clamp(0, size + 1)
+        gx = (torch.arange(size)[None, None, :] + tx + 1).clamp(0, size + 1)
+        ref_x = x0.clone().requires_grad_(True)
+        ref = F.pad(ref_x, [1, 1, 1, 1]).permute(0, 2, 3, 1)[torch.arange(b)[:, None, None], gy, gx].permute(0, 3, 1, 2)
+        ref.contiguous().backward(g)
+        assert torch.equal(out, ref) and torch.equal(x.grad, ref_x.grad)
+    shifted = diff_augment(torch.ones(64, 1, 8, 8), "translation")  # every shift up to 1 pixel each way, zero fill
+    assert set(shifted.sum((1, 2, 3)).tolist()) <= {64.0, 56.0, 49.0} and shifted.sum((1, 2, 3)).min() < 64

@@ -129,18 +129,22 @@ def linear_probe(train_x: torch.Tensor, train_y: np.ndarray, test_x: torch.Tenso
     """How linearly a representation carries a label: a softmax regression fitted on ``train_x`` (N, D) to
     ``train_y`` int64 (N,) (full batch, Adam, features standardised with the training statistics; -1 = no label,
     left out), and its accuracy on ``test_x`` (M, D) against ``test_y`` (M,) (rows with -1 left out). E.g. how much of
-    a caption's crown colour its sentence embedding keeps."""
+    a caption's crown colour its sentence embedding keeps. Repeated (row, label) pairs -- one caption written for
+    many birds -- are fitted once, weighted by their count: the same loss, a fraction of the work."""
     gen = torch.Generator().manual_seed(seed)
     ytr, yte = torch.as_tensor(train_y), torch.as_tensor(test_y)
     keep, keep_te = ytr >= 0, yte >= 0
-    mean, std = train_x[keep].float().mean(0), train_x[keep].float().std(0).clamp_min(1e-6)
-    x, y = (train_x[keep].float() - mean) / std, ytr[keep]
+    rows, count = torch.unique(torch.cat([train_x[keep].float(), ytr[keep, None].float()], 1), dim=0, return_counts=True)
+    xu, y, n = rows[:, :-1], rows[:, -1].long(), count.float()
+    mean = (n[:, None] * xu).sum(0) / n.sum()
+    std = ((n[:, None] * (xu - mean) ** 2).sum(0) / (n.sum() - 1)).sqrt().clamp_min(1e-6)
+    x = (xu - mean) / std
     n_classes = int(max(int(y.max()), int(yte[keep_te].max()) if keep_te.any() else 0)) + 1
     w = (torch.randn(x.shape[1], n_classes, generator=gen) * 0.01).requires_grad_()
     b = torch.zeros(n_classes, requires_grad=True)
     opt = torch.optim.Adam([w, b], lr=lr)
     for _ in range(steps):
-        loss = F.cross_entropy(x @ w + b, y)
+        loss = (n * F.cross_entropy(x @ w + b, y, reduction="none")).sum() / n.sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
