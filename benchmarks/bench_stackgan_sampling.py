@@ -99,8 +99,7 @@ def main() -> None:
     demo_text, demo_asked = torch.from_numpy(train.encode(demo)), torch.from_numpy(synthbirds.part_labels(demo))
     demo_z = torch.randn(len(demo), cfg.z_dim, generator=torch.Generator().manual_seed(seed))
     wide = list(np.repeat(synthbirds.DEMO_CAPTIONS, 64))  # the same captions, 64 noise vectors each (demo64)
-    wide_text, wide_asked = torch.from_numpy(train.encode(wide)), torch.from_numpy(synthbirds.part_labels(wide))
-    wide_z = torch.randn(len(wide), cfg.z_dim, generator=torch.Generator().manual_seed(seed + 23))
+    wide_asked = torch.from_numpy(synthbirds.part_labels(wide))
     # what real birds of the captions score: over the captions that name both parts (equal counts: the nanmean)
     demo_real = float(np.nanmean(list(real_both_asked(clf, list(synthbirds.DEMO_CAPTIONS), seed=seed).values())))
     print(f"demo: real birds drawn to the demo captions score {demo_real:.2f}")
@@ -146,10 +145,8 @@ def main() -> None:
             seconds = time.perf_counter() - t0
             torch.manual_seed(seed + 19)
             demo_low = stackgan.generate(trained, demo_text, z=demo_z, ca_noise=noise, rerank=k, judge=judge, labels=demo_asked)[0]
-            with torch.random.fork_rng(devices=[]):  # the rows' other draws stay as they were before demo64
-                torch.manual_seed(seed + 29)
-                wide_low = stackgan.generate(trained, wide_text, z=wide_z, ca_noise=noise, rerank=k, judge=judge,
-                                             labels=wide_asked)[0]
+            wide_low = stackgan.caption_samples(trained, synthbirds.DEMO_CAPTIONS, train.encode, cfg.z_dim, 64, seed + 23,
+                                                noise_seed=seed + 29, ca_noise=noise, rerank=k, judge=judge, labels=wide_asked)
             record(f"bn=copied,ca_noise={noise:g},rerank={k}{judge_name if k > 1 else ''}", low,
                    noise_spread(trained, text, cfg.z_dim, seed, ca_noise=noise, rerank=k, judge=judge, labels=asked), seconds,
                    (both_asked(clf, demo_low, synthbirds.caption_targets(demo)),

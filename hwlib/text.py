@@ -123,7 +123,10 @@ class NgramEncoder(nn.Module):
 
     @classmethod
     def from_state(cls, state: dict[str, np.ndarray]) -> NgramEncoder:
-        enc = cls([str(g) for g in state["vocab"]], state["weight"].shape[1])
+        """The encoder :meth:`state` describes. Built in a forked generator: its random initialisation, overwritten
+        at once, leaves torch's global generator as it was."""
+        with torch.random.fork_rng(devices=[]):
+            enc = cls([str(g) for g in state["vocab"]], state["weight"].shape[1])
         enc.bag.weight.data.copy_(torch.from_numpy(state["weight"]))
         return enc.eval()
 

@@ -509,5 +509,9 @@ def test_bag_of_ngrams_option_trains_the_encoder_once_on_train_captions(root: Pa
     caption = test.captions(0)[0]
     np.testing.assert_allclose(test.encode([caption])[0], test.embeddings[0, 0], atol=1e-6)  # new captions, same encoder
     assert set(cub.ngram_encoder(root).vocab) == {g for i in range(len(train)) for c in train.captions(i) for g in text.ngrams(c)}
+    state = torch.random.get_rng_state()  # read once per version of its cache file, drawing nothing
+    assert cub.ngram_encoder(root) is cub.ngram_encoder(root) and torch.equal(torch.random.get_rng_state(), state)
+    test.encode(["a red bird"])
+    assert torch.equal(torch.random.get_rng_state(), state)
     with pytest.raises(ValueError, match="cannot embed new captions"):
         cub.open_birds(root, "train").encode(["a red bird"])

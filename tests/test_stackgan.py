@@ -765,3 +765,9 @@ def test_pair_birds_draws_each_pair_caption_in_order_from_the_seed() -> None:
     state = torch.random.get_rng_state()
     torch.testing.assert_close(stackgan.pair_birds(g, encode, z_dim=4, seed=3, per_caption=2), birds)
     assert torch.equal(torch.random.get_rng_state(), state)
+    # caption_samples: z from seed, the CA noise from noise_seed, in captions' order
+    few = synthbirds.pair_captions("belly")[:3]
+    drawn = stackgan.caption_samples(g, few, encode, 4, 2, seed=5, noise_seed=7, ca_noise=2.0)
+    torch.manual_seed(7)
+    torch.testing.assert_close(drawn, stackgan.generate(g, torch.from_numpy(encode(few)).repeat_interleave(2, 0), ca_noise=2.0,
+                                                        z=torch.randn(6, 4, generator=torch.Generator().manual_seed(5)))[0])

@@ -33,6 +33,7 @@ caption embeddings per sample (:func:`pick_embedding`) and "wrong" images from a
 from __future__ import annotations
 
 import codecs
+import functools
 import pickle
 import shutil
 import tarfile
@@ -394,20 +395,38 @@ def crop_and_resize(path: Path, bbox: np.ndarray, size: int) -> np.ndarray:
 
 def ngram_encoder(root: str | Path) -> Any:
     """The :class:`hwlib.text.NgramEncoder` of the birds under ``root``: trained on ``birds/train``'s captions and
-    class ids (:func:`hwlib.text.fit_ngram_encoder`, seed 0) the first time, then read from its cache."""
+    class ids (:func:`hwlib.text.fit_ngram_encoder`, seed 0) the first time, then read from its cache -- once per
+    version of the cache file (kept in memory; every ``BirdSplit.encode`` call goes through here). Draws nothing from
+    torch's global generator."""
+    path = Path(root) / "birds" / NGRAM_ENCODER
+    try:
+        stamp = path.stat()
+    except FileNotFoundError:
+        return _fit_ngram_encoder(Path(root), path)
+    return _read_ngram_encoder(str(path), stamp.st_mtime_ns, stamp.st_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _read_ngram_encoder(path: str, mtime_ns: int, size: int) -> Any:
+    """The encoder cached at ``path`` (its modification time and size key the memory cache)."""
     from hwlib import text
 
-    root = Path(root)
-    path = root / "birds" / NGRAM_ENCODER
-    state = read_arrays(path, ("vocab", "weight"))
-    if state is None:
-        birds = root / "birds" / "train"
-        keys = _read_keys(birds / "filenames.pickle")
-        class_ids = _read_class_ids(birds / "class_info.pickle", keys)
-        enc = text.fit_ngram_encoder([read_captions(root, key) for key in keys], class_ids)
-        write_arrays(path, enc.state())
-        return enc
+    state = read_arrays(Path(path), ("vocab", "weight"))
+    if state is None:  # an unreadable cache: fit again, as on first use
+        return _fit_ngram_encoder(Path(path).parents[1], Path(path))
     return text.NgramEncoder.from_state(state)
+
+
+def _fit_ngram_encoder(root: Path, path: Path) -> Any:
+    """Fit the encoder on ``root``'s training captions and cache it (atomically) at ``path``."""
+    from hwlib import text
+
+    birds = root / "birds" / "train"
+    keys = _read_keys(birds / "filenames.pickle")
+    class_ids = _read_class_ids(birds / "class_info.pickle", keys)
+    enc = text.fit_ngram_encoder([read_captions(root, key) for key in keys], class_ids)
+    write_arrays(path, enc.state())
+    return enc
 
 
 def _caption_encoder(root: Path, embedding: str) -> Callable[[Sequence[str]], np.ndarray]:

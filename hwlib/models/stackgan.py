@@ -32,6 +32,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -1031,22 +1032,29 @@ def part_scores(judge: nn.Module, images: torch.Tensor, labels: torch.Tensor) ->
     return (logp.gather(-1, labels.clamp_min(0)[..., None]).squeeze(-1) * known).sum(1)
 
 
+def caption_samples(G1: nn.Module, captions: Sequence[str], encode: Any, z_dim: int, per_caption: int, seed: int = 0,
+                    noise_seed: int | None = None, **sampling: Any) -> torch.Tensor:
+    """Stage-I's birds of ``captions``, ``per_caption`` each in the captions' order -> (len(captions) * per_caption,
+    3, 64, 64) in [-1, 1], drawn by :func:`generate` with ``sampling`` (``ca_noise``, ``rerank``, ``judge``, and
+    ``labels`` row for row with the repeated captions). ``seed`` fixes the noise z; the CA noise and the re-ranking's
+    extra candidates are drawn from torch's global generator seeded with ``noise_seed`` (default ``seed``) inside a
+    fork, so the caller's draws stay as they were. ``encode``: captions -> embeddings (N, t_dim), e.g.
+    ``BirdSplit.encode``."""
+    text = torch.as_tensor(encode(list(captions))).repeat_interleave(per_caption, 0)
+    z = torch.randn(len(text), z_dim, generator=torch.Generator().manual_seed(seed))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed if noise_seed is None else noise_seed)
+        return generate(G1, text, z=z, **sampling)[0]
+
+
 def pair_birds(G1: nn.Module, encode: Any, z_dim: int, seed: int = 0, per_caption: int = 16,
                part: str = "belly") -> torch.Tensor:
     """Stage-I's birds of :func:`hwlib.data.synthbirds.pair_captions` ``(part)``: ``per_caption`` per caption in their
     order, one draw each at the trained CA noise -> (100 * per_caption, 3, 64, 64) in [-1, 1], for
-    :func:`hwlib.metrics.pair_composition`. ``seed`` fixes the noise z and the CA noise, which is drawn in a forked
-    generator. ``encode``: captions -> embeddings (N, t_dim), e.g. ``BirdSplit.encode``; it runs outside the fork, and
-    the n-gram encoder's ``encode`` draws from the global generator (it rebuilds the encoder, randomly initialised,
-    from its cache on every call), so only an encoder that draws nothing leaves the global generator as it was."""
+    :func:`hwlib.metrics.pair_composition` (:func:`caption_samples` with ``seed``)."""
     from hwlib.data.synthbirds import pair_captions
 
-    captions = pair_captions(part)
-    text = torch.as_tensor(encode(captions)).repeat_interleave(per_caption, 0)
-    z = torch.randn(len(text), z_dim, generator=torch.Generator().manual_seed(seed))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return generate(G1, text, z=z)[0]
+    return caption_samples(G1, pair_captions(part), encode, z_dim, per_caption, seed)
 
 
 @torch.no_grad()
