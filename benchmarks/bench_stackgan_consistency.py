@@ -41,6 +41,7 @@ from hwlib.models import attributes, stackgan
 from hwlib.train import EMA, get_device, seed_everything
 
 COLOURS = synthbirds.COLOUR_PARTS
+LADDER_BATCH = 16  # the Stage-I batch of every result named without "bs<B>" (quick's): names stay put if the profile changes
 EARLIER_ENCODER = "all-MiniLM-L6-v2"  # the caption encoder of every result before bag-of-ngrams: not in their names
 
 
@@ -161,7 +162,7 @@ def main() -> None:
     parts += [f"lr{lr:g}"] if lr != cfg.lr else []
     parts += [f"n{n_train}"] if n_train != cfg.n_train else []
     parts += [f"kl{kl_coef:g}"] if kl_coef != cfg.kl_coef else []
-    parts += [f"bs{batch_size}"] if batch_size != cfg.batch_size else []
+    parts += [f"bs{batch_size}"] if batch_size != LADDER_BATCH else []
     decay = args.lr_decay_epochs or cfg.lr_decay_epochs
     parts += [f"halving{decay}"] if args.halving else []  # results named plain "halving" were halved every 8 epochs
     parts += ["standing"] if args.standing_stats else []

@@ -31,6 +31,8 @@ from hwlib.models import attributes, stackgan
 from hwlib.train import get_device, seed_everything
 
 NB = "01_stackgan_cub"
+# the Stage-II sizes of the results named without them (quick's when they ran), so that names stay put if a profile changes
+NAMED_AGAINST = {"quick": {"gf2": 16, "df2": 8, "epochs2": 18, "lr_decay_epochs2": 8}}
 
 
 def main() -> None:
@@ -49,10 +51,11 @@ def main() -> None:
                         help="halve Stage-II's learning rate every this many epochs (default: the profile's)")
     args = parser.parse_args()
     cfg, device, seed = hwlib.get_profile(NB, args.profile, verbose=False), get_device(), 0
-    sizes = "".join(f"_{k}{v}" for k, v in (("gf2", args.gf2), ("df2", args.df2), ("epochs2", args.epochs2),
-                                            ("halving2_", args.lr_decay_epochs2)) if v is not None)
+    named_against = NAMED_AGAINST.get(cfg.profile, {k: cfg[k] for k in ("gf2", "df2", "epochs2", "lr_decay_epochs2")})
     cfg.gf2, cfg.df2, cfg.epochs2 = args.gf2 or cfg.gf2, args.df2 or cfg.df2, args.epochs2 or cfg.epochs2
     cfg.lr_decay_epochs2 = args.lr_decay_epochs2 or cfg.lr_decay_epochs2
+    sizes = "".join(f"_{tag}{cfg[k]}" for k, tag in (("gf2", "gf2"), ("df2", "df2"), ("epochs2", "epochs2"),
+                                                     ("lr_decay_epochs2", "halving2_")) if cfg[k] != named_against[k])
     recipe = _override(stackgan.get_recipe("stable"), args.set)
     stage1_dir = hwlib.runs_dir(f"{NB}/{cfg.profile}/stage1_stable")
     state = Checkpointer(stage1_dir).load_latest()

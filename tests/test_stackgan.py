@@ -343,6 +343,23 @@ def test_stage2_sr_lr_gives_the_branch_its_own_learning_rate(monkeypatch, tmp_pa
     assert len(g_groups[0]["params"]) + len(branch) == len(list(nets["G2"].parameters()))
 
 
+def test_stage2_sr_halving_false_keeps_the_branch_rate_while_the_rest_halves(tmp_path) -> None:
+    stable = stackgan.RECIPES["stable"].__dict__
+    for halving, branch_lr in ((True, 1e-3 / 8), (False, 1e-3)):
+        torch.manual_seed(0)
+        recipe = stackgan.Recipe(**{**stable, "stage2_sr_branch": 8, "stage2_sr_lr": 5.0, "stage2_sr_halving": halving})
+        nets = stackgan.build(t_dim=16, gf=4, df=4, n_res=1, stage2_size=128, recipe=recipe)
+        run_dir = tmp_path / str(halving)
+        stackgan.train_stage(nets["G2"], nets["D2"], images=torch.randint(0, 256, (4, 3, 152, 152), dtype=torch.uint8),
+                             embeddings=torch.randn(4, 10, 16), class_ids=torch.arange(4), out_size=128, epochs=3,
+                             batch_size=2, run_dir=run_dir, lr=2e-4, lr_decay_epochs=1, G1=nets["G1"].eval(),
+                             recipe=recipe, z_dim=100, progress=False, labels=torch.randint(-1, 10, (4, 10, 4)))
+        state = torch.load(sorted(run_dir.glob("ckpt_*.pt"))[-1], weights_only=True)
+        lrs = [g["lr"] for g in state["optimizers"]["G"]["param_groups"]]
+        assert lrs == pytest.approx([2e-4 / 8, branch_lr]) and state["optimizers"]["D"]["param_groups"][0]["lr"] == pytest.approx(2e-4 / 8)
+    assert "stage2_sr_halving" not in stackgan.Recipe().as_dict()
+
+
 def test_stage2_trains_without_recipe_novel_a_stage1_field() -> None:
     stable = stackgan.RECIPES["stable"].__dict__
     recipe = stackgan.Recipe(**{**stable, "novel": 1.0})

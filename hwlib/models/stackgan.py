@@ -30,6 +30,7 @@ official code) or by a 3x3 conv to 4x the channels + ``PixelShuffle(2)`` initial
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import os
 from collections.abc import Sequence
@@ -268,6 +269,8 @@ class Recipe:
       the paired one -- but 0.810 without the GAN terms (``stage2_adversarial = 0``), 0.813 with ``stage2_sr = 100``
       and 0.819 paired-only at ``stage2_sr_lr = 5`` (0.796 at 10). `stable` takes the paired-only branch at 5x:
       over three Stage-II seeds 0.803 (0.791-0.819), high-frequency energy 0.0020 against bicubic's 0.0015.
+      ``stage2_sr_halving``: the branch's learning rate halves with G's (every ``lr_decay_epochs2``); False keeps it
+      constant, as the branch trained alone (0.697 at a constant 1e-3) while the rest of Stage-II halves.
     - ``stage2_adversarial``: weight of Stage-II G's terms that D judges (its logits, contrastive and part heads); 0
       trains Stage-II as a plain super-resolution network on the paired and consistency terms alone, a check of what
       the architecture can learn without the GAN (D still trains, unused).
@@ -303,6 +306,7 @@ class Recipe:
     stage2_sr_branch: int = 0
     stage2_sr_lr: float = 1.0
     stage2_sr_paired: bool = False
+    stage2_sr_halving: bool = True
 
     def __post_init__(self) -> None:
         for name, value, allowed in (("loss", self.loss, ("bce", "hinge")), ("wrong", self.wrong, ("shift", "class", "hardest", "swap", "none")),
@@ -318,7 +322,7 @@ class Recipe:
               "parts_fakes": False, "novel": 0.0, "novel_focus": 0.0, "novel_pairs": False, "mode_seeking": 0.0,
               "stage2_keep_low": False, "stage2_diffaug": None, "stage2_sr": 0.0,
               "stage2_image_skip": False, "stage2_adversarial": 1.0, "stage2_sr_branch": 0,
-              "stage2_sr_lr": 1.0, "stage2_sr_paired": False}
+              "stage2_sr_lr": 1.0, "stage2_sr_paired": False, "stage2_sr_halving": True}
 
     def as_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if not (k in self._LATER and v == self._LATER[k])}
@@ -982,6 +986,9 @@ def train_stage(G: nn.Module, D: StageD, *, images: torch.Tensor, embeddings: to
     optimizers = {"G": adam(g_params, lr=lr, betas=betas), "D": adam(D.parameters(), lr=lr * r.lr_d, betas=betas)}
     schedulers = ({k: torch.optim.lr_scheduler.StepLR(o, step_size=lr_decay_epochs, gamma=0.5) for k, o in optimizers.items()}
                   if lr_decay_epochs else {})
+    if schedulers and branch is not None and not r.stage2_sr_halving:  # Recipe.stage2_sr_halving: the branch's rate stays
+        schedulers["G"] = torch.optim.lr_scheduler.LambdaLR(
+            optimizers["G"], [functools.partial(halved, every=lr_decay_epochs), constant])
     modules = {"G": G, "D": D}
     if G1 is None and r.novel and r.novel_focus:  # the novel captions' latest losses, checkpointed with the networks
         modules["novel_focus"] = focus = NovelFocus(len(novel[0])).to(images.device)
@@ -994,6 +1001,16 @@ def train_stage(G: nn.Module, D: StageD, *, images: torch.Tensor, embeddings: to
     return fit(step, loader, epochs=epochs, run_dir=run_dir, modules=modules, optimizers=optimizers,
                schedulers=schedulers, emas={"G": ema} if ema is not None else None, seed=seed, resume=resume,
                config=config, **fit_kwargs)
+
+
+def halved(epoch: int, every: int) -> float:
+    """The learning-rate factor of a rate halved every ``every`` epochs (``StepLR(step_size=every, gamma=0.5)``)."""
+    return 0.5 ** (epoch // every)
+
+
+def constant(epoch: int) -> float:
+    """The learning-rate factor of a rate that never changes."""
+    return 1.0
 
 
 def standing_stats(G: nn.Module, embeddings: torch.Tensor, n_batches: int = 16, batch_size: int = 64,
