@@ -26,7 +26,7 @@ def spread(values: list[float] | np.ndarray, digits: int = 2) -> str:
     return f"{v.mean():.{digits}f} ({v.min():.{digits}f}–{v.max():.{digits}f}, n = {len(v)})"
 
 
-def _run_name(record: dict[str, Any]) -> str:
+def run_name(record: dict[str, Any]) -> str:
     """A benchmark record's run name less its seed: ``stackgan_ladder/quick_caption_paper_train2`` -> ``quick_caption_paper``."""
     return record["benchmark"].split("/")[-1].rsplit("_train", 1)[0]
 
@@ -44,7 +44,7 @@ def ladder_table(records: list[dict[str, Any]], split: str, step: int | None = N
         if not rows:
             continue
         row = rows[-1]
-        g = groups[f"{_run_name(r)} @ {row['step']}"]
+        g = groups[f"{run_name(r)} @ {row['step']}"]
         g["seeds"].append(r["train_seed"])
         for k in keys:
             g[k].append(row[split][k])
@@ -71,7 +71,7 @@ def print_grouped(records: list[dict[str, Any]], columns: dict[str, str], digits
     Returns ``{group: {header: [values...], "seeds": [...]}}``."""
     groups: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for r in records:
-        g = groups[_run_name(r)]
+        g = groups[run_name(r)]
         g["seeds"].append(r["train_seed"])
         for header, key in columns.items():
             value: Any = r
