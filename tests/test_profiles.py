@@ -107,8 +107,8 @@ def test_stackgan_side_recipes_train_their_own_epochs():
 
     quick = hwlib.get_profile("01_stackgan_cub", "quick", verbose=False)
     assert quick.recipe == "stable" and "paper" in quick.recipes
-    assert (stage1_epochs(quick, "stable"), stage1_epochs(quick, "paper")) == (64, 16)
+    assert (stage1_epochs(quick, "stable"), stage1_epochs(quick, "paper")) == (64, 8)
     steps = {name: n for name, (_, n) in training_calls(quick).items()}
-    assert steps["Stage-I (stable)"] == 4 * steps["Stage-I (paper)"] == 64 * (1800 // 16)
+    assert steps["Stage-I (stable)"] == 8 * steps["Stage-I (paper)"] == 64 * (1800 // 16)
     full = hwlib.get_profile("01_stackgan_cub", "full", verbose=False)  # the paper's recipe is full's main recipe
     assert full.recipes == ("paper",) and stage1_epochs(full, "paper") == full.epochs1 == 600

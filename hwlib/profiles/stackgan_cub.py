@@ -11,9 +11,10 @@ bicubic up-sampling's 0.876, ``benchmarks/results/stackgan_stage2/``); Stage I 6
 halved every 32 (four times the 1,792 steps of earlier sessions: on an AMD EPYC with AVX512-BF16, in bf16 and channels-last, Stage I
 steps in 0.04 s; over three seeds the longer run lifted body and wing colour of unseen species from 0.37 and 0.33
 to 0.47 and 0.43);
-the main recipe is ``stable``; the paper's recipe is trained beside it for a quarter of its steps (``epochs1_side`` 16,
-1,792 steps: about 250 s less on a 2-core AMD EPYC, towards the 15 minutes of notebook 01) and draws the captions at about
-chance, as it does at 7,168 steps over three seeds in ``benchmarks/results/stackgan_ladder/`` (notebook 01, section 8b).
+the main recipe is ``stable``; the paper's recipe is trained beside it for an eighth of its steps (``epochs1_side`` 8,
+896 steps; a quarter, 1,792 steps, saved about 250 s of notebook 01's 15 minutes on a 2-core AMD EPYC, an eighth about
+45 s more) and draws the captions at about chance, as it does at 1,792 and 7,168 steps over three seeds in
+``benchmarks/results/stackgan_ladder/`` (notebook 01, section 8b).
 ``lr_decay_epochs`` halves Stage I's learning rate, ``lr_decay_epochs2`` Stage II's. ``epochs1_side``: Stage-I epochs of the
 recipes in ``recipes`` other than ``recipe`` (those trained only for the side-by-side comparison).
 ``gpu`` (about an hour on a T4) keeps the paper's data, depth and 256 px output at half the widths (gf 64 / df 32
@@ -52,7 +53,7 @@ PROFILES = {
               "lr_decay_epochs": 1, "lr_decay_epochs2": 1, "attr_n": 200, "attr_epochs": 1, "attr_width": 8, "n_eval": 40, "compare_epochs": 1,
               "compare_n": 60},
     "quick": {**_COMMON, "n_train": 1800, "n_test": 600, "gf": 16, "df": 16, "gf2": 16, "df2": 8, "n_res": 2,
-              "stage2_size": 256, "stage2_n": 320, "batch_size": 16, "batch_size2": 8, "epochs1": 64, "epochs1_side": 16, "epochs2": 12,
+              "stage2_size": 256, "stage2_n": 320, "batch_size": 16, "batch_size2": 8, "epochs1": 64, "epochs1_side": 8, "epochs2": 12,
               "lr_decay_epochs": 32, "lr_decay_epochs2": 8, "recipe": "stable", "attr_n": 4000, "attr_epochs": 12, "attr_width": 16, "n_eval": 600, "compare_epochs": 1,
               "compare_n": 640},
     "gpu": {**_COMMON, "n_train": 8855, "n_test": 2933, "gf": 64, "df": 32, "gf2": 64, "df2": 32, "n_res": 4,
