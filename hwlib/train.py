@@ -477,8 +477,10 @@ class _Grids:
             m.train(was_training[k])
         self.viz.save_grid(images, self.dir / f"epoch_{epoch:03d}.png", nrow=self.nrow)
 
-    def finish(self) -> None:
-        self.viz.make_gif(sorted(self.dir.glob("epoch_*.png")), self.dir / "progress.gif")
+    def finish(self, epochs: int) -> None:
+        """The GIF of this run's grids, epochs 1 to ``epochs`` (grids of a longer earlier run in the folder left out)."""
+        frames = [self.dir / f"epoch_{e:03d}.png" for e in range(1, epochs + 1)]
+        self.viz.make_gif([f for f in frames if f.is_file()], self.dir / "progress.gif")
 
 
 class _Run:
@@ -621,7 +623,7 @@ def _fit_locked(step_fn, loader, *, epochs, run_dir, modules, optimizers, emas, 
     finally:
         bar.close()
     if grids is not None:
-        grids.finish()
+        grids.finish(run.epoch)
     return run.history
 
 

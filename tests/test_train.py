@@ -196,6 +196,11 @@ def test_sample_grids_and_gif(tmp_path):
     frames = iio.imread(tmp_path / "grids" / "progress.gif", index=None)
     assert frames.shape[0] == 2  # one frame per epoch
     assert (frames[-1][..., :3] == iio.imread(tmp_path / "grids" / "epoch_002.png")[..., :3]).mean() > 0.99
+    # a grid left by a longer earlier run in the same folder is not part of this run's GIF
+    (tmp_path / "grids" / "epoch_002.png").replace(tmp_path / "grids" / "epoch_005.png")
+    _tiny(tmp_path / "again", _sgd_step, sample_fn=lambda: torch.rand(4, 1, 8, 8) * 2 - 1, grid_dir=tmp_path / "grids",
+          grid_nrow=2)
+    assert iio.imread(tmp_path / "grids" / "progress.gif", index=None).shape[0] == 2
 
 
 def test_checkpoint_round_trip_with_rng(tmp_path):
