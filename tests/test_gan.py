@@ -149,10 +149,11 @@ def test_contrastive_loss_is_log_b_at_chance_and_falls_as_the_diagonal_wins():
 
 
 def test_diff_augment_translation_equals_a_gather_from_the_zero_padded_batch():
-    """The slice copies give the values and gradients, bit for bit, of the zero-padded index gather they replaced
-    (the checkpoints trained with that gather stay reproducible)."""
+    """The slice copies (the CPU's way) give the values and gradients, bit for bit, of the zero-padded index gather
+    they replaced, which other devices keep (the checkpoints trained with that gather stay reproducible)."""
     import torch.nn.functional as F
 
+    from hwlib import gan
     from hwlib.gan import diff_augment
 
     for b, size in ((9, 64), (3, 256)):
@@ -171,5 +172,7 @@ def test_diff_augment_translation_equals_a_gather_from_the_zero_padded_batch():
         ref = F.pad(ref_x, [1, 1, 1, 1]).permute(0, 2, 3, 1)[torch.arange(b)[:, None, None], gy, gx].permute(0, 3, 1, 2)
         ref.contiguous().backward(g)
         assert torch.equal(out, ref) and torch.equal(x.grad, ref_x.grad)
+        meta = x0.to("meta")  # a device other than the CPU takes the gather: the same shape, no copy per image
+        assert gan._translate(meta, ty.to("meta"), tx.to("meta")).shape == meta.shape
     shifted = diff_augment(torch.ones(64, 1, 8, 8), "translation")  # every shift up to 1 pixel each way, zero fill
     assert set(shifted.sum((1, 2, 3)).tolist()) <= {64.0, 56.0, 49.0} and shifted.sum((1, 2, 3)).min() < 64
