@@ -95,6 +95,15 @@ def trained_matcher(cfg, train, seed: int, device, epochs: int = 60):
                                   run_dir=hwlib.runs_dir(f"bench/stackgan_ladder/matcher_n{len(train)}_e{epochs}"))[0]
 
 
+def part_teacher(cfg, train, seed: int, device):
+    """The frozen part reader of ``Recipe.part_teacher`` for ``train`` (a BirdSplit): a
+    :class:`hwlib.models.attributes.PartReader` at its default width, trained once on the real training birds and the
+    part colours their captions name, for the attribute classifier's epochs, then restored from its run."""
+    return attributes.train_part_judge(train.images(76), train.image_part_labels(), width=attributes.READER_WIDTH,
+                                       epochs=cfg.attr_epochs, seed=seed, device=device, arch="local",
+                                       run_dir=hwlib.runs_dir(f"bench/stackgan_ladder/part_teacher_n{len(train)}_e{cfg.attr_epochs}"))
+
+
 def noise_spread(G: torch.nn.Module, text: torch.Tensor, z_dim: int, seed: int, ca_noise: float = 1.0,
                  n: int = 50, k: int = 8, rerank: int = 1, judge: torch.nn.Module | None = None,
                  labels: torch.Tensor | None = None) -> float:
@@ -239,7 +248,8 @@ def main() -> None:
                          matcher=trained_matcher(cfg, train, seed, device) if recipe.matcher else None,
                          labels=torch.from_numpy(train.caption_labels()).to(device) if recipe.parts else None,
                          novel=tuple(t.to(device) for t in synthbirds.novel_set(train, seed=seed, unseen_pairs=recipe.novel_pairs))
-                         if recipe.novel else None)
+                         if recipe.novel else None,
+                         teacher=part_teacher(cfg, train, seed, device) if recipe.part_teacher else None)
     write_result(f"stackgan_ladder/{name}", {
         "profile": cfg.profile, "condition": args.condition, "embedding": embedding, "recipe": rname, "recipe_fields": recipe.as_dict(),
         "gf": gf, "df": df, "batch_size": batch_size, "n_train": len(train), "train_seed": args.train_seed,

@@ -14,7 +14,8 @@ species, as the ladder does, under each sampling option:
   candidates per caption by a judge (:func:`hwlib.models.stackgan.generate`), with the seconds it costs: the run's
   own discriminator's part head (``--judge D``) or, with ``--judge classifier`` (``judge=classifier`` in the row's
   name), a classifier of the training birds' part colours that G never trained against
-  (:func:`hwlib.models.attributes.train_part_judge`, at the attribute classifier's width and epochs, trained once).
+  (:func:`hwlib.models.attributes.train_part_judge`, at the attribute classifier's width and epochs, trained once),
+  or with ``--judge reader`` the part reader of ``Recipe.part_teacher`` (:class:`hwlib.models.attributes.PartReader`).
   Each re-ranked row also scores notebook 01's "type a caption" demo (``demo``: :data:`synthbirds.DEMO_CAPTIONS`,
   eight noise vectors each, the fraction of birds with the asked body and wing colour, :func:`metrics.both_asked`),
   and ``demo64`` the same score over 64 noise vectors per caption (128 birds instead of 16: steps of 1/128, not 1/16);
@@ -24,6 +25,9 @@ species, as the ladder does, under each sampling option:
   CA noise: every body colour beside every belly colour (:func:`synthbirds.pair_captions`, 16 birds each), how often
   the body is drawn as asked with no belly named, with a belly of another colour, and beside a belly colour some
   training species pairs with it or none does (:func:`metrics.pair_composition`).
+- ``demo_anatomy`` (``--demo-anatomy N``): why the demo scores what it does. N one-draw birds of each demo caption
+  that names a body and a wing colour, in groups of the largest K: how often one draw, the judge's pick of K and any
+  of the K (a perfect judge) have the body and wing asked (what the demo scores) and every part asked.
 
 No training: the options change only how images are drawn from the same weights. Writes
 ``benchmarks/results/stackgan_sampling/<tag>.json``.
@@ -42,10 +46,11 @@ import numpy as np
 import torch
 
 import hwlib
-from bench_stackgan_consistency import COLOURS, EARLIER_ENCODER, attribute_classifier, caption_evals, noise_spread
+from bench_stackgan_consistency import (COLOURS, EARLIER_ENCODER, attribute_classifier, caption_evals, noise_spread,
+                                       part_teacher)
 from hwlib.bench import write_result
 from hwlib.data import cub, synthbirds
-from hwlib.metrics.attributes import both_asked, consistency, features, pair_composition, real_both_asked
+from hwlib.metrics.attributes import asked_hits, both_asked, consistency, features, pair_composition, real_both_asked
 from hwlib.models import attributes, stackgan
 from hwlib.train import get_device
 
@@ -68,6 +73,31 @@ def restore(run: str, cfg, t_dim: int) -> tuple[torch.nn.Module, torch.nn.Module
     return G.eval(), D.eval()
 
 
+def demo_anatomy(G: torch.nn.Module, judge: torch.nn.Module, clf: attributes.AttributeNet, encode, z_dim: int,
+                 n: int, k: int, ca_noise: float, seed: int) -> dict[str, dict[str, float]]:
+    """Why the "type a caption" demo scores what it does: ``n`` one-draw birds of each demo caption that names a body
+    and a wing colour, at ``ca_noise``, cut into groups of ``k`` candidates. For the body and wing (``bw``, what the
+    demo scores) and for every part the caption names (``all``): how often one draw has them (``one``), the judge's
+    pick of each group (``judged``, as ``generate(rerank=k)`` picks) and any candidate of the group (``oracle``, the
+    most a perfect judge could pick). {caption: {"one_bw": ..., "judged_all": ...}}."""
+    captions = [c for c in synthbirds.DEMO_CAPTIONS
+                if (synthbirds.caption_targets([c])["body"][0] >= 0) and (synthbirds.caption_targets([c])["wing"][0] >= 0)]
+    images = stackgan.caption_samples(G, captions, encode, z_dim, n, seed, noise_seed=seed + 1, ca_noise=ca_noise)
+    many = [c for c in captions for _ in range(n)]
+    targets, asked = synthbirds.caption_targets(many), torch.from_numpy(synthbirds.part_labels(many))
+    with torch.no_grad():
+        score = torch.cat([stackgan.part_scores(judge.eval(), images[i:i + 256], asked[i:i + 256])
+                           for i in range(0, len(images), 256)]).numpy()
+    hits = {"bw": asked_hits(clf, images, targets, ("body", "wing")), "all": asked_hits(clf, images, targets, COLOURS)}
+    out = {}
+    for j, caption in enumerate(captions):
+        rows = slice(j * n, (j + 1) * n)
+        pick = score[rows].reshape(-1, k).argmax(1) + np.arange(0, n, k)
+        out[caption] = {f"{how}_{which}": round(float(v), 3) for which, hit in hits.items() for how, v in (
+            ("one", hit[rows].mean()), ("judged", hit[rows][pick].mean()), ("oracle", hit[rows].reshape(-1, k).any(1).mean()))}
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", nargs="+", required=True, help="ladder result names (without .json)")
@@ -78,9 +108,13 @@ def main() -> None:
     parser.add_argument("--only-rerank", action="store_true", help="skip the bn / ca_noise rows")
     parser.add_argument("--rerank-ca-noise", type=float, default=1.0,
                         help="the CA noise scale the re-ranked candidates are drawn with (default 1, as trained)")
-    parser.add_argument("--judge", choices=("D", "classifier"), default="D",
-                        help="re-rank by D's part head or by a part classifier G never trained against")
+    parser.add_argument("--judge", choices=("D", "classifier", "reader"), default="D",
+                        help="re-rank by D's part head, by a part classifier G never trained against, or by the part "
+                             "reader of Recipe.part_teacher (for generators not trained against it)")
     parser.add_argument("--pairs", action="store_true", help="add the body/belly composition row (notebook 01, 10a)")
+    parser.add_argument("--demo-anatomy", type=int, default=0, metavar="N",
+                        help="also N one-draw birds per demo caption, judged in groups of the largest --rerank K "
+                             "(demo_anatomy: one draw / the judge's pick / any of K, body+wing and every part asked)")
     args = parser.parse_args()
     cfg, device, seed = hwlib.get_profile("01_stackgan_cub", "quick", verbose=False), get_device(), args.seed
     root = synthbirds.make_synthbirds(cfg.n_train, cfg.n_test, seed=seed)
@@ -106,7 +140,8 @@ def main() -> None:
     judge_name = "" if args.judge == "D" else f",judge={args.judge}"
     part_judge = None if args.judge == "D" else attributes.train_part_judge(
         train.images(76), train.image_part_labels(), width=cfg.attr_width, epochs=cfg.attr_epochs, seed=seed,
-        device=device, run_dir=hwlib.runs_dir(f"bench/stackgan_sampling/part_judge_w{cfg.attr_width}_e{cfg.attr_epochs}"))
+        device=device, run_dir=hwlib.runs_dir(f"bench/stackgan_sampling/part_judge_w{cfg.attr_width}_e{cfg.attr_epochs}"))\
+        if args.judge == "classifier" else part_teacher(cfg, train, seed, device)
     rows: dict[str, dict] = {}
     pair_keys = ("no_part", "other_colour", "seen_pair", "unseen_pair")
     if args.pairs:  # notebook 01's section 10a
@@ -126,6 +161,14 @@ def main() -> None:
                   f" spread {spread:.4f}" + (f" demo {demo_score[0]:.2f} demo64 {demo_score[1]:.3f}" if demo_score else ""),
                   flush=True)
 
+        if args.demo_anatomy:
+            k = max(args.rerank or [16])
+            anatomy = demo_anatomy(trained, judge, clf, train.encode, cfg.z_dim, args.demo_anatomy, k,
+                                   args.rerank_ca_noise, seed + 31)
+            rows.setdefault(f"demo_anatomy,ca_noise={args.rerank_ca_noise:g},k={k}{judge_name}", {})[run] = {
+                f"{c[:12]}:{m}": v for c, ms in anatomy.items() for m, v in ms.items()}
+            for c, ms in anatomy.items():
+                print(f"{run[-40:]:>40} demo anatomy '{c[:30]}': " + " ".join(f"{m} {v:.3f}" for m, v in ms.items()), flush=True)
         if args.pairs:
             comp = pair_composition(clf, stackgan.pair_birds(trained, train.encode, cfg.z_dim, seed + 2), seen)
             rows.setdefault("pairs,ca_noise=1", {})[run] = {k: round(comp[k], 3) for k in pair_keys}
@@ -154,7 +197,8 @@ def main() -> None:
     digits = {**{k: 3 for k in (*COLOURS, "fid", "demo", "demo64", *pair_keys)}, "spread": 4}
     summary = {key: {k: {"mean": round(float(np.mean([r[k] for r in runs.values()])), d),
                          "std": round(float(np.std([r[k] for r in runs.values()])), d)}
-                     for k, d in digits.items() if all(k in r for r in runs.values())}
+                     for k, d in (digits if not key.startswith("demo_anatomy") else dict.fromkeys(next(iter(runs.values())), 3)).items()
+                     if all(k in r for r in runs.values())}
                for key, runs in rows.items()}
     for key, s in summary.items():
         print(f"{key:24} " + " ".join(f"{k} {v['mean']:.3f}±{v['std']:.3f}" for k, v in s.items()))

@@ -44,3 +44,26 @@ def test_train_part_judge_reads_each_colour_part_and_ranks_candidates(tmp_path) 
     asked = torch.as_tensor(parts[:6]).clamp_min(0)
     scores = stackgan.part_scores(judge, x, asked)  # the same scores generate(rerank=K, judge=...) ranks by
     torch.testing.assert_close(scores, torch.log_softmax(logits, -1).gather(-1, asked[..., None]).squeeze(-1).sum(1))
+
+
+def test_part_reader_reads_each_part_as_a_mix_of_local_readings(tmp_path) -> None:
+    from hwlib.models.attributes import PartReader, train_part_judge
+
+    net = PartReader(width=4).eval()
+    x = torch.rand(3, 3, 64, 64) * 2 - 1
+    read = net.read_parts(x)
+    assert read.shape == (3, 4, len(synthbirds.COLOURS)) and set(net(x)) == set(synthbirds.COLOUR_PARTS)
+    torch.testing.assert_close(net.read_parts(torch.nn.functional.interpolate(x, size=128)), read, atol=1e-5, rtol=1e-5)
+    # every part's logits lie within the range of the colour logits of the 16x16 cells: an attention-weighted mean
+    cells = net.colour(net.local(x)).flatten(2).view(3, 4, len(synthbirds.COLOURS), -1)
+    assert (read <= cells.amax(-1) + 1e-5).all() and (read >= cells.amin(-1) - 1e-5).all()
+    images, labels = synthbirds.attribute_birds(128, seed=0, root=tmp_path)
+    parts = torch.stack([torch.as_tensor(labels[p]) for p in synthbirds.COLOUR_PARTS], 1).numpy()
+    reader = train_part_judge(images, parts, width=4, epochs=2, run_dir=tmp_path / "reader", arch="local")
+    assert isinstance(reader, PartReader) and not reader.training
+    flat = train_part_judge(images, parts, width=4, epochs=2, run_dir=tmp_path / "judge")
+    assert not isinstance(flat, PartReader)
+    import pytest
+
+    with pytest.raises(ValueError, match="arch"):
+        train_part_judge(images, parts, width=4, epochs=1, run_dir=tmp_path / "x", arch="deep")

@@ -43,6 +43,25 @@ def test_both_asked_counts_images_with_every_part_as_asked_over_captions_naming_
     assert np.isnan(both_asked(net, images, {"body": body, "wing": np.full(8, -1)}))
 
 
+def test_asked_hits_marks_images_with_every_named_part_as_asked() -> None:
+    from hwlib.metrics.attributes import asked_hits, both_asked
+
+    torch.manual_seed(0)
+    net = AttributeNet({"body": 10, "wing": 10, "belly": 10}, width=4)
+    images = torch.rand(6, 3, 64, 64) * 2 - 1
+    pred = predict_attributes(net, images)
+    body, wing, belly = pred["body"].copy(), pred["wing"].copy(), pred["belly"].copy()
+    body[0] = (body[0] + 1) % 10  # image 0: wrong body; 1: wrong belly; 2: no belly named; 3: nothing named
+    belly[1] = (belly[1] + 1) % 10
+    belly[2] = -1
+    body[3] = wing[3] = belly[3] = -1
+    targets = {"body": body, "wing": wing, "belly": belly}
+    assert asked_hits(net, images, targets).tolist() == [False, False, True, True, True, True]
+    assert asked_hits(net, images, targets, ("body", "wing")).tolist() == [False, True, True, True, True, True]
+    bw = asked_hits(net, images, targets, ("body", "wing"))
+    assert both_asked(net, images, targets) == bw[[0, 1, 2, 4, 5]].mean()  # the demo score: captions naming both
+
+
 def test_part_hit_rates_are_per_caption_fractions_read_as_asked() -> None:
     from hwlib.data.synthbirds import COLOURS
     from hwlib.metrics.attributes import part_hit_rates

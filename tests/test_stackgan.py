@@ -514,7 +514,8 @@ def _stable(**fields) -> stackgan.Recipe:
     return stackgan.Recipe(**{**stackgan.get_recipe("stable").as_dict(), "novel": 0.0, **fields})
 
 
-def _stable_step_logs(labels: torch.Tensor | None = None, novel_set: tuple | None = None, **fields) -> dict[str, float]:
+def _stable_step_logs(labels: torch.Tensor | None = None, novel_set: tuple | None = None, teacher=None,
+                      **fields) -> dict[str, float]:
     """One seeded step of a tiny Stage-I with :func:`_stable` ``(**fields)``: its logs."""
     gen = torch.Generator().manual_seed(5)
     images = torch.randint(0, 256, (6, 3, 76, 76), dtype=torch.uint8, generator=gen)
@@ -527,7 +528,7 @@ def _stable_step_logs(labels: torch.Tensor | None = None, novel_set: tuple | Non
     opt_g, opt_d = torch.optim.Adam(G.parameters()), torch.optim.Adam(D.parameters())
     step = stackgan.make_stackgan_step(G, D, opt_g, opt_d, images=images, embeddings=emb, class_ids=torch.arange(6),
                                        out_size=64, kl_coef=1.0, z_dim=4, recipe=r, amp=False, labels=labels,
-                                       novel=novel_set)
+                                       novel=novel_set, teacher=teacher)
     torch.manual_seed(1)
     return {k: float(v) for k, v in step((torch.arange(6),), 0).items()}
 
@@ -598,6 +599,30 @@ def test_novel_captions_add_a_second_batch_for_g_and_d():
         _stable_step_logs(labels=labels, parts=1.0, novel=1.0)  # no captions given
     with pytest.raises(ValueError, match="novel"):
         _stable_step_logs(parts=0.0, novel=1.0, novel_set=novel)  # no part head
+
+
+def test_part_teacher_adds_a_frozen_readers_colour_loss_to_g_without_the_crown():
+    from hwlib.models.attributes import PartReader
+
+    gen = torch.Generator().manual_seed(3)
+    labels = torch.randint(-1, 10, (6, 10, 4), generator=gen)
+    novel = (torch.randn(20, 8, generator=gen), torch.randint(-1, 10, (20, 4), generator=gen))
+    teacher = PartReader(width=4)
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    plain = _stable_step_logs(labels=labels, parts=1.0, novel=1.0, novel_set=novel)
+    taught = _stable_step_logs(labels=labels, parts=1.0, novel=1.0, novel_set=novel, part_teacher=1.0, teacher=teacher)
+    assert "teacher" not in plain and 0 < taught["teacher"] < 10
+    assert taught["loss_d"] == plain["loss_d"]  # D's update is the same; only G's loss gains the term
+    assert abs(taught["loss_g"] - plain["loss_g"] - taught["teacher"]) < 1e-4
+    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())  # frozen, BN statistics too
+    crown_only = labels.clone()
+    crown_only[..., [0, 1, 3]] = -1  # captions that name the crown alone: nothing for the teacher to read
+    novel_crown = (novel[0], novel[1].clone().index_fill_(1, torch.tensor([0, 1, 3]), -1))
+    assert _stable_step_logs(labels=crown_only, parts=1.0, novel=1.0, novel_set=novel_crown, part_teacher=1.0,
+                             teacher=teacher)["teacher"] == 0.0
+    assert "part_teacher" not in stackgan.Recipe().as_dict()  # older runs keep their identity
+    with pytest.raises(ValueError, match="part_teacher"):
+        _stable_step_logs(labels=labels, parts=1.0, part_teacher=1.0)  # no teacher given
 
 
 def test_novel_focus_draws_captions_in_proportion_to_their_latest_part_loss():

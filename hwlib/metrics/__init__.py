@@ -10,7 +10,7 @@
 - ``feature_net``, ``extract_features``, ``reference_stats``           -- features and cached real statistics
 - ``high_frequency_energy``, ``high_frequency_error``                 -- detail above a spatial frequency (``spectrum``)
 - ``reconstruction_scores``, ``class_brightness``, ``brightness_error`` -- per-image MSE/SSIM, class brightness (``images``)
-- ``attribute_accuracy``, ``consistency``, ``both_asked``, ``real_both_asked`` -- SynthBirds text-image consistency (``attributes``)
+- ``attribute_accuracy``, ``consistency``, ``both_asked``, ``asked_hits``, ``real_both_asked`` -- SynthBirds text-image consistency (``attributes``)
 - ``near_miss_ranking``, ``classifier_ranking``                       -- which caption parts a judge checks (``attributes``)
 - ``linear_probe``                                                    -- how linearly features carry a label (``attributes``)
 
@@ -35,7 +35,7 @@ _EXPORTS = {
     "feature_net": "features", "extract_features": "features", "feature_stats": "features",
     "reference_stats": "reference",
     "high_frequency_energy": "spectrum", "high_frequency_error": "spectrum",
-    "attribute_accuracy": "attributes", "consistency": "attributes", "both_asked": "attributes", "part_hit_rates": "attributes", "pair_composition": "attributes", "real_both_asked": "attributes", "near_miss_ranking": "attributes",
+    "attribute_accuracy": "attributes", "consistency": "attributes", "both_asked": "attributes", "asked_hits": "attributes", "part_hit_rates": "attributes", "pair_composition": "attributes", "real_both_asked": "attributes", "near_miss_ranking": "attributes",
     "classifier_ranking": "attributes", "linear_probe": "attributes",
 }
 __all__ = sorted(_EXPORTS)

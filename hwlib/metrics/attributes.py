@@ -52,6 +52,16 @@ def both_asked(net: AttributeNet, images: torch.Tensor, targets: dict[str, np.nd
     return float(np.all([pred[p] == np.asarray(targets[p])[named] for p in parts], axis=0).mean())
 
 
+def asked_hits(net: AttributeNet, images: torch.Tensor, targets: dict[str, np.ndarray],
+               parts: tuple[str, ...] | None = None) -> np.ndarray:
+    """Per image of ``images`` (N, 3, H, W) in [-1, 1]: whether ``net`` reads every one of ``parts`` (default: all of
+    ``targets``) that its caption names in the colour asked (``targets`` as :func:`both_asked`'s; a part the caption
+    does not name counts as drawn) -> bool (N,). :func:`both_asked` is its mean over captions naming both parts."""
+    parts = tuple(targets) if parts is None else parts
+    pred = predict_attributes(net, images)
+    return np.all([(pred[p] == np.asarray(targets[p])) | (np.asarray(targets[p]) < 0) for p in parts], axis=0)
+
+
 def part_hit_rates(net: AttributeNet, images: torch.Tensor, captions: list[str], part: str = "body") -> np.ndarray:
     """For ``images`` (len(captions) * K, 3, H, W) in [-1, 1], K per caption in the captions' order, the fraction of
     each caption's K images in which ``net`` reads ``part`` in the colour the caption names: float (len(captions),)

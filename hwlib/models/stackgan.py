@@ -209,6 +209,14 @@ class Recipe:
       and beside seen ones 0.47 (`stable`: 0.51 and 0.66) -- the gap closed by drawing every body less often (no
       belly named 0.52 against 0.72) --, demo 0.46 (0.62, 0.25, 0.50) as `stable`'s at the same seeds, FID 102
       against 72; `stable` keeps it off.
+    - ``part_teacher``: weight of a frozen part reader's colour loss in G's (0: off): a
+      :class:`hwlib.models.attributes.PartReader`, trained once on the real training birds and the part colours their
+      captions name (``attributes.train_part_judge(arch="local")``), reads the body, wings and belly of G's images of
+      the batch's captions and of the novel ones (``novel``), and G is trained to draw the colours asked. D's part head
+      reads a part from D's whole 4x4 map, and on real unseen species it reads body / wing / belly at about 0.6 / 0.7 /
+      0.6: it learnt the training species' combinations, so it cannot teach G a white body beside a purple belly.
+      The reader takes each colour from the cells its attention picks (0.88 / 0.93 / 0.85 on the same birds at width 8);
+      its crown reading is at chance (the crown is a few pixels), so the crown is left out of this loss.
     - ``mode_seeking``: weight of the mode-seeking term (MSGAN, Mao et al. 2019) in G's loss: G draws the first half of
       its batch's captions a second time with fresh noise and is rewarded for the distance between the two images per
       unit distance between the noises, ``w / (mean|G(t, z1) - G(t, z2)| / mean|z1 - z2| + 1e-5)`` (0: off). With
@@ -297,6 +305,7 @@ class Recipe:
     novel: float = 0.0
     novel_focus: float = 0.0
     novel_pairs: bool = False
+    part_teacher: float = 0.0
     mode_seeking: float = 0.0
     stage2_skip: bool = False
     stage2_keep_low: bool = False
@@ -321,7 +330,7 @@ class Recipe:
     # fields added after runs were checkpointed, with the value that reproduces those runs: left out of the
     # dicts (a run's identity) while they hold it, so the checkpoints stay valid
     _LATER = {"matcher": 0.0, "contrastive_fakes": False, "caption_mix": 1, "contrastive_g": None, "parts": 0.0,
-              "parts_fakes": False, "novel": 0.0, "novel_focus": 0.0, "novel_pairs": False, "mode_seeking": 0.0,
+              "parts_fakes": False, "novel": 0.0, "novel_focus": 0.0, "novel_pairs": False, "part_teacher": 0.0, "mode_seeking": 0.0,
               "stage2_keep_low": False, "stage2_diffaug": None, "stage2_sr": 0.0,
               "stage2_image_skip": False, "stage2_adversarial": 1.0, "stage2_sr_branch": 0,
               "stage2_sr_lr": 1.0, "stage2_sr_paired": False, "stage2_sr_halving": True}
@@ -721,7 +730,8 @@ def make_stackgan_step(G: nn.Module, D: StageD, opt_g: torch.optim.Optimizer, op
                        kl_coef: float = 2.0, z_dim: int = 100, G1: nn.Module | None = None, amp: bool = True,
                        recipe: str | Recipe | dict = "paper", ema: Any = None, swapped: torch.Tensor | None = None,
                        matcher: nn.Module | None = None, labels: torch.Tensor | None = None,
-                       novel: tuple[torch.Tensor, torch.Tensor] | None = None, focus: NovelFocus | None = None):
+                       novel: tuple[torch.Tensor, torch.Tensor] | None = None, focus: NovelFocus | None = None,
+                       teacher: nn.Module | None = None):
     """One StackGAN step for :func:`hwlib.train.fit` over a loader of dataset indices ``(idx (B,),)``.
 
     ``images`` uint8 (N, 3, L, L) (L = 76 for Stage I, 304 for Stage II), ``embeddings`` (N, 10, t_dim),
@@ -736,12 +746,13 @@ def make_stackgan_step(G: nn.Module, D: StageD, opt_g: torch.optim.Optimizer, op
     misses); ``matcher``: the frozen :class:`hwlib.models.matching.Matcher` of ``recipe.matcher``; ``labels`` int64
     (N, 10, 4): the part colours each caption names (:meth:`hwlib.data.cub.BirdSplit.caption_labels`), for
     ``recipe.parts``; ``novel``: (embeddings (M, t_dim), part labels int64 (M, 4)) of the captions of
-    ``recipe.novel``; ``focus``: their :class:`NovelFocus`, for ``recipe.novel_focus``. ``amp``: bf16 autocast where
+    ``recipe.novel``; ``focus``: their :class:`NovelFocus`, for ``recipe.novel_focus``; ``teacher``: the frozen
+    :class:`hwlib.models.attributes.PartReader` of ``recipe.part_teacher``. ``amp``: bf16 autocast where
     the hardware computes it natively (:func:`hwlib.train.autocast`).
     Returns detached ``loss_d``, ``loss_g``, ``kl``, ``d_real``/``d_wrong``/``d_fake`` (mean sigmoid).
     """
     from hwlib.data.cub import augment, pick_embedding, wrong_indices
-    from hwlib.data.synthbirds import part_label_mode
+    from hwlib.data.synthbirds import COLOUR_PARTS, part_label_mode
     from hwlib.gan import contrastive_loss, diff_augment, fake_term, g_loss, matching_aware_d_loss
     from hwlib.models.matching import near_or_other
     from hwlib.train import autocast
@@ -768,6 +779,12 @@ def make_stackgan_step(G: nn.Module, D: StageD, opt_g: torch.optim.Optimizer, op
         raise ValueError("Recipe.novel_focus > 0 needs focus= a NovelFocus of the novel captions' length")
     if r.parts and r.caption_mix > 1:
         raise ValueError("Recipe.caption_mix > 1 averages captions, which name different colours: use it without Recipe.parts")
+    if r.part_teacher and (teacher is None or not r.parts or G1 is not None):
+        raise ValueError("Recipe.part_teacher > 0 (Stage I) needs Recipe.parts > 0 (the captions' part labels) and teacher= "
+                         "a frozen part reader (attributes.train_part_judge(..., arch='local'))")
+    if teacher is not None:
+        teacher.eval().requires_grad_(False)
+    taught = torch.tensor([j for j, p in enumerate(COLOUR_PARTS) if p != "crown"], device=device)  # see Recipe.part_teacher
     n_text = embeddings.shape[-1]
     # (N, 4): each part's colour as the bird's captions name it most often, D's part head's label for the real image
     bird_labels = torch.from_numpy(part_label_mode(labels.cpu().numpy())).to(device) if r.parts else None
@@ -877,6 +894,10 @@ def make_stackgan_step(G: nn.Module, D: StageD, opt_g: torch.optim.Optimizer, op
                     parts_n = part_loss(logits_n.detach(), asked_n, per_row=True)
                 loss_g = loss_g + r.novel * novel_g
                 kl = (kl + kl_loss(mu_n, logvar_n)) / 2
+            if r.part_teacher:  # ... and so that a reader of real birds' parts finds the colours asked
+                drawn, wanted = (torch.cat([fake, fake_n]), torch.cat([asked, asked_n])) if r.novel else (fake, asked)
+                taught_loss = part_loss(teacher.read_parts(aug(drawn))[:, taught], wanted[:, taught])
+                loss_g = loss_g + r.part_teacher * taught_loss
             if G1 is not None and r.stage2_adversarial != 1:  # (0: Stage-II learns from the paired terms alone)
                 loss_g = r.stage2_adversarial * loss_g
             if G1 is not None and r.stage2_consistency:  # Stage-II keeps the colours Stage-I drew for the caption
@@ -906,6 +927,8 @@ def make_stackgan_step(G: nn.Module, D: StageD, opt_g: torch.optim.Optimizer, op
             out["parts_d"], out["parts_g"] = parts_d.detach(), parts_g.detach()
         if r.novel:
             out["novel_g"] = novel_g.detach()
+        if r.part_teacher:
+            out["teacher"] = taught_loss.detach()
         if r.mode_seeking:
             out["ms_spread"] = spread.detach()
         return out
@@ -961,12 +984,13 @@ def train_stage(G: nn.Module, D: StageD, *, images: torch.Tensor, embeddings: to
                 lr_decay_epochs: int | None = None, G1: nn.Module | None = None, seed: int = 0, resume: bool = True,
                 config: Any = None, recipe: str | Recipe | dict = "paper", ema: Any = None, channels_last: bool = True,
                 swapped: torch.Tensor | None = None, matcher: nn.Module | None = None, labels: torch.Tensor | None = None,
-                novel: tuple[torch.Tensor, torch.Tensor] | None = None, **fit_kwargs: Any) -> History:
+                novel: tuple[torch.Tensor, torch.Tensor] | None = None, teacher: nn.Module | None = None,
+                **fit_kwargs: Any) -> History:
     """Train one StackGAN stage (Stage I, or Stage II with a frozen ``G1``) through :func:`hwlib.train.fit`.
 
     ``images`` uint8 (N, 3, L, L), ``embeddings`` (N, 10, t_dim) and ``class_ids`` (N,) on the training device,
     as :func:`make_stackgan_step` takes them (with ``swapped`` for ``recipe.wrong == "swap"``, ``matcher`` for
-    ``recipe.matcher``, ``labels`` for ``recipe.parts``, ``novel`` for ``recipe.novel``). Sets G's text standardisation from ``embeddings``, then trains with
+    ``recipe.matcher``, ``labels`` for ``recipe.parts``, ``novel`` for ``recipe.novel``, ``teacher`` for ``recipe.part_teacher``). Sets G's text standardisation from ``embeddings``, then trains with
     Adam (``lr`` for G, ``lr * recipe.lr_d`` for D, ``betas``), the learning rates halved every ``lr_decay_epochs``
     epochs as the official trainer (constant if None), over shuffled batches of ``batch_size`` dataset indices.
     ``ema``: an :class:`hwlib.train.EMA` of G, updated every step and checkpointed (build it from
@@ -998,7 +1022,8 @@ def train_stage(G: nn.Module, D: StageD, *, images: torch.Tensor, embeddings: to
         focus = None
     step = make_stackgan_step(G, D, optimizers["G"], optimizers["D"], images=images, embeddings=embeddings,
                               class_ids=class_ids, out_size=out_size, kl_coef=kl_coef, z_dim=z_dim, G1=G1, recipe=r,
-                              ema=ema, swapped=swapped, matcher=matcher, labels=labels, novel=novel, focus=focus)
+                              ema=ema, swapped=swapped, matcher=matcher, labels=labels, novel=novel, focus=focus,
+                              teacher=teacher)
     loader = index_loader(len(images), batch_size, seed=seed, device=images.device)
     return fit(step, loader, epochs=epochs, run_dir=run_dir, modules=modules, optimizers=optimizers,
                schedulers=schedulers, emas={"G": ema} if ema is not None else None, seed=seed, resume=resume,
