@@ -50,7 +50,8 @@ from bench_stackgan_consistency import (COLOURS, EARLIER_ENCODER, attribute_clas
                                        part_teacher)
 from hwlib.bench import write_result
 from hwlib.data import cub, synthbirds
-from hwlib.metrics.attributes import asked_hits, both_asked, consistency, features, pair_composition, real_both_asked
+from hwlib.metrics.attributes import (asked_hits, attribute_accuracy, both_asked, consistency, features, pair_composition,
+                                     real_both_asked)
 from hwlib.models import attributes, stackgan
 from hwlib.train import get_device
 
@@ -142,6 +143,14 @@ def main() -> None:
         train.images(76), train.image_part_labels(), width=cfg.attr_width, epochs=cfg.attr_epochs, seed=seed,
         device=device, run_dir=hwlib.runs_dir(f"bench/stackgan_sampling/part_judge_w{cfg.attr_width}_e{cfg.attr_epochs}"))\
         if args.judge == "classifier" else part_teacher(cfg, train, seed, device)
+    judge_real = None
+    if part_judge is not None:  # how well the judge reads real birds of the unseen species, from their captions' colours
+        with torch.no_grad():
+            read = part_judge.eval().read_parts(cub.center_crop(test.images(76), 64).to(device)).argmax(-1).cpu().numpy()
+        judge_real = {p: round(v, 3) for p, v in attribute_accuracy(
+            {p: read[:, j] for j, p in enumerate(COLOURS)},
+            {p: test.image_part_labels()[:, j] for j, p in enumerate(COLOURS)}).items()}
+        print(f"the judge reads real birds of the unseen species: {judge_real}")
     rows: dict[str, dict] = {}
     pair_keys = ("no_part", "other_colour", "seen_pair", "unseen_pair")
     if args.pairs:  # notebook 01's section 10a
@@ -204,6 +213,7 @@ def main() -> None:
         print(f"{key:24} " + " ".join(f"{k} {v['mean']:.3f}±{v['std']:.3f}" for k, v in s.items()))
     write_result(f"stackgan_sampling/{args.tag}", {"profile": cfg.profile, "embedding": embedding, "runs": args.runs, "n_eval": len(text),
                                                    "judge": args.judge, "demo_real_birds": round(demo_real, 3),
+                                                   "judge_reads_real_unseen": judge_real,
                                                    "split": "unseen", "rows": rows, "summary": summary}, device)
 
 
