@@ -360,17 +360,17 @@ def test_stage2_sr_halving_false_keeps_the_branch_rate_while_the_rest_halves(tmp
     assert "stage2_sr_halving" not in stackgan.Recipe().as_dict()
 
 
-def test_stage2_trains_without_recipe_novel_a_stage1_field() -> None:
+def test_stage2_trains_without_recipe_novel_and_part_teacher_stage1_fields() -> None:
     stable = stackgan.RECIPES["stable"].__dict__
-    recipe = stackgan.Recipe(**{**stable, "novel": 1.0})
+    recipe = stackgan.Recipe(**{**stable, "novel": 1.0, "part_teacher": 1.0})
     nets = stackgan.build(t_dim=16, gf=4, df=4, n_res=1, stage2_size=128, recipe=recipe)
     g2, d2 = nets["G2"], nets["D2"]
     step = stackgan.make_stackgan_step(g2, d2, torch.optim.Adam(g2.parameters()), torch.optim.Adam(d2.parameters()),
                                        images=torch.randint(0, 256, (4, 3, 152, 152), dtype=torch.uint8),
                                        embeddings=torch.randn(4, 10, 16), class_ids=torch.arange(4), out_size=128,
                                        G1=nets["G1"].eval(), recipe=recipe, labels=torch.randint(-1, 10, (4, 10, 4)))
-    logs = step((torch.arange(4),), 0)  # no novel= captions needed: Stage-II ignores the Stage-I field
-    assert "novel_g" not in logs and torch.isfinite(logs["loss_g"])
+    logs = step((torch.arange(4),), 0)  # no novel= captions nor teacher= needed: Stage-II ignores the Stage-I fields
+    assert "novel_g" not in logs and "teacher" not in logs and torch.isfinite(logs["loss_g"])
 
 
 def test_real_detail_scores_stage2_against_real_birds_and_bicubic(tmp_path) -> None:

@@ -762,8 +762,8 @@ def make_stackgan_step(G: nn.Module, D: StageD, opt_g: torch.optim.Optimizer, op
     from hwlib.train import autocast
 
     r = get_recipe(recipe)
-    if G1 is not None and r.novel:  # a Stage-I field: Stage-II trains on the data set's captions alone
-        r = replace(r, novel=0.0)
+    if G1 is not None and (r.novel or r.part_teacher):  # Stage-I fields: Stage-II trains on the data set's captions alone
+        r = replace(r, novel=0.0, part_teacher=0.0)
     device = images.device
     if r.wrong == "swap" and (swapped is None or swapped.shape != embeddings.shape):
         raise ValueError("Recipe.wrong='swap' needs swapped= embeddings of embeddings' shape "
@@ -783,7 +783,7 @@ def make_stackgan_step(G: nn.Module, D: StageD, opt_g: torch.optim.Optimizer, op
         raise ValueError("Recipe.novel_focus > 0 needs focus= a NovelFocus of the novel captions' length")
     if r.parts and r.caption_mix > 1:
         raise ValueError("Recipe.caption_mix > 1 averages captions, which name different colours: use it without Recipe.parts")
-    if r.part_teacher and (teacher is None or not r.parts or G1 is not None):
+    if r.part_teacher and (teacher is None or not r.parts):
         raise ValueError("Recipe.part_teacher > 0 (Stage I) needs Recipe.parts > 0 (the captions' part labels) and teacher= "
                          "a frozen part reader (attributes.train_part_judge(..., arch='local'))")
     if teacher is not None:
