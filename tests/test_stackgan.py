@@ -813,3 +813,26 @@ def test_pair_birds_draws_each_pair_caption_in_order_from_the_seed() -> None:
     torch.manual_seed(7)
     torch.testing.assert_close(drawn, stackgan.generate(g, torch.from_numpy(encode(few)).repeat_interleave(2, 0), ca_noise=2.0,
                                                         z=torch.randn(6, 4, generator=torch.Generator().manual_seed(5)))[0])
+
+
+def test_g_slots_mixes_the_conditional_norm_per_pixel_and_starts_as_the_global_one():
+    torch.manual_seed(0)
+    plain = stackgan.Stage1G(t_dim=8, c_dim=4, z_dim=4, gf=2, cond_norm=True)
+    torch.manual_seed(0)
+    slots = stackgan.Stage1G(t_dim=8, c_dim=4, z_dim=4, gf=2, cond_norm=True, slots=3)
+    text, z = torch.randn(5, 8), torch.randn(5, 4)
+    plain.eval(), slots.eval()
+    torch.testing.assert_close(slots(text, z)[0], plain(text, z)[0])  # zero-initialised: the same generator at start
+    assert slots.film[0].out_features == 3 * plain.film[0].out_features and len(slots.where) == len(slots.up)
+    with torch.no_grad():  # once the slots differ, the mix varies over the image: a per-pixel scale and shift
+        for lin, conv in zip(slots.film, slots.where):
+            lin.weight.normal_(), conv.weight.normal_()
+    slots.train()
+    out = slots(text, z)[0]
+    out.sum().backward()
+    assert slots.where[0].weight.grad.abs().sum() > 0 and out.shape == (5, 3, 64, 64)
+    with pytest.raises(ValueError, match="g_slots"):
+        stackgan.Stage1G(t_dim=8, c_dim=4, z_dim=4, gf=2, slots=3)
+    assert "g_slots" not in stackgan.Recipe().as_dict()  # older runs keep their identity
+    G, _ = stackgan.build_stage1(8, c_dim=4, z_dim=4, gf=2, df=4, recipe=stackgan.Recipe(g_cond_norm=True, g_slots=2))
+    assert G.slots == 2

@@ -123,6 +123,12 @@ class Recipe:
       pair with the projection discriminator): every up-block's BN output is scaled and shifted by
       ``(1 + gamma(c), beta(c))``, linear in the CA sample ``c`` and zero at initialisation, so the caption reaches
       every resolution instead of only the first fully connected layer.
+    - ``g_slots``: with ``g_cond_norm``, the scale and shift vary over the image (0: one pair per channel, as above):
+      ``K`` pairs ``(gamma_k(c), beta_k(c))`` per up-block, and at every pixel a softmax over the ``K`` from a 1x1
+      conv of the block's features picks their mix, so each region can read its own projection of the caption -- the
+      sentence vector carries every part's colour linearly (section 8's probes), but one shift per channel paints
+      them all the same way everywhere (attention over caption "slots" in the place of AttnGAN's word attention,
+      Xu et al. 2018, for an encoder with no word features). The 1x1 convs start at zero (an even mix: the FiLM above).
     - ``contrastive``: weight of an image-caption contrastive loss (the sentence-image term of XMC-GAN, Zhang et al.
       2021), added to both players' losses (0: off). D gains a ``match`` head embedding its 4x4 features and the
       condition ``mu`` into one space; D learns to pick each *real* image's caption among the batch's captions
@@ -299,6 +305,7 @@ class Recipe:
     ca_logvar_init: float = 0.0
     g_min_channels: int = 0
     g_cond_norm: bool = False
+    g_slots: int = 0
     contrastive: float = 0.0
     contrastive_fakes: bool = False
     contrastive_g: float | None = None
@@ -334,7 +341,7 @@ class Recipe:
     # fields added after runs were checkpointed, with the value that reproduces those runs: left out of the
     # dicts (a run's identity) while they hold it, so the checkpoints stay valid
     _LATER = {"matcher": 0.0, "contrastive_fakes": False, "caption_mix": 1, "contrastive_g": None, "parts": 0.0,
-              "parts_fakes": False, "novel": 0.0, "novel_focus": 0.0, "novel_pairs": False, "part_teacher": 0.0, "mode_seeking": 0.0,
+              "parts_fakes": False, "novel": 0.0, "novel_focus": 0.0, "novel_pairs": False, "part_teacher": 0.0, "g_slots": 0, "mode_seeking": 0.0,
               "stage2_keep_low": False, "stage2_diffaug": None, "stage2_sr": 0.0,
               "stage2_image_skip": False, "stage2_adversarial": 1.0, "stage2_sr_branch": 0,
               "stage2_sr_lr": 1.0, "stage2_sr_paired": False, "stage2_sr_halving": True}
@@ -461,7 +468,7 @@ class Stage1G(nn.Module):
 
     def __init__(self, t_dim: int = 1024, c_dim: int = 128, z_dim: int = 100, gf: int = 128,
                  upsample: str = "nearest", ca_logvar_init: float = 0.0, min_channels: int = 0,
-                 cond_norm: bool = False) -> None:
+                 cond_norm: bool = False, slots: int = 0) -> None:
         super().__init__()
         ngf = 8 * gf
         self.z_dim, self.ngf = z_dim, ngf
@@ -472,20 +479,32 @@ class Stage1G(nn.Module):
         self.to_img = nn.Sequential(nn.Conv2d(widths[-1], 3, 3, 1, 1, bias=False), nn.Tanh())
         self.apply(weights_init)
         self.ca.init_logvar()
-        self.film = None
+        self.film, self.where, self.slots = None, None, slots
+        if slots and not cond_norm:
+            raise ValueError("Recipe.g_slots mixes the conditional norm's scales and shifts: set g_cond_norm=True as well")
         if cond_norm:  # (1 + gamma(c), beta(c)) after each up-block's BN, zero at start
-            self.film = nn.ModuleList(nn.Linear(c_dim, 2 * w) for w in widths[1:])
+            self.film = nn.ModuleList(nn.Linear(c_dim, 2 * w * max(slots, 1)) for w in widths[1:])
             for lin in self.film:
                 nn.init.zeros_(lin.weight), nn.init.zeros_(lin.bias)
+        if slots:  # per pixel, a softmax over the slots from the block's features (Recipe.g_slots), even at start
+            self.where = nn.ModuleList(nn.Conv2d(w, slots, 1) for w in widths[1:])
+            for conv in self.where:
+                nn.init.zeros_(conv.weight), nn.init.zeros_(conv.bias)
 
     def forward(self, text: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         c, mu, logvar = self.ca(text)
         h = self.fc(torch.cat([z, c], 1)).view(-1, self.ngf, 4, 4)
         if self.film is None:
             return self.to_img(self.up(h)), mu, logvar
-        for block, film in zip(self.up, self.film):
-            gamma, beta = film(c).to(h.dtype)[:, :, None, None].chunk(2, dim=1)
-            h = block[-1](block[:-1](h) * (1 + gamma) + beta)  # block[-1] is the ReLU
+        for i, (block, film) in enumerate(zip(self.up, self.film)):
+            h = block[:-1](h)  # block[-1] is the ReLU
+            if self.where is None:
+                gamma, beta = film(c).to(h.dtype)[:, :, None, None].chunk(2, dim=1)
+            else:  # (B, K, 2w) pairs mixed per pixel by (B, K, H, W) weights -> (B, 2w, H, W)
+                mix = self.where[i](h).softmax(1)
+                gamma, beta = torch.einsum("bkc,bkhw->bchw", film(c).to(h.dtype).view(len(h), self.slots, -1),
+                                           mix).chunk(2, dim=1)
+            h = block[-1](h * (1 + gamma) + beta)
         return self.to_img(h), mu, logvar
 
 
@@ -681,7 +700,7 @@ def build_stage1(t_dim: int, c_dim: int = 128, z_dim: int = 100, gf: int = 128, 
                  upsample: str = "nearest", recipe: str | Recipe | dict = "paper") -> tuple[Stage1G, StageD]:
     """Stage I alone, ``(G1, D1)`` as :func:`build` makes them (G1 first): for experiments on Stage I only."""
     r = get_recipe(recipe)
-    return (Stage1G(t_dim, c_dim, z_dim, gf, upsample, r.ca_logvar_init, r.g_min_channels, r.g_cond_norm),
+    return (Stage1G(t_dim, c_dim, z_dim, gf, upsample, r.ca_logvar_init, r.g_min_channels, r.g_cond_norm, r.g_slots),
             StageD(64, c_dim, df, spectral_norm=r.spectral_norm, projection=r.projection, match=r.contrastive > 0,
                    parts=part_classes(r)))
 
