@@ -81,8 +81,8 @@ def demo_anatomy(G: torch.nn.Module, judge: torch.nn.Module, clf: attributes.Att
     demo scores) and for every part the caption names (``all``): how often one draw has them (``one``), the judge's
     pick of each group (``judged``, as ``generate(rerank=k)`` picks) and any candidate of the group (``oracle``, the
     most a perfect judge could pick). {caption: {"one_bw": ..., "judged_all": ...}}."""
-    captions = [c for c in synthbirds.DEMO_CAPTIONS
-                if (synthbirds.caption_targets([c])["body"][0] >= 0) and (synthbirds.caption_targets([c])["wing"][0] >= 0)]
+    named = synthbirds.caption_targets(list(synthbirds.DEMO_CAPTIONS))
+    captions = [c for i, c in enumerate(synthbirds.DEMO_CAPTIONS) if named["body"][i] >= 0 and named["wing"][i] >= 0]
     images = stackgan.caption_samples(G, captions, encode, z_dim, n, seed, noise_seed=seed + 1, ca_noise=ca_noise)
     many = [c for c in captions for _ in range(n)]
     targets, asked = synthbirds.caption_targets(many), torch.from_numpy(synthbirds.part_labels(many))
@@ -145,10 +145,8 @@ def main() -> None:
         if args.judge == "classifier" else part_teacher(cfg, train, seed, device)
     judge_real = None
     if part_judge is not None:  # how well the judge reads real birds of the unseen species, from their captions' colours
-        with torch.no_grad():
-            read = part_judge.eval().read_parts(cub.center_crop(test.images(76), 64).to(device)).argmax(-1).cpu().numpy()
         judge_real = {p: round(v, 3) for p, v in attribute_accuracy(
-            {p: read[:, j] for j, p in enumerate(COLOURS)},
+            attributes.predict_attributes(part_judge, cub.center_crop(test.images(76), 64)),
             {p: test.image_part_labels()[:, j] for j, p in enumerate(COLOURS)}).items()}
         print(f"the judge reads real birds of the unseen species: {judge_real}")
     rows: dict[str, dict] = {}

@@ -1,6 +1,7 @@
 """hwlib.models.attributes: the SynthBirds attribute classifier and its accuracy."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from hwlib.data import synthbirds
@@ -63,7 +64,5 @@ def test_part_reader_reads_each_part_as_a_mix_of_local_readings(tmp_path) -> Non
     assert isinstance(reader, PartReader) and not reader.training
     flat = train_part_judge(images, parts, width=4, epochs=2, run_dir=tmp_path / "judge")
     assert not isinstance(flat, PartReader)
-    import pytest
-
     with pytest.raises(ValueError, match="arch"):
         train_part_judge(images, parts, width=4, epochs=1, run_dir=tmp_path / "x", arch="deep")
