@@ -247,7 +247,9 @@ def main() -> None:
                          if recipe.wrong == "swap" or recipe.matcher else None,
                          matcher=trained_matcher(cfg, train, seed, device) if recipe.matcher else None,
                          labels=torch.from_numpy(train.caption_labels()).to(device) if recipe.parts else None,
-                         novel=tuple(t.to(device) for t in synthbirds.novel_set(train, seed=seed, unseen_pairs=recipe.novel_pairs))
+                         novel=tuple(t.to(device) for t in synthbirds.novel_set(
+                             train, seed=seed, unseen_pairs=recipe.novel_pairs,
+                             encode=synthbirds.caption_codes if args.condition == "attributes" else None))
                          if recipe.novel else None,
                          teacher=part_teacher(cfg, train, seed, device) if recipe.part_teacher else None)
     write_result(f"stackgan_ladder/{name}", {

@@ -124,14 +124,24 @@ def main() -> None:
     if len(embedding) != 1:
         raise SystemExit(f"the runs were trained with different caption encoders ({sorted(embedding)}): compare them in separate calls")
     embedding = embedding.pop()
+    condition = {json.loads((RESULTS / f"{run}.json").read_text())["condition"] for run in args.runs}
+    if len(condition) != 1 or condition & {"species", "none"}:
+        raise SystemExit(f"the runs were trained on {sorted(condition)}: sample caption or attributes runs, one kind per call")
+    condition = condition.pop()
     train, test = (cub.open_birds(root, s, embedding=embedding) for s in ("train", "test"))
+    # the text encoder the runs were trained with: the caption encoder or, for --condition attributes, the perfect one
+    encode = train.encode if condition == "caption" else lambda caps: synthbirds.caption_codes(list(caps))
     clf = attribute_classifier(cfg, seed, device)
     text, z, targets, real, captions = caption_evals(cfg, {"unseen": (test, test.images(76))}, seed)["unseen"]
     asked = torch.from_numpy(synthbirds.part_labels(captions))
     real_feats = features(clf, cub.center_crop(real[:len(text)], 64))
     embeddings = torch.from_numpy(train.embeddings)
+    if condition == "attributes":
+        text = torch.from_numpy(encode(captions))
+        codes = encode([c for i in range(len(train)) for c in train.captions(i)])
+        embeddings = torch.from_numpy(codes).view(len(train), -1, codes.shape[1])
     demo = list(np.repeat(synthbirds.DEMO_CAPTIONS, 8))  # notebook 01's demo: eight noise vectors per caption
-    demo_text, demo_asked = torch.from_numpy(train.encode(demo)), torch.from_numpy(synthbirds.part_labels(demo))
+    demo_text, demo_asked = torch.from_numpy(encode(demo)), torch.from_numpy(synthbirds.part_labels(demo))
     demo_z = torch.randn(len(demo), cfg.z_dim, generator=torch.Generator().manual_seed(seed))
     wide = list(np.repeat(synthbirds.DEMO_CAPTIONS, 64))  # the same captions, 64 noise vectors each (demo64)
     wide_asked = torch.from_numpy(synthbirds.part_labels(wide))
@@ -170,14 +180,14 @@ def main() -> None:
 
         if args.demo_anatomy:
             k = max(args.rerank or [16])
-            anatomy = demo_anatomy(trained, judge, clf, train.encode, cfg.z_dim, args.demo_anatomy, k,
+            anatomy = demo_anatomy(trained, judge, clf, encode, cfg.z_dim, args.demo_anatomy, k,
                                    args.rerank_ca_noise, seed + 31)
             rows.setdefault(f"demo_anatomy,ca_noise={args.rerank_ca_noise:g},k={k}{judge_name}", {})[run] = {
                 f"{c[:12]}:{m}": v for c, ms in anatomy.items() for m, v in ms.items()}
             for c, ms in anatomy.items():
                 print(f"{run[-40:]:>40} demo anatomy '{c[:30]}': " + " ".join(f"{m} {v:.3f}" for m, v in ms.items()), flush=True)
         if args.pairs:
-            comp = pair_composition(clf, stackgan.pair_birds(trained, train.encode, cfg.z_dim, seed + 2), seen)
+            comp = pair_composition(clf, stackgan.pair_birds(trained, encode, cfg.z_dim, seed + 2), seen)
             rows.setdefault("pairs,ca_noise=1", {})[run] = {k: round(comp[k], 3) for k in pair_keys}
             print(f"{run[-40:]:>40} body/belly pairs: " + " ".join(f"{k} {comp[k]:.2f}" for k in pair_keys), flush=True)
         for bn in () if args.only_rerank else ("copied", "standing"):
@@ -195,7 +205,7 @@ def main() -> None:
             seconds = time.perf_counter() - t0
             torch.manual_seed(seed + 19)
             demo_low = stackgan.generate(trained, demo_text, z=demo_z, ca_noise=noise, rerank=k, judge=judge, labels=demo_asked)[0]
-            wide_low = stackgan.caption_samples(trained, synthbirds.DEMO_CAPTIONS, train.encode, cfg.z_dim, 64, seed + 23,
+            wide_low = stackgan.caption_samples(trained, synthbirds.DEMO_CAPTIONS, encode, cfg.z_dim, 64, seed + 23,
                                                 noise_seed=seed + 29, ca_noise=noise, rerank=k, judge=judge, labels=wide_asked)
             record(f"bn=copied,ca_noise={noise:g},rerank={k}{judge_name if k > 1 else ''}", low,
                    noise_spread(trained, text, cfg.z_dim, seed, ca_noise=noise, rerank=k, judge=judge, labels=asked), seconds,
@@ -209,7 +219,7 @@ def main() -> None:
                for key, runs in rows.items()}
     for key, s in summary.items():
         print(f"{key:24} " + " ".join(f"{k} {v['mean']:.3f}±{v['std']:.3f}" for k, v in s.items()))
-    write_result(f"stackgan_sampling/{args.tag}", {"profile": cfg.profile, "embedding": embedding, "runs": args.runs, "n_eval": len(text),
+    write_result(f"stackgan_sampling/{args.tag}", {"profile": cfg.profile, "embedding": embedding, "condition": condition, "runs": args.runs, "n_eval": len(text),
                                                    "judge": args.judge, "demo_real_birds": round(demo_real, 3),
                                                    "judge_reads_real_unseen": judge_real,
                                                    "split": "unseen", "rows": rows, "summary": summary}, device)

@@ -85,27 +85,54 @@ def ngrams(caption: str) -> list[str]:
 
 
 class NgramEncoder(nn.Module):
-    """Caption -> unit vector (``dim``,): the mean of its known n-grams' vectors (:func:`ngrams`), normalised.
+    """Caption -> vector (``dim``,): the mean of its known n-grams' vectors (:func:`ngrams`), normalised.
 
     ``vocab``: the n-grams of the captions it was trained on; others are ignored (:meth:`unknown` names them), and a
-    caption with none embeds as zeros."""
+    caption with none embeds as zeros.
 
-    def __init__(self, vocab: Sequence[str], dim: int = 128) -> None:
+    With ``parts`` > 0 (the ``part-ngrams`` embedding) the last ``parts * part_dim`` dimensions are part slots instead:
+    slot k is an attention-weighted mean of the caption's n-grams' slot-k vectors, each n-gram with a learnt weight
+    per part (softmax over the caption's n-grams, AttnGAN's word attention with one query per part, Xu et al. 2018),
+    trained to name part k's colour (:func:`fit_ngram_encoder`'s ``labels``): "a purple belly" fills the belly's slot,
+    not the body's, so a caption of an unseen colour combination embeds as its parts do. The first
+    ``dim - parts * part_dim`` dimensions stay the normalised mean above."""
+
+    def __init__(self, vocab: Sequence[str], dim: int = 128, parts: int = 0, part_dim: int = 16,
+                 part_classes: int = 0) -> None:
         super().__init__()
         self.vocab = {g: i for i, g in enumerate(vocab)}
-        self.bag = nn.EmbeddingBag(len(self.vocab), dim, mode="mean")
+        self.parts, self.part_dim = parts, part_dim
+        self.bag = nn.EmbeddingBag(len(self.vocab), dim - parts * part_dim, mode="mean")
+        if parts:
+            self.part_logit = nn.Embedding(len(self.vocab), parts)  # (V, parts): how much each n-gram speaks of part k
+            self.part_value = nn.Embedding(len(self.vocab), parts * part_dim)
+            nn.init.zeros_(self.part_logit.weight)
+            self.part_head = nn.Linear(part_dim, part_classes + 1)  # shared by the slots: a colour or "none named"
 
     def ids(self, caption: str) -> list[int]:
         """The vocabulary indices of ``caption``'s known n-grams."""
         return [self.vocab[g] for g in ngrams(caption) if g in self.vocab]
 
     def embed_ids(self, rows: Sequence[Sequence[int]]) -> torch.Tensor:
-        """(N, dim) unit rows (zero for an empty one) from N captions' n-gram indices (:meth:`ids`)."""
+        """(N, dim) rows (zero for an empty one) from N captions' n-gram indices (:meth:`ids`)."""
         offsets = torch.tensor(np.cumsum([0] + [len(r) for r in rows[:-1]]), dtype=torch.long)
-        return F.normalize(self.bag(torch.tensor([i for r in rows for i in r], dtype=torch.long), offsets), dim=1)
+        mean = F.normalize(self.bag(torch.tensor([i for r in rows for i in r], dtype=torch.long), offsets), dim=1)
+        if not self.parts:
+            return mean
+        return torch.cat([mean, self.slots(rows).flatten(1)], 1)
+
+    def slots(self, rows: Sequence[Sequence[int]]) -> torch.Tensor:
+        """(N, parts, part_dim): each part's attention-pooled slot (zero for an empty caption)."""
+        width = max([len(r) for r in rows] + [1])
+        ids = torch.tensor([list(r) + [0] * (width - len(r)) for r in rows], dtype=torch.long)  # (N, L)
+        known = torch.tensor([[True] * len(r) + [False] * (width - len(r)) for r in rows])
+        weight = self.part_logit(ids).masked_fill(~known[..., None], float("-inf")).softmax(1)  # (N, L, parts)
+        weight = torch.nan_to_num(weight)  # an empty caption: no weights
+        values = self.part_value(ids).view(len(rows), width, self.parts, self.part_dim)
+        return torch.einsum("nlk,nlkd->nkd", weight, values)
 
     def forward(self, captions: Sequence[str]) -> torch.Tensor:
-        """(N, dim) float32, each row unit-norm (or zero)."""
+        """(N, dim) float32: the unit-norm (or zero) mean, then the part slots if any."""
         return self.embed_ids([self.ids(c) for c in captions])
 
     def encode(self, captions: Sequence[str]) -> np.ndarray:
@@ -118,44 +145,72 @@ class NgramEncoder(nn.Module):
         return [w for w in ngrams(caption) if " " not in w and w not in self.vocab]
 
     def state(self) -> dict[str, np.ndarray]:
-        """{"vocab", "weight"}: what :meth:`from_state` rebuilds the encoder from (for an ``.npz`` cache)."""
-        return {"vocab": np.array(list(self.vocab), dtype=str), "weight": self.bag.weight.detach().numpy()}
+        """{"vocab", "weight"} (and the part slots' tensors): what :meth:`from_state` rebuilds the encoder from (for an
+        ``.npz`` cache)."""
+        state = {"vocab": np.array(list(self.vocab), dtype=str), "weight": self.bag.weight.detach().numpy()}
+        if self.parts:
+            state |= {"part_logit": self.part_logit.weight.detach().numpy(),
+                      "part_value": self.part_value.weight.detach().numpy(),
+                      "part_head_weight": self.part_head.weight.detach().numpy(),
+                      "part_head_bias": self.part_head.bias.detach().numpy()}
+        return state
 
     @classmethod
     def from_state(cls, state: dict[str, np.ndarray]) -> NgramEncoder:
         """The encoder :meth:`state` describes. Built in a forked generator: its random initialisation, overwritten
         at once, leaves torch's global generator as it was."""
+        parts = state["part_logit"].shape[1] if "part_logit" in state else 0
+        part_dim = state["part_value"].shape[1] // parts if parts else 16
+        classes = state["part_head_bias"].shape[0] - 1 if parts else 0
         with torch.random.fork_rng(devices=[]):
-            enc = cls([str(g) for g in state["vocab"]], state["weight"].shape[1])
+            enc = cls([str(g) for g in state["vocab"]], state["weight"].shape[1] + parts * part_dim, parts, part_dim,
+                      classes)
         enc.bag.weight.data.copy_(torch.from_numpy(state["weight"]))
+        if parts:
+            enc.part_logit.weight.data.copy_(torch.from_numpy(state["part_logit"]))
+            enc.part_value.weight.data.copy_(torch.from_numpy(state["part_value"]))
+            enc.part_head.weight.data.copy_(torch.from_numpy(state["part_head_weight"]))
+            enc.part_head.bias.data.copy_(torch.from_numpy(state["part_head_bias"]))
         return enc.eval()
 
 
 def fit_ngram_encoder(captions: Sequence[Sequence[str]], class_ids: np.ndarray, dim: int = 128, steps: int = 1000,
-                      batch_size: int = 64, lr: float = 1e-2, temperature: float = 0.1, seed: int = 0) -> NgramEncoder:
+                      batch_size: int = 64, lr: float = 1e-2, temperature: float = 0.1, seed: int = 0,
+                      labels: np.ndarray | None = None, part_classes: int = 0, part_dim: int = 16) -> NgramEncoder:
     """Train an :class:`NgramEncoder` on N birds' captions (N lists of K >= 2) and their class ids (N,).
 
     Each step takes ``batch_size`` birds and two different captions of each: the InfoNCE loss, both ways, picks each
-    caption's partner among the batch's (cosine / ``temperature``), and pairs of the same class are not counted as
-    wrong (they describe the same species). Adam(``lr``), deterministic for a ``seed``; a few seconds on a CPU."""
+    caption's partner among the batch's (cosine of the normalised means / ``temperature``), and pairs of the same class
+    are not counted as wrong (they describe the same species). With ``labels`` int64 (N, K, parts), the colour index
+    (< ``part_classes``) each caption names for each part or -1 (``BirdSplit.caption_labels``), the encoder has part
+    slots (``parts``: ``labels.shape[-1]``) and each slot learns to name its part's colour or "none named"
+    (cross-entropy, added to the InfoNCE loss). Adam(``lr``), deterministic for a ``seed``; a few seconds on a CPU."""
     from hwlib.gan import contrastive_loss
     vocab = sorted({g for caps in captions for c in caps for g in ngrams(c)})
     gen = torch.Generator().manual_seed(seed)
+    parts = 0 if labels is None else labels.shape[-1]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        enc = NgramEncoder(vocab, dim)
+        enc = NgramEncoder(vocab, dim, parts, part_dim, part_classes)
     ids = [[enc.ids(c) for c in caps] for caps in captions]  # n-gram indices of every caption, once
     cls = torch.as_tensor(np.asarray(class_ids))
+    named = None if labels is None else torch.as_tensor(np.where(labels < 0, part_classes, labels))  # (N, K, parts)
     opt = torch.optim.Adam(enc.parameters(), lr=lr)
     n, b = len(captions), min(batch_size, len(captions))
     diagonal = torch.eye(b, dtype=torch.bool)
+    mean_dim = dim - parts * part_dim
     for _ in range(steps):
         idx = torch.randperm(n, generator=gen)[:b].tolist()
         pairs = [torch.randperm(len(captions[i]), generator=gen)[:2].tolist() for i in idx]
         first, second = (enc.embed_ids([ids[i][p[k]] for i, p in zip(idx, pairs)]) for k in (0, 1))
         same = (cls[idx][:, None] == cls[idx][None]) & ~diagonal  # the same species: not a wrong pair
-        logits = (first @ second.T / temperature).masked_fill(same, float("-inf"))
+        logits = (first[:, :mean_dim] @ second[:, :mean_dim].T / temperature).masked_fill(same, float("-inf"))
         loss = (contrastive_loss(logits) + contrastive_loss(logits.T)) / 2
+        if parts:
+            for k, emb in enumerate((first, second)):
+                target = named[idx, [p[k] for p in pairs]]  # (b, parts)
+                slot_logits = enc.part_head(emb[:, mean_dim:].view(b, parts, part_dim))
+                loss = loss + F.cross_entropy(slot_logits.flatten(0, 1), target.flatten()) / 2
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

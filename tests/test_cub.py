@@ -515,3 +515,18 @@ def test_bag_of_ngrams_option_trains_the_encoder_once_on_train_captions(root: Pa
     assert torch.equal(torch.random.get_rng_state(), state)
     with pytest.raises(ValueError, match="cannot embed new captions"):
         cub.open_birds(root, "train").encode(["a red bird"])
+
+
+def test_part_ngrams_option_trains_its_own_encoder_with_part_slots(root: Path, monkeypatch) -> None:
+    from hwlib import text
+
+    calls = []
+    real_fit = text.fit_ngram_encoder
+    monkeypatch.setattr(text, "fit_ngram_encoder", lambda *a, **k: calls.append(k) or real_fit(*a, **k, steps=5))
+    train = cub.open_birds(root, "train", embedding="part-ngrams")
+    assert len(calls) == 1 and calls[0]["labels"].shape == (len(train), 10, 4) and calls[0]["part_classes"] == 10
+    np.testing.assert_array_equal(calls[0]["labels"], train.caption_labels())
+    assert train.embeddings.shape == (6, 10, 128) and (root / "birds" / cub.NGRAM_ENCODERS["part-ngrams"]).is_file()
+    enc = cub.ngram_encoder(root, "part-ngrams")
+    assert enc.parts == 4 and enc is cub.ngram_encoder(root, "part-ngrams") and cub.ngram_encoder(root).parts == 0
+    np.testing.assert_allclose(train.encode([train.captions(1)[2]])[0], train.embeddings[1, 2], atol=1e-6)

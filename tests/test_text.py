@@ -69,3 +69,22 @@ def test_ngram_encoder_is_deterministic_round_trips_and_names_unknown_words() ->
     np.testing.assert_array_equal(restored.encode([caption]), enc.encode([caption]))
     assert enc.unknown(caption) == ["crimson"] and text.ngrams("A GRAY bird") == ["a", "grey", "bird", "a grey", "grey bird"]
     assert not enc.encode(["zzz qqq"]).any()  # nothing it knows: zeros
+
+
+def test_ngram_encoder_part_slots_name_each_part_of_an_unseen_combination() -> None:
+    """With part labels the encoder's slots (the ``part-ngrams`` embedding) learn which n-grams speak of which part:
+    a caption written for no training bird fills each slot with its own part's colour."""
+    from hwlib import text
+    from hwlib.data import synthbirds
+
+    captions, classes = _species_captions(60, 4, seed=0)
+    labels = synthbirds.part_labels([c for caps in captions for c in caps]).reshape(len(captions), 10, -1)
+    enc = text.fit_ngram_encoder(captions, classes, steps=300, labels=labels, part_classes=len(synthbirds.COLOURS))
+    novel = ["this bird is white with green wings and a purple belly", "a small yellow bird with grey wings and a red crown"]
+    emb = enc.encode(novel)
+    assert emb.shape == (2, 128) and np.allclose(np.linalg.norm(emb[:, :64], axis=1), 1, atol=1e-5)
+    named = enc.part_head(enc.slots([enc.ids(c) for c in novel])).argmax(-1).numpy()  # (2, 4), 10 = none named
+    np.testing.assert_array_equal(named, np.where(synthbirds.part_labels(novel) < 0, 10, synthbirds.part_labels(novel)))
+    restored = text.NgramEncoder.from_state(enc.state())
+    np.testing.assert_array_equal(restored.encode(novel), emb)
+    assert not restored.encode(["zzz qqq"]).any()  # nothing it knows: zeros, slots included

@@ -52,8 +52,9 @@ from hwlib.files import publish_dir, read_arrays, staging_dir, write_arrays
 from hwlib.paths import data_dir, shown
 
 EMBEDDINGS = {"char-CNN-RNN": ("char-CNN-RNN-embeddings.pickle", 1024), "all-MiniLM-L6-v2": ("all-MiniLM-L6-v2-embeddings.npy", 384),
-              "bag-of-ngrams": ("bag-of-ngrams-embeddings.npy", 128)}
+              "bag-of-ngrams": ("bag-of-ngrams-embeddings.npy", 128), "part-ngrams": ("part-ngrams-embeddings.npy", 128)}
 NGRAM_ENCODER = "bag-of-ngrams-encoder.npz"  # under birds/: the n-gram encoder trained on birds/train's captions
+NGRAM_ENCODERS = {"bag-of-ngrams": NGRAM_ENCODER, "part-ngrams": "part-ngrams-encoder.npz"}  # ... and with part slots
 CAPTIONS_PER_IMAGE = 10
 N_CLASSES = 200
 BOX_SLACK = 2.0  # pixels a bounding box may reach past its image's border (rounding in the annotations)
@@ -393,38 +394,46 @@ def crop_and_resize(path: Path, bbox: np.ndarray, size: int) -> np.ndarray:
     return np.array(im.crop(box).resize((size, size), Image.BICUBIC), dtype=np.uint8)
 
 
-def ngram_encoder(root: str | Path) -> Any:
+def ngram_encoder(root: str | Path, embedding: str = "bag-of-ngrams") -> Any:
     """The :class:`hwlib.text.NgramEncoder` of the birds under ``root``: trained on ``birds/train``'s captions and
     class ids (:func:`hwlib.text.fit_ngram_encoder`, seed 0) the first time, then read from its cache -- once per
     version of the cache file (kept in memory; every ``BirdSplit.encode`` call goes through here). Draws nothing from
-    torch's global generator."""
-    path = Path(root) / "birds" / NGRAM_ENCODER
+    torch's global generator. ``embedding="part-ngrams"``: the encoder with part slots, trained on the part colours
+    the captions name as well (:meth:`BirdSplit.caption_labels`'s parser)."""
+    path = Path(root) / "birds" / NGRAM_ENCODERS[embedding]
     try:
         stamp = path.stat()
     except FileNotFoundError:
-        return _fit_ngram_encoder(Path(root), path)
-    return _read_ngram_encoder(str(path), stamp.st_mtime_ns, stamp.st_size)
+        return _fit_ngram_encoder(Path(root), path, embedding)
+    return _read_ngram_encoder(str(path), stamp.st_mtime_ns, stamp.st_size, embedding)
 
 
 @functools.lru_cache(maxsize=8)
-def _read_ngram_encoder(path: str, mtime_ns: int, size: int) -> Any:
+def _read_ngram_encoder(path: str, mtime_ns: int, size: int, embedding: str = "bag-of-ngrams") -> Any:
     """The encoder cached at ``path`` (its modification time and size key the memory cache)."""
     from hwlib import text
 
-    state = read_arrays(Path(path), ("vocab", "weight"))
+    keys = ("vocab", "weight") + (("part_logit", "part_value", "part_head_weight", "part_head_bias")
+                                  if embedding == "part-ngrams" else ())
+    state = read_arrays(Path(path), keys)
     if state is None:  # an unreadable cache: fit again, as on first use
-        return _fit_ngram_encoder(Path(path).parents[1], Path(path))
+        return _fit_ngram_encoder(Path(path).parents[1], Path(path), embedding)
     return text.NgramEncoder.from_state(state)
 
 
-def _fit_ngram_encoder(root: Path, path: Path) -> Any:
+def _fit_ngram_encoder(root: Path, path: Path, embedding: str = "bag-of-ngrams") -> Any:
     """Fit the encoder on ``root``'s training captions and cache it (atomically) at ``path``."""
     from hwlib import text
+    from hwlib.data.synthbirds import COLOURS, part_labels
 
     birds = root / "birds" / "train"
     keys = _read_keys(birds / "filenames.pickle")
     class_ids = _read_class_ids(birds / "class_info.pickle", keys)
-    enc = text.fit_ngram_encoder([read_captions(root, key) for key in keys], class_ids)
+    captions = [read_captions(root, key) for key in keys]
+    labels = None
+    if embedding == "part-ngrams":
+        labels = part_labels([c for caps in captions for c in caps]).reshape(len(keys), CAPTIONS_PER_IMAGE, -1)
+    enc = text.fit_ngram_encoder(captions, class_ids, labels=labels, part_classes=len(COLOURS))
     write_arrays(path, enc.state())
     return enc
 
@@ -434,8 +443,8 @@ def _caption_encoder(root: Path, embedding: str) -> Callable[[Sequence[str]], np
     if embedding == "char-CNN-RNN":
         raise ValueError("char-CNN-RNN embeddings are precomputed and cannot embed new captions: open the split "
                          "with open_birds(..., embedding='all-MiniLM-L6-v2' or 'bag-of-ngrams')")
-    if embedding == "bag-of-ngrams":
-        return ngram_encoder(root).encode
+    if embedding in NGRAM_ENCODERS:
+        return ngram_encoder(root, embedding).encode
     from hwlib import text
 
     return text.encode

@@ -19,7 +19,7 @@ import json
 import pickle
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
@@ -474,17 +474,21 @@ def _draw_crops(n: int, fixed: dict[str, str], rng: np.random.Generator, load_si
     return images.transpose(0, 3, 1, 2), labels
 
 
-def novel_set(train: Any, n: int = 4000, seed: int = 0, unseen_pairs: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def novel_set(train: Any, n: int = 4000, seed: int = 0, unseen_pairs: bool = False,
+              encode: Callable[[list[str]], np.ndarray] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``Recipe.novel``'s captions: ``n`` of colour combinations no test species has (:func:`novel_captions`), embedded
     with the training split's encoder (a :class:`hwlib.data.cub.BirdSplit` of SynthBirds; cached next to its
     embeddings) -> (embeddings float32 (n, t_dim), part labels int64 (n, 4)). ``unseen_pairs``
-    (``Recipe.novel_pairs``): each caption names two parts in colours no training species pairs."""
+    (``Recipe.novel_pairs``): each caption names two parts in colours no training species pairs. ``encode``: another
+    encoder, e.g. :func:`caption_codes` for the benchmark's ``--condition attributes`` (not cached)."""
     import torch
 
     root = train.root
     exclude = species_colours(root, np.arange(N_TRAIN_CLASSES + 1, N_CLASSES + 1))
     seen = training_pairs(root) if unseen_pairs else None
     captions = novel_captions(n, exclude, seed, seen_pairs=seen)
+    if encode is not None:
+        return torch.from_numpy(encode(captions)), torch.from_numpy(part_labels(captions))
     path = root / "birds" / "train" / f"{train.embedding}-novel{seed}_{n}{'_pairs' if unseen_pairs else ''}.npy"
     emb = read_arrays(path)
     if emb is None or len(emb) != n:
