@@ -39,12 +39,15 @@ training (evaluation, sampling, figures). Writes ``benchmarks/results/notebook_t
 checkpoint folder, figures in a scratch folder, and with ``--fresh-data`` an empty data folder too (notebook 01 then
 draws SynthBirds and trains its caption encoder; the MNIST notebooks would need a download). It records the wall time
 of the whole run beside the training seconds of each of its runs, at the thread count ``OMP_NUM_THREADS`` pins:
-``benchmarks/results/notebook_time_<device>_from_scratch.json`` (notebook 01's 15-minute budget is this wall time).
+``benchmarks/results/notebook_time_<device>_from_scratch[_<tag>].json`` (notebook 01's 15-minute budget is this wall
+time). With ``--keep`` the timed run is kept to publish: the executed notebook as ``runs/<notebook>.ipynb``, its figures
+and its checkpoints (:func:`keep_run`).
 """
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -324,9 +327,29 @@ def notebook_times(profile: str = "quick") -> dict[str, dict]:
     return out
 
 
-def from_scratch(notebooks: list[str], fresh_data: bool, profile: str = "quick") -> dict[str, dict]:
+def keep_run(notebook: str, work: Path, executed: Path) -> None:
+    """Keep what a from-scratch run of ``notebook`` made in ``work``: the executed notebook as ``runs/<notebook>.ipynb``
+    in the checkout (to publish with ``python -m hwlib.nbtools publish``), its figures in ``HWLIB_FIGURES`` and its
+    checkpoints in ``HWLIB_RUNS``, each run folder only where that folder does not exist yet (an existing run is never
+    replaced; the message names the folder that was not kept)."""
+    out = (nbtools.repo_root() or Path.cwd()) / "runs"
+    out.mkdir(exist_ok=True)
+    shutil.copy2(executed, out / f"{notebook}.ipynb")
+    if (work / "figures" / notebook).is_dir():
+        shutil.copytree(work / "figures" / notebook, hwlib.figures_dir(notebook), dirs_exist_ok=True)
+    for run in sorted((work / "runs").glob(f"{notebook}/*/*")):
+        target = hwlib.runs_dir(str(run.relative_to(work / "runs")))
+        if any(target.iterdir()):
+            print(f"kept: {run.name} not copied, {target} already holds a run", flush=True)
+        else:
+            shutil.copytree(run, target, dirs_exist_ok=True)
+    print(f"kept: {out / f'{notebook}.ipynb'}, figures and checkpoints", flush=True)
+
+
+def from_scratch(notebooks: list[str], fresh_data: bool, profile: str = "quick", keep: bool = False) -> dict[str, dict]:
     """Run each notebook under papermill with no checkpoints (and, with ``fresh_data``, no data): {notebook:
-    {"wall_s", "training_s": {run: seconds}, "training_total_s", "other_s"}} (``other_s``: data, evaluation, figures)."""
+    {"wall_s", "training_s": {run: seconds}, "training_total_s", "other_s"}} (``other_s``: data, evaluation, figures).
+    ``keep``: :func:`keep_run` after each, so that the timed run is also the one published."""
     out = {}
     for notebook in notebooks:
         with tempfile.TemporaryDirectory(prefix="hwlib-scratch-") as tmp:
@@ -336,6 +359,8 @@ def from_scratch(notebooks: list[str], fresh_data: bool, profile: str = "quick")
             nbtools.execute(notebook, work / "out.ipynb", work, {"profile": profile}, env=env)
             wall = time.perf_counter() - start
             training = training_seconds(work / "runs" / notebook / profile)
+            if keep:
+                keep_run(notebook, work, work / "out.ipynb")
         total = round(sum(training.values()), 1)
         out[notebook] = {"wall_s": round(wall, 1), "training_s": training, "training_total_s": total,
                          "other_s": round(wall - total, 1), "fresh_data": fresh_data,
@@ -353,13 +378,17 @@ def main() -> None:
     parser.add_argument("--notebooks", action="store_true", help="split the published notebooks' time instead")
     parser.add_argument("--from-scratch", nargs="+", metavar="NB", help="run these notebooks with no checkpoints and time them")
     parser.add_argument("--fresh-data", action="store_true", help="with --from-scratch: an empty data folder too")
-    parser.add_argument("--tag", default="", help="a run on another machine: write train_speed_<device>_<tag>.json")
+    parser.add_argument("--keep", action="store_true", help="with --from-scratch: keep the executed notebook (runs/), its "
+                        "figures and its checkpoints (where no run of that name exists), to publish the timed run")
+    parser.add_argument("--tag", default="", help="a run on another machine: write train_speed_<device>_<tag>.json "
+                        "(with --from-scratch: notebook_time_<device>_from_scratch_<tag>.json)")
     parser.add_argument("--ablate", choices=[f for f in vars(AFTER) if isinstance(getattr(AFTER, f), bool)],
                         help="'before' is the after core less this one choice (e.g. channels_last): its speed-up alone")
     args = parser.parse_args()
     device = get_device()
     if args.from_scratch:
-        write_result(f"notebook_time_{device.type}_from_scratch", {"notebooks": from_scratch(args.from_scratch, args.fresh_data)},
+        write_result(f"notebook_time_{device.type}_from_scratch" + (f"_{args.tag}" if args.tag else ""),
+                     {"notebooks": from_scratch(args.from_scratch, args.fresh_data, keep=args.keep)},
                      device)
         return
     if args.notebooks:

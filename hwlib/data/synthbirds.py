@@ -386,11 +386,12 @@ def _settings_on_disk(root: Path) -> dict:
 
 
 def make_synthbirds(n_train: int = 8855, n_test: int = 2933, seed: int = 0, image_size: int = 304,
-                    root: str | Path | None = None, embed: bool = True) -> Path:
+                    root: str | Path | None = None, embed: bool | str = True) -> Path:
     """Write SynthBirds in the CUB + ``birds/`` layout (cached: a finished folder is reused) and return its root.
 
-    ``n_train`` images over species 1-150 and ``n_test`` over 151-200 (round-robin); with ``embed``,
-    the captions' bag-of-ngrams embeddings are computed and cached too (a few seconds; other encoders embed on first use). The set is drawn into a
+    ``n_train`` images over species 1-150 and ``n_test`` over 151-200 (round-robin); with ``embed``, the captions'
+    embeddings by that encoder (True: ``part-ngrams``, notebook 01's) are computed and cached too (seconds; other encoders
+    embed on first use). The set is drawn into a
     temporary folder next to ``root`` and renamed to ``root`` when complete, so an interrupted build
     leaves nothing behind that a later call would reuse. A ``root`` that holds a set of other settings,
     or files but no finished set, raises :class:`SynthBirdsError` (the default ``root`` is named after
@@ -413,7 +414,7 @@ def make_synthbirds(n_train: int = 8855, n_test: int = 2933, seed: int = 0, imag
         from hwlib.data.cub import open_birds
 
         for split in ("train", "test"):
-            open_birds(root, split, embedding="bag-of-ngrams")
+            open_birds(root, split, embedding="part-ngrams" if embed is True else embed)
     return root
 
 

@@ -37,9 +37,12 @@ noise as trained.
 
 _COMMON = {
     # SynthBirds' caption encoder (the notebook's `dataset` parameter picks the data): the n-gram encoder trained on the
-    # training captions (hwlib.text.NgramEncoder). With all-MiniLM-L6-v2 in its place the `stable` recipe drew unseen
-    # species' body / wing / crown / belly at 0.50 / 0.52 / 0.29 / 0.48 (three seeds, 7,168 steps; bench_stackgan_consistency.py)
-    "embedding": "bag-of-ngrams",
+    # training captions with part slots (hwlib.text.NgramEncoder, "part-ngrams": each slot attends to the n-grams of its
+    # part and names its colour). With all-MiniLM-L6-v2 in its place the `stable` recipe drew unseen species' body / wing /
+    # crown / belly at 0.50 / 0.52 / 0.29 / 0.48 (three seeds, 7,168 steps; bench_stackgan_consistency.py); with the
+    # plain n-gram encoder ("bag-of-ngrams") the same colours, but the "type a caption" demo at 0.47 over 128 birds
+    # (five seeds), which the part slots raise (notebook 01, section 10b)
+    "embedding": "part-ngrams",
     "z_dim": 100, "c_dim": 128, "lr": 2e-4, "betas": (0.5, 0.999), "kl_coef": 2.0,
     "upsample": "nearest", "recipe": "paper", "recipes": ("paper", "stable"),
     "rerank": 16,  # sampling: the best of 16 Stage-I candidates per caption (recipes with parts)
