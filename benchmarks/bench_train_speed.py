@@ -334,7 +334,8 @@ def keep_run(notebook: str, work: Path, executed: Path) -> None:
     replaced; the message names the folder that was not kept)."""
     out = (nbtools.repo_root() or Path.cwd()) / "runs"
     out.mkdir(exist_ok=True)
-    shutil.copy2(executed, out / f"{notebook}.ipynb")
+    if executed.is_file():  # papermill writes it, cell by cell, even when a cell fails
+        shutil.copy2(executed, out / f"{notebook}.ipynb")
     if (work / "figures" / notebook).is_dir():
         shutil.copytree(work / "figures" / notebook, hwlib.figures_dir(notebook), dirs_exist_ok=True)
     for run in sorted((work / "runs").glob(f"{notebook}/*/*")):
@@ -356,11 +357,13 @@ def from_scratch(notebooks: list[str], fresh_data: bool, profile: str = "quick",
             work = Path(tmp)
             env = {"HWLIB_DATA": str(work / "data")} if fresh_data else {}
             start = time.perf_counter()
-            nbtools.execute(notebook, work / "out.ipynb", work, {"profile": profile}, env=env)
-            wall = time.perf_counter() - start
+            try:
+                nbtools.execute(notebook, work / "out.ipynb", work, {"profile": profile}, env=env)
+            finally:  # a run that fails keeps what it trained too: nothing is lost with the scratch folder
+                wall = time.perf_counter() - start
+                if keep:
+                    keep_run(notebook, work, work / "out.ipynb")
             training = training_seconds(work / "runs" / notebook / profile)
-            if keep:
-                keep_run(notebook, work, work / "out.ipynb")
         total = round(sum(training.values()), 1)
         out[notebook] = {"wall_s": round(wall, 1), "training_s": training, "training_total_s": total,
                          "other_s": round(wall - total, 1), "fresh_data": fresh_data,
