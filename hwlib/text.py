@@ -7,6 +7,8 @@
   Joulin et al. 2017), trained on the training split's captions as StackGAN's char-CNN-RNN was trained on CUB's
   (Reed et al. 2016): two captions of one bird embed close, captions of other species apart. Each "red crown" is a
   bigram with a vector of its own, so the colour stays bound to its part in captions of unseen colour combinations.
+  With ``parts`` (``fit_ngram_encoder(labels=...)``, cub's ``part-ngrams`` embedding) it also keeps one slot per bird
+  part, filled by attention over the caption's n-grams and trained to name that part's colour.
 """
 from __future__ import annotations
 

@@ -16,7 +16,8 @@ strings (an ordinary pickle can run any code); Python 3 pickles of arrays (proto
 The ``all-MiniLM-L6-v2`` embedding option embeds the ``text_c10`` captions with :mod:`hwlib.text` and
 caches them (atomically) as ``birds/<split>/all-MiniLM-L6-v2-embeddings.npy``; the ``bag-of-ngrams`` option trains
 :class:`hwlib.text.NgramEncoder` once on the train split's captions (cached as ``birds/bag-of-ngrams-encoder.npz``)
-and caches its embeddings the same way. Captions that are not
+and caches its embeddings the same way; ``part-ngrams`` does the same with the encoder's part slots, trained on the part
+colours the captions name as well (``birds/part-ngrams-encoder.npz``). Captions that are not
 UTF-8 are read as latin-1, with a warning naming the file.
 
 Every file is checked as it is read, and :class:`CUBFormatError` names the file (and the line, id or
