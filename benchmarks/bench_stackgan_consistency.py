@@ -118,6 +118,13 @@ def noise_spread(G: torch.nn.Module, text: torch.Tensor, z_dim: int, seed: int, 
     return within_class_spread(images, torch.arange(len(text)).repeat_interleave(k), len(text))
 
 
+def attribute_embeddings(train) -> torch.Tensor:
+    """``--condition attributes``' training condition: the perfect code of each of the split's ten captions per bird
+    (:func:`synthbirds.caption_codes`), float32 (N, 10, 46), in the place of ``train.embeddings``."""
+    codes = synthbirds.caption_codes([c for i in range(len(train)) for c in train.captions(i)])
+    return torch.from_numpy(codes).view(len(train), -1, codes.shape[1])
+
+
 def caption_evals(cfg, splits: dict, seed: int) -> dict[str, tuple]:
     """{split name: (caption embeddings (n, t_dim), z (n, z_dim), colour targets, real 76 px images)} for
     ``splits`` {name: (BirdSplit, its 76 px images)}: :func:`synthbirds.consistency_set` of each."""
@@ -202,8 +209,7 @@ def main() -> None:
                 text = torch.from_numpy(synthbirds.caption_codes(captions))
             evals[split_name] = (text, z, targets, real)
         if args.condition == "attributes":
-            codes = synthbirds.caption_codes([c for i in range(len(train)) for c in train.captions(i)])
-            embeddings = torch.from_numpy(codes).view(len(train), -1, codes.shape[1])
+            embeddings = attribute_embeddings(train)
         if args.condition == "none":
             embeddings = torch.zeros_like(embeddings)
             recipe = stackgan.Recipe(**{**recipe.as_dict(), "wrong": "none"})

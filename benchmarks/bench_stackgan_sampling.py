@@ -46,8 +46,8 @@ import numpy as np
 import torch
 
 import hwlib
-from bench_stackgan_consistency import (COLOURS, EARLIER_ENCODER, attribute_classifier, caption_evals, noise_spread,
-                                       part_teacher)
+from bench_stackgan_consistency import (COLOURS, EARLIER_ENCODER, attribute_classifier, attribute_embeddings, caption_evals,
+                                       noise_spread, part_teacher)
 from hwlib.bench import write_result
 from hwlib.data import cub, synthbirds
 from hwlib.metrics.attributes import (asked_hits, attribute_accuracy, both_asked, consistency, features, pair_composition,
@@ -138,8 +138,7 @@ def main() -> None:
     embeddings = torch.from_numpy(train.embeddings)
     if condition == "attributes":
         text = torch.from_numpy(encode(captions))
-        codes = encode([c for i in range(len(train)) for c in train.captions(i)])
-        embeddings = torch.from_numpy(codes).view(len(train), -1, codes.shape[1])
+        embeddings = attribute_embeddings(train)
     demo = list(np.repeat(synthbirds.DEMO_CAPTIONS, 8))  # notebook 01's demo: eight noise vectors per caption
     demo_text, demo_asked = torch.from_numpy(encode(demo)), torch.from_numpy(synthbirds.part_labels(demo))
     demo_z = torch.randn(len(demo), cfg.z_dim, generator=torch.Generator().manual_seed(seed))

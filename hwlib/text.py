@@ -99,6 +99,9 @@ class NgramEncoder(nn.Module):
     not the body's, so a caption of an unseen colour combination embeds as its parts do. The first
     ``dim - parts * part_dim`` dimensions stay the normalised mean above."""
 
+    STATE_KEYS = ("vocab", "weight")  # :meth:`state`'s arrays; with part slots PART_STATE_KEYS as well
+    PART_STATE_KEYS = ("part_logit", "part_value", "part_head_weight", "part_head_bias")
+
     def __init__(self, vocab: Sequence[str], dim: int = 128, parts: int = 0, part_dim: int = 16,
                  part_classes: int = 0) -> None:
         super().__init__()
@@ -149,12 +152,10 @@ class NgramEncoder(nn.Module):
     def state(self) -> dict[str, np.ndarray]:
         """{"vocab", "weight"} (and the part slots' tensors): what :meth:`from_state` rebuilds the encoder from (for an
         ``.npz`` cache)."""
-        state = {"vocab": np.array(list(self.vocab), dtype=str), "weight": self.bag.weight.detach().numpy()}
+        state = dict(zip(self.STATE_KEYS, (np.array(list(self.vocab), dtype=str), self.bag.weight.detach().numpy())))
         if self.parts:
-            state |= {"part_logit": self.part_logit.weight.detach().numpy(),
-                      "part_value": self.part_value.weight.detach().numpy(),
-                      "part_head_weight": self.part_head.weight.detach().numpy(),
-                      "part_head_bias": self.part_head.bias.detach().numpy()}
+            state |= dict(zip(self.PART_STATE_KEYS, (t.detach().numpy() for t in (
+                self.part_logit.weight, self.part_value.weight, self.part_head.weight, self.part_head.bias))))
         return state
 
     @classmethod

@@ -414,8 +414,7 @@ def _read_ngram_encoder(path: str, mtime_ns: int, size: int, embedding: str = "b
     """The encoder cached at ``path`` (its modification time and size key the memory cache)."""
     from hwlib import text
 
-    keys = ("vocab", "weight") + (("part_logit", "part_value", "part_head_weight", "part_head_bias")
-                                  if embedding == "part-ngrams" else ())
+    keys = text.NgramEncoder.STATE_KEYS + (text.NgramEncoder.PART_STATE_KEYS if embedding == "part-ngrams" else ())
     state = read_arrays(Path(path), keys)
     if state is None:  # an unreadable cache: fit again, as on first use
         return _fit_ngram_encoder(Path(path).parents[1], Path(path), embedding)
