@@ -32,7 +32,8 @@ species, as the ladder does, under each sampling option:
 No training: the options change only how images are drawn from the same weights. Writes
 ``benchmarks/results/stackgan_sampling/<tag>.json``.
 Usage: ``python benchmarks/bench_stackgan_sampling.py --runs quick_caption_stable_halving32_epyc_train{0,1,2} --tag stable
-[--rerank 4 16 [--only-rerank]] [--judge classifier]``.
+[--rerank 4 16 [--only-rerank]] [--judge classifier]``. ``--merge TAG [TAG ...] --tag T`` writes ``T`` as the union of
+results of other runs sampled with the same settings (one call per training seed, run side by side on two cores).
 """
 from __future__ import annotations
 
@@ -56,6 +57,8 @@ from hwlib.models import attributes, stackgan
 from hwlib.train import get_device
 
 RESULTS = Path(__file__).parent / "results" / "stackgan_ladder"
+SAMPLING = Path(__file__).parent / "results" / "stackgan_sampling"
+PAIR_KEYS = ("no_part", "other_colour", "seen_pair", "unseen_pair")
 
 
 def restore(run: str, cfg, t_dim: int) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -101,8 +104,10 @@ def demo_anatomy(G: torch.nn.Module, judge: torch.nn.Module, clf: attributes.Att
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--runs", nargs="+", required=True, help="ladder result names (without .json)")
+    parser.add_argument("--runs", nargs="+", help="ladder result names (without .json)")
     parser.add_argument("--tag", required=True)
+    parser.add_argument("--merge", nargs="+", metavar="TAG", help="instead: write --tag as the union of these results, "
+                        "each of other runs sampled with the same settings (e.g. one training seed per call)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rerank", type=int, nargs="*", default=[], metavar="K",
                         help="also sample the best of K candidates by D's part head (recipes with parts)")
@@ -117,6 +122,10 @@ def main() -> None:
                         help="also N one-draw birds per demo caption, judged in groups of the largest --rerank K "
                              "(demo_anatomy: one draw / the judge's pick / any of K, body+wing and every part asked)")
     args = parser.parse_args()
+    if args.merge:
+        return merge(args.merge, args.tag)
+    if not args.runs:
+        parser.error("--runs is required (or --merge)")
     cfg, device, seed = hwlib.get_profile("01_stackgan_cub", "quick", verbose=False), get_device(), args.seed
     root = synthbirds.make_synthbirds(cfg.n_train, cfg.n_test, seed=seed)
     # every run samples with the caption encoder it was trained with (results without the key: EARLIER_ENCODER's)
@@ -159,7 +168,6 @@ def main() -> None:
             {p: test.image_part_labels()[:, j] for j, p in enumerate(COLOURS)}).items()}
         print(f"the judge reads real birds of the unseen species: {judge_real}")
     rows: dict[str, dict] = {}
-    pair_keys = ("no_part", "other_colour", "seen_pair", "unseen_pair")
     if args.pairs:  # notebook 01's section 10a
         seen = synthbirds.training_pairs(root)
     for run in args.runs:
@@ -187,8 +195,8 @@ def main() -> None:
                 print(f"{run[-40:]:>40} demo anatomy '{c[:30]}': " + " ".join(f"{m} {v:.3f}" for m, v in ms.items()), flush=True)
         if args.pairs:
             comp = pair_composition(clf, stackgan.pair_birds(trained, encode, cfg.z_dim, seed + 2), seen)
-            rows.setdefault("pairs,ca_noise=1", {})[run] = {k: round(comp[k], 3) for k in pair_keys}
-            print(f"{run[-40:]:>40} body/belly pairs: " + " ".join(f"{k} {comp[k]:.2f}" for k in pair_keys), flush=True)
+            rows.setdefault("pairs,ca_noise=1", {})[run] = {k: round(comp[k], 3) for k in PAIR_KEYS}
+            print(f"{run[-40:]:>40} body/belly pairs: " + " ".join(f"{k} {comp[k]:.2f}" for k in PAIR_KEYS), flush=True)
         for bn in () if args.only_rerank else ("copied", "standing"):
             G = copy.deepcopy(trained)
             if bn == "standing":
@@ -210,7 +218,15 @@ def main() -> None:
                    noise_spread(trained, text, cfg.z_dim, seed, ca_noise=noise, rerank=k, judge=judge, labels=asked), seconds,
                    (both_asked(clf, demo_low, synthbirds.caption_targets(demo)),
                     both_asked(clf, wide_low, synthbirds.caption_targets(wide))))
-    digits = {**{k: 3 for k in (*COLOURS, "fid", "demo", "demo64", *pair_keys)}, "spread": 4}
+    write_result(f"stackgan_sampling/{args.tag}", {"profile": cfg.profile, "embedding": embedding, "condition": condition, "runs": args.runs, "n_eval": len(text),
+                                                   "judge": args.judge, "demo_real_birds": round(demo_real, 3),
+                                                   "judge_reads_real_unseen": judge_real,
+                                                   "split": "unseen", "rows": rows, "summary": summarise(rows)}, device)
+
+
+def summarise(rows: dict[str, dict[str, dict]]) -> dict[str, dict]:
+    """Mean and std over the runs of every row's numbers (those every run has), printed one row per line."""
+    digits = {**{k: 3 for k in (*COLOURS, "fid", "demo", "demo64", *PAIR_KEYS)}, "spread": 4}
     summary = {key: {k: {"mean": round(float(np.mean([r[k] for r in runs.values()])), d),
                          "std": round(float(np.std([r[k] for r in runs.values()])), d)}
                      for k, d in (digits if not key.startswith("demo_anatomy") else dict.fromkeys(next(iter(runs.values())), 3)).items()
@@ -218,10 +234,29 @@ def main() -> None:
                for key, runs in rows.items()}
     for key, s in summary.items():
         print(f"{key:24} " + " ".join(f"{k} {v['mean']:.3f}±{v['std']:.3f}" for k, v in s.items()))
-    write_result(f"stackgan_sampling/{args.tag}", {"profile": cfg.profile, "embedding": embedding, "condition": condition, "runs": args.runs, "n_eval": len(text),
-                                                   "judge": args.judge, "demo_real_birds": round(demo_real, 3),
-                                                   "judge_reads_real_unseen": judge_real,
-                                                   "split": "unseen", "rows": rows, "summary": summary}, device)
+    return summary
+
+
+def merge(tags: list[str], tag: str) -> None:
+    """One result ``tag`` from the results ``tags``, each of other runs sampled with the same settings (e.g. one
+    training seed per call, run side by side): every run's numbers depend on its generator and ``--seed`` alone,
+    so the union is what one call over all the runs writes. The settings must agree; the device is the first's."""
+    parts = [json.loads((SAMPLING / f"{t}.json").read_text()) for t in tags]
+    same = ("device", "profile", "embedding", "condition", "n_eval", "judge", "demo_real_birds", "judge_reads_real_unseen",
+            "split")
+    for t, part in zip(tags[1:], parts[1:]):
+        if differ := [k for k in same if part.get(k) != parts[0].get(k)]:
+            raise SystemExit(f"{SAMPLING / (t + '.json')} was sampled with other settings than {tags[0]} ({differ}): "
+                             "merge only results of one sampling command over different runs")
+    if set(parts[0]["rows"]) != set.intersection(*(set(p["rows"]) for p in parts)):
+        raise SystemExit(f"the results {tags} have different rows: sample every run with the same --rerank, --pairs "
+                         "and --demo-anatomy")
+    runs = [run for p in parts for run in p["runs"]]
+    if len(set(runs)) != len(runs):
+        raise SystemExit(f"a run is in more than one of {tags}")
+    rows = {key: {run: r for p in parts for run, r in p["rows"][key].items()} for key in parts[0]["rows"]}
+    write_result(f"stackgan_sampling/{tag}", {**{k: parts[0][k] for k in same}, "runs": runs, "merged_from": tags,
+                                              "rows": rows, "summary": summarise(rows)})  # the parts' device, not this one
 
 
 if __name__ == "__main__":

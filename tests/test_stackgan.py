@@ -836,3 +836,31 @@ def test_g_slots_mixes_the_conditional_norm_per_pixel_and_starts_as_the_global_o
     assert "g_slots" not in stackgan.Recipe().as_dict()  # older runs keep their identity
     G, _ = stackgan.build_stage1(8, c_dim=4, z_dim=4, gf=2, df=4, recipe=stackgan.Recipe(g_cond_norm=True, g_slots=2))
     assert G.slots == 2
+
+
+def test_g_part_slots_attends_over_the_captions_part_slots_and_starts_as_the_plain_generator():
+    torch.manual_seed(0)
+    plain = stackgan.Stage1G(t_dim=12, c_dim=4, z_dim=4, gf=2, cond_norm=True)
+    torch.manual_seed(0)
+    attn = stackgan.Stage1G(t_dim=12, c_dim=4, z_dim=4, gf=2, cond_norm=True, part_slots=2, part_dim=3)
+    text, z = torch.randn(5, 12), torch.randn(5, 4)
+    plain.eval(), attn.eval()
+    torch.testing.assert_close(attn(text, z)[0], plain(text, z)[0])  # zero-initialised: the same generator at start
+    assert attn.part_vectors(text).shape == (5, 2, 3)
+    torch.testing.assert_close(attn.part_vectors(text).flatten(1), text[:, -6:])  # the tail, standardised (identity here)
+    with torch.no_grad():
+        for lin, conv in zip(attn.part_film, attn.part_where):
+            lin.weight.normal_(), conv.weight.normal_()
+    other = text.clone()
+    other[:, -3:] += 1.0  # the last part's slot alone changes...
+    assert not torch.allclose(attn(other, z)[0], attn(text, z)[0])  # ...and so does the image
+    attn.train()
+    out = attn(text, z)[0]
+    out.sum().backward()
+    assert attn.part_where[0].weight.grad.abs().sum() > 0 and attn.part_film[-1].weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="part-ngrams"):
+        stackgan.Stage1G(t_dim=8, c_dim=4, z_dim=4, gf=2, part_slots=4, part_dim=16)
+    assert "g_part_slots" not in stackgan.Recipe().as_dict()  # older runs keep their identity
+    G, _ = stackgan.build_stage1(12, c_dim=4, z_dim=4, gf=2, df=4, recipe=stackgan.Recipe(g_part_slots=2, g_part_dim=3))
+    assert G.part_slots == 2 and G.film is None
+    assert G(text, z)[0].shape == (5, 3, 64, 64)  # without the conditional norm too

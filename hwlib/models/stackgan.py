@@ -136,6 +136,15 @@ class Recipe:
       noise x2 body 0.75, wing 0.78, crown 0.53, belly 0.76, FID 64 against 0.745, 0.74, 0.53, 0.77, FID 71 at the same
       seeds, but the demo over 128 birds 0.31 (0.35, 0.27) against 0.50 (0.46, 0.55), the yellow bird with black wings
       drawn in 0.17 of one-draw birds against 0.56, and a step 1.06x as long: `stable` keeps it off.
+    - ``g_part_slots``: attention over the caption's part slots inside Stage-I G (AttnGAN's word attention, Xu et al.
+      2018, with the ``part-ngrams`` encoder's slots as the words; 0: off). The embedding's last ``g_part_slots *
+      g_part_dim`` dimensions are one vector per bird part (:class:`hwlib.text.NgramEncoder` with ``parts``), each
+      trained to name its part's colour. At every up-block each pixel takes a softmax over the parts from a 1x1 conv
+      of the block's features (where am I: body, wing, crown, belly?) and reads a scale and shift from its mix of the
+      slots, through one linear map shared by the parts (a colour word means the same paint on any part). ``g_slots``
+      mixes K projections of the whole caption's CA sample, so every region still reads every part's colour; here a
+      pixel of the belly can read the belly's colour alone, the composition a white bird with a purple belly needs.
+      Both maps start at zero: the generator starts as it would without them. Needs an embedding with that many slots.
     - ``contrastive``: weight of an image-caption contrastive loss (the sentence-image term of XMC-GAN, Zhang et al.
       2021), added to both players' losses (0: off). D gains a ``match`` head embedding its 4x4 features and the
       condition ``mu`` into one space; D learns to pick each *real* image's caption among the batch's captions
@@ -313,6 +322,8 @@ class Recipe:
     g_min_channels: int = 0
     g_cond_norm: bool = False
     g_slots: int = 0
+    g_part_slots: int = 0
+    g_part_dim: int = 16
     contrastive: float = 0.0
     contrastive_fakes: bool = False
     contrastive_g: float | None = None
@@ -349,6 +360,7 @@ class Recipe:
     # dicts (a run's identity) while they hold it, so the checkpoints stay valid
     _LATER = {"matcher": 0.0, "contrastive_fakes": False, "caption_mix": 1, "contrastive_g": None, "parts": 0.0,
               "parts_fakes": False, "novel": 0.0, "novel_focus": 0.0, "novel_pairs": False, "part_teacher": 0.0, "g_slots": 0, "mode_seeking": 0.0,
+              "g_part_slots": 0, "g_part_dim": 16,
               "stage2_keep_low": False, "stage2_diffaug": None, "stage2_sr": 0.0,
               "stage2_image_skip": False, "stage2_adversarial": 1.0, "stage2_sr_branch": 0,
               "stage2_sr_lr": 1.0, "stage2_sr_paired": False, "stage2_sr_halving": True}
@@ -475,7 +487,7 @@ class Stage1G(nn.Module):
 
     def __init__(self, t_dim: int = 1024, c_dim: int = 128, z_dim: int = 100, gf: int = 128,
                  upsample: str = "nearest", ca_logvar_init: float = 0.0, min_channels: int = 0,
-                 cond_norm: bool = False, slots: int = 0) -> None:
+                 cond_norm: bool = False, slots: int = 0, part_slots: int = 0, part_dim: int = 16) -> None:
         super().__init__()
         ngf = 8 * gf
         self.z_dim, self.ngf = z_dim, ngf
@@ -497,20 +509,41 @@ class Stage1G(nn.Module):
             self.where = nn.ModuleList(nn.Conv2d(w, slots, 1) for w in widths[1:])
             for conv in self.where:
                 nn.init.zeros_(conv.weight), nn.init.zeros_(conv.bias)
+        self.part_slots, self.part_dim, self.part_film, self.part_where = part_slots, part_dim, None, None
+        if part_slots:  # Recipe.g_part_slots: per pixel, attention over the caption's part slots, zero at start
+            if part_slots * part_dim > t_dim:
+                raise ValueError(f"Recipe.g_part_slots: {part_slots} slots of {part_dim} dimensions do not fit a "
+                                 f"{t_dim}-d embedding; use the part-ngrams embedding (cub.NGRAM_ENCODERS)")
+            self.part_film = nn.ModuleList(nn.Linear(part_dim, 2 * w) for w in widths[1:])
+            self.part_where = nn.ModuleList(nn.Conv2d(w, part_slots, 1) for w in widths[1:])
+            for m in (*self.part_film, *self.part_where):
+                nn.init.zeros_(m.weight), nn.init.zeros_(m.bias)
+
+    def part_vectors(self, text: torch.Tensor) -> torch.Tensor:
+        """(B, t_dim) -> (B, part_slots, part_dim): the embedding's part slots, standardised as CA standardises them."""
+        tail = slice(-self.part_slots * self.part_dim, None)
+        parts = (text[:, tail] - self.ca.t_mean[tail]) / self.ca.t_std[tail]
+        return parts.view(len(text), self.part_slots, self.part_dim)
 
     def forward(self, text: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         c, mu, logvar = self.ca(text)
         h = self.fc(torch.cat([z, c], 1)).view(-1, self.ngf, 4, 4)
-        if self.film is None:
+        if self.film is None and self.part_film is None:
             return self.to_img(self.up(h)), mu, logvar
-        for i, (block, film) in enumerate(zip(self.up, self.film)):
+        parts = self.part_vectors(text) if self.part_film is not None else None
+        for i, block in enumerate(self.up):
             h = block[:-1](h)  # block[-1] is the ReLU
-            if self.where is None:
-                gamma, beta = film(c).to(h.dtype)[:, :, None, None].chunk(2, dim=1)
-            else:  # (B, K, 2w) pairs mixed per pixel by (B, K, H, W) weights -> (B, 2w, H, W)
+            gamma = beta = 0.0
+            if self.film is not None and self.where is None:
+                gamma, beta = self.film[i](c).to(h.dtype)[:, :, None, None].chunk(2, dim=1)
+            elif self.film is not None:  # (B, K, 2w) pairs mixed per pixel by (B, K, H, W) weights -> (B, 2w, H, W)
                 mix = self.where[i](h).softmax(1)
-                gamma, beta = torch.einsum("bkc,bkhw->bchw", film(c).to(h.dtype).view(len(h), self.slots, -1),
+                gamma, beta = torch.einsum("bkc,bkhw->bchw", self.film[i](c).to(h.dtype).view(len(h), self.slots, -1),
                                            mix).chunk(2, dim=1)
+            if parts is not None:  # each pixel's softmax over the parts reads its mix of their slots' paint
+                mix = self.part_where[i](h).softmax(1)  # (B, parts, H, W)
+                g, b = torch.einsum("bkc,bkhw->bchw", self.part_film[i](parts).to(h.dtype), mix).chunk(2, dim=1)
+                gamma, beta = gamma + g, beta + b
             h = block[-1](h * (1 + gamma) + beta)
         return self.to_img(h), mu, logvar
 
@@ -707,7 +740,8 @@ def build_stage1(t_dim: int, c_dim: int = 128, z_dim: int = 100, gf: int = 128, 
                  upsample: str = "nearest", recipe: str | Recipe | dict = "paper") -> tuple[Stage1G, StageD]:
     """Stage I alone, ``(G1, D1)`` as :func:`build` makes them (G1 first): for experiments on Stage I only."""
     r = get_recipe(recipe)
-    return (Stage1G(t_dim, c_dim, z_dim, gf, upsample, r.ca_logvar_init, r.g_min_channels, r.g_cond_norm, r.g_slots),
+    return (Stage1G(t_dim, c_dim, z_dim, gf, upsample, r.ca_logvar_init, r.g_min_channels, r.g_cond_norm, r.g_slots,
+                    r.g_part_slots, r.g_part_dim),
             StageD(64, c_dim, df, spectral_norm=r.spectral_norm, projection=r.projection, match=r.contrastive > 0,
                    parts=part_classes(r)))
 
