@@ -216,8 +216,9 @@ def main() -> None:
     real_feats = {k: attributes.features(clf, cub.center_crop(v[3][:n_eval], 64)) for k, v in evals.items()}
 
     seed_everything(args.train_seed)
+    text_parts = train.text_parts if args.condition == "caption" else (0, 0)  # the part slots G attends over, if any
     G, D = (net.to(device) for net in stackgan.build_stage1(embeddings.shape[-1], cfg.c_dim, cfg.z_dim, gf, df,
-                                                             upsample=cfg.upsample, recipe=recipe))
+                                                             upsample=cfg.upsample, recipe=recipe, text_parts=text_parts))
     ema = EMA(G, recipe.ema) if recipe.ema else None
     n_batches = len(train) // batch_size
     every_epochs = max(1, round(args.every / n_batches))

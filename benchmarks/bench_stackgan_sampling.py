@@ -61,12 +61,13 @@ SAMPLING = Path(__file__).parent / "results" / "stackgan_sampling"
 PAIR_KEYS = ("no_part", "other_colour", "seen_pair", "unseen_pair")
 
 
-def restore(run: str, cfg, t_dim: int) -> tuple[torch.nn.Module, torch.nn.Module]:
+def restore(run: str, cfg, t_dim: int, text_parts: tuple[int, int] = (0, 0)) -> tuple[torch.nn.Module, torch.nn.Module]:
     """(the generator run ``run`` samples from -- its EMA copy where it keeps one --, its discriminator) at the run's
-    last checkpoint, eval mode, on the CPU."""
+    last checkpoint, eval mode, on the CPU. ``text_parts``: the embedding's part slots (``BirdSplit.text_parts``)."""
     meta = json.loads((RESULTS / f"{run}.json").read_text())
     recipe = stackgan.Recipe(**meta["recipe_fields"])
-    G, D = stackgan.build_stage1(t_dim, cfg.c_dim, cfg.z_dim, meta["gf"], meta["df"], upsample=cfg.upsample, recipe=recipe)
+    G, D = stackgan.build_stage1(t_dim, cfg.c_dim, cfg.z_dim, meta["gf"], meta["df"], upsample=cfg.upsample, recipe=recipe,
+                                 text_parts=text_parts)
     ckpts = sorted(hwlib.runs_dir(f"bench/stackgan_ladder/{run}").glob("ckpt_*.pt"))
     if not ckpts:
         raise SystemExit(f"{run}: no checkpoint under {hwlib.runs_dir(f'bench/stackgan_ladder/{run}')}; "
@@ -171,7 +172,7 @@ def main() -> None:
     if args.pairs:  # notebook 01's section 10a
         seen = synthbirds.training_pairs(root)
     for run in args.runs:
-        trained, D = restore(run, cfg, embeddings.shape[-1])
+        trained, D = restore(run, cfg, embeddings.shape[-1], train.text_parts if condition == "caption" else (0, 0))
         judge = D if part_judge is None else part_judge
 
         def record(key: str, low: torch.Tensor, spread: float, seconds: float | None = None,

@@ -69,7 +69,8 @@ def main() -> None:
 
     seed_everything(args.train_seed)
     nets = stackgan.build(t_dim=t_dim, c_dim=cfg.c_dim, z_dim=cfg.z_dim, gf=cfg.gf, df=cfg.df, n_res=cfg.n_res,
-                          stage2_size=cfg.stage2_size, upsample=cfg.upsample, gf2=cfg.gf2, df2=cfg.df2, recipe=recipe)
+                          stage2_size=cfg.stage2_size, upsample=cfg.upsample, gf2=cfg.gf2, df2=cfg.df2, recipe=recipe,
+                          text_parts=train.text_parts)
     G1, G2, D2 = (nets[k].to(device) for k in ("G1", "G2", "D2"))
     G1.load_state_dict(state["emas"]["G"]["module"])
     G1.eval().requires_grad_(False)

@@ -187,10 +187,10 @@ def run_01(stage: int) -> Callable[[Core, int, torch.device], Run]:
     def make(core: Core, n: int, device: torch.device) -> Run:
         """Notebook 01's Stage-I (the `stable` recipe) or Stage-II, on random birds of the real sizes."""
         cfg = hwlib.get_profile("01_stackgan_cub", "quick", verbose=False)
-        t_dim = 384  # all-MiniLM-L6-v2, SynthBirds' caption embedding
+        t_dim, text_parts = 128, (4, 16)  # SynthBirds' part-ngrams embedding: a 64-d n-gram mean, four 16-d part slots
         nets = stackgan.build(t_dim=t_dim, c_dim=cfg.c_dim, z_dim=cfg.z_dim, gf=cfg.gf, df=cfg.df, n_res=cfg.n_res,
                               stage2_size=cfg.stage2_size, upsample=cfg.upsample, gf2=cfg.gf2, df2=cfg.df2,
-                              recipe=cfg.recipe)
+                              recipe=cfg.recipe, text_parts=text_parts)
         r = stackgan.get_recipe(cfg.recipe)
         batch = cfg.batch_size if stage == 1 else cfg.batch_size2
         side, size = (76, 64) if stage == 1 else (cfg.stage2_size * 304 // 256, cfg.stage2_size)

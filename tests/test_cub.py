@@ -530,3 +530,6 @@ def test_part_ngrams_option_trains_its_own_encoder_with_part_slots(root: Path, m
     enc = cub.ngram_encoder(root, "part-ngrams")
     assert enc.parts == 4 and enc is cub.ngram_encoder(root, "part-ngrams") and cub.ngram_encoder(root).parts == 0
     np.testing.assert_allclose(train.encode([train.captions(1)[2]])[0], train.embeddings[1, 2], atol=1e-6)
+    assert train.text_parts == (4, 16)  # what stackgan.build's text_parts takes for Recipe.g_part_attention
+    assert cub.open_birds(root, "train", embedding="bag-of-ngrams").text_parts == (0, 0)
+    assert cub.open_birds(root, "train").text_parts == (0, 0)  # char-CNN-RNN

@@ -838,7 +838,7 @@ def test_g_slots_mixes_the_conditional_norm_per_pixel_and_starts_as_the_global_o
     assert G.slots == 2
 
 
-def test_g_part_slots_attends_over_the_captions_part_slots_and_starts_as_the_plain_generator():
+def test_g_part_attention_attends_over_the_captions_part_slots_and_starts_as_the_plain_generator():
     torch.manual_seed(0)
     plain = stackgan.Stage1G(t_dim=12, c_dim=4, z_dim=4, gf=2, cond_norm=True)
     torch.manual_seed(0)
@@ -858,9 +858,14 @@ def test_g_part_slots_attends_over_the_captions_part_slots_and_starts_as_the_pla
     out = attn(text, z)[0]
     out.sum().backward()
     assert attn.part_where[0].weight.grad.abs().sum() > 0 and attn.part_film[-1].weight.grad.abs().sum() > 0
-    with pytest.raises(ValueError, match="part-ngrams"):
+    with pytest.raises(ValueError, match="text_parts"):
         stackgan.Stage1G(t_dim=8, c_dim=4, z_dim=4, gf=2, part_slots=4, part_dim=16)
-    assert "g_part_slots" not in stackgan.Recipe().as_dict()  # older runs keep their identity
-    G, _ = stackgan.build_stage1(12, c_dim=4, z_dim=4, gf=2, df=4, recipe=stackgan.Recipe(g_part_slots=2, g_part_dim=3))
-    assert G.part_slots == 2 and G.film is None
+    assert "g_part_attention" not in stackgan.Recipe().as_dict()  # older runs keep their identity
+    r = stackgan.Recipe(g_part_attention=True)
+    G, _ = stackgan.build_stage1(12, c_dim=4, z_dim=4, gf=2, df=4, recipe=r, text_parts=(2, 3))
+    assert G.part_slots == 2 and G.part_dim == 3 and G.film is None
     assert G(text, z)[0].shape == (5, 3, 64, 64)  # without the conditional norm too
+    # an embedding without part slots: nothing to attend to, the plain generator
+    assert stackgan.build(12, c_dim=4, z_dim=4, gf=2, df=4, n_res=1, stage2_size=128, recipe=r)["G1"].part_film is None
+    assert stackgan.build(12, c_dim=4, z_dim=4, gf=2, df=4, n_res=1, stage2_size=128, recipe=r,
+                          text_parts=(2, 3))["G1"].part_slots == 2

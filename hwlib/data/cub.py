@@ -299,6 +299,15 @@ class BirdSplit:
         """The 10 captions of sample ``index``."""
         return read_captions(self.root, self.keys[index])
 
+    @property
+    def text_parts(self) -> tuple[int, int]:
+        """(slots, width) of the part slots at the end of each embedding (the ``part-ngrams`` encoder's); (0, 0) for
+        an embedding without them. ``stackgan.build(text_parts=...)``: what ``Recipe.g_part_attention`` attends over."""
+        if self.embedding not in NGRAM_ENCODERS:
+            return (0, 0)
+        enc = ngram_encoder(self.root, self.embedding)
+        return (enc.parts, enc.part_dim) if enc.parts else (0, 0)
+
     def encode(self, captions: Sequence[str]) -> np.ndarray:
         """New captions embedded as this split's are: float32 (N, D). char-CNN-RNN cannot embed new sentences."""
         return _caption_encoder(self.root, self.embedding)(captions)

@@ -136,15 +136,24 @@ class Recipe:
       noise x2 body 0.75, wing 0.78, crown 0.53, belly 0.76, FID 64 against 0.745, 0.74, 0.53, 0.77, FID 71 at the same
       seeds, but the demo over 128 birds 0.31 (0.35, 0.27) against 0.50 (0.46, 0.55), the yellow bird with black wings
       drawn in 0.17 of one-draw birds against 0.56, and a step 1.06x as long: `stable` keeps it off.
-    - ``g_part_slots``: attention over the caption's part slots inside Stage-I G (AttnGAN's word attention, Xu et al.
-      2018, with the ``part-ngrams`` encoder's slots as the words; 0: off). The embedding's last ``g_part_slots *
-      g_part_dim`` dimensions are one vector per bird part (:class:`hwlib.text.NgramEncoder` with ``parts``), each
-      trained to name its part's colour. At every up-block each pixel takes a softmax over the parts from a 1x1 conv
-      of the block's features (where am I: body, wing, crown, belly?) and reads a scale and shift from its mix of the
-      slots, through one linear map shared by the parts (a colour word means the same paint on any part). ``g_slots``
-      mixes K projections of the whole caption's CA sample, so every region still reads every part's colour; here a
-      pixel of the belly can read the belly's colour alone, the composition a white bird with a purple belly needs.
-      Both maps start at zero: the generator starts as it would without them. Needs an embedding with that many slots.
+    - ``g_part_attention``: attention over the caption's part slots inside Stage-I G (AttnGAN's word attention, Xu et
+      al. 2018, with the ``part-ngrams`` encoder's slots as the words), for an embedding that has them (``build``'s
+      ``text_parts``: :attr:`hwlib.data.cub.BirdSplit.text_parts`); without slots (CUB's char-CNN-RNN, the
+      bag-of-ngrams encoder) there is nothing to attend to and the field changes nothing. The embedding's last
+      ``parts * part_dim`` dimensions are one vector per bird part (:class:`hwlib.text.NgramEncoder` with ``parts``),
+      each trained to name its part's colour. At every up-block each pixel takes a softmax over the parts from a 1x1
+      conv of the block's features (which part am I?) and reads a scale and shift from its mix of the slots, through
+      one linear map shared by the parts (a colour means the same paint on any part). ``g_slots`` mixes K projections
+      of the whole caption's CA sample, so every region still reads every part's colour; here a pixel of the belly can
+      read the belly's colour alone, the composition a white bird with a purple belly needs. Both maps start at zero:
+      the generator starts as it would without them. Measured on `stable` with ``part-ngrams``, five seeds against the
+      same five without it (``rerank_pattn_judge`` against ``rerank_pn_judge``; best of 16 by the part classifier at CA
+      noise x2): body 0.77, wing 0.81, crown 0.57, belly 0.80, FID 77 against 0.73, 0.75, 0.53, 0.755, FID 86 (one draw:
+      0.70, 0.77, 0.49, 0.75 against 0.62, 0.68, 0.44, 0.67) -- but notebook 01's demo 0.51 +- 0.16 (0.75, 0.31, 0.62,
+      0.38, 0.50) against 0.525 +- 0.03, over 128 birds 0.53 +- 0.10 against 0.51 +- 0.03: the white bird with a purple
+      belly is drawn by some seeds and not by others. A caption's birds vary less (pixel spread 0.17 against 0.28; real
+      birds of one species 0.29), and 7,168 steps take 757 s against 624 s (1.21x, 1 thread beside another job), which
+      notebook 01's 15-minute budget has no room for: `stable` keeps it off.
     - ``contrastive``: weight of an image-caption contrastive loss (the sentence-image term of XMC-GAN, Zhang et al.
       2021), added to both players' losses (0: off). D gains a ``match`` head embedding its 4x4 features and the
       condition ``mu`` into one space; D learns to pick each *real* image's caption among the batch's captions
@@ -322,8 +331,7 @@ class Recipe:
     g_min_channels: int = 0
     g_cond_norm: bool = False
     g_slots: int = 0
-    g_part_slots: int = 0
-    g_part_dim: int = 16
+    g_part_attention: bool = False
     contrastive: float = 0.0
     contrastive_fakes: bool = False
     contrastive_g: float | None = None
@@ -360,7 +368,7 @@ class Recipe:
     # dicts (a run's identity) while they hold it, so the checkpoints stay valid
     _LATER = {"matcher": 0.0, "contrastive_fakes": False, "caption_mix": 1, "contrastive_g": None, "parts": 0.0,
               "parts_fakes": False, "novel": 0.0, "novel_focus": 0.0, "novel_pairs": False, "part_teacher": 0.0, "g_slots": 0, "mode_seeking": 0.0,
-              "g_part_slots": 0, "g_part_dim": 16,
+              "g_part_attention": False,
               "stage2_keep_low": False, "stage2_diffaug": None, "stage2_sr": 0.0,
               "stage2_image_skip": False, "stage2_adversarial": 1.0, "stage2_sr_branch": 0,
               "stage2_sr_lr": 1.0, "stage2_sr_paired": False, "stage2_sr_halving": True}
@@ -510,10 +518,10 @@ class Stage1G(nn.Module):
             for conv in self.where:
                 nn.init.zeros_(conv.weight), nn.init.zeros_(conv.bias)
         self.part_slots, self.part_dim, self.part_film, self.part_where = part_slots, part_dim, None, None
-        if part_slots:  # Recipe.g_part_slots: per pixel, attention over the caption's part slots, zero at start
+        if part_slots:  # Recipe.g_part_attention: per pixel, attention over the caption's part slots, zero at start
             if part_slots * part_dim > t_dim:
-                raise ValueError(f"Recipe.g_part_slots: {part_slots} slots of {part_dim} dimensions do not fit a "
-                                 f"{t_dim}-d embedding; use the part-ngrams embedding (cub.NGRAM_ENCODERS)")
+                raise ValueError(f"Recipe.g_part_attention: {part_slots} part slots of {part_dim} dimensions do not fit "
+                                 f"a {t_dim}-d embedding; pass the embedding's BirdSplit.text_parts")
             self.part_film = nn.ModuleList(nn.Linear(part_dim, 2 * w) for w in widths[1:])
             self.part_where = nn.ModuleList(nn.Conv2d(w, part_slots, 1) for w in widths[1:])
             for m in (*self.part_film, *self.part_where):
@@ -719,8 +727,10 @@ class StageD(nn.Module):
 
 def build(t_dim: int, c_dim: int = 128, z_dim: int = 100, gf: int = 128, df: int = 64, n_res: int = 4,
           stage2_size: int = 256, upsample: str = "nearest", gf2: int | None = None, df2: int | None = None,
-          recipe: str | Recipe | dict = "paper") -> dict[str, nn.Module]:
+          recipe: str | Recipe | dict = "paper", text_parts: tuple[int, int] = (0, 0)) -> dict[str, nn.Module]:
     """The four sub-networks ``{"G1", "D1", "G2", "D2"}``; ``gf2``/``df2`` (default gf/df) size Stage II.
+    ``text_parts``: (slots, width) of the part slots at the end of the text embedding (``BirdSplit.text_parts``; (0, 0):
+    none), which Stage-I G attends over with ``Recipe.g_part_attention``.
 
     As the official code, Stage-I D has the conditional head only and Stage-II D both heads; the recipe's
     ``spectral_norm``, ``projection`` and ``contrastive`` shape both discriminators, ``g_min_channels`` and
@@ -728,7 +738,7 @@ def build(t_dim: int, c_dim: int = 128, z_dim: int = 100, gf: int = 128, df: int
     """
     r = get_recipe(recipe)
     n_up = int(math.log2(stage2_size // 16))
-    G1, D1 = build_stage1(t_dim, c_dim, z_dim, gf, df, upsample, r)
+    G1, D1 = build_stage1(t_dim, c_dim, z_dim, gf, df, upsample, r, text_parts)
     return {"G1": G1, "D1": D1,
             "G2": Stage2G(t_dim, c_dim, gf2 or gf, n_res, n_up, upsample, r.ca_logvar_init, r.stage2_skip,
                           r.stage2_keep_low, r.stage2_image_skip, r.stage2_sr_branch, r.stage2_sr_paired),
@@ -737,11 +747,13 @@ def build(t_dim: int, c_dim: int = 128, z_dim: int = 100, gf: int = 128, df: int
 
 
 def build_stage1(t_dim: int, c_dim: int = 128, z_dim: int = 100, gf: int = 128, df: int = 64,
-                 upsample: str = "nearest", recipe: str | Recipe | dict = "paper") -> tuple[Stage1G, StageD]:
+                 upsample: str = "nearest", recipe: str | Recipe | dict = "paper",
+                 text_parts: tuple[int, int] = (0, 0)) -> tuple[Stage1G, StageD]:
     """Stage I alone, ``(G1, D1)`` as :func:`build` makes them (G1 first): for experiments on Stage I only."""
     r = get_recipe(recipe)
+    parts, part_dim = text_parts if r.g_part_attention else (0, 16)
     return (Stage1G(t_dim, c_dim, z_dim, gf, upsample, r.ca_logvar_init, r.g_min_channels, r.g_cond_norm, r.g_slots,
-                    r.g_part_slots, r.g_part_dim),
+                    parts, part_dim),
             StageD(64, c_dim, df, spectral_norm=r.spectral_norm, projection=r.projection, match=r.contrastive > 0,
                    parts=part_classes(r)))
 
