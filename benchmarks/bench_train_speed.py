@@ -8,7 +8,8 @@ machine's load hits both alike (the faster round of each is kept):
 - ``before``: the training core as it was: ``torch.optim.Adam`` with its per-tensor loop (PyTorch's CPU default),
   the EMA updated tensor by tensor, gradients clipped tensor by tensor, fp32 (``HWLIB_CPU_BF16=0``);
 - ``after``: what the notebooks run now: :func:`hwlib.train.adam` (fused), the EMA and the clipping in one
-  ``_foreach`` call each, :func:`hwlib.train.autocast` (bf16 on CPUs that compute it natively) and
+  ``_foreach`` call each, one D pass over real and fake images where D has no batch norm (``make_gan_step``'s
+  ``joint_d``: 03's MLP CGAN), :func:`hwlib.train.autocast` (bf16 on CPUs that compute it natively) and
   :func:`hwlib.train.maybe_compile` where the profile turns them on (``compile``; 03's MLP: neither), and
   StackGAN's networks and images in channels-last memory format, as ``stackgan.train_stage`` keeps them.
 
@@ -97,6 +98,7 @@ class Core:
     bf16: bool
     compile: bool
     channels_last: bool  # StackGAN's networks and images, as stackgan.train_stage keeps them
+    joint_d: bool = False  # make_gan_step's one D pass over real and fakes (where D has no batch norm)
 
     def net(self, module: torch.nn.Module, enabled: bool) -> torch.nn.Module:
         return maybe_compile(module, self.compile and enabled)
@@ -104,7 +106,7 @@ class Core:
 
 BEFORE = Core("before", lambda params, lr, betas=(0.9, 0.999): torch.optim.Adam(params, lr=lr, betas=tuple(betas),
                                                                                  foreach=False), LoopEMA, False, False, False)
-AFTER = Core("after", adam, EMA, True, True, True)
+AFTER = Core("after", adam, EMA, True, True, True, True)
 
 
 @dataclass
@@ -149,7 +151,7 @@ def run_03(name: str) -> Callable[[Core, int, torch.device], Run]:
         x, y = mnist(n * cfg.batch_size, device)
         fast = s.get("compile", False)
         step = make_gan_step(core.net(G, fast), core.net(D, fast), opt_g, opt_d, z_dim=cfg.z_dim, n_critic=cfg.n_critic,
-                             num_classes=10, ema=ema, amp=s.get("bf16", True), device=device)
+                             num_classes=10, ema=ema, amp=s.get("bf16", True), device=device, joint_d=core.joint_d)
         return Run(step, ResidentLoader(x, y, batch_size=cfg.batch_size, device=device), {"G": G, "D": D},
                    {"G": opt_g, "D": opt_d}, {"G": ema}, {})
     return make
@@ -170,7 +172,7 @@ def run_04(name: str) -> Callable[[Core, int, torch.device], Run]:
             opt_g = core.adam(G.parameters(), lr=cfg.gan_lr, betas=cfg.gan_betas)
             opt_d = core.adam(D.parameters(), lr=cfg.gan_lr, betas=cfg.gan_betas)
             step = make_gan_step(core.net(G, cfg.compile), core.net(D, cfg.compile), opt_g, opt_d, z_dim=cfg.z_dim,
-                                 n_critic=cfg.n_critic, conditional=False)
+                                 n_critic=cfg.n_critic, conditional=False, joint_d=core.joint_d)
             return Run(step, loader, {"G": G, "D": D}, {"G": opt_g, "D": opt_d}, {}, {})
         scale = 1000 / cfg.T
         diffusion = Diffusion(T=cfg.T, schedule=cfg.schedule, beta_start=1e-4 * scale, beta_end=0.02 * scale).to(device)

@@ -127,7 +127,8 @@ def diff_augment(x: torch.Tensor, policy: str = "translation,cutout") -> torch.T
 def make_gan_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer, *,
                   z_dim: int, n_critic: int = 5, conditional: bool = True, num_classes: int = 10,
                   saturating: bool = False, real_label: float = 1.0, ema: Any = None, amp: bool = True,
-                  device: torch.device | str | None = None) -> Callable[[tuple[torch.Tensor, ...], int], dict[str, torch.Tensor]]:
+                  device: torch.device | str | None = None,
+                  joint_d: bool = True) -> Callable[[tuple[torch.Tensor, ...], int], dict[str, torch.Tensor]]:
     """The alternating GAN update as a ``step_fn`` for :func:`hwlib.train.fit`.
 
     One call, on one batch of real data ``(x,)`` or ``(x, y)`` (images (B, C, H, W) in [-1, 1],
@@ -144,10 +145,16 @@ def make_gan_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_
     (detached): ``loss_d`` (mean over the critic updates), ``loss_g``, ``d_real`` = mean D(x) and
     ``d_fake`` = mean D(G(z)) as probabilities (at the last critic update and before the G update).
     ``amp``: bf16 autocast where the hardware computes it natively (:func:`hwlib.train.autocast`).
+    ``joint_d``: where D has no batch norm (nothing couples the samples of a batch), a critic update scores the real
+    batch and the fakes in one D pass over both, concatenated: the same logits and gradients as two passes, in half
+    the calls (a small MLP's step is mostly per-call overhead on a CPU). With batch norm, two passes, as DCGAN's
+    statistics are per batch of real or fake images.
     """
     from hwlib.train import autocast
 
     device = torch.device(device) if device is not None else next(G.parameters()).device
+    # the underlying module's, also when D is wrapped by torch.compile
+    joint = joint_d and not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in D.modules())
 
     def sample(batch_size: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         z = torch.randn(batch_size, z_dim, device=device)
@@ -168,8 +175,13 @@ def make_gan_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_
             with torch.no_grad(), autocast(device, amp):
                 fake = call(G, z, y_fake)
             with autocast(device, amp):
-                real_logits = call(D, x, y_real)
-                fake_logits = call(D, fake, y_fake)
+                if joint:  # one pass over (real; fake), split back: the same logits as two passes
+                    logits = call(D, torch.cat([x, fake.to(x.dtype)]),
+                                  torch.cat([y_real, y_fake]) if conditional else None)
+                    real_logits, fake_logits = logits[:n], logits[n:]
+                else:
+                    real_logits = call(D, x, y_real)
+                    fake_logits = call(D, fake, y_fake)
             loss_d = d_loss(real_logits, fake_logits, real_label)
             opt_d.zero_grad(set_to_none=True)
             loss_d.backward()

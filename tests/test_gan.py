@@ -67,6 +67,33 @@ def test_step_makes_n_critic_d_updates_then_one_g_update():
     assert all(p.requires_grad for p in D.parameters())  # D is unfrozen again afterwards
 
 
+def test_joint_d_pass_computes_what_two_passes_do_and_keeps_two_passes_under_batch_norm():
+    import copy
+
+    def run(joint, D):
+        torch.manual_seed(0)
+        G = _Toy(4, 2, num_classes=3)
+        D = copy.deepcopy(D)
+        calls = []
+        D.register_forward_hook(lambda m, i, o: calls.append(len(i[0])))
+        opt_g, opt_d = torch.optim.SGD(G.parameters(), 0.1), torch.optim.SGD(D.parameters(), 0.1)
+        torch.manual_seed(1)
+        logs = make_gan_step(G, D, opt_g, opt_d, z_dim=4, n_critic=2, num_classes=3, joint_d=joint, amp=False)(
+            (torch.randn(16, 2), torch.randint(0, 3, (16,))), 0)
+        return logs, [p.detach() for p in (*G.parameters(), *D.parameters())], calls
+
+    torch.manual_seed(0)
+    D = _Toy(2, 1, num_classes=3)  # no batch norm: one pass over real and fakes
+    (a, pa, calls_a), (b, pb, calls_b) = run(True, D), run(False, D)
+    assert calls_a == [32, 32, 16] and calls_b == [16, 16, 16, 16, 16]  # two critic updates, then G's
+    for k in a:
+        torch.testing.assert_close(a[k], b[k])
+    for x, y in zip(pa, pb):
+        torch.testing.assert_close(x, y)
+    D.net.insert(1, torch.nn.BatchNorm1d(D.net[0].out_features))  # batch statistics: real and fakes apart
+    assert run(True, D)[2] == [16, 16, 16, 16, 16]
+
+
 def test_g_update_leaves_d_weights_alone():
     torch.manual_seed(0)
     G, D = _Toy(4, 2), _Toy(2, 1)
