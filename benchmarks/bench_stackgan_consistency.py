@@ -125,6 +125,12 @@ def attribute_embeddings(train) -> torch.Tensor:
     return torch.from_numpy(codes).view(len(train), -1, codes.shape[1])
 
 
+def text_parts(train, condition: str) -> tuple[int, int]:
+    """The part slots G attends over (``Recipe.g_part_attention``) in a run of ``condition``: the caption encoder's
+    (``BirdSplit.text_parts``) for captions, none for the other conditions' codes."""
+    return train.text_parts if condition == "caption" else (0, 0)
+
+
 def caption_evals(cfg, splits: dict, seed: int) -> dict[str, tuple]:
     """{split name: (caption embeddings (n, t_dim), z (n, z_dim), colour targets, real 76 px images)} for
     ``splits`` {name: (BirdSplit, its 76 px images)}: :func:`synthbirds.consistency_set` of each."""
@@ -216,9 +222,9 @@ def main() -> None:
     real_feats = {k: attributes.features(clf, cub.center_crop(v[3][:n_eval], 64)) for k, v in evals.items()}
 
     seed_everything(args.train_seed)
-    text_parts = train.text_parts if args.condition == "caption" else (0, 0)  # the part slots G attends over, if any
     G, D = (net.to(device) for net in stackgan.build_stage1(embeddings.shape[-1], cfg.c_dim, cfg.z_dim, gf, df,
-                                                             upsample=cfg.upsample, recipe=recipe, text_parts=text_parts))
+                                                             upsample=cfg.upsample, recipe=recipe,
+                                                             text_parts=text_parts(train, args.condition)))
     ema = EMA(G, recipe.ema) if recipe.ema else None
     n_batches = len(train) // batch_size
     every_epochs = max(1, round(args.every / n_batches))

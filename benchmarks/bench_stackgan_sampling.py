@@ -48,7 +48,7 @@ import torch
 
 import hwlib
 from bench_stackgan_consistency import (COLOURS, EARLIER_ENCODER, attribute_classifier, attribute_embeddings, caption_evals,
-                                       noise_spread, part_teacher)
+                                       noise_spread, part_teacher, text_parts)
 from hwlib.bench import write_result
 from hwlib.data import cub, synthbirds
 from hwlib.metrics.attributes import (asked_hits, attribute_accuracy, both_asked, consistency, features, pair_composition,
@@ -171,8 +171,9 @@ def main() -> None:
     rows: dict[str, dict] = {}
     if args.pairs:  # notebook 01's section 10a
         seen = synthbirds.training_pairs(root)
+    slots = text_parts(train, condition)
     for run in args.runs:
-        trained, D = restore(run, cfg, embeddings.shape[-1], train.text_parts if condition == "caption" else (0, 0))
+        trained, D = restore(run, cfg, embeddings.shape[-1], slots)
         judge = D if part_judge is None else part_judge
 
         def record(key: str, low: torch.Tensor, spread: float, seconds: float | None = None,
@@ -249,7 +250,7 @@ def merge(tags: list[str], tag: str) -> None:
         if differ := [k for k in same if part.get(k) != parts[0].get(k)]:
             raise SystemExit(f"{SAMPLING / (t + '.json')} was sampled with other settings than {tags[0]} ({differ}): "
                              "merge only results of one sampling command over different runs")
-    if set(parts[0]["rows"]) != set.intersection(*(set(p["rows"]) for p in parts)):
+    if len({frozenset(p["rows"]) for p in parts}) != 1:
         raise SystemExit(f"the results {tags} have different rows: sample every run with the same --rerank, --pairs "
                          "and --demo-anatomy")
     runs = [run for p in parts for run in p["runs"]]

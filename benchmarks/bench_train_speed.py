@@ -63,7 +63,7 @@ import hwlib
 from hwlib import nbtools
 from hwlib.bench import is_dense, write_result
 from hwlib.checkpoints import Checkpointer
-from hwlib.data import ResidentLoader, load_mnist
+from hwlib.data import ResidentLoader, cub, load_mnist
 from hwlib.data.cub import index_loader
 from hwlib.diffusion import Diffusion, make_diffusion_step
 from hwlib.gan import make_gan_step
@@ -189,7 +189,8 @@ def run_01(stage: int) -> Callable[[Core, int, torch.device], Run]:
     def make(core: Core, n: int, device: torch.device) -> Run:
         """Notebook 01's Stage-I (the `stable` recipe) or Stage-II, on random birds of the real sizes."""
         cfg = hwlib.get_profile("01_stackgan_cub", "quick", verbose=False)
-        t_dim, text_parts = 128, (4, 16)  # SynthBirds' part-ngrams embedding: a 64-d n-gram mean, four 16-d part slots
+        t_dim = cub.EMBEDDINGS[cfg.embedding][1]  # SynthBirds' caption embedding (part-ngrams: 128)
+        text_parts = (4, 16)  # part-ngrams: a 64-d n-gram mean, then four 16-d part slots (Recipe.g_part_attention's)
         nets = stackgan.build(t_dim=t_dim, c_dim=cfg.c_dim, z_dim=cfg.z_dim, gf=cfg.gf, df=cfg.df, n_res=cfg.n_res,
                               stage2_size=cfg.stage2_size, upsample=cfg.upsample, gf2=cfg.gf2, df2=cfg.df2,
                               recipe=cfg.recipe, text_parts=text_parts)

@@ -153,7 +153,7 @@ def make_gan_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_
     from hwlib.train import autocast
 
     device = torch.device(device) if device is not None else next(G.parameters()).device
-    # the underlying module's, also when D is wrapped by torch.compile
+    # D.modules() reaches the wrapped module's layers also when D is torch.compile's wrapper
     joint = joint_d and not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in D.modules())
 
     def sample(batch_size: int) -> tuple[torch.Tensor, torch.Tensor | None]:
