@@ -11,10 +11,14 @@ first) and measures
 - ``before``: the first setting with the self-attention as it was before ``hwlib.models.unet.AttnBlock`` wrote it
   out (``scaled_dot_product_attention`` on strided queries, keys and values, which PyTorch computes by its unfused
   fallback): today's code against the code the speed issue measured;
+- ``attention written out``: autocast at batch 100 with the attention weights written out as training computes them,
+  against today's fused attention at sampling (``AttnBlock.forward`` without gradients);
+- ``--compiled``: the same at batch 100 under ``torch.compile`` with frozen weights (inductor's inference setting),
+  with its compilation seconds and the number of samples after which it pays them back;
 - ``ceiling``: the share of the best setting's step spent in convolutions and matrix products (``torch.profiler``,
   their operators' own time); if everything else were free, samples/s could rise by at most step / dense time.
-Writes ``benchmarks/results/sampling_<device>.json``.
-Usage: ``python benchmarks/bench_sampling.py [--profile quick] [--n 1000] [--repeats 5]``.
+Writes ``benchmarks/results/sampling_<device>[_<tag>].json``.
+Usage: ``python benchmarks/bench_sampling.py [--profile quick] [--n 1000] [--repeats 5] [--compiled] [--tag intel_xeon]``.
 """
 from __future__ import annotations
 
@@ -65,6 +69,15 @@ def strided_attention(self: AttnBlock, x: torch.Tensor) -> torch.Tensor:
     return x + self.proj(out.transpose(-1, -2).reshape(b, c, h, w))
 
 
+def written_attention(self: AttnBlock, x: torch.Tensor) -> torch.Tensor:
+    """``AttnBlock.forward`` at sampling as it was until the fused attention: the (HW, HW) weights written out, their
+    softmax in float32 (what training still computes)."""
+    b, c, h, w = x.shape
+    q, k, v = self.qkv(self.norm(x)).reshape(b, 3, c, h * w).unbind(1)
+    attn = (torch.bmm(q.transpose(1, 2), k) * c ** -0.5).float().softmax(dim=-1).to(v.dtype)
+    return x + self.proj(torch.bmm(v, attn.transpose(1, 2)).reshape(b, c, h, w))
+
+
 def dense_share(diffusion: Diffusion, model: torch.nn.Module, batch: int, precision: Callable, device: torch.device
                 ) -> float:
     """Fraction of one network call's CPU time spent in convolutions and matrix products (their own time)."""
@@ -84,6 +97,8 @@ def main() -> None:
     parser.add_argument("--profile", default="quick")
     parser.add_argument("--n", type=int, default=1000, help="samples per precision for the quality check (0: skip)")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--compiled", action="store_true", help="also time torch.compile with frozen weights")
+    parser.add_argument("--tag", default="", help="a run on another machine: write sampling_<device>_<tag>.json")
     args = parser.parse_args()
     cfg, device = hwlib.get_profile(NB, args.profile, verbose=False), get_device()
     state = Checkpointer(hwlib.runs_dir(f"{NB}/{cfg.profile}/ddpm")).load_latest()
@@ -96,15 +111,35 @@ def main() -> None:
     diffusion = Diffusion(T=cfg.T, schedule=cfg.schedule, beta_start=1e-4 * scale, beta_end=0.02 * scale).to(device)
     bf16 = autocast(device)
     speed = {}
+    attention = {"strided attention": strided_attention, "attention written out": written_attention}
     for label, batch, precision in (("before: fp32, batch 500, strided attention", 500, contextlib.nullcontext()),
                                     ("fp32, batch 500", 500, contextlib.nullcontext()),
                                     ("fp32, batch 100", 100, contextlib.nullcontext()),
+                                    ("autocast, batch 100, attention written out", 100, bf16),
                                     ("autocast, batch 100", 100, bf16)):
-        with mock.patch.object(AttnBlock, "forward", strided_attention) if label.startswith("before") else contextlib.nullcontext():
+        patch = next((f for k, f in attention.items() if label.endswith(k)), None)
+        with mock.patch.object(AttnBlock, "forward", patch) if patch else contextlib.nullcontext():
             seconds = step_seconds(diffusion, model, batch, precision, args.repeats, device)
         speed[label] = {"step_s": round(seconds, 4), "samples_per_s": round(batch / (seconds * cfg.T), 3)}
         print(f"{label:30s} {seconds:.3f} s per step -> {speed[label]['samples_per_s']:.2f} samples/s (T = {cfg.T})",
               flush=True)
+    if args.compiled:  # torch.compile with frozen weights (inductor's inference mode): measured, not what hwlib samples with
+        import torch._inductor.config as inductor_config
+
+        with mock.patch.object(inductor_config, "freezing", True):
+            start = time.perf_counter()
+            compiled = torch.compile(model)
+            step_seconds(diffusion, compiled, 100, bf16, 1, device)  # compiles
+            compile_s = time.perf_counter() - start
+            seconds = step_seconds(diffusion, compiled, 100, bf16, args.repeats, device)
+        eager = speed["autocast, batch 100"]["samples_per_s"]
+        rate = 100 / (seconds * cfg.T)
+        speed["autocast, batch 100, compiled"] = {"step_s": round(seconds, 4), "samples_per_s": round(rate, 3),
+                                                 "compile_s": round(compile_s, 1),
+                                                 "pays_back_after_samples": round(compile_s / (1 / eager - 1 / rate))
+                                                 if rate > eager else None}
+        print(f"compiled (frozen weights): {seconds:.3f} s per step -> {rate:.2f} samples/s after {compile_s:.0f} s of "
+              f"compilation", flush=True)
     base = speed["before: fp32, batch 500, strided attention"]["samples_per_s"]
     share = dense_share(diffusion, model, 100, lambda: autocast(device), device)
     best = max(v["samples_per_s"] for v in speed.values())
@@ -125,7 +160,7 @@ def main() -> None:
             quality[label] = {k: round(float(m[k]), 3) for k in ("fid", "precision", "recall", "is_mnist", "samples_per_s")}
             print(label, quality[label], flush=True)
         result.update(n=args.n, quality=quality)
-    write_result(f"sampling_{device.type}", result, device)
+    write_result(f"sampling_{device.type}" + (f"_{args.tag}" if args.tag else ""), result, device)
 
 
 if __name__ == "__main__":

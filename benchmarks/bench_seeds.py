@@ -11,7 +11,7 @@ Usage: ``python benchmarks/bench_seeds.py 03_cgan_mnist --seeds 1 2 [--profile q
 ``--compare seeds/before_fast_core`` runs nothing: it sets every headline number's mean (min–max) over the recorded
 seeds beside the same over an archived set of seeds (there: the runs made before ``hwlib.train``'s fused Adam, bf16
 autocast and ``torch.compile``), says whether the new mean lies inside the archived range, and writes
-``benchmarks/results/seeds/compare_<notebook>_<profile>.json``.
+``benchmarks/results/seeds/compare_<notebook>_<profile>[_<tag>].json`` (``--tag``).
 """
 from __future__ import annotations
 
@@ -34,8 +34,9 @@ def run_seed(notebook: str, profile: str, seed: int, threads: int, scratch: Path
     return time.perf_counter() - start
 
 
-def compare(notebook: str, profile: str, folder: str) -> None:
-    """Print and record the recorded seeds' numbers beside the archived ones in ``folder``."""
+def compare(notebook: str, profile: str, folder: str, tag: str = "") -> None:
+    """Print and record the recorded seeds' numbers beside the archived ones in ``folder`` (``tag``: a suffix of the
+    result's name, so that a later comparison does not replace an earlier one)."""
     new, old = seed_table(notebook, profile), seed_table(notebook, profile, folder)
     if not old:
         raise SystemExit(f"no archived seeds of {notebook} ({profile}) under benchmarks/results/{folder}")
@@ -46,7 +47,7 @@ def compare(notebook: str, profile: str, folder: str) -> None:
         rows[name] = {"before": spread(a), "after": spread(b), "after_mean_inside_before_range": min(a) <= mean <= max(a)}
         print(f"  {name:34s} before {rows[name]['before']:30s} after {rows[name]['after']:30s} "
               f"{'inside' if rows[name]['after_mean_inside_before_range'] else 'OUTSIDE'} the range before")
-    write_result(f"seeds/compare_{notebook}_{profile}", {"notebook": notebook, "profile": profile, "before": folder,
+    write_result(f"seeds/compare_{notebook}_{profile}" + (f"_{tag}" if tag else ""), {"notebook": notebook, "profile": profile, "before": folder,
                                                           "numbers": rows}, echo=False)
 
 
@@ -58,9 +59,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--scratch", type=Path, default=Path(tempfile.gettempdir()) / "hwlib-seeds")
     parser.add_argument("--compare", metavar="FOLDER", help="compare with archived seeds instead of running any")
+    parser.add_argument("--tag", default="", help="with --compare: write compare_<notebook>_<profile>_<tag>.json")
     args = parser.parse_args()
     if args.compare:
-        compare(args.notebook, args.profile, args.compare)
+        compare(args.notebook, args.profile, args.compare, args.tag)
         return
     for seed in args.seeds:
         seconds = run_seed(args.notebook, args.profile, seed, args.threads, args.scratch)

@@ -100,4 +100,6 @@ def test_attention_block_is_single_head_scaled_dot_product_attention():
     q, k, v = block.qkv(block.norm(x)).reshape(2, 3, 8, 25).transpose(-1, -2).unbind(1)
     ref = torch.nn.functional.scaled_dot_product_attention(q, k, v)  # (B, HW, C)
     expected = x + block.proj(ref.transpose(-1, -2).reshape(2, 8, 5, 5))
-    torch.testing.assert_close(block(x), expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(block(x), expected, atol=1e-5, rtol=1e-5)  # training: written out
+    with torch.no_grad():  # sampling: PyTorch's fused attention, the same function
+        torch.testing.assert_close(block(x), expected, atol=1e-5, rtol=1e-5)
