@@ -158,7 +158,7 @@ def main() -> None:
     print(f"best vs best: hwlib ({best['hwlib']}) / diffusers ({best['diffusers']}) -> {result['best']['speedup']:.2f}x")
     result["hwlib"] = "UNet + make_diffusion_step + fit, resident loader, fused Adam, foreach EMA, torch.compile"
     result["diffusers"] = "UNet2DModel + DDPMScheduler.add_noise + AdamW + EMAModel + DataLoader"
-    write_result("diffusion_train_throughput" + (f"_{args.tag}" if args.tag else ""), result, device)
+    write_result("diffusion_train_throughput", result, device, tag=args.tag)
 
 
 if __name__ == "__main__":

@@ -11,8 +11,8 @@ first) and measures
 - ``before``: the first setting with the self-attention as it was before ``hwlib.models.unet.AttnBlock`` wrote it
   out (``scaled_dot_product_attention`` on strided queries, keys and values, which PyTorch computes by its unfused
   fallback): today's code against the code the speed issue measured;
-- ``attention written out``: autocast at batch 100 with the attention weights written out as training computes them,
-  against today's fused attention at sampling (``AttnBlock.forward`` without gradients);
+- ``attention written out``: autocast at batch 100 with the attention weights written out as training computes them
+  (``AttnBlock.written``), against today's fused attention at sampling (``AttnBlock.fused``);
 - ``--compiled``: the same at batch 100 under ``torch.compile`` with frozen weights (inductor's inference setting),
   with its compilation seconds and the number of samples after which it pays them back;
 - ``ceiling``: the share of the best setting's step spent in convolutions and matrix products (``torch.profiler``,
@@ -69,15 +69,6 @@ def strided_attention(self: AttnBlock, x: torch.Tensor) -> torch.Tensor:
     return x + self.proj(out.transpose(-1, -2).reshape(b, c, h, w))
 
 
-def written_attention(self: AttnBlock, x: torch.Tensor) -> torch.Tensor:
-    """``AttnBlock.forward`` at sampling as it was until the fused attention: the (HW, HW) weights written out, their
-    softmax in float32 (what training still computes)."""
-    b, c, h, w = x.shape
-    q, k, v = self.qkv(self.norm(x)).reshape(b, 3, c, h * w).unbind(1)
-    attn = (torch.bmm(q.transpose(1, 2), k) * c ** -0.5).float().softmax(dim=-1).to(v.dtype)
-    return x + self.proj(torch.bmm(v, attn.transpose(1, 2)).reshape(b, c, h, w))
-
-
 def dense_share(diffusion: Diffusion, model: torch.nn.Module, batch: int, precision: Callable, device: torch.device
                 ) -> float:
     """Fraction of one network call's CPU time spent in convolutions and matrix products (their own time)."""
@@ -111,14 +102,15 @@ def main() -> None:
     diffusion = Diffusion(T=cfg.T, schedule=cfg.schedule, beta_start=1e-4 * scale, beta_end=0.02 * scale).to(device)
     bf16 = autocast(device)
     speed = {}
-    attention = {"strided attention": strided_attention, "attention written out": written_attention}
+    attention = {"strided attention": ("forward", strided_attention),  # the attention as the speed issue measured it
+                 "attention written out": ("fused", staticmethod(AttnBlock.written))}  # as training computes it
     for label, batch, precision in (("before: fp32, batch 500, strided attention", 500, contextlib.nullcontext()),
                                     ("fp32, batch 500", 500, contextlib.nullcontext()),
                                     ("fp32, batch 100", 100, contextlib.nullcontext()),
                                     ("autocast, batch 100, attention written out", 100, bf16),
                                     ("autocast, batch 100", 100, bf16)):
         patch = next((f for k, f in attention.items() if label.endswith(k)), None)
-        with mock.patch.object(AttnBlock, "forward", patch) if patch else contextlib.nullcontext():
+        with mock.patch.object(AttnBlock, *patch) if patch else contextlib.nullcontext():
             seconds = step_seconds(diffusion, model, batch, precision, args.repeats, device)
         speed[label] = {"step_s": round(seconds, 4), "samples_per_s": round(batch / (seconds * cfg.T), 3)}
         print(f"{label:30s} {seconds:.3f} s per step -> {speed[label]['samples_per_s']:.2f} samples/s (T = {cfg.T})",
@@ -160,7 +152,7 @@ def main() -> None:
             quality[label] = {k: round(float(m[k]), 3) for k in ("fid", "precision", "recall", "is_mnist", "samples_per_s")}
             print(label, quality[label], flush=True)
         result.update(n=args.n, quality=quality)
-    write_result(f"sampling_{device.type}" + (f"_{args.tag}" if args.tag else ""), result, device)
+    write_result(f"sampling_{device.type}", result, device, tag=args.tag)
 
 
 if __name__ == "__main__":

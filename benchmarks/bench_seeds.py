@@ -47,8 +47,8 @@ def compare(notebook: str, profile: str, folder: str, tag: str = "") -> None:
         rows[name] = {"before": spread(a), "after": spread(b), "after_mean_inside_before_range": min(a) <= mean <= max(a)}
         print(f"  {name:34s} before {rows[name]['before']:30s} after {rows[name]['after']:30s} "
               f"{'inside' if rows[name]['after_mean_inside_before_range'] else 'OUTSIDE'} the range before")
-    write_result(f"seeds/compare_{notebook}_{profile}" + (f"_{tag}" if tag else ""), {"notebook": notebook, "profile": profile, "before": folder,
-                                                          "numbers": rows}, echo=False)
+    write_result(f"seeds/compare_{notebook}_{profile}", {"notebook": notebook, "profile": profile, "before": folder,
+                                                          "numbers": rows}, echo=False, tag=tag)
 
 
 def main() -> None:

@@ -393,9 +393,8 @@ def main() -> None:
     args = parser.parse_args()
     device = get_device()
     if args.from_scratch:
-        write_result(f"notebook_time_{device.type}_from_scratch" + (f"_{args.tag}" if args.tag else ""),
-                     {"notebooks": from_scratch(args.from_scratch, args.fresh_data, keep=args.keep)},
-                     device)
+        write_result(f"notebook_time_{device.type}_from_scratch",
+                     {"notebooks": from_scratch(args.from_scratch, args.fresh_data, keep=args.keep)}, device, tag=args.tag)
         return
     if args.notebooks:
         write_result(f"notebook_time_{device.type}", {"notebooks": notebook_times()},

@@ -46,9 +46,11 @@ def results_dir() -> Path:
 
 
 def write_result(name: str, result: dict[str, Any], device: torch.device | str | None = None,
-                 echo: bool = True) -> Path:
-    """Write ``result`` plus device, versions and date to ``benchmarks/results/<name>.json``; print it (``echo``)
-    or, for notebooks, one line naming the file."""
+                 echo: bool = True, tag: str = "") -> Path:
+    """Write ``result`` plus device, versions and date to ``benchmarks/results/<name>[_<tag>].json``; print it
+    (``echo``) or, for notebooks, one line naming the file. ``tag``: a benchmark's ``--tag`` (e.g. another machine's
+    run), so that it does not replace the untagged result."""
+    name += f"_{tag}" if tag else ""
     out = results_dir()
     out.mkdir(parents=True, exist_ok=True)
     record = {

@@ -1,6 +1,8 @@
 """Profiles and paths: one place, env overrides, clear errors."""
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -80,6 +82,9 @@ def test_smoke_runs_never_write_into_the_committed_figures_or_results(monkeypatc
     assert "hwlib-smoke" in str(hwlib.figures_dir("x"))
     out = write_result("test_dry_run_guard", {"x": 1})
     assert root not in out.parents
+    out.unlink()
+    out = write_result("test_dry_run_guard", {"x": 1}, tag="xeon")  # a benchmark's --tag: its own file
+    assert out.name == "test_dry_run_guard_xeon.json" and json.loads(out.read_text())["benchmark"] == "test_dry_run_guard_xeon"
     out.unlink()
     (root / "figures" / "x").rmdir()
 

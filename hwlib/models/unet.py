@@ -71,21 +71,26 @@ class AttnBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         qkv = self.qkv(self.norm(x)).reshape(b, 3, c, h * w)  # q, k, v: each (B, C, HW)
-        if not torch.is_grad_enabled():
-            # sampling: PyTorch's fused attention on contiguous (B, 1, HW, C) queries, keys and values, which keeps the
-            # (HW, HW) weights out of memory: notebook 04's quick DDPM samples 1.09x faster in bf16 on an Intel Xeon
-            # with AMX (benchmarks/bench_sampling.py)
-            q, k, v = qkv.transpose(-1, -2).contiguous()[:, :, None].unbind(1)
-            out = F.scaled_dot_product_attention(q, k, v)[:, 0].transpose(-1, -2)  # (B, C, HW)
-        else:
-            # training: written out, as in the DDPM code, with the softmax in float32: on a CPU, PyTorch's fused
-            # attention has a slow bf16 backward (notebook 02's compiled quick U-Net: 4.9 against 5.8 steps/s), and its
-            # unfused fallback for strided q, k, v is slower still
-            q, k, v = qkv.unbind(1)
-            attn = torch.bmm(q.transpose(1, 2), k) * c ** -0.5  # (B, HW, HW): query i, key j
-            attn = attn.float().softmax(dim=-1).to(v.dtype)
-            out = torch.bmm(v, attn.transpose(1, 2))
-        return x + self.proj(out.reshape(b, c, h, w))
+        attend = self.written if torch.is_grad_enabled() else self.fused
+        return x + self.proj(attend(qkv).reshape(b, c, h, w))
+
+    @staticmethod
+    def fused(qkv: torch.Tensor) -> torch.Tensor:
+        """Sampling's attention, (B, 3, C, HW) -> (B, C, HW): PyTorch's fused attention on contiguous (B, 1, HW, C)
+        queries, keys and values, which keeps the (HW, HW) weights out of memory: notebook 04's quick DDPM samples
+        1.09x faster in bf16 on an Intel Xeon with AMX than with :meth:`written` (``benchmarks/bench_sampling.py``)."""
+        q, k, v = qkv.transpose(-1, -2).contiguous()[:, :, None].unbind(1)
+        return F.scaled_dot_product_attention(q, k, v)[:, 0].transpose(-1, -2)
+
+    @staticmethod
+    def written(qkv: torch.Tensor) -> torch.Tensor:
+        """Training's attention, (B, 3, C, HW) -> (B, C, HW): written out, as in the DDPM code, with the softmax in
+        float32. On a CPU PyTorch's fused attention has a slow bf16 backward (notebook 02's compiled quick U-Net: 4.9
+        against 5.8 steps/s), and its unfused fallback for strided q, k, v is slower still."""
+        q, k, v = qkv.unbind(1)
+        attn = torch.bmm(q.transpose(1, 2), k) * q.shape[1] ** -0.5  # (B, HW, HW): query i, key j
+        attn = attn.float().softmax(dim=-1).to(v.dtype)
+        return torch.bmm(v, attn.transpose(1, 2))
 
 
 class Downsample(nn.Module):
