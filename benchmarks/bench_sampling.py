@@ -6,19 +6,22 @@ first) and measures
 - speed: one ancestral step (a U-Net call and the update) timed at batch 500 and 100 in fp32 and at batch 100 under
   :func:`hwlib.train.autocast` (bf16 where the CPU or GPU computes it natively), as samples/s of the full
   T-step chain (T steps per sample);
-- quality (``--n``, default 1,000; 0 skips it): FID-MNIST, precision, recall and IS-MNIST of ``n`` ancestral samples
-  drawn from the same noise in fp32 and under ``autocast``, with ``hwlib.metrics.evaluate``.
 - ``before``: the first setting with the self-attention as it was before ``hwlib.models.unet.AttnBlock`` wrote it
   out (``scaled_dot_product_attention`` on strided queries, keys and values, which PyTorch computes by its unfused
   fallback): today's code against the code the speed issue measured;
 - ``attention written out``: autocast at batch 100 with the attention weights written out as training computes them
   (``AttnBlock.written``), against today's fused attention at sampling (``AttnBlock.fused``);
-- ``--compiled``: the same at batch 100 under ``torch.compile`` with frozen weights (inductor's inference setting),
-  with its compilation seconds and the number of samples after which it pays them back;
-- ``ceiling``: the share of the best setting's step spent in convolutions and matrix products (``torch.profiler``,
+- ``compiled``: autocast at batch 100 with the network compiled as notebook 04 samples it
+  (:func:`hwlib.train.maybe_compile`, a graph for batch 100), with its compilation
+  seconds and the number of samples after which it pays them back; and ``compiled, inductor's group norm``: the same
+  with ``nn.GroupNorm``'s own forward in place of :func:`hwlib.models.unet.channelwise_group_norm` (``--eager-only``
+  skips both);
+- ``ceiling``: the share of the eager autocast step spent in convolutions and matrix products (``torch.profiler``,
   their operators' own time); if everything else were free, samples/s could rise by at most step / dense time.
+- quality (``--n``, default 1,000; 0 skips it): FID-MNIST, precision, recall and IS-MNIST of ``n`` ancestral
+  samples drawn from the same noise in fp32, under autocast, and under autocast compiled (``hwlib.metrics.evaluate``).
 Writes ``benchmarks/results/sampling_<device>[_<tag>].json``.
-Usage: ``python benchmarks/bench_sampling.py [--profile quick] [--n 1000] [--repeats 5] [--compiled] [--tag intel_xeon]``.
+Usage: ``python benchmarks/bench_sampling.py [--profile quick] [--n 1000] [--repeats 5] [--eager-only] [--tag intel_xeon]``.
 """
 from __future__ import annotations
 
@@ -30,14 +33,15 @@ from unittest import mock
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 import hwlib
 from hwlib.bench import is_dense, write_result
 from hwlib.checkpoints import Checkpointer
 from hwlib.diffusion import Diffusion
 from hwlib.metrics import evaluate
-from hwlib.models.unet import AttnBlock, build
-from hwlib.train import autocast, get_device
+from hwlib.models.unet import AttnBlock, GroupNorm, build
+from hwlib.train import autocast, get_device, maybe_compile
 
 NB = "04_vae_gan_ddpm"
 
@@ -59,6 +63,19 @@ def step_seconds(diffusion: Diffusion, model: torch.nn.Module, batch: int, preci
             if i:
                 times.append(time.perf_counter() - start)
     return sorted(times)[len(times) // 2]
+
+
+def compiled_speed(diffusion: Diffusion, compiled: torch.nn.Module, precision: contextlib.AbstractContextManager,
+                   repeats: int, device: torch.device) -> dict:
+    """Compilation seconds (the first call) and speed at batch 100 of a ``torch.compile``-d network."""
+    start = time.perf_counter()
+    with torch.no_grad(), precision:  # the first call compiles
+        diffusion.predict(compiled, torch.randn(100, 1, 28, 28, device=device), diffusion.T // 2, None, None)
+    compile_s = time.perf_counter() - start
+    seconds = step_seconds(diffusion, compiled, 100, precision, repeats, device)
+    rate = 100 / (seconds * diffusion.T)
+    print(f"compiled: {seconds:.3f} s per step -> {rate:.2f} samples/s after {compile_s:.0f} s of compilation", flush=True)
+    return {"step_s": round(seconds, 4), "samples_per_s": round(rate, 3), "compile_s": round(compile_s, 1)}
 
 
 def strided_attention(self: AttnBlock, x: torch.Tensor) -> torch.Tensor:
@@ -88,7 +105,7 @@ def main() -> None:
     parser.add_argument("--profile", default="quick")
     parser.add_argument("--n", type=int, default=1000, help="samples per precision for the quality check (0: skip)")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--compiled", action="store_true", help="also time torch.compile with frozen weights")
+    parser.add_argument("--eager-only", action="store_true", help="skip the compiled rows")
     parser.add_argument("--tag", default="", help="a run on another machine: write sampling_<device>_<tag>.json")
     args = parser.parse_args()
     cfg, device = hwlib.get_profile(NB, args.profile, verbose=False), get_device()
@@ -115,27 +132,22 @@ def main() -> None:
         speed[label] = {"step_s": round(seconds, 4), "samples_per_s": round(batch / (seconds * cfg.T), 3)}
         print(f"{label:30s} {seconds:.3f} s per step -> {speed[label]['samples_per_s']:.2f} samples/s (T = {cfg.T})",
               flush=True)
-    if args.compiled:  # torch.compile with frozen weights (inductor's inference mode): measured, not what hwlib samples with
-        import torch._inductor.config as inductor_config
-
-        with mock.patch.object(inductor_config, "freezing", True):
-            start = time.perf_counter()
-            compiled = torch.compile(model)
-            step_seconds(diffusion, compiled, 100, bf16, 1, device)  # compiles
-            compile_s = time.perf_counter() - start
-            seconds = step_seconds(diffusion, compiled, 100, bf16, args.repeats, device)
+    compiled = None
+    if not args.eager_only:  # notebook 04's sampler: the network compiled
+        with mock.patch.object(GroupNorm, "forward", nn.GroupNorm.forward):  # inductor's own group norm
+            speed["autocast, batch 100, compiled, inductor's group norm"] = compiled_speed(
+                diffusion, maybe_compile(model, True, dynamic=False), bf16, args.repeats, device)
+        torch._dynamo.reset()
+        compiled = maybe_compile(model, True, dynamic=False)
+        speed["autocast, batch 100, compiled"] = compiled_speed(diffusion, compiled, bf16, args.repeats, device)
         eager = speed["autocast, batch 100"]["samples_per_s"]
-        rate = 100 / (seconds * cfg.T)
-        speed["autocast, batch 100, compiled"] = {"step_s": round(seconds, 4), "samples_per_s": round(rate, 3),
-                                                 "compile_s": round(compile_s, 1),
-                                                 "pays_back_after_samples": round(compile_s / (1 / eager - 1 / rate))
-                                                 if rate > eager else None}
-        print(f"compiled (frozen weights): {seconds:.3f} s per step -> {rate:.2f} samples/s after {compile_s:.0f} s of "
-              f"compilation", flush=True)
+        for row in (v for k, v in speed.items() if "compiled" in k):
+            rate = row["samples_per_s"]
+            row["pays_back_after_samples"] = round(row["compile_s"] / (1 / eager - 1 / rate)) if rate > eager else None
     base = speed["before: fp32, batch 500, strided attention"]["samples_per_s"]
     share = dense_share(diffusion, model, 100, lambda: autocast(device), device)
-    best = max(v["samples_per_s"] for v in speed.values())
-    print(f"convolutions and matrix products: {share:.0%} of a step at batch 100 under autocast; ceiling "
+    best = speed["autocast, batch 100"]["samples_per_s"]  # the eager step the dense share is of
+    print(f"convolutions and matrix products: {share:.0%} of an eager step at batch 100 under autocast; ceiling "
           f"{best / share:.2f} samples/s ({best / share / base:.1f}x before) if the rest were free", flush=True)
     result = {"profile": cfg.profile, "T": cfg.T, "threads": torch.get_num_threads(),
               "autocast": str(bf16.fast_dtype) if isinstance(bf16, torch.autocast) else "fp32",
@@ -144,10 +156,12 @@ def main() -> None:
               "ceiling_speedup_vs_before": round(best / share / base, 2)}
     if args.n:
         quality = {}
-        for label, precision in (("fp32", contextlib.nullcontext), ("autocast", lambda: autocast(device))):
-            def draw(k: int, precision=precision) -> torch.Tensor:
+        runs = [("fp32", model, contextlib.nullcontext), ("autocast", model, lambda: autocast(device))]
+        runs += [("autocast, compiled", compiled, lambda: autocast(device))] if compiled is not None else []
+        for label, net, precision in runs:
+            def draw(k: int, net=net, precision=precision) -> torch.Tensor:
                 with precision():
-                    return diffusion.sample(model, k, sampler="ddpm")
+                    return diffusion.sample(net, k, sampler="ddpm")
             m = evaluate(draw, real="mnist-test", n=args.n, batch_size=100, device=device, seed=0)
             quality[label] = {k: round(float(m[k]), 3) for k in ("fid", "precision", "recall", "is_mnist", "samples_per_s")}
             print(label, quality[label], flush=True)

@@ -116,7 +116,7 @@ def adam(params: Any, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999
     return torch.optim.Adam(params, lr=lr, betas=tuple(betas), **kwargs)
 
 
-def maybe_compile(module: nn.Module, enabled: bool) -> nn.Module:
+def maybe_compile(module: nn.Module, enabled: bool, dynamic: bool | None = None) -> nn.Module:
     """``torch.compile(module)`` when ``enabled`` (a profile's ``compile``), else the module itself; also the module
     itself in a dry run on the CPU, whose few steps would not pay back the compilation.
 
@@ -124,13 +124,14 @@ def maybe_compile(module: nn.Module, enabled: bool) -> nn.Module:
     weights. On the 2-core CPU compilation takes 20-75 s per network the first time (cached by torch for later
     runs); the compiled ``quick`` U-Nets, DCGAN and conv CGAN then step 1.7-1.8x faster than before the fast core
     (with bf16 and the fused Adam, ``benchmarks/bench_train_speed.py``). Notebook 03's MLP CGAN ran slower compiled
-    in a probe, so its profile leaves it off."""
+    in a probe, so its profile leaves it off. ``dynamic``: ``torch.compile``'s (``False``: one graph per input shape,
+    as a sampler that draws a few batch sizes wants; ``None``: a graph with symbolic sizes after the second shape)."""
     if not enabled or (is_dry_run() and not torch.cuda.is_available()):
         return module
     import logging
 
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "No CUDA runtime is found" on a CPU
-    return torch.compile(module)
+    return torch.compile(module, dynamic=dynamic)
 
 
 def unwrap(module: nn.Module) -> nn.Module:

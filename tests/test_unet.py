@@ -1,12 +1,17 @@
-"""The DDPM U-Net: shapes, the time embedding, the null class, attention placement, gradients."""
+"""The DDPM U-Net: shapes, the time embedding, the null class, attention placement, gradients, the group norm."""
 from __future__ import annotations
 
 import math
 
+from unittest import mock
+
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
 
-from hwlib.models.unet import AttnBlock, Downsample, UNet, Upsample, timestep_embedding
+from hwlib.models.unet import (AttnBlock, Downsample, GroupNorm, UNet, Upsample, channelwise_group_norm, norm,
+                               timestep_embedding)
 
 
 def _net(**kw) -> UNet:
@@ -103,3 +108,35 @@ def test_attention_block_is_single_head_scaled_dot_product_attention():
     torch.testing.assert_close(block(x), expected, atol=1e-5, rtol=1e-5)  # training: written out
     with torch.no_grad():  # sampling: PyTorch's fused attention, the same function
         torch.testing.assert_close(block(x), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("channels, groups", [(16, 4), (32, 8), (48, 12), (8, 1)])
+def test_channelwise_group_norm_is_group_norm_with_its_gradients(channels, groups):
+    torch.manual_seed(0)
+    x = (torch.randn(3, channels, 7, 5) * 3 + 5 * torch.randn(1, channels, 1, 1)).requires_grad_()  # offsets per channel
+    w, b = torch.randn(channels, requires_grad=True), torch.randn(channels, requires_grad=True)
+    ours, ref = channelwise_group_norm(x, groups, w, b, 1e-5), F.group_norm(x, groups, w, b, 1e-5)
+    assert ours.dtype == x.dtype and torch.allclose(ours, ref, atol=1e-4)
+    g = torch.randn_like(ref)
+    grads, ref_grads = torch.autograd.grad(ours, (x, w, b), g), torch.autograd.grad(ref, (x, w, b), g)
+    for mine, theirs in zip(grads, ref_grads):
+        assert torch.allclose(mine, theirs, atol=1e-3, rtol=1e-4)
+    half = channelwise_group_norm(x.detach().bfloat16(), groups, w.detach(), b.detach(), 1e-5)  # bf16 in, bf16 out
+    assert half.dtype == torch.bfloat16 and torch.allclose(half.float(), ref.detach(), atol=0.1)
+
+
+def test_group_norm_takes_the_channelwise_form_only_under_compile():
+    torch.manual_seed(0)
+    gn = norm(32)
+    assert isinstance(gn, GroupNorm) and gn.num_groups == 8
+    plain = nn.GroupNorm(8, 32)
+    assert gn.state_dict().keys() == plain.state_dict().keys()  # checkpoints of either load into the other
+    nn.init.normal_(gn.weight), nn.init.normal_(gn.bias)
+    x = torch.randn(2, 32, 6, 6)
+    with mock.patch("hwlib.models.unet.channelwise_group_norm", side_effect=channelwise_group_norm) as cw:
+        eager = gn(x)
+        assert cw.call_count == 0  # eager mode: PyTorch's kernel
+        with mock.patch.object(torch.compiler, "is_compiling", return_value=True):
+            traced = gn(x)
+        assert cw.call_count == 1
+    assert torch.allclose(eager, F.group_norm(x, 8, gn.weight, gn.bias)) and torch.allclose(traced, eager, atol=1e-5)
