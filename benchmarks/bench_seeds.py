@@ -3,7 +3,9 @@
 Each run records its headline numbers through ``hwlib.report.record_seed`` as
 ``benchmarks/results/seeds/<notebook>_<profile>_seed<k>.json``; the notebook's "spread over seeds" cell reads them
 all back (``hwlib.report.print_seed_spread``). Checkpoints and figures of these runs go to a scratch folder, so the
-committed figures stay those of the published run (seed 0). Threads are pinned (``--threads``, default 1):
+committed figures stay those of the published run (seed 0). The folder is a fresh one per invocation (printed), so every
+seed trains with today's code: a run resumes from checkpoints only with ``--scratch DIR`` naming the folder of an
+interrupted run, since resuming keys on the profile's settings, not on the code that trained them. Threads are pinned (``--threads``, default 1):
 numbers are bitwise reproducible only at the same thread count.
 
 Usage: ``python benchmarks/bench_seeds.py 03_cgan_mnist --seeds 1 2 [--profile quick] [--threads 1]``.
@@ -57,13 +59,17 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--profile", default="quick")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--scratch", type=Path, default=Path(tempfile.gettempdir()) / "hwlib-seeds")
+    parser.add_argument("--scratch", type=Path, default=None,
+                        help="the folder of an interrupted run to resume (default: a fresh folder)")
     parser.add_argument("--compare", metavar="FOLDER", help="compare with archived seeds instead of running any")
     parser.add_argument("--tag", default="", help="with --compare: write compare_<notebook>_<profile>_<tag>.json")
     args = parser.parse_args()
     if args.compare:
         compare(args.notebook, args.profile, args.compare, args.tag)
         return
+    if args.scratch is None:
+        args.scratch = Path(tempfile.mkdtemp(prefix="hwlib-seeds-"))
+    print(f"checkpoints and figures of these runs: {args.scratch} (resume with --scratch {args.scratch})", flush=True)
     for seed in args.seeds:
         seconds = run_seed(args.notebook, args.profile, seed, args.threads, args.scratch)
         print(f"{args.notebook} seed {seed}: {seconds:.0f} s", flush=True)
