@@ -63,8 +63,9 @@ class GroupNorm(nn.GroupNorm):
     ``torch.compile``; in eager mode PyTorch's own kernel, the faster one there.
 
     On the Intel Xeon with AMX (notebook 04's quick U-Net in bf16) the compiled network samples 1.47x faster than with
-    inductor's own group norm at 1 thread and 1.52x at 2 (``benchmarks/bench_sampling.py``), and notebook 02's trains
-    1.09-1.15x faster (probes of 30 steps of ``benchmarks/bench_diffusion.py``'s hwlib loop, fp32 and bf16).
+    inductor's own group norm at 1 thread and 1.52x at 2 (``benchmarks/bench_sampling.py``); notebook 02's trains
+    1.09-1.15x faster at 1 thread (batch 128, fp32 and bf16) and as fast at 2 threads and batch 64 (probes of
+    ``benchmarks/bench_diffusion.py``'s hwlib loop).
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
