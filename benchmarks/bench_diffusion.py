@@ -13,24 +13,32 @@ on MNIST, measured in one run:
   (accelerate wraps the forward in ``torch.autocast(bf16)``);
 - ``best``: each side at whichever of the two was faster for it in this run.
 
-hwlib's time is ``History.seconds`` (the training loop, not the cost measurement ``fit`` makes before it).
+Every side is built and warmed up (compiled) once, then timed ``--rounds`` times, the sides interleaved in every
+round: each ratio is taken within a round and the median over rounds is reported with its range, so that a shared
+machine whose speed drifts over the run (about 15 % from hour to hour on the 2-core CPU) moves both sides of a ratio
+alike. hwlib's time is ``History.seconds`` (the training loop, not the cost measurement ``fit`` makes before it);
+the diffusers loop's includes its ``DataLoader``, as ``fit``'s includes hwlib's loader.
 
     python benchmarks/bench_diffusion.py                 # the profile's network of this device (quick on a CPU)
     python benchmarks/bench_diffusion.py --size full --steps 50
+    python benchmarks/bench_diffusion.py --steps 50 --rounds 3 --tag intel_xeon
     python benchmarks/bench_diffusion.py --steps 20 --tag amd_epyc   # another machine: its own result file
 """
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import tempfile
 import time
+from typing import Any
 from unittest import mock
 
 import torch
 import torch.nn.functional as F
 
 import hwlib
+from hwlib import cost
 from hwlib.bench import write_result
 from hwlib.data import ResidentLoader, load_mnist
 from hwlib.diffusion import Diffusion, make_diffusion_step
@@ -61,76 +69,108 @@ def diffusers_unet(target_params: int, size: str, device: torch.device):
     return best[1].to(device)
 
 
-def bench_hwlib(x, y, batch: int, steps: int, size: str, device: torch.device, bf16: bool) -> tuple[float, int]:
-    with mock.patch.dict(os.environ, {"HWLIB_CPU_BF16": "1" if bf16 else "0"}):
-        return _bench_hwlib(x, y, batch, steps, size, device)
+class HwlibSide:
+    """hwlib's loop, built and compiled once; :meth:`images_per_s` trains ``steps`` more steps through ``fit``."""
+
+    def __init__(self, x, y, batch: int, steps: int, size: str, device: torch.device, bf16: bool) -> None:
+        self.x, self.y, self.batch, self.steps, self.device, self.bf16 = x, y, batch, steps, device, bf16
+        self.env = {"HWLIB_CPU_BF16": "1" if bf16 else "0"}
+        self.model = hwlib_unet(size, device)
+        self.n_params = count_parameters(self.model)
+        self.opt = adam(self.model.parameters(), lr=2e-4)
+        self.ema = EMA(self.model, 0.9999)
+        compile_ = hwlib.get_profile("02_diffusion_mnist", size, verbose=False).compile or device.type == "cuda"
+        self.step_fn = make_diffusion_step(maybe_compile(self.model, compile_), Diffusion(prediction="eps").to(device),
+                                           self.opt, self.ema)
+        warm = ResidentLoader(x[: 3 * batch], y[: 3 * batch], batch_size=batch, device=device)
+        with mock.patch.dict(os.environ, self.env):
+            for i, b in enumerate(warm.epoch(0)):  # warm-up (and compilation)
+                self.step_fn(b, i)
+
+    def flop_step(self, batch: tuple[torch.Tensor, ...], i: int) -> None:
+        with mock.patch.dict(os.environ, self.env):
+            self.step_fn(batch, i)
+
+    def state(self) -> dict[str, dict[str, Any]]:
+        return {"modules": {"model": self.model}, "optimizers": {"opt": self.opt}, "emas": {"ema": self.ema}}
+
+    def images_per_s(self) -> float:
+        """``fit`` over ``steps`` batches in a fresh run folder; its ``History.seconds`` (the loop, not the cost
+        measurement before it). ``fit`` asks for deterministic kernels, as the notebooks train; the flag is restored
+        afterwards so that the diffusers side runs at its own default."""
+        loader = ResidentLoader(self.x[: self.steps * self.batch], self.y[: self.steps * self.batch],
+                                batch_size=self.batch, device=self.device)
+        deterministic = torch.are_deterministic_algorithms_enabled()
+        try:
+            with mock.patch.dict(os.environ, self.env), tempfile.TemporaryDirectory() as run_dir:
+                history = fit(self.step_fn, loader, epochs=1, run_dir=run_dir, modules={"model": self.model},
+                              optimizers={"opt": self.opt}, emas={"ema": self.ema}, progress=False, resume=False)
+        finally:
+            torch.use_deterministic_algorithms(deterministic)
+        return self.steps * self.batch / history.seconds
 
 
-def _bench_hwlib(x, y, batch: int, steps: int, size: str, device: torch.device) -> tuple[float, int]:
-    model = hwlib_unet(size, device)
-    n_params = count_parameters(model)
-    diffusion = Diffusion(prediction="eps").to(device)
-    opt = adam(model.parameters(), lr=2e-4)
-    ema = EMA(model, 0.9999)
-    compile_ = hwlib.get_profile("02_diffusion_mnist", size, verbose=False).compile or device.type == "cuda"
-    step_fn = make_diffusion_step(maybe_compile(model, compile_), diffusion, opt, ema)
-    warm = ResidentLoader(x[: 3 * batch], y[: 3 * batch], batch_size=batch, device=device)
-    for i, b in enumerate(warm.epoch(0)):  # warm-up (and compilation)
-        step_fn(b, i)
-    loader = ResidentLoader(x[: steps * batch], y[: steps * batch], batch_size=batch, device=device)
-    with tempfile.TemporaryDirectory() as run_dir:
-        history = fit(step_fn, loader, epochs=1, run_dir=run_dir, modules={"model": model}, optimizers={"opt": opt},
-                      emas={"ema": ema}, progress=False, resume=False)
-    seconds = history.seconds
-    return steps * batch / seconds, n_params
+class DiffusersSide:
+    """The diffusers recipe, built once; :meth:`images_per_s` times ``steps`` more steps."""
 
+    def __init__(self, x, y, batch: int, steps: int, target_params: int, size: str, device: torch.device,
+                 bf16: bool) -> None:
+        from diffusers import DDPMScheduler
+        from diffusers.training_utils import EMAModel
 
-def bench_diffusers(x, y, batch: int, steps: int, target_params: int, size: str, device: torch.device,
-                    bf16: bool) -> tuple[float, int]:
-    from diffusers import DDPMScheduler
-    from diffusers.training_utils import EMAModel
+        self.device, self.bf16, self.steps = device, bf16, steps
+        self.model = diffusers_unet(target_params, size, device)
+        self.n_params = count_parameters(self.model)
+        self.scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear")
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=2e-4)
+        self.ema = EMAModel(self.model.parameters(), decay=0.9999)
+        data = torch.utils.data.TensorDataset(x[: steps * batch], y[: steps * batch])
+        self.loader = torch.utils.data.DataLoader(data, batch_size=batch, shuffle=True, drop_last=True)
+        for images, labels in zip(x[: 3 * batch].split(batch), y[: 3 * batch].split(batch)):  # warm-up
+            self.step(images, labels)
 
-    model = diffusers_unet(target_params, size, device)
-    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear")
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-4)
-    ema = EMAModel(model.parameters(), decay=0.9999)
-    data = torch.utils.data.TensorDataset(x[: (steps + 3) * batch], y[: (steps + 3) * batch])
-    loader = torch.utils.data.DataLoader(data, batch_size=batch, shuffle=True, drop_last=True)
-
-    def step(images, labels):
+    def step(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        device = self.device
         images, labels = images.to(device), labels.to(device)
         drop = torch.rand(labels.shape, device=device) < 0.1
         labels = torch.where(drop, torch.full_like(labels, 10), labels)
         noise = torch.randn_like(images)
         t = torch.randint(0, 1000, (images.shape[0],), device=device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):  # accelerate's --mixed_precision bf16
-            pred = model(scheduler.add_noise(images, noise, t), t, class_labels=labels).sample
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.bf16):  # accelerate's --mixed_precision bf16
+            pred = self.model(self.scheduler.add_noise(images, noise, t), t, class_labels=labels).sample
         loss = F.mse_loss(pred.float(), noise)
-        opt.zero_grad(set_to_none=True)
+        self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        ema.step(model.parameters())
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.opt.step()
+        self.ema.step(self.model.parameters())
         return loss.detach()
 
-    it = iter(loader)
-    for _ in range(3):
-        step(*next(it))
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step(*next(it))
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return steps * batch / (time.perf_counter() - t0), count_parameters(model)
+    def flop_step(self, batch: tuple[torch.Tensor, ...], _: int) -> None:
+        self.step(*batch)
+
+    def state(self) -> dict[str, dict[str, Any]]:
+        return {"modules": {"model": self.model}, "optimizers": {"opt": self.opt}, "emas": {"ema": self.ema}}
+
+    def images_per_s(self) -> float:
+        """The recipe's loop, its ``DataLoader`` included (as ``fit``'s clock includes hwlib's loader)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        t0, images_seen = time.perf_counter(), 0
+        for images, labels in self.loader:
+            self.step(images, labels)
+            images_seen += images.shape[0]
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        return images_seen / (time.perf_counter() - t0)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default=None, help="profile whose U-Net to train (default: full on CUDA, quick otherwise)")
     parser.add_argument("--batch", type=int, default=None)
-    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per side and round")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of every side, interleaved (median reported)")
     parser.add_argument("--tag", default="", help="a run on another machine: write diffusion_train_throughput_<tag>.json")
     args = parser.parse_args()
     device = get_device()
@@ -140,22 +180,54 @@ def main() -> None:
     steps = args.steps or (50 if device.type == "cuda" else 5)
     x, y = load_mnist("train")
     bf16 = torch.cuda.is_bf16_supported(including_emulation=False) if device.type == "cuda" else cpu_has_native_bf16()
-    result = {"network": size, "batch": batch, "timed_steps": steps, "torch_threads": torch.get_num_threads(),
+    rounds = args.rounds
+    result = {"network": size, "batch": batch, "timed_steps": steps, "rounds": rounds, "torch_threads": torch.get_num_threads(),
               "bf16_native": bf16}
-    speed: dict[str, dict[str, float]] = {}
-    for precision in ("fp32", "bf16") if bf16 else ("fp32",):
+    precisions = ("fp32", "bf16") if bf16 else ("fp32",)
+    sides: dict[str, dict[str, Any]] = {}
+    for precision in precisions:
         torch.manual_seed(0)
-        ours, n_ours = bench_hwlib(x, y, batch, steps, size, device, precision == "bf16")
-        theirs, n_theirs = bench_diffusers(x, y, batch, steps, n_ours, size, device, precision == "bf16")
-        speed[precision] = {"hwlib": ours, "diffusers": theirs}
-        result[precision] = {"hwlib_params": n_ours, "diffusers_params": n_theirs, "hwlib_images_per_s": round(ours, 2),
-                             "diffusers_images_per_s": round(theirs, 2), "speedup": round(ours / theirs, 3)}
-        print(f"{precision}: hwlib {ours:.1f} vs diffusers {theirs:.1f} images/s -> {ours / theirs:.2f}x", flush=True)
-    # best vs best: each side at whichever precision was faster for it in this run
-    best = {side: max(speed, key=lambda p: speed[p][side]) for side in ("hwlib", "diffusers")}
+        ours = HwlibSide(x, y, batch, steps, size, device, precision == "bf16")
+        sides[precision] = {"hwlib": ours, "diffusers": DiffusersSide(x, y, batch, steps, ours.n_params, size, device,
+                                                                     precision == "bf16")}
+    # the work of one step (forward + backward, matrix products and convolutions), restored afterwards
+    work = {side: cost.measure_step(sides[precisions[0]][side].flop_step, (x[:batch], y[:batch]), timed=0,
+                                    **sides[precisions[0]][side].state()).flops / 1e9 for side in ("hwlib", "diffusers")}
+    result["gflop_per_step"] = {k: round(v, 3) for k, v in work.items()}
+    print(f"work per step: hwlib {work['hwlib']:.2f} GFLOP, diffusers {work['diffusers']:.2f} GFLOP", flush=True)
+    # rounds: every side once per round, in the same order, so that a machine that speeds up or slows down over the
+    # run moves both sides of each ratio alike; the result is the median ratio over rounds, with its range
+    speed = {p: {"hwlib": [], "diffusers": []} for p in precisions}
+    for r in range(rounds):
+        for precision in precisions:
+            for side in ("hwlib", "diffusers"):
+                speed[precision][side].append(sides[precision][side].images_per_s())
+        print(f"round {r + 1}: " + ", ".join(f"{p} hwlib {speed[p]['hwlib'][-1]:.1f} diffusers "
+                                              f"{speed[p]['diffusers'][-1]:.1f}" for p in precisions), flush=True)
+
+    def summary(ratios: list[float]) -> dict[str, Any]:
+        return {"speedup": round(statistics.median(ratios), 3), "speedup_min": round(min(ratios), 3),
+                "speedup_max": round(max(ratios), 3), "speedup_per_round": [round(v, 3) for v in ratios]}
+
+    for precision in precisions:
+        ours, theirs = speed[precision]["hwlib"], speed[precision]["diffusers"]
+        result[precision] = {"hwlib_params": sides[precision]["hwlib"].n_params,
+                             "diffusers_params": sides[precision]["diffusers"].n_params,
+                             "hwlib_images_per_s": round(statistics.median(ours), 2),
+                             "diffusers_images_per_s": round(statistics.median(theirs), 2),
+                             **summary([a / b for a, b in zip(ours, theirs)])}
+        result[precision]["hwlib_gflop_per_s"] = round(work["hwlib"] * statistics.median(ours) / batch, 1)
+        result[precision]["diffusers_gflop_per_s"] = round(work["diffusers"] * statistics.median(theirs) / batch, 1)
+        print(f"{precision}: hwlib {result[precision]['hwlib_images_per_s']:.1f} vs diffusers "
+              f"{result[precision]['diffusers_images_per_s']:.1f} images/s -> {result[precision]['speedup']:.2f}x "
+              f"(rounds {result[precision]['speedup_min']:.2f}-{result[precision]['speedup_max']:.2f})", flush=True)
+    # best vs best: each side at whichever precision was faster for it over the run (medians), paired per round
+    best = {side: max(precisions, key=lambda p: statistics.median(speed[p][side])) for side in ("hwlib", "diffusers")}
     result["best"] = {"hwlib_precision": best["hwlib"], "diffusers_precision": best["diffusers"],
-                      "speedup": round(speed[best["hwlib"]]["hwlib"] / speed[best["diffusers"]]["diffusers"], 3)}
-    print(f"best vs best: hwlib ({best['hwlib']}) / diffusers ({best['diffusers']}) -> {result['best']['speedup']:.2f}x")
+                      **summary([a / b for a, b in zip(speed[best["hwlib"]]["hwlib"],
+                                                       speed[best["diffusers"]]["diffusers"])])}
+    print(f"best vs best: hwlib ({best['hwlib']}) / diffusers ({best['diffusers']}) -> {result['best']['speedup']:.2f}x "
+          f"(rounds {result['best']['speedup_min']:.2f}-{result['best']['speedup_max']:.2f})")
     result["hwlib"] = "UNet + make_diffusion_step + fit, resident loader, fused Adam, foreach EMA, torch.compile"
     result["diffusers"] = "UNet2DModel + DDPMScheduler.add_noise + AdamW + EMAModel + DataLoader"
     write_result("diffusion_train_throughput", result, device, tag=args.tag)
