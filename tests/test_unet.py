@@ -120,8 +120,28 @@ def test_channelwise_group_norm_is_group_norm_with_its_gradients(channels, group
     grads, ref_grads = torch.autograd.grad(ours, (x, w, b), g), torch.autograd.grad(ref, (x, w, b), g)
     for mine, theirs in zip(grads, ref_grads):
         assert torch.allclose(mine, theirs, atol=1e-3, rtol=1e-4)
-    half = channelwise_group_norm(x.detach().bfloat16(), groups, w.detach(), b.detach(), 1e-5)  # bf16 in, bf16 out
+    with torch.no_grad():  # sampling's form (the channel statistics of x minus its first pixel)
+        assert torch.allclose(channelwise_group_norm(x, groups, w, b, 1e-5), ref, atol=1e-4)
+        half = channelwise_group_norm(x.bfloat16(), groups, w, b, 1e-5)  # bf16 in, bf16 out
     assert half.dtype == torch.bfloat16 and torch.allclose(half.float(), ref.detach(), atol=0.1)
+    xh = x.detach().bfloat16().requires_grad_()  # training in bf16: bf16 in and out, float32 weight gradients
+    out = channelwise_group_norm(xh, groups, w, b, 1e-5)
+    gx, gw = torch.autograd.grad(out, (xh, w), g.bfloat16())
+    assert out.dtype == gx.dtype == torch.bfloat16 and gw.dtype == torch.float32
+    assert torch.allclose(gx.float(), ref_grads[0], atol=0.05, rtol=0.05)
+
+
+def test_channelwise_group_norm_compiles_with_its_gradients():
+    """Under ``torch.compile`` (the only place the U-Net uses it) the hand-written backward gives PyTorch's gradients."""
+    torch.manual_seed(0)
+    x = (torch.randn(4, 16, 6, 6) * 2 + 3 * torch.randn(1, 16, 1, 1)).requires_grad_()
+    w, b = torch.randn(16, requires_grad=True), torch.randn(16, requires_grad=True)
+    g = torch.randn(4, 16, 6, 6)
+    compiled = torch.compile(lambda x, w, b: channelwise_group_norm(x, 4, w, b, 1e-5) * g, fullgraph=True)
+    grads = torch.autograd.grad(compiled(x, w, b).sum(), (x, w, b))
+    ref_grads = torch.autograd.grad((F.group_norm(x, 4, w, b, 1e-5) * g).sum(), (x, w, b))
+    for mine, theirs in zip(grads, ref_grads):
+        torch.testing.assert_close(mine, theirs, atol=1e-4, rtol=1e-4)
 
 
 def test_group_norm_takes_the_channelwise_form_only_under_compile():
