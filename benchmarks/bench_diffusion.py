@@ -69,11 +69,18 @@ def diffusers_unet(target_params: int, size: str, device: torch.device):
     return best[1].to(device)
 
 
-class HwlibSide:
+class _Side:
+    """What both sides hold: ``model``, ``opt`` and ``ema``, passed by name to ``fit`` and ``hwlib.cost.measure_step``."""
+
+    def state(self) -> dict[str, dict[str, Any]]:
+        return {"modules": {"model": self.model}, "optimizers": {"opt": self.opt}, "emas": {"ema": self.ema}}
+
+
+class HwlibSide(_Side):
     """hwlib's loop, built and compiled once; :meth:`images_per_s` trains ``steps`` more steps through ``fit``."""
 
     def __init__(self, x, y, batch: int, steps: int, size: str, device: torch.device, bf16: bool) -> None:
-        self.x, self.y, self.batch, self.steps, self.device, self.bf16 = x, y, batch, steps, device, bf16
+        self.x, self.y, self.batch, self.steps, self.device = x, y, batch, steps, device
         self.env = {"HWLIB_CPU_BF16": "1" if bf16 else "0"}
         self.model = hwlib_unet(size, device)
         self.n_params = count_parameters(self.model)
@@ -91,9 +98,6 @@ class HwlibSide:
         with mock.patch.dict(os.environ, self.env):
             self.step_fn(batch, i)
 
-    def state(self) -> dict[str, dict[str, Any]]:
-        return {"modules": {"model": self.model}, "optimizers": {"opt": self.opt}, "emas": {"ema": self.ema}}
-
     def images_per_s(self) -> float:
         """``fit`` over ``steps`` batches in a fresh run folder; its ``History.seconds`` (the loop, not the cost
         measurement before it). ``fit`` asks for deterministic kernels, as the notebooks train; the flag is restored
@@ -103,14 +107,14 @@ class HwlibSide:
         deterministic = torch.are_deterministic_algorithms_enabled()
         try:
             with mock.patch.dict(os.environ, self.env), tempfile.TemporaryDirectory() as run_dir:
-                history = fit(self.step_fn, loader, epochs=1, run_dir=run_dir, modules={"model": self.model},
-                              optimizers={"opt": self.opt}, emas={"ema": self.ema}, progress=False, resume=False)
+                history = fit(self.step_fn, loader, epochs=1, run_dir=run_dir, progress=False, resume=False,
+                              **self.state())
         finally:
             torch.use_deterministic_algorithms(deterministic)
         return self.steps * self.batch / history.seconds
 
 
-class DiffusersSide:
+class DiffusersSide(_Side):
     """The diffusers recipe, built once; :meth:`images_per_s` times ``steps`` more steps."""
 
     def __init__(self, x, y, batch: int, steps: int, target_params: int, size: str, device: torch.device,
@@ -118,7 +122,7 @@ class DiffusersSide:
         from diffusers import DDPMScheduler
         from diffusers.training_utils import EMAModel
 
-        self.device, self.bf16, self.steps = device, bf16, steps
+        self.device, self.bf16 = device, bf16
         self.model = diffusers_unet(target_params, size, device)
         self.n_params = count_parameters(self.model)
         self.scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear")
@@ -148,9 +152,6 @@ class DiffusersSide:
 
     def flop_step(self, batch: tuple[torch.Tensor, ...], _: int) -> None:
         self.step(*batch)
-
-    def state(self) -> dict[str, dict[str, Any]]:
-        return {"modules": {"model": self.model}, "optimizers": {"opt": self.opt}, "emas": {"ema": self.ema}}
 
     def images_per_s(self) -> float:
         """The recipe's loop, its ``DataLoader`` included (as ``fit``'s clock includes hwlib's loader)."""

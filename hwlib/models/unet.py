@@ -37,6 +37,13 @@ def _group_pool(channels: int, groups: int, device: torch.device) -> torch.Tenso
     return torch.block_diag(*[torch.full((size, size), 1.0 / size, device=device)] * groups)
 
 
+def _group_stats(mean_c: torch.Tensor, var_c: torch.Tensor, pool: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and variance (B, C) -> each channel's group mean and variance (B, C): pooled variance = mean
+    of the variances + variance of the means."""
+    mean_g = mean_c @ pool
+    return mean_g, (var_c + (mean_c - mean_g).square()) @ pool
+
+
 def channelwise_group_norm(x: torch.Tensor, groups: int, weight: torch.Tensor, bias: torch.Tensor, eps: float
                            ) -> torch.Tensor:
     """``F.group_norm`` written from per-channel statistics, for ``torch.compile``: (B, C, H, W) -> the same, dtype of x.
@@ -65,8 +72,7 @@ def channelwise_group_norm(x: torch.Tensor, groups: int, weight: torch.Tensor, b
         mean_d = d.mean((2, 3))  # (B, C)
         var_c = d.square().mean((2, 3)) - mean_d.square()
         mean_c = mean_d + pilot.view(b, c)
-        mean_g = mean_c @ pool  # (B, C): the mean of each channel's group
-        var_g = (var_c + (mean_c - mean_g).square()) @ pool
+        mean_g, var_g = _group_stats(mean_c, var_c, pool)
         scale = torch.rsqrt(var_g + eps) @ torch.diag(weight)  # a matrix product: realised, not recomputed per pixel
         shift = bias - mean_g * scale
         return (xf * scale[:, :, None, None] + shift[:, :, None, None]).to(x.dtype)
@@ -87,8 +93,7 @@ class _ChannelwiseGroupNorm(torch.autograd.Function):
         pool = _group_pool(x.shape[1], groups, x.device)
         xf = x.float()
         var_c, mean_c = torch.var_mean(xf, (2, 3), correction=0)  # (B, C) each
-        mean_g = mean_c @ pool
-        var_g = (var_c + (mean_c - mean_g).square()) @ pool
+        mean_g, var_g = _group_stats(mean_c, var_c, pool)
         rstd = torch.rsqrt(var_g + eps)
         scale = rstd * weight
         ctx.save_for_backward(x, weight, mean_g, rstd)
