@@ -23,6 +23,7 @@ the diffusers loop's includes its ``DataLoader``, as ``fit``'s includes hwlib's 
     python benchmarks/bench_diffusion.py --size full --steps 50
     python benchmarks/bench_diffusion.py --steps 50 --rounds 3 --tag intel_xeon
     python benchmarks/bench_diffusion.py --steps 20 --tag amd_epyc   # another machine: its own result file
+    python benchmarks/bench_diffusion.py --steps 50 --rounds 5 --profile-ops 20   # and where each side's step goes
 """
 from __future__ import annotations
 
@@ -166,6 +167,40 @@ class DiffusersSide(_Side):
         return images_seen / (time.perf_counter() - t0)
 
 
+_MATMULS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"}
+
+
+def op_profile(side: _Side, x: torch.Tensor, y: torch.Tensor, batch: int, steps: int) -> dict[str, float]:
+    """Milliseconds per step of ``steps`` profiled steps of one side (``torch.profiler``, self CPU time, which is
+    wall time on the calling thread with the intra-op threads' work inside it), in four parts: oneDNN's
+    ``convolutions`` (forward and backward), ``matrix products``, ``compiled graphs`` (inductor's fused kernels and
+    their Python wrapper: the self time of each compiled-graph call) and ``other`` (every other op and the Python
+    between them: loss, optimiser, EMA, data). Run it at 1 and at 2 threads to see which parts use the second core."""
+    from torch.profiler import ProfilerActivity, profile
+
+    batches = [(x[i * batch:(i + 1) * batch], y[i * batch:(i + 1) * batch]) for i in range(steps)]
+    side.flop_step(batches[0], 0)  # warm-up outside the profile
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    try:
+        torch.use_deterministic_algorithms(isinstance(side, HwlibSide), warn_only=True)  # as each side trains
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            t0 = time.perf_counter()
+            for i, b in enumerate(batches):
+                side.flop_step(b, i + 1)
+            wall = time.perf_counter() - t0
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
+    parts = dict.fromkeys(("convolutions", "matrix products", "compiled graphs"), 0.0)
+    for event in prof.key_averages():
+        key = ("convolutions" if event.key.startswith("aten::") and "conv" in event.key else
+               "matrix products" if event.key in _MATMULS else
+               "compiled graphs" if event.key.startswith("## Call CompiledFxGraph") else None)
+        if key:
+            parts[key] += event.self_cpu_time_total / 1e3 / steps
+    parts["other"] = wall * 1e3 / steps - sum(parts.values())
+    return {"step_ms": round(wall * 1e3 / steps, 2), **{k: round(v, 2) for k, v in parts.items()}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default=None, help="profile whose U-Net to train (default: full on CUDA, quick otherwise)")
@@ -173,6 +208,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="timed steps per side and round")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of every side, interleaved (median reported)")
     parser.add_argument("--tag", default="", help="a run on another machine: write diffusion_train_throughput_<tag>.json")
+    parser.add_argument("--profile-ops", type=int, default=0, metavar="N",
+                        help="after the rounds, profile N steps of every side: ms per step in convolutions, matrix "
+                             "products, compiled graphs and the rest (the JSON's `ops`)")
     args = parser.parse_args()
     device = get_device()
     size = args.size or ("full" if device.type == "cuda" else "quick")
@@ -229,6 +267,11 @@ def main() -> None:
                                                        speed[best["diffusers"]]["diffusers"])])}
     print(f"best vs best: hwlib ({best['hwlib']}) / diffusers ({best['diffusers']}) -> {result['best']['speedup']:.2f}x "
           f"(rounds {result['best']['speedup_min']:.2f}-{result['best']['speedup_max']:.2f})")
+    if args.profile_ops:
+        result["ops"] = {f"{side} {p}": op_profile(sides[p][side], x, y, batch, args.profile_ops)
+                         for p in precisions for side in ("hwlib", "diffusers")}
+        for name, parts in result["ops"].items():
+            print(f"{name:15s} " + ", ".join(f"{k} {v:.1f}" for k, v in parts.items()) + " (ms per step)")
     result["hwlib"] = "UNet + make_diffusion_step + fit, resident loader, fused Adam, foreach EMA, torch.compile"
     result["diffusers"] = "UNet2DModel + DDPMScheduler.add_noise + AdamW + EMAModel + DataLoader"
     write_result("diffusion_train_throughput", result, device, tag=args.tag)
