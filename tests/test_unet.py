@@ -1,4 +1,5 @@
-"""The DDPM U-Net: shapes, the time embedding, the null class, attention placement, gradients, the group norm."""
+"""The DDPM U-Net: shapes, the time embedding, the null class, attention placement, gradients, the group norm, the
+up-sampling."""
 from __future__ import annotations
 
 import math
@@ -9,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hwlib.models.unet import (AttnBlock, Downsample, GroupNorm, UNet, Upsample, channelwise_group_norm, norm,
-                               timestep_embedding)
+from hwlib.models.unet import (AttnBlock, Downsample, GroupNorm, UNet, Upsample, channelwise_group_norm, nearest_up2,
+                               norm, timestep_embedding)
 
 
 def _net(**kw) -> UNet:
@@ -159,3 +160,32 @@ def test_group_norm_takes_the_channelwise_form_only_under_compile():
             traced = gn(x)
         assert cw.call_count == 1
     assert torch.allclose(eager, F.group_norm(x, 8, gn.weight, gn.bias)) and torch.allclose(traced, eager, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_nearest_up2_is_interpolate_bitwise_compiled_with_its_gradient(dtype):
+    """The compiled up-sampling (a broadcast, whose gradient is a 2×2 block sum) gives ``F.interpolate``'s values and
+    gradients bit for bit, so a U-Net trains the same with either."""
+    torch.manual_seed(0)
+    x = torch.randn(3, 4, 7, 5, dtype=dtype, requires_grad=True)
+    g = torch.randn(3, 4, 14, 10, dtype=dtype)
+    compiled = torch.compile(nearest_up2, fullgraph=True)
+    out = compiled(x)
+    ref = F.interpolate(x, scale_factor=2.0, mode="nearest")
+    assert out.shape == (3, 4, 14, 10) and torch.equal(out, ref)
+    assert torch.equal(torch.autograd.grad(out, x, g)[0], torch.autograd.grad(ref, x, g)[0])
+
+
+def test_upsample_takes_the_broadcast_only_in_compiled_training():
+    up = Upsample(4)
+    x = torch.randn(2, 4, 3, 3)
+    with mock.patch("hwlib.models.unet.nearest_up2", side_effect=nearest_up2) as bc:
+        eager = up(x)
+        assert bc.call_count == 0  # eager mode: PyTorch's interpolation
+        with mock.patch.object(torch.compiler, "is_compiling", return_value=True):
+            with torch.no_grad():
+                sampled = up(x)
+            assert bc.call_count == 0  # sampling: the interpolation too
+            traced = up(x)
+        assert bc.call_count == 1
+    assert eager.shape == (2, 4, 6, 6) and torch.equal(traced, eager) and torch.equal(sampled, eager)
