@@ -218,8 +218,8 @@ def nearest_up2(x: torch.Tensor) -> torch.Tensor:
 
 class Upsample(nn.Module):
     """Nearest-neighbour ×2 then 3×3 conv: (B, C, H, W) -> (B, C, 2H, 2W). In training under ``torch.compile`` the ×2
-    is :func:`nearest_up2` (notebook 02's compiled quick U-Net trains 1.02-1.03x faster in bf16 at 2 threads, the
-    same at 1; medians of ten alternating rounds in one process, on the Intel Xeon with AMX); in eager mode and
+    is :func:`nearest_up2` (notebook 02's compiled quick U-Net trains 1.02-1.03x faster in bf16 at 2 threads, as
+    fast in fp32 at 1; medians of ten alternating rounds in one process, on the Intel Xeon with AMX); in eager mode and
     without a gradient (sampling, where the broadcast was 0.98x in a probe) PyTorch's interpolation."""
 
     def __init__(self, channels: int) -> None:
