@@ -28,10 +28,12 @@ the diffusers loop's includes its ``DataLoader``, as ``fit``'s includes hwlib's 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
 from typing import Any
 from unittest import mock
 
@@ -71,14 +73,31 @@ def diffusers_unet(target_params: int, size: str, device: torch.device):
 
 
 class _Side:
-    """What both sides hold: ``model``, ``opt`` and ``ema``, passed by name to ``fit`` and ``hwlib.cost.measure_step``."""
+    """What both sides hold: ``model``, ``opt`` and ``ema``, passed by name to ``fit`` and ``hwlib.cost.measure_step``;
+    ``deterministic``: whether the side trains with deterministic algorithms (diffusers' default: no)."""
+
+    deterministic = False
 
     def state(self) -> dict[str, dict[str, Any]]:
         return {"modules": {"model": self.model}, "optimizers": {"opt": self.opt}, "emas": {"ema": self.ema}}
 
+    @contextlib.contextmanager
+    def as_trained(self) -> Iterator[None]:
+        """The settings this side trains with, the caller's restored afterwards (so that one side's never leak into
+        the other's timing)."""
+        before = torch.are_deterministic_algorithms_enabled()
+        torch.use_deterministic_algorithms(self.deterministic, warn_only=True)
+        try:
+            yield
+        finally:
+            torch.use_deterministic_algorithms(before)
+
 
 class HwlibSide(_Side):
-    """hwlib's loop, built and compiled once; :meth:`images_per_s` trains ``steps`` more steps through ``fit``."""
+    """hwlib's loop, built and compiled once; :meth:`images_per_s` trains ``steps`` more steps through ``fit``, which
+    asks for deterministic kernels, as the notebooks train."""
+
+    deterministic = True
 
     def __init__(self, x, y, batch: int, steps: int, size: str, device: torch.device, bf16: bool) -> None:
         self.x, self.y, self.batch, self.steps, self.device = x, y, batch, steps, device
@@ -91,27 +110,28 @@ class HwlibSide(_Side):
         self.step_fn = make_diffusion_step(maybe_compile(self.model, compile_), Diffusion(prediction="eps").to(device),
                                            self.opt, self.ema)
         warm = ResidentLoader(x[: 3 * batch], y[: 3 * batch], batch_size=batch, device=device)
-        with mock.patch.dict(os.environ, self.env):
+        with self.as_trained():
             for i, b in enumerate(warm.epoch(0)):  # warm-up (and compilation)
                 self.step_fn(b, i)
 
+    @contextlib.contextmanager
+    def as_trained(self) -> Iterator[None]:
+        """Deterministic kernels and this side's precision (``HWLIB_CPU_BF16``)."""
+        with super().as_trained(), mock.patch.dict(os.environ, self.env):
+            yield
+
     def flop_step(self, batch: tuple[torch.Tensor, ...], i: int) -> None:
-        with mock.patch.dict(os.environ, self.env):
+        with self.as_trained():
             self.step_fn(batch, i)
 
     def images_per_s(self) -> float:
         """``fit`` over ``steps`` batches in a fresh run folder; its ``History.seconds`` (the loop, not the cost
-        measurement before it). ``fit`` asks for deterministic kernels, as the notebooks train; the flag is restored
-        afterwards so that the diffusers side runs at its own default."""
+        measurement before it)."""
         loader = ResidentLoader(self.x[: self.steps * self.batch], self.y[: self.steps * self.batch],
                                 batch_size=self.batch, device=self.device)
-        deterministic = torch.are_deterministic_algorithms_enabled()
-        try:
-            with mock.patch.dict(os.environ, self.env), tempfile.TemporaryDirectory() as run_dir:
-                history = fit(self.step_fn, loader, epochs=1, run_dir=run_dir, progress=False, resume=False,
-                              **self.state())
-        finally:
-            torch.use_deterministic_algorithms(deterministic)
+        with self.as_trained(), tempfile.TemporaryDirectory() as run_dir:
+            history = fit(self.step_fn, loader, epochs=1, run_dir=run_dir, progress=False, resume=False,
+                          **self.state())
         return self.steps * self.batch / history.seconds
 
 
@@ -159,9 +179,10 @@ class DiffusersSide(_Side):
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         t0, images_seen = time.perf_counter(), 0
-        for images, labels in self.loader:
-            self.step(images, labels)
-            images_seen += images.shape[0]
+        with self.as_trained():
+            for images, labels in self.loader:
+                self.step(images, labels)
+                images_seen += images.shape[0]
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         return images_seen / (time.perf_counter() - t0)
@@ -179,17 +200,13 @@ def op_profile(side: _Side, x: torch.Tensor, y: torch.Tensor, batch: int, steps:
     from torch.profiler import ProfilerActivity, profile
 
     batches = [(x[i * batch:(i + 1) * batch], y[i * batch:(i + 1) * batch]) for i in range(steps)]
-    side.flop_step(batches[0], 0)  # warm-up outside the profile
-    deterministic = torch.are_deterministic_algorithms_enabled()
-    try:
-        torch.use_deterministic_algorithms(isinstance(side, HwlibSide), warn_only=True)  # as each side trains
+    with side.as_trained():
+        side.flop_step(batches[0], 0)  # warm-up outside the profile
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             t0 = time.perf_counter()
             for i, b in enumerate(batches):
                 side.flop_step(b, i + 1)
             wall = time.perf_counter() - t0
-    finally:
-        torch.use_deterministic_algorithms(deterministic)
     parts = dict.fromkeys(("convolutions", "matrix products", "compiled graphs"), 0.0)
     for event in prof.key_averages():
         key = ("convolutions" if event.key.startswith("aten::") and "conv" in event.key else
