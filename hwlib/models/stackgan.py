@@ -390,7 +390,8 @@ RECIPES = {
     # Hinge loss and spectral norm stay options: at this budget they drew less bird-like images (attribute-feature
     # FID ~500 against ~200), as did a slow EMA (0.999, whose averaged weights no longer match the copied BN statistics).
     # The contrastive term and Stage-II's skip came after: over three training seeds each on an AMD EPYC, the
-    # contrastive term (weight 1) raised unseen species' body colour (benchmarks/results/stackgan_ladder/, README).
+    # contrastive term (weight 1) raised unseen species' body colour (benchmarks/results/stackgan_ladder/,
+    # benchmarks/RESULTS.md).
     # The part head came last: three training seeds at 7,168 steps, unseen species, body / wing / crown / belly
     # 0.50 / 0.52 / 0.29 / 0.48 with it (weight 4), 0.47 / 0.43 / 0.23 / 0.28 without (all with MiniLM's embeddings).
     # Stage-II's super-resolution branch came next (bench_stackgan_stage2.py and bench_stackgan_sr.py): the first
