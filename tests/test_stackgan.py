@@ -514,9 +514,9 @@ def _stable(**fields) -> stackgan.Recipe:
     return stackgan.Recipe(**{**stackgan.get_recipe("stable").as_dict(), "novel": 0.0, **fields})
 
 
-def _stable_step_logs(labels: torch.Tensor | None = None, novel_set: tuple | None = None, teacher=None,
+def _stable_step_logs(labels: torch.Tensor | None = None, novel_set: tuple | None = None, teacher=None, batch: int = 6,
                       **fields) -> dict[str, float]:
-    """One seeded step of a tiny Stage-I with :func:`_stable` ``(**fields)``: its logs."""
+    """One seeded step of a tiny Stage-I with :func:`_stable` ``(**fields)`` on the first ``batch`` of its 6 birds: its logs."""
     gen = torch.Generator().manual_seed(5)
     images = torch.randint(0, 256, (6, 3, 76, 76), dtype=torch.uint8, generator=gen)
     emb = torch.randn(6, 10, 8, generator=gen)
@@ -530,7 +530,7 @@ def _stable_step_logs(labels: torch.Tensor | None = None, novel_set: tuple | Non
                                        out_size=64, kl_coef=1.0, z_dim=4, recipe=r, amp=False, labels=labels,
                                        novel=novel_set, teacher=teacher)
     torch.manual_seed(1)
-    return {k: float(v) for k, v in step((torch.arange(6),), 0).items()}
+    return {k: float(v) for k, v in step((torch.arange(batch),), 0).items()}
 
 
 def test_part_loss_averages_over_the_named_parts_only():
@@ -585,6 +585,16 @@ def test_contrastive_g_zero_keeps_ds_head_and_drops_gs_term():
     both, d_only = _stable_step_logs(contrastive_g=None), _stable_step_logs(contrastive_g=0.0)
     assert both["match_d"] == d_only["match_d"]  # D's update is the same
     assert abs(both["loss_g"] - d_only["loss_g"] - both["match_g"]) < 1e-4  # G's loss lacks exactly the term
+
+
+def test_extra_half_batches_train_g_at_a_dry_runs_batch_of_2():
+    """The novel captions' and the mode-seeking term's half batches keep two rows at batch 2 (a dry run's), so that G's
+    batch norm trains on them: with one row it raised "Expected more than 1 value per channel"."""
+    gen = torch.Generator().manual_seed(3)
+    labels = torch.randint(-1, 10, (6, 10, 4), generator=gen)
+    novel = (torch.randn(20, 8, generator=gen), torch.randint(-1, 10, (20, 4), generator=gen))
+    logs = _stable_step_logs(labels=labels, parts=1.0, novel=1.0, mode_seeking=1.0, novel_set=novel, batch=2)
+    assert 0 < logs["novel_g"] < 20 and all(np.isfinite(v) for v in logs.values())
 
 
 def test_novel_captions_add_a_second_batch_for_g_and_d():

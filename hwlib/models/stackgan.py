@@ -887,10 +887,12 @@ def make_stackgan_step(G: nn.Module, D: StageD, opt_g: torch.optim.Optimizer, op
         else:
             text = pick_embedding(embeddings[idx], average=r.caption_mix).float()
         z = torch.randn(len(idx), z_dim, device=device)
+        # the extra half batches below have at least 2 rows: G's batch norm needs two samples to train on (a dry run's
+        # batches of 2); from batch 4 on, the half batch itself
         if r.mode_seeking:  # the first half of the captions again, with fresh noise
-            z_ms = torch.randn(max(1, len(idx) // 2), z_dim, device=device)
+            z_ms = torch.randn(max(2, len(idx) // 2), z_dim, device=device)
         if r.novel:  # half a batch of captions naming colour combinations no training bird has
-            k = max(1, len(idx) // 2)
+            k = max(2, len(idx) // 2)
             pick = focus.pick(k, r.novel_focus) if r.novel_focus else torch.randint(0, len(novel[0]), (k,), device=device)
             text_n, asked_n = novel[0][pick].float(), novel[1][pick]
             z_n = torch.randn(len(pick), z_dim, device=device)
