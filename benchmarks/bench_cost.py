@@ -4,8 +4,10 @@ For every notebook and profile the notebook runs as a dry run (``HWLIB_DRYRUN=1`
 batches of 2, two steps per training call), and :func:`hwlib.train.fit` writes the FLOPs of one real training step
 of each run to a ledger (:mod:`hwlib.cost`). FLOPs per sample (matrix products and convolutions scale linearly
 with the batch) times the profile's batch size and steps (``training_calls`` in ``hwlib/profiles/<notebook>.py``)
-give the training FLOPs of the real run. The CPU column is the wall time of the published notebook when it was
-run in that profile here (``metadata.hwlib.wall_seconds``, quick only); the GPU columns assume
+give the training FLOPs of the real run. The CPU column is the newest from-scratch wall time of the notebook in
+``quick`` (``bench_train_speed.py --from-scratch``: no checkpoints, compilation included; ``cpu_source`` names the
+result, its device and threads), never a published run's wall time, which may have resumed from checkpoints; the GPU
+columns assume
 :data:`hwlib.cost.UTILISATION` of the dense peak (:data:`hwlib.cost.PEAK`): compute-bound lower bounds that leave out
 sampling and evaluation. Writes ``benchmarks/results/cost.json`` and prints the README's table.
 Rows of other profiles and notebooks already in ``cost.json`` are kept. Usage:
@@ -21,10 +23,21 @@ from pathlib import Path
 
 import hwlib
 from hwlib import cost, nbtools
-from hwlib.bench import write_result
+from hwlib.bench import read_results, write_result
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = [p.stem for p in nbtools.published()]
+
+
+def from_scratch_seconds(notebook: str) -> tuple[float | None, str | None]:
+    """The newest ``quick`` from-scratch wall time of ``notebook`` (``notebook_time_*_from_scratch*.json``) and where it
+    comes from ("<result> (<device>)"), or (None, None) if it was never timed from scratch."""
+    timed = [(r["date"], r["notebooks"][notebook]["wall_s"], f"{r['benchmark']} ({r['device']})")
+             for r in read_results("notebook_time_*_from_scratch*") if notebook in r.get("notebooks", {})]
+    if not timed:
+        return None, None
+    _, wall, source = max(timed)
+    return wall, source
 
 
 def dry_run(notebook: str, profile: str, work: Path) -> tuple[list[dict], float]:
@@ -59,12 +72,12 @@ def main() -> None:
     table = json.loads(previous.read_text())["table"] if previous.is_file() else {}
     with tempfile.TemporaryDirectory() as tmp:
         for notebook in (n for n in NOTEBOOKS if n[:2] in args.notebooks):
-            wall = nbtools.wall_seconds(ROOT / "notebooks" / f"{notebook}.ipynb")
+            wall, source = from_scratch_seconds(notebook)
             for profile in args.profiles:
                 ledger, seconds = dry_run(notebook, profile, Path(tmp))
                 row = price(notebook, profile, ledger)
                 row["dry_run_seconds"] = round(seconds, 1)
-                row["cpu_seconds"] = wall if profile == "quick" else None
+                row["cpu_seconds"], row["cpu_source"] = (wall, source) if profile == "quick" else (None, None)
                 row["gpu_seconds"] = {k: round(v, 3) for k, v in cost.gpu_estimates(row["flops"]).items()}
                 table[f"{notebook}/{profile}"] = row
                 print(f"{notebook:20s} {profile:6s} {row['flops']:.3g} FLOP (dry run {seconds:.0f} s)", flush=True)

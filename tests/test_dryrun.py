@@ -1,4 +1,5 @@
-"""HWLIB_DRYRUN: every notebook's ``full`` profile runs end to end on this CPU, as a GPU user's run would.
+"""HWLIB_DRYRUN: every notebook's ``gpu`` (what ``auto`` picks on Colab) and ``full`` profiles run end to end on this
+CPU, as a GPU user's run would.
 
 The paper-size networks, timestep counts and code paths run unchanged, on a few batches of 2 with two optimiser
 steps per training call and bf16 autocast on the CPU (hwlib.profiles). Every training run the profile plans
@@ -29,15 +30,16 @@ def test_dry_run_settings_cut_data_and_keep_architectures(monkeypatch):
     assert dry.step_counts == real.step_counts
 
 
+@pytest.mark.parametrize("profile", ["gpu", "full"])
 @pytest.mark.parametrize("notebook", NOTEBOOKS)
-def test_full_profile_dry_run(notebook, tmp_path):
+def test_gpu_and_full_profile_dry_run(notebook, profile, tmp_path):
     ledger = tmp_path / "ledger.jsonl"
-    run = nbtools.execute(notebook, tmp_path / "out.ipynb", tmp_path, {"profile": "full"}, check=False,
+    run = nbtools.execute(notebook, tmp_path / "out.ipynb", tmp_path, {"profile": profile}, check=False,
                           env={"HWLIB_DRYRUN": "1", "HWLIB_COST_LEDGER": str(ledger)})
     assert run.returncode == 0, run.stderr[-3000:]
     trained = {e["name"]: e for e in cost.read_ledger(ledger)}
     module = importlib.import_module(f"hwlib.profiles.{notebook.split('_', 1)[1]}")
-    planned = module.training_calls(hwlib.get_profile(notebook, "full", verbose=False))
+    planned = module.training_calls(hwlib.get_profile(notebook, profile, verbose=False))
     assert set(planned) <= set(trained), f"planned {sorted(planned)}, trained {sorted(trained)}"
     assert all(e["batch"] == 2 and e["steps"] <= 2 and e["flops"] > 0 for e in trained.values())
 
