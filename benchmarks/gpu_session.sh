@@ -12,7 +12,7 @@
 #
 # What it does, in parallel on the one GPU (each part with its own time limit, all done by about 540 s):
 #   - notebooks 02, 03 and 04 in profile `auto` (= gpu on CUDA), cost ledger and figures under $OUT;
-#   - the `full` dry runs of tests/test_dryrun.py on CUDA (notebook 01 on the real-CUB fixture: SynthBirds' caption
+#   - the `gpu` and `full` dry runs of tests/test_dryrun.py on CUDA (notebook 01 on the real-CUB fixture: SynthBirds' caption
 #     encoder, 88 MB, cannot travel), then, once the notebooks are done, bench_stackgan and bench_diffusion.
 # Everything comes back as at most 6 tarballs under $OUT; `python benchmarks/gpu_session_summary.py <unpacked>` turns
 # them into benchmarks/results/h200/gpu_session.json.
@@ -59,8 +59,9 @@ for nb in $NOTEBOOKS; do
   pids+=($!)
 done
 [ "$EXTRAS" = 1 ] && (
-  step dryrun_full 240 python3 -m pytest -q -p no:cacheprovider tests/test_dryrun.py \
-    --deselect "tests/test_dryrun.py::test_full_profile_dry_run[01_stackgan_cub]"
+  step dryrun 360 python3 -m pytest -q -p no:cacheprovider tests/test_dryrun.py \
+    --deselect "tests/test_dryrun.py::test_gpu_and_full_profile_dry_run[01_stackgan_cub-gpu]" \
+    --deselect "tests/test_dryrun.py::test_gpu_and_full_profile_dry_run[01_stackgan_cub-full]"
   while [ "$(left)" -gt 130 ] && pgrep -f "papermill notebooks/" >/dev/null; do sleep 5; done
   quiet=$(pgrep -f "papermill notebooks/" >/dev/null && echo "beside running notebooks" || echo "on a quiet GPU")
   echo "benchmarks ran $quiet" >>"$W/logs/summary.txt"

@@ -1,9 +1,10 @@
 """Summarise what ``benchmarks/gpu_session.sh`` brought back from a lent GPU into one results file.
 
-Reads the unpacked tarballs (``logs/summary.txt``, ``logs/env.txt``, ``logs/dryrun_full.log``,
-``results/ledger.jsonl``, ``nb/<notebook>.ipynb``) and writes ``benchmarks/results/<device>/gpu_session.json``:
-every step's exit code and seconds, the cost measured for each training call that started (seconds per step on the
-device, the steps the profile plans, their product), and each notebook's progress (cells done, seconds per cell).
+Reads the unpacked tarballs (``logs/summary.txt``, ``logs/env.txt``, ``logs/dryrun.log`` -- ``dryrun_full.log`` in
+sessions before the `gpu` dry runs --, ``results/ledger.jsonl``, ``nb/<notebook>.ipynb``) and writes
+``benchmarks/results/<device>/gpu_session.json``: every step's exit code and seconds, the cost measured for each
+training call that started (seconds per step on the device, the steps the profile plans, their product), and each
+notebook's progress (cells done, seconds per cell).
 
 Usage: ``python benchmarks/gpu_session_summary.py /path/to/unpacked [--folder h200]``.
 """
@@ -51,14 +52,15 @@ def main() -> None:
                 for e in ledger if e["batch"] > 2}  # batch 2: the dry runs' calls
     # env.txt ends with "<torch> <numpy> <GPU name>", printed by gpu_session.sh
     torch_version, _, device = (src / "logs" / "env.txt").read_text().strip().splitlines()[-1].split(" ", 2)
-    dry_log = src / "logs" / "dryrun_full.log"
+    dry_log = next((src / "logs" / f for f in ("dryrun.log", "dryrun_full.log") if (src / "logs" / f).is_file()),
+                   src / "logs" / "dryrun.log")
     dry = dry_log.read_text().strip().splitlines()[-1] if dry_log.is_file() else None  # EXTRAS=0: none ran
     record = {
         "benchmark": "gpu_session",
         "device": device,
         "torch": torch_version,
         "what": f"notebooks {', '.join(p.stem[:2] for p in sorted((src / 'nb').glob('*.ipynb')))} in profile auto (= gpu) "
-                + ("side by side on one GPU with the full dry runs, each notebook stopped at its time limit; seconds per "
+                + ("side by side on one GPU with the dry runs, each notebook stopped at its time limit; seconds per "
                    "step are the two timed steps of hwlib.cost.measure_step, taken while the other jobs shared the GPU "
                    "(time-sliced), so they are upper bounds" if dry else
                    "alone on the GPU (EXTRAS=0), each stopped at its time limit; seconds per step are the two timed steps "
