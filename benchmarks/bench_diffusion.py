@@ -42,7 +42,7 @@ import torch.nn.functional as F
 
 import hwlib
 from hwlib import cost
-from hwlib.bench import write_result
+from hwlib.bench import is_dense, write_result
 from hwlib.data import ResidentLoader, load_mnist
 from hwlib.diffusion import Diffusion, make_diffusion_step
 from hwlib.models.unet import UNet, build as build_unet
@@ -188,15 +188,13 @@ class DiffusersSide(_Side):
         return images_seen / (time.perf_counter() - t0)
 
 
-_MATMULS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"}
-
-
 def op_profile(side: _Side, x: torch.Tensor, y: torch.Tensor, batch: int, steps: int) -> dict[str, float]:
     """Milliseconds per step of ``steps`` profiled steps of one side (``torch.profiler``, self CPU time, which is
     wall time on the calling thread with the intra-op threads' work inside it), in four parts: oneDNN's
-    ``convolutions`` (forward and backward), ``matrix products``, ``compiled graphs`` (inductor's fused kernels and
-    their Python wrapper: the self time of each compiled-graph call) and ``other`` (every other op and the Python
-    between them: loss, optimiser, EMA, data). Run it at 1 and at 2 threads to see which parts use the second core."""
+    ``convolutions`` (forward and backward) and ``matrix products`` (dense work as :func:`hwlib.bench.is_dense` counts
+    it), ``compiled graphs`` (inductor's fused kernels and their Python wrapper: the self time of each compiled-graph
+    call) and ``other`` (every other op and the Python between them: loss, optimiser, EMA, data). Run it at 1 and at 2
+    threads to see which parts use the second core."""
     from torch.profiler import ProfilerActivity, profile
 
     batches = [(x[i * batch:(i + 1) * batch], y[i * batch:(i + 1) * batch]) for i in range(steps)]
@@ -209,9 +207,8 @@ def op_profile(side: _Side, x: torch.Tensor, y: torch.Tensor, batch: int, steps:
             wall = time.perf_counter() - t0
     parts = dict.fromkeys(("convolutions", "matrix products", "compiled graphs"), 0.0)
     for event in prof.key_averages():
-        key = ("convolutions" if event.key.startswith("aten::") and "conv" in event.key else
-               "matrix products" if event.key in _MATMULS else
-               "compiled graphs" if event.key.startswith("## Call CompiledFxGraph") else None)
+        key = ("compiled graphs" if event.key.startswith("## Call CompiledFxGraph") else  # first: a hash may hold "mm"
+               ("convolutions" if "convolution" in event.key else "matrix products") if is_dense(event.key) else None)
         if key:
             parts[key] += event.self_cpu_time_total / 1e3 / steps
     parts["other"] = wall * 1e3 / steps - sum(parts.values())
