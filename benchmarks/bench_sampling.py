@@ -12,7 +12,7 @@ first) and measures
 - ``attention written out``: autocast at batch 100 with the attention weights written out as training computes them
   (``AttnBlock.written``), against today's fused attention at sampling (``AttnBlock.fused``);
 - ``compiled``: autocast at batch 100 with the network compiled as notebook 04 samples it
-  (:func:`hwlib.train.maybe_compile`, a graph for batch 100), with its compilation
+  (:class:`hwlib.train.SamplingNet` with ``compile``, a graph for batch 100), with its compilation
   seconds and the number of samples after which it pays them back; and ``compiled, inductor's group norm``: the same
   with ``nn.GroupNorm``'s own forward in place of :func:`hwlib.models.unet.channelwise_group_norm` (``--eager-only``
   skips both);
@@ -41,7 +41,7 @@ from hwlib.checkpoints import Checkpointer
 from hwlib.diffusion import Diffusion
 from hwlib.metrics import evaluate
 from hwlib.models.unet import AttnBlock, GroupNorm, build
-from hwlib.train import autocast, get_device, maybe_compile
+from hwlib.train import SamplingNet, autocast, get_device
 
 NB = "04_vae_gan_ddpm"
 
@@ -136,9 +136,9 @@ def main() -> None:
     if not args.eager_only:  # notebook 04's sampler: the network compiled
         with mock.patch.object(GroupNorm, "forward", nn.GroupNorm.forward):  # inductor's own group norm
             speed["autocast, batch 100, compiled, inductor's group norm"] = compiled_speed(
-                diffusion, maybe_compile(model, True, dynamic=False), bf16, args.repeats, device)
+                diffusion, SamplingNet(model, compile=True), bf16, args.repeats, device)
         torch._dynamo.reset()
-        compiled = maybe_compile(model, True, dynamic=False)
+        compiled = SamplingNet(model, compile=True)  # autocast inside, as notebook 04 samples
         speed["autocast, batch 100, compiled"] = compiled_speed(diffusion, compiled, bf16, args.repeats, device)
         eager = speed["autocast, batch 100"]["samples_per_s"]
         for row in (v for k, v in speed.items() if "compiled" in k):

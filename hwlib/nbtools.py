@@ -5,6 +5,8 @@ keeps the outputs but strips papermill and widget metadata, execution timestamps
 views (their plain-text fallback stays), and sets the kernelspec to ``python3``.
 ``python -m hwlib.nbtools check notebooks/*.ipynb`` verifies the conventions.
 ``python -m hwlib.nbtools report OUT_DIR NOTEBOOK...`` writes one self-contained HTML file per notebook (``make report``).
+``python -m hwlib.nbtools numbers NOTEBOOK...`` lists the decimal numbers of the Markdown that no output prints
+(:func:`unprinted_numbers`): after a re-run, the prose that still quotes the old run.
 :func:`execute` runs a notebook under papermill with its checkpoints and figures in a scratch folder (the dry-run
 tests, ``benchmarks/bench_cost.py`` and ``benchmarks/bench_seeds.py`` use it).
 """
@@ -174,6 +176,45 @@ def report(notebook: Path, out_dir: Path) -> Path:
     return out
 
 
+_NUMBER = re.compile(r"(?<![\w.§])\d+(?:,\d{3})*\.\d+(?![\w])")  # 0.47, 1,234.5; not §5.3, v1.2 or 3 alone
+_NOT_PROSE = [re.compile(r"\$\$.*?\$\$", re.S), re.compile(r"\$[^$]*\$"), re.compile(r"`[^`]*`"),
+              re.compile(r"^#+ .*$", re.M)]  # maths, code spans, headings
+
+
+def _roundings(number: str) -> set[str]:
+    """Every way a prose number can quote the printed ``number``: rounded to 0-4 decimals (half up or half even),
+    also as a percentage of it or a fraction of it (``0.437`` is quoted as ``43.7 %``, ``43.7 %`` as ``0.437``)."""
+    from decimal import ROUND_HALF_EVEN, ROUND_HALF_UP, Decimal
+
+    value = Decimal(number.replace(",", ""))
+    return {str(v.quantize(Decimal(1).scaleb(-d), rounding=mode)) for v in (value, value * 100, value / 100)
+            for d in range(5) for mode in (ROUND_HALF_UP, ROUND_HALF_EVEN)}
+
+
+def unprinted_numbers(nb: dict) -> list[tuple[int, str, str]]:
+    """(cell index, number, its context) for every decimal number in a Markdown cell that no output of the notebook
+    prints (text, or a text/* display such as a Markdown table), up to rounding and percentages. A report, not a
+    check: papers' numbers and constants are quoted by design; a stale one is a sentence written for another run."""
+    printed: set[str] = set()
+    for cell in nb["cells"]:
+        for out in cell.get("outputs", []) if cell["cell_type"] == "code" else []:
+            texts = [out.get("text", "")] + [v for k, v in out.get("data", {}).items() if k.startswith("text/")]
+            for text in texts:
+                for n in set(_NUMBER.findall("".join(text))):
+                    printed |= _roundings(n)
+    found = []
+    for i, cell in enumerate(nb["cells"]):
+        if cell["cell_type"] != "markdown":
+            continue
+        prose = "".join(cell["source"])
+        for pattern in _NOT_PROSE:
+            prose = pattern.sub(" ", prose)
+        for m in _NUMBER.finditer(prose):
+            if m.group().replace(",", "") not in printed:
+                found.append((i, m.group(), " ".join(prose[max(0, m.start() - 60):m.end() + 20].split())))
+    return found
+
+
 def main(argv: list[str]) -> int:
     if len(argv) >= 2 and argv[0] == "publish":
         src = Path(argv[1])
@@ -186,6 +227,13 @@ def main(argv: list[str]) -> int:
         found = [p for f in argv[1:] for p in problems(json.loads(Path(f).read_text()), f)]
         print("\n".join(found) or "notebooks follow the conventions")
         return 1 if found else 0
+    if len(argv) >= 2 and argv[0] == "numbers":
+        for f in argv[1:]:
+            found = unprinted_numbers(json.loads(Path(f).read_text()))
+            print(f"{f}: {len(found)} number(s) in the Markdown that no output prints")
+            for i, number, context in found:
+                print(f"  cell {i}: {number}  ...{context}...")
+        return 0
     if len(argv) >= 3 and argv[0] == "report":
         for f in argv[2:]:
             print(f"report: {report(Path(f), Path(argv[1]))}")

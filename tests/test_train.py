@@ -347,3 +347,30 @@ def test_standing_stats_are_the_plain_average_over_the_batches():
     torch.testing.assert_close(net[1].running_mean, torch.stack([h.mean(0) for h in pre]).mean(0))
     torch.testing.assert_close(net[1].running_var, torch.stack([h.var(0) for h in pre]).mean(0))
     assert not net.training and net[1].momentum == 0.1 and int(net[1].num_batches_tracked) == 3
+
+
+def test_sampling_net_is_the_module_under_autocast_with_its_attributes_and_weights(monkeypatch):
+    from hwlib.diffusion import Diffusion
+    from hwlib.models.unet import build
+
+    monkeypatch.delenv("HWLIB_DRYRUN", raising=False)
+    monkeypatch.setenv("HWLIB_CPU_BF16", "force")  # bf16 on any CPU, as where it is native
+    torch.manual_seed(0)
+    unet = build({"ch": 8, "channel_mult": [1, 2], "num_res_blocks": 1, "attn_resolutions": [14], "dropout": 0.0},
+                 num_classes=10).train()
+    net = train.SamplingNet(unet)
+    assert not unet.training and net.num_classes == 10 and net.image_size == unet.image_size
+    assert list(net.state_dict()) == [f"module.{k}" for k in unet.state_dict()]  # the weights once, shared
+    x, t, y = torch.randn(4, 1, 28, 28), torch.tensor([0, 10, 500, 999]), torch.tensor([1, 2, 3, 10])
+    out = net(x, t, y)
+    with torch.no_grad(), train.autocast("cpu"):
+        ref = unet(x, t, y)
+    assert out.dtype == torch.bfloat16 and not out.requires_grad
+    assert torch.equal(out, ref)
+    diffusion = Diffusion(T=1000, prediction="v", zero_snr=True, spacing="trailing", guidance=3.0, guidance_rescale=0.7)
+    draw = lambda m: diffusion.sample(m, 4, steps=3, labels=y[:4] % 10, generator=torch.Generator().manual_seed(1))
+    with train.autocast("cpu"):
+        assert torch.equal(draw(net), draw(unet))  # sampling through it = sampling the module under autocast
+    monkeypatch.setenv("HWLIB_CPU_BF16", "0")
+    assert net(x, t, y).dtype == torch.float32
+    assert torch.equal(draw(net), draw(unet))  # no autocast: the module itself
