@@ -144,10 +144,11 @@ class SamplingNet(nn.Module):
     (``num_classes``, ``in_channels``, ``image_size``) from ``module``. Outputs come in autocast's dtype (bf16 where
     it is on); :meth:`hwlib.diffusion.Diffusion.predict` takes them to float32.
 
-    Measured on the 2-core Intel Xeon with AMX, 2 threads: notebook 02's sampling and evaluation from its committed
-    networks take 60 s in bf16 against 90 s in fp32, every number within a rounding of fp32's (FID-MNIST 11.32 against
-    11.31); compiled as well they took 229 s from an empty inductor cache, one graph for each of its six batch sizes,
-    so notebook 02 samples eagerly. Notebook 04 draws two batch sizes and compiles (``benchmarks/bench_sampling.py``).
+    Measured on the 2-core Intel Xeon with AMX, 2 threads (``benchmarks/bench_sampling_02.py``): notebook 02's sampling
+    and evaluation from its trained networks take 62.5 s in bf16 against 103.7 s in fp32 (1.66x), every number within
+    sampling noise of fp32's (FID-MNIST 11.32 against 11.31); compiled as well they took 224 s from an empty inductor
+    cache, a graph for each of its batch sizes, so notebook 02 samples eagerly. Notebook 04 draws two batch sizes and
+    compiles (``benchmarks/bench_sampling.py``).
     """
 
     def __init__(self, module: nn.Module, compile: bool = False) -> None:
