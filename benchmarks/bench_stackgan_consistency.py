@@ -106,15 +106,16 @@ def part_teacher(cfg, train, seed: int, device):
 
 def noise_spread(G: torch.nn.Module, text: torch.Tensor, z_dim: int, seed: int, ca_noise: float = 1.0,
                  n: int = 50, k: int = 8, rerank: int = 1, judge: torch.nn.Module | None = None,
-                 labels: torch.Tensor | None = None) -> float:
+                 labels: torch.Tensor | None = None, rerank_score: str = "joint") -> float:
     """How much G uses its noise: the pixel spread among ``k`` noise vectors (drawn with ``seed + 3``) of each of the
     first ``n`` captions ``text`` (N, t_dim) (:func:`hwlib.metrics.evaluation.within_class_spread`; real birds of
-    one species: 0.29); ``rerank``, ``judge`` and ``labels`` (N, 4) sample as :func:`stackgan.generate` does."""
+    one species: 0.29); ``rerank``, ``judge``, ``labels`` (N, 4) and ``rerank_score`` sample as :func:`stackgan.generate`
+    does."""
     text = text[:n]
     z = torch.randn(k * len(text), z_dim, generator=torch.Generator().manual_seed(seed + 3))
     lab = labels[:n].repeat_interleave(k, 0) if labels is not None else None
     images = stackgan.generate(G, text.repeat_interleave(k, 0), z=z, ca_noise=ca_noise, rerank=rerank, judge=judge,
-                               labels=lab)[0]
+                               labels=lab, rerank_score=rerank_score)[0]
     return within_class_spread(images, torch.arange(len(text)).repeat_interleave(k), len(text))
 
 

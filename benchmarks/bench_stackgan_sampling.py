@@ -79,7 +79,7 @@ def restore(run: str, cfg, t_dim: int, text_parts: tuple[int, int] = (0, 0)) -> 
 
 
 def demo_anatomy(G: torch.nn.Module, judge: torch.nn.Module, clf: attributes.AttributeNet, encode, z_dim: int,
-                 n: int, k: int, ca_noise: float, seed: int) -> dict[str, dict[str, float]]:
+                 n: int, k: int, ca_noise: float, seed: int, score: str = "joint") -> dict[str, dict[str, float]]:
     """Why the "type a caption" demo scores what it does: ``n`` one-draw birds of each demo caption that names a body
     and a wing colour, at ``ca_noise``, cut into groups of ``k`` candidates. For the body and wing (``bw``, what the
     demo scores) and for every part the caption names (``all``): how often one draw has them (``one``), the judge's
@@ -91,7 +91,7 @@ def demo_anatomy(G: torch.nn.Module, judge: torch.nn.Module, clf: attributes.Att
     many = [c for c in captions for _ in range(n)]
     targets, asked = synthbirds.caption_targets(many), torch.from_numpy(synthbirds.part_labels(many))
     with torch.no_grad():
-        score = torch.cat([stackgan.part_scores(judge.eval(), images[i:i + 256], asked[i:i + 256])
+        score = torch.cat([stackgan.part_scores(judge.eval(), images[i:i + 256], asked[i:i + 256], score)
                            for i in range(0, len(images), 256)]).numpy()
     hits = {"bw": asked_hits(clf, images, targets, ("body", "wing")), "all": asked_hits(clf, images, targets, COLOURS)}
     out = {}
@@ -118,6 +118,9 @@ def main() -> None:
     parser.add_argument("--judge", choices=("D", "classifier", "reader"), default="D",
                         help="re-rank by D's part head, by a part classifier G never trained against, or by the part "
                              "reader of Recipe.part_teacher (for generators not trained against it)")
+    parser.add_argument("--rerank-score", choices=stackgan.RERANK_SCORES, default="joint",
+                        help="how the judge scores a candidate (stackgan.part_scores): joint, the log-probability that "
+                             "every asked part is drawn as asked, or expected, the expected number of them")
     parser.add_argument("--pairs", action="store_true", help="add the body/belly composition row (notebook 01, 10a)")
     parser.add_argument("--demo-anatomy", type=int, default=0, metavar="N",
                         help="also N one-draw birds per demo caption, judged in groups of the largest --rerank K "
@@ -157,7 +160,8 @@ def main() -> None:
     # what real birds of the captions score: over the captions that name both parts (equal counts: the nanmean)
     demo_real = float(np.nanmean(list(real_both_asked(clf, list(synthbirds.DEMO_CAPTIONS), seed=seed).values())))
     print(f"demo: real birds drawn to the demo captions score {demo_real:.2f}")
-    judge_name = "" if args.judge == "D" else f",judge={args.judge}"
+    judge_name = ("" if args.judge == "D" else f",judge={args.judge}") + (
+        "" if args.rerank_score == "joint" else f",score={args.rerank_score}")
     part_judge = None if args.judge == "D" else attributes.train_part_judge(
         train.images(76), train.image_part_labels(), width=cfg.attr_width, epochs=cfg.attr_epochs, seed=seed,
         device=device, run_dir=hwlib.runs_dir(f"bench/stackgan_sampling/part_judge_w{cfg.attr_width}_e{cfg.attr_epochs}"))\
@@ -190,7 +194,7 @@ def main() -> None:
         if args.demo_anatomy:
             k = max(args.rerank or [16])
             anatomy = demo_anatomy(trained, judge, clf, encode, cfg.z_dim, args.demo_anatomy, k,
-                                   args.rerank_ca_noise, seed + 31)
+                                   args.rerank_ca_noise, seed + 31, args.rerank_score)
             rows.setdefault(f"demo_anatomy,ca_noise={args.rerank_ca_noise:g},k={k}{judge_name}", {})[run] = {
                 f"{c[:12]}:{m}": v for c, ms in anatomy.items() for m, v in ms.items()}
             for c, ms in anatomy.items():
@@ -210,14 +214,15 @@ def main() -> None:
             torch.manual_seed(seed + 17)  # the candidates' extra noise
             t0 = time.perf_counter()
             noise = args.rerank_ca_noise
-            low = stackgan.generate(trained, text, z=z, ca_noise=noise, rerank=k, judge=judge, labels=asked)[0]
+            how = {"rerank": k, "judge": judge, "rerank_score": args.rerank_score}
+            low = stackgan.generate(trained, text, z=z, ca_noise=noise, labels=asked, **how)[0]
             seconds = time.perf_counter() - t0
             torch.manual_seed(seed + 19)
-            demo_low = stackgan.generate(trained, demo_text, z=demo_z, ca_noise=noise, rerank=k, judge=judge, labels=demo_asked)[0]
+            demo_low = stackgan.generate(trained, demo_text, z=demo_z, ca_noise=noise, labels=demo_asked, **how)[0]
             wide_low = stackgan.caption_samples(trained, synthbirds.DEMO_CAPTIONS, encode, cfg.z_dim, 64, seed + 23,
-                                                noise_seed=seed + 29, ca_noise=noise, rerank=k, judge=judge, labels=wide_asked)
+                                                noise_seed=seed + 29, ca_noise=noise, labels=wide_asked, **how)
             record(f"bn=copied,ca_noise={noise:g},rerank={k}{judge_name if k > 1 else ''}", low,
-                   noise_spread(trained, text, cfg.z_dim, seed, ca_noise=noise, rerank=k, judge=judge, labels=asked), seconds,
+                   noise_spread(trained, text, cfg.z_dim, seed, ca_noise=noise, labels=asked, **how), seconds,
                    (both_asked(clf, demo_low, synthbirds.caption_targets(demo)),
                     both_asked(clf, wide_low, synthbirds.caption_targets(wide))))
     write_result(f"stackgan_sampling/{args.tag}", {"profile": cfg.profile, "embedding": embedding, "condition": condition, "runs": args.runs, "n_eval": len(text),

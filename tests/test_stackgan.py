@@ -736,6 +736,27 @@ def test_part_scores_sum_the_log_probability_of_the_asked_colours_only():
     logp = torch.log_softmax(D.part_logits(D.features(images)).float(), -1)
     scores = stackgan.part_scores(D, images, labels)
     torch.testing.assert_close(scores, torch.stack([logp[0, 0, 2], logp[1, 0, 2] + logp[1, 1, 5], torch.tensor(0.0)]))
+    p = logp.exp()  # "expected": the expected number of asked parts drawn as asked
+    torch.testing.assert_close(stackgan.part_scores(D, images, labels, "expected"),
+                               torch.stack([p[0, 0, 2], p[1, 0, 2] + p[1, 1, 5], torch.tensor(0.0)]))
+    with pytest.raises(ValueError, match="joint"):
+        stackgan.part_scores(D, images, labels, "product")
+
+
+def test_the_two_rerank_scores_disagree_where_one_asked_part_is_rarely_drawn():
+    """Two candidates: one draws body and wing as asked and misses the belly badly, one draws all three poorly. The
+    joint score keeps the second (its worst part is less bad), the expected count of parts drawn as asked the first."""
+    class Judge(torch.nn.Module):
+        def read_parts(self, images):  # (B, 4 parts, 3 colours): p(asked colour 0) per part from the images' first pixel
+            p = images[:, :, 0, 0].clamp(1e-6, 1 - 1e-6)  # (B, 3): body, wing, belly
+            asked = torch.stack([p[:, 0], p[:, 1], torch.full_like(p[:, 0], 0.5), p[:, 2]], 1)
+            return torch.stack([asked.log(), (1 - asked).log(), (1 - asked).log() - 9], -1)
+    images = torch.zeros(2, 3, 4, 4)
+    images[0, :, 0, 0] = torch.tensor([0.9, 0.9, 0.01])
+    images[1, :, 0, 0] = torch.tensor([0.3, 0.3, 0.2])
+    labels = torch.tensor([[0, 0, -1, 0]] * 2)
+    assert stackgan.part_scores(Judge(), images, labels).argmax() == 1
+    assert stackgan.part_scores(Judge(), images, labels, "expected").argmax() == 0
 
 
 def test_generate_rerank_keeps_each_captions_best_candidate_by_the_part_head():

@@ -1144,15 +1144,24 @@ def standing_stats(G: nn.Module, embeddings: torch.Tensor, n_batches: int = 16, 
     return _standing(G, forward, n_batches)
 
 
-def part_scores(judge: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+RERANK_SCORES = ("joint", "expected")
+
+
+def part_scores(judge: nn.Module, images: torch.Tensor, labels: torch.Tensor, score: str = "joint") -> torch.Tensor:
     """How sure ``judge`` is that ``images`` (B, 3, S, S) in [-1, 1] have the colours ``labels`` (B, parts) int64 ask
-    for (-1: not asked): (B,) the sum over the asked parts of log p(asked colour); 0 where nothing is asked.
+    for (-1: not asked): (B,), 0 where nothing is asked. ``score``: ``"joint"``, the sum over the asked parts of
+    log p(asked colour) (the log-probability that every asked part is drawn as asked; one part the generator rarely
+    draws outweighs the rest), or ``"expected"``, the sum of p(asked colour) (the expected number of asked parts drawn
+    as asked, which is what per-part colour accuracy counts).
     ``judge``: anything with ``read_parts(images) -> (B, parts, classes)`` logits -- Stage-I D's part head
     (:meth:`StageD.read_parts`) or a classifier G never trained against
     (:func:`hwlib.models.attributes.train_part_judge`)."""
+    if score not in RERANK_SCORES:
+        raise ValueError(f"score must be one of {RERANK_SCORES}, got {score!r}")
     logp = F.log_softmax(judge.read_parts(images).float(), dim=-1)
     known = labels >= 0
-    return (logp.gather(-1, labels.clamp_min(0)[..., None]).squeeze(-1) * known).sum(1)
+    asked = logp.gather(-1, labels.clamp_min(0)[..., None]).squeeze(-1)
+    return ((asked if score == "joint" else asked.exp()) * known).sum(1)
 
 
 def caption_samples(G1: nn.Module, captions: Sequence[str], encode: Any, z_dim: int, per_caption: int, seed: int = 0,
@@ -1184,7 +1193,7 @@ def pair_birds(G1: nn.Module, encode: Any, z_dim: int, seed: int = 0, per_captio
 def generate(G1: nn.Module, text: torch.Tensor, G2: nn.Module | None = None, z: torch.Tensor | None = None,
              batch_size: int = 64, ca_noise: float = 1.0, keep_low: bool = False, rerank: int = 1,
              judge: nn.Module | None = None, labels: torch.Tensor | None = None,
-             ca_noise2: float | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+             ca_noise2: float | None = None, rerank_score: str = "joint") -> tuple[torch.Tensor, torch.Tensor | None]:
     """Stage-I images (N, 3, 64, 64) and, with ``G2``, Stage-II images (N, 3, S, S), in [-1, 1], on the CPU.
 
     ``text`` (N, t_dim); ``z`` (N, z_dim) defaults to fresh Gaussian noise. Networks run in eval mode.
@@ -1197,7 +1206,8 @@ def generate(G1: nn.Module, text: torch.Tensor, G2: nn.Module | None = None, z: 
     ``judge`` finds most likely to have the colours ``labels`` (N, parts) int64 ask for (:func:`part_scores`; -1: not
     asked): re-ranking by a judge, as DALL-E re-ranks its samples with CLIP (Ramesh et al. 2021), here with Stage-I
     D's part head (a recipe with ``parts``) or a classifier of the training birds' part colours that G never trained
-    against (:func:`hwlib.models.attributes.train_part_judge`). Stage II refines the chosen image.
+    against (:func:`hwlib.models.attributes.train_part_judge`), by ``rerank_score`` (:func:`part_scores`'s ``score``).
+    Stage II refines the chosen image.
     """
     if rerank > 1 and (judge is None or labels is None or isinstance(judge, StageD) and judge.parts is None):
         raise ValueError("generate(rerank > 1) needs a judge -- Stage-I's discriminator with a part head (a recipe with "
@@ -1210,7 +1220,7 @@ def generate(G1: nn.Module, text: torch.Tensor, G2: nn.Module | None = None, z: 
     try:
         if judge is not None:
             judge.eval()
-        return _generate(G1, text, G2, z, batch_size, keep_low, rerank, judge, labels)
+        return _generate(G1, text, G2, z, batch_size, keep_low, rerank, judge, labels, rerank_score)
     finally:
         for G in (G1, G2):
             if G is not None:
@@ -1259,7 +1269,7 @@ def real_detail(G2: nn.Module, split: Any, size: int, n: int = 150, keep_low_: b
 
 def _generate(G1: nn.Module, text: torch.Tensor, G2: nn.Module | None, z: torch.Tensor | None,
               batch_size: int, keep_low_: bool = False, rerank: int = 1, judge: nn.Module | None = None,
-              labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+              labels: torch.Tensor | None = None, rerank_score: str = "joint") -> tuple[torch.Tensor, torch.Tensor | None]:
     G1.eval()
     if G2 is not None:
         G2.eval()
@@ -1271,7 +1281,8 @@ def _generate(G1: nn.Module, text: torch.Tensor, G2: nn.Module | None, z: torch.
         if rerank > 1:  # candidates (rerank, B, ...), z first; keep each caption's best by the judge
             zz = torch.cat([zz, torch.randn((rerank - 1) * len(t), G1.z_dim).to(device)])
             cand = G1(t.repeat(rerank, 1), zz)[0]
-            score = part_scores(judge, cand, labels[i:i + batch_size].to(device).repeat(rerank, 1)).view(rerank, len(t))
+            score = part_scores(judge, cand, labels[i:i + batch_size].to(device).repeat(rerank, 1),
+                                rerank_score).view(rerank, len(t))
             low = cand.view(rerank, len(t), *cand.shape[1:])[score.argmax(0), torch.arange(len(t), device=device)]
         else:
             low = G1(t, zz)[0]
