@@ -135,8 +135,9 @@ def maybe_compile(module: nn.Module, enabled: bool, dynamic: bool | None = None)
 
 
 class SamplingNet(nn.Module):
-    """``module`` as a sampler calls it: in :func:`autocast` (bf16 where the hardware computes it natively, else
-    fp32) and, with ``compile``, through :func:`maybe_compile` (``dynamic=False``: one graph per batch size).
+    """``module`` as a sampler calls it: without gradients, in :func:`autocast` (bf16 where the hardware computes it
+    natively, else fp32) and, with ``compile``, through :func:`maybe_compile` (``dynamic=False``: one graph per batch
+    size).
 
     The one way every notebook samples a network many times over (DDPM chains): pass it where the network goes, e.g.
     ``Diffusion.sample(SamplingNet(ema.module), n)``. It shares ``module``'s weights (its ``state_dict`` is
