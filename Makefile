@@ -47,8 +47,13 @@ report: setup
 	@srcs="$$(ls runs/*.ipynb 2>/dev/null)"; [ -n "$$srcs" ] || srcs="$(NOTEBOOKS)"; \
 	$(BIN)/python -m hwlib.nbtools report reports $$srcs
 
+# benchmarks that need arguments (the notebook or the runs to analyse: their docstrings' Usage); `make bench` skips them
+BENCH_NEEDS_RUNS := benchmarks/bench_seeds.py benchmarks/bench_stackgan_critic.py benchmarks/bench_stackgan_sampling.py
+
 bench: setup
-	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python "$$b" || exit 1; done
+	@for b in benchmarks/bench_*.py; do \
+	  case " $(BENCH_NEEDS_RUNS) " in *" $$b "*) echo "== $$b: skipped, it needs arguments (see its Usage)"; continue;; esac; \
+	  echo "== $$b"; $(BIN)/python "$$b" || exit 1; done
 
 clean-runs:
 	rm -rf runs
