@@ -115,6 +115,9 @@ def main() -> None:
     parser.add_argument("--only-rerank", action="store_true", help="skip the bn / ca_noise rows")
     parser.add_argument("--rerank-ca-noise", type=float, default=1.0,
                         help="the CA noise scale the re-ranked candidates are drawn with (default 1, as trained)")
+    parser.add_argument("--judges", type=int, default=1, metavar="N",
+                        help="with --judge classifier: N part classifiers trained at seeds seed..seed+N-1, their "
+                             "probabilities averaged (attributes.JudgeEnsemble)")
     parser.add_argument("--judge", choices=("D", "classifier", "reader"), default="D",
                         help="re-rank by D's part head, by a part classifier G never trained against, or by the part "
                              "reader of Recipe.part_teacher (for generators not trained against it)")
@@ -160,12 +163,15 @@ def main() -> None:
     # what real birds of the captions score: over the captions that name both parts (equal counts: the nanmean)
     demo_real = float(np.nanmean(list(real_both_asked(clf, list(synthbirds.DEMO_CAPTIONS), seed=seed).values())))
     print(f"demo: real birds drawn to the demo captions score {demo_real:.2f}")
-    judge_name = ("" if args.judge == "D" else f",judge={args.judge}") + (
+    judge_name = ("" if args.judge == "D" else f",judge={args.judge}") + (f"x{args.judges}" if args.judges > 1 else "") + (
         "" if args.rerank_score == "joint" else f",score={args.rerank_score}")
-    part_judge = None if args.judge == "D" else attributes.train_part_judge(
-        train.images(76), train.image_part_labels(), width=cfg.attr_width, epochs=cfg.attr_epochs, seed=seed,
-        device=device, run_dir=hwlib.runs_dir(f"bench/stackgan_sampling/part_judge_w{cfg.attr_width}_e{cfg.attr_epochs}"))\
-        if args.judge == "classifier" else part_teacher(cfg, train, seed, device)
+    classifiers = [attributes.train_part_judge(
+        train.images(76), train.image_part_labels(), width=cfg.attr_width, epochs=cfg.attr_epochs, seed=seed + j,
+        device=device, run_dir=hwlib.runs_dir(f"bench/stackgan_sampling/part_judge_w{cfg.attr_width}_e{cfg.attr_epochs}"
+                                              + (f"_seed{seed + j}" if j else "")))
+        for j in range(args.judges)] if args.judge == "classifier" else []
+    part_judge = None if args.judge == "D" else part_teacher(cfg, train, seed, device) if args.judge == "reader" else \
+        classifiers[0] if len(classifiers) == 1 else attributes.JudgeEnsemble(classifiers)
     judge_real = None
     if part_judge is not None:  # how well the judge reads real birds of the unseen species, from their captions' colours
         judge_real = {p: round(v, 3) for p, v in attribute_accuracy(

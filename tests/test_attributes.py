@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from hwlib.data import synthbirds
+from hwlib.models import attributes
 from hwlib.models.attributes import AttributeNet, predict_attributes
 
 
@@ -66,3 +67,17 @@ def test_part_reader_reads_each_part_as_a_mix_of_local_readings(tmp_path) -> Non
     assert not isinstance(flat, PartReader)
     with pytest.raises(ValueError, match="arch"):
         train_part_judge(images, parts, width=4, epochs=1, run_dir=tmp_path / "x", arch="deep")
+
+
+def test_judge_ensemble_averages_the_judges_colour_probabilities():
+    torch.manual_seed(0)
+    judges = [attributes.AttributeNet({p: 10 for p in synthbirds.COLOUR_PARTS}, width=4) for _ in range(2)]
+    x = torch.rand(3, 3, 64, 64) * 2 - 1
+    ens = attributes.JudgeEnsemble(judges).eval()
+    probs = torch.stack([j.eval().read_parts(x).softmax(-1) for j in judges]).mean(0)
+    torch.testing.assert_close(ens.read_parts(x).exp(), probs)
+    one = attributes.JudgeEnsemble(judges[:1])
+    torch.testing.assert_close(one.read_parts(x), judges[0].read_parts(x).log_softmax(-1), atol=1e-5, rtol=0)
+    picked = attributes.predict_attributes(ens, x)  # the ensemble reads colours like one judge
+    assert {k: v.tolist() for k, v in picked.items()} == {p: probs[:, j].argmax(1).tolist()
+                                                         for j, p in enumerate(synthbirds.COLOUR_PARTS)}

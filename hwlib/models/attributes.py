@@ -113,6 +113,28 @@ class PartReader(nn.Module):
         return heads_loss(self(x), targets)
 
 
+class JudgeEnsemble(nn.Module):
+    """Several re-ranking judges as one (e.g. :func:`train_part_judge` at several seeds): each part's colour
+    probabilities averaged over the judges. Picking the best of K candidates by one judge favours the candidates that
+    judge over-reads; judges trained apart over-read different ones. ``read_parts`` -> (B, 4, 10) log mean
+    probabilities (:func:`hwlib.models.stackgan.part_scores`); ``forward`` -> {part: (B, 10)} the same, for
+    :func:`predict_attributes`."""
+
+    def __init__(self, judges: list[nn.Module]) -> None:
+        super().__init__()
+        self.judges = nn.ModuleList(judges)
+
+    def read_parts(self, x: torch.Tensor) -> torch.Tensor:
+        probs = torch.stack([j.read_parts(x).float().softmax(-1) for j in self.judges]).mean(0)
+        return probs.clamp_min(1e-12).log()
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        from hwlib.data.synthbirds import COLOUR_PARTS
+
+        logp = self.read_parts(x)
+        return {p: logp[:, j] for j, p in enumerate(COLOUR_PARTS)}
+
+
 def predict_attributes(net: AttributeNet, images: torch.Tensor, batch_size: int = 256) -> dict[str, np.ndarray]:
     """Predicted value index per attribute: {name: int64 (N,)} for images (N, 3, H, W) in [-1, 1]."""
     net.eval()
