@@ -165,13 +165,10 @@ def main() -> None:
     print(f"demo: real birds drawn to the demo captions score {demo_real:.2f}")
     judge_name = ("" if args.judge == "D" else f",judge={args.judge}") + (f"x{args.judges}" if args.judges > 1 else "") + (
         "" if args.rerank_score == "joint" else f",score={args.rerank_score}")
-    classifiers = [attributes.train_part_judge(
-        train.images(76), train.image_part_labels(), width=cfg.attr_width, epochs=cfg.attr_epochs, seed=seed + j,
-        device=device, run_dir=hwlib.runs_dir(f"bench/stackgan_sampling/part_judge_w{cfg.attr_width}_e{cfg.attr_epochs}"
-                                              + (f"_seed{seed + j}" if j else "")))
-        for j in range(args.judges)] if args.judge == "classifier" else []
     part_judge = None if args.judge == "D" else part_teacher(cfg, train, seed, device) if args.judge == "reader" else \
-        classifiers[0] if len(classifiers) == 1 else attributes.JudgeEnsemble(classifiers)
+        attributes.train_part_judges(train.images(76), train.image_part_labels(), args.judges, width=cfg.attr_width,
+                                     epochs=cfg.attr_epochs, seed=seed, device=device, run_dir=hwlib.runs_dir(
+                                         f"bench/stackgan_sampling/part_judge_w{cfg.attr_width}_e{cfg.attr_epochs}"))
     judge_real = None
     if part_judge is not None:  # how well the judge reads real birds of the unseen species, from their captions' colours
         judge_real = {p: round(v, 3) for p, v in attribute_accuracy(

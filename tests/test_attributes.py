@@ -81,3 +81,19 @@ def test_judge_ensemble_averages_the_judges_colour_probabilities():
     picked = attributes.predict_attributes(ens, x)  # the ensemble reads colours like one judge
     assert {k: v.tolist() for k, v in picked.items()} == {p: probs[:, j].argmax(1).tolist()
                                                          for j, p in enumerate(synthbirds.COLOUR_PARTS)}
+
+
+def test_train_part_judges_trains_one_judge_per_seed_and_averages_them(tmp_path) -> None:
+    images, labels = synthbirds.attribute_birds(64, seed=0, root=tmp_path)
+    parts = torch.stack([torch.as_tensor(labels[p]) for p in synthbirds.COLOUR_PARTS], 1).numpy()
+    one = attributes.train_part_judges(images, parts, 1, width=4, epochs=1, run_dir=tmp_path / "judge")
+    assert isinstance(one, AttributeNet)
+    two = attributes.train_part_judges(images, parts, 2, width=4, epochs=1, run_dir=tmp_path / "judge")
+    assert isinstance(two, attributes.JudgeEnsemble) and len(two.judges) == 2
+    assert (tmp_path / "judge_seed1").is_dir()  # the second judge's own run, at the next seed
+    first = attributes.train_part_judge(images, parts, width=4, epochs=1, run_dir=tmp_path / "judge")  # restored
+    second = attributes.train_part_judge(images, parts, width=4, epochs=1, seed=1, run_dir=tmp_path / "judge_seed1")
+    for a, b in zip(two.judges, (first, second)):
+        assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert not all(torch.equal(x, y) for x, y in zip(first.state_dict().values(), second.state_dict().values()))
+
