@@ -118,6 +118,8 @@ def main() -> None:
     parser.add_argument("--judges", type=int, default=1, metavar="N",
                         help="with --judge classifier: N part classifiers trained at seeds seed..seed+N-1, their "
                              "probabilities averaged (attributes.JudgeEnsemble)")
+    parser.add_argument("--judge-epochs", type=int, default=None, metavar="E",
+                        help="with --judge classifier: each part classifier's epochs (default: the profile's attr_epochs)")
     parser.add_argument("--judge", choices=("D", "classifier", "reader"), default="D",
                         help="re-rank by D's part head, by a part classifier G never trained against, or by the part "
                              "reader of Recipe.part_teacher (for generators not trained against it)")
@@ -163,12 +165,14 @@ def main() -> None:
     # what real birds of the captions score: over the captions that name both parts (equal counts: the nanmean)
     demo_real = float(np.nanmean(list(real_both_asked(clf, list(synthbirds.DEMO_CAPTIONS), seed=seed).values())))
     print(f"demo: real birds drawn to the demo captions score {demo_real:.2f}")
+    judge_epochs = args.judge_epochs or cfg.attr_epochs
     judge_name = ("" if args.judge == "D" else f",judge={args.judge}") + (f"x{args.judges}" if args.judges > 1 else "") + (
+        f",judge_epochs={args.judge_epochs}" if args.judge_epochs else "") + (
         "" if args.rerank_score == "joint" else f",score={args.rerank_score}")
     part_judge = None if args.judge == "D" else part_teacher(cfg, train, seed, device) if args.judge == "reader" else \
         attributes.train_part_judges(train.images(76), train.image_part_labels(), args.judges, width=cfg.attr_width,
-                                     epochs=cfg.attr_epochs, seed=seed, device=device, run_dir=hwlib.runs_dir(
-                                         f"bench/stackgan_sampling/part_judge_w{cfg.attr_width}_e{cfg.attr_epochs}"))
+                                     epochs=judge_epochs, seed=seed, device=device, run_dir=hwlib.runs_dir(
+                                         f"bench/stackgan_sampling/part_judge_w{cfg.attr_width}_e{judge_epochs}"))
     judge_real = None
     if part_judge is not None:  # how well the judge reads real birds of the unseen species, from their captions' colours
         judge_real = {p: round(v, 3) for p, v in attribute_accuracy(

@@ -118,9 +118,9 @@ def train_part_judges(images: torch.Tensor, part_labels: np.ndarray, n: int, *, 
                       device: torch.device | str = "cpu") -> AttributeNet | JudgeEnsemble:
     """``n`` :func:`train_part_judge` classifiers at seeds ``seed``, ``seed + 1``, ... (run folders ``run_dir``, then
     ``run_dir_seed<k>``; cost-ledger names ``part judge``, ``part judge 2``, ...) as one :class:`JudgeEnsemble`, or
-    the one classifier when ``n == 1``. On notebook 01's five benchmark generators four judges drew every colour as
-    often or more than one at the same FID, and the "type a caption" demo at 0.54 +- 0.06 over 128 birds against
-    0.51 +- 0.03 (``benchmarks/bench_stackgan_sampling.py --judges 4``)."""
+    the one classifier when ``n == 1``. On notebook 01's five benchmark generators four and eight judges drew every
+    colour as often or more than one at the same FID, and the "type a caption" demo at 0.54 +- 0.06 and 0.555 +- 0.044
+    over 128 birds against 0.51 +- 0.03 (``benchmarks/bench_stackgan_sampling.py --judges N``); notebook 01 takes 8."""
     judges = [train_part_judge(images, part_labels, width=width, epochs=epochs, seed=seed + j, resume=resume,
                                device=device, run_dir=f"{run_dir}_seed{seed + j}" if j else run_dir,
                                desc="part judge" if not j else f"part judge {j + 1}") for j in range(n)]

@@ -30,7 +30,9 @@ x2 keeps x1's colours at a lower FID and 1.5x the variety; x4 costs colour; re-c
 x1 draws every colour 0.03-0.04 more often than x2 for 19% less variety and the same "type a caption" score over 128
 birds, 0.47, so x2 stays), judged by ``judge``: ``"classifier"``, a
 part-colour classifier of the training birds that G never trained against (:func:`hwlib.models.attributes.train_part_judge`,
-at the attribute classifier's width and epochs), or ``"D"``, Stage-I D's part head, which G learnt to satisfy
+at the attribute classifier's width and epochs; ``judges`` of them at as many seeds, their colour probabilities averaged,
+:func:`hwlib.models.attributes.train_part_judges`: on five seeds eight drew every colour as often as one or more at the
+same FID and the demo at 0.555 against 0.51 over 128 birds), or ``"D"``, Stage-I D's part head, which G learnt to satisfy
 (``benchmarks/bench_stackgan_sampling.py --judge``), scoring each candidate by the log-probability that every asked
 part is drawn as asked (:func:`hwlib.models.stackgan.part_scores`; the expected number of them, ``--rerank-score
 expected``, drew the demo's birds worse on five seeds: 0.37 against 0.51 over 128 birds); recipes without a part head (``paper``) sample one, with the CA
@@ -50,6 +52,8 @@ _COMMON = {
     "rerank": 16,  # sampling: the best of 16 Stage-I candidates per caption (recipes with parts)
     "rerank_ca_noise": 2.0,  # ... drawn with 2x the CA noise: more variety to choose from (benchmarks/bench_stackgan_sampling.py)
     "judge": "classifier",  # ... judged by a part classifier G never trained against (or "D": D's part head)
+    "judges": 8,  # ... eight of them at eight seeds, their colour probabilities averaged (attributes.JudgeEnsemble;
+    # every colour and the demo up at the same FID, benchmarks/results/stackgan_sampling/rerank_pn_judges8.json)
 }
 
 PROFILES = {
@@ -95,7 +99,8 @@ def training_calls(cfg: dict) -> dict[str, tuple[int, int]]:
     if cfg["judge"] == "classifier" and cfg["rerank"] > 1 and get_recipe(cfg["recipe"]).parts:  # the re-ranking judge
         # (the notebook re-ranks only a recipe with a part head): the attribute network on the training birds
         judge_batch = min(TRAIN_BATCH, cfg["n_train"])
-        calls["part judge"] = (judge_batch, cfg["attr_epochs"] * (cfg["n_train"] // judge_batch))
+        for j in range(cfg["judges"]):  # attributes.train_part_judges' ledger names
+            calls["part judge" if not j else f"part judge {j + 1}"] = (judge_batch, cfg["attr_epochs"] * (cfg["n_train"] // judge_batch))
     compare = min(cfg["compare_n"], cfg["n_train"])
     for mode in ("nearest", "pixelshuffle"):
         calls[f"Stage-I (compare_{mode})"] = (cfg["batch_size"], cfg["compare_epochs"] * (compare // cfg["batch_size"]))
