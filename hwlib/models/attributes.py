@@ -113,6 +113,12 @@ class PartReader(nn.Module):
         return heads_loss(self(x), targets)
 
 
+def part_judge_name(j: int) -> str:
+    """The progress and cost-ledger name of :func:`train_part_judges`' judge ``j`` (0-based): ``part judge``, then
+    ``part judge 2``, ``part judge 3``, ..."""
+    return "part judge" if not j else f"part judge {j + 1}"
+
+
 def train_part_judges(images: torch.Tensor, part_labels: np.ndarray, n: int, *, width: int, epochs: int,
                       run_dir: str | os.PathLike, seed: int = 0, resume: bool = True,
                       device: torch.device | str = "cpu") -> AttributeNet | JudgeEnsemble:
@@ -123,7 +129,7 @@ def train_part_judges(images: torch.Tensor, part_labels: np.ndarray, n: int, *, 
     over 128 birds against 0.51 +- 0.03 (``benchmarks/bench_stackgan_sampling.py --judges N``); notebook 01 takes 8."""
     judges = [train_part_judge(images, part_labels, width=width, epochs=epochs, seed=seed + j, resume=resume,
                                device=device, run_dir=f"{run_dir}_seed{seed + j}" if j else run_dir,
-                               desc="part judge" if not j else f"part judge {j + 1}") for j in range(n)]
+                               desc=part_judge_name(j)) for j in range(n)]
     return judges[0] if n == 1 else JudgeEnsemble(judges)
 
 

@@ -94,13 +94,14 @@ def training_calls(cfg: dict) -> dict[str, tuple[int, int]]:
 
     attr_batch = min(TRAIN_BATCH, cfg["attr_n"])
     calls["attribute classifier"] = (attr_batch, cfg["attr_epochs"] * (cfg["attr_n"] // attr_batch))
+    from hwlib.models.attributes import part_judge_name
     from hwlib.models.stackgan import get_recipe
 
     if cfg["judge"] == "classifier" and cfg["rerank"] > 1 and get_recipe(cfg["recipe"]).parts:  # the re-ranking judge
         # (the notebook re-ranks only a recipe with a part head): the attribute network on the training birds
         judge_batch = min(TRAIN_BATCH, cfg["n_train"])
-        for j in range(cfg["judges"]):  # attributes.train_part_judges' ledger names
-            calls["part judge" if not j else f"part judge {j + 1}"] = (judge_batch, cfg["attr_epochs"] * (cfg["n_train"] // judge_batch))
+        for j in range(cfg["judges"]):  # attributes.train_part_judges' judges, by their ledger names
+            calls[part_judge_name(j)] = (judge_batch, cfg["attr_epochs"] * (cfg["n_train"] // judge_batch))
     compare = min(cfg["compare_n"], cfg["n_train"])
     for mode in ("nearest", "pixelshuffle"):
         calls[f"Stage-I (compare_{mode})"] = (cfg["batch_size"], cfg["compare_epochs"] * (compare // cfg["batch_size"]))
