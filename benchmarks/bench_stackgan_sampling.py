@@ -120,6 +120,8 @@ def main() -> None:
                              "probabilities averaged (attributes.JudgeEnsemble)")
     parser.add_argument("--judge-epochs", type=int, default=None, metavar="E",
                         help="with --judge classifier: each part classifier's epochs (default: the profile's attr_epochs)")
+    parser.add_argument("--judge-amp", action="store_true",
+                        help="with --judge classifier: train the part classifiers in bf16 autocast, channels-last")
     parser.add_argument("--judge", choices=("D", "classifier", "reader"), default="D",
                         help="re-rank by D's part head, by a part classifier G never trained against, or by the part "
                              "reader of Recipe.part_teacher (for generators not trained against it)")
@@ -167,12 +169,13 @@ def main() -> None:
     print(f"demo: real birds drawn to the demo captions score {demo_real:.2f}")
     judge_epochs = args.judge_epochs or cfg.attr_epochs
     judge_name = ("" if args.judge == "D" else f",judge={args.judge}") + (f"x{args.judges}" if args.judges > 1 else "") + (
-        f",judge_epochs={args.judge_epochs}" if args.judge_epochs else "") + (
+        f",judge_epochs={args.judge_epochs}" if args.judge_epochs else "") + (",judge_amp" if args.judge_amp else "") + (
         "" if args.rerank_score == "joint" else f",score={args.rerank_score}")
     part_judge = None if args.judge == "D" else part_teacher(cfg, train, seed, device) if args.judge == "reader" else \
         attributes.train_part_judges(train.images(76), train.image_part_labels(), args.judges, width=cfg.attr_width,
-                                     epochs=judge_epochs, seed=seed, device=device, run_dir=hwlib.runs_dir(
-                                         f"bench/stackgan_sampling/part_judge_w{cfg.attr_width}_e{judge_epochs}"))
+                                     epochs=judge_epochs, seed=seed, device=device, amp=args.judge_amp, run_dir=hwlib.runs_dir(
+                                         f"bench/stackgan_sampling/part_judge_w{cfg.attr_width}_e{judge_epochs}"
+                                         + ("_amp" if args.judge_amp else "")))
     judge_real = None
     if part_judge is not None:  # how well the judge reads real birds of the unseen species, from their captions' colours
         judge_real = {p: round(v, 3) for p, v in attribute_accuracy(

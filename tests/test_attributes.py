@@ -97,3 +97,16 @@ def test_train_part_judges_trains_one_judge_per_seed_and_averages_them(tmp_path)
         assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
     assert not all(torch.equal(x, y) for x, y in zip(first.state_dict().values(), second.state_dict().values()))
 
+
+
+def test_train_attribute_net_amp_trains_channels_last_in_a_run_of_its_own(tmp_path) -> None:
+    from hwlib.checkpoints import RunMismatch
+
+    images, labels = synthbirds.attribute_birds(64, seed=0, root=tmp_path)
+    parts = torch.stack([torch.as_tensor(labels[p]) for p in synthbirds.COLOUR_PARTS], 1).numpy()
+    judge = attributes.train_part_judge(images, parts, width=4, epochs=1, run_dir=tmp_path / "amp", amp=True)
+    conv = judge.body[0].weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and conv.dtype == torch.float32  # fp32 master weights
+    assert judge.read_parts(torch.randn(2, 3, 64, 64)).shape == (2, 4, 10)
+    with pytest.raises(RunMismatch):  # an fp32 run never resumes the amp run's checkpoints (nor the other way)
+        attributes.train_part_judge(images, parts, width=4, epochs=1, run_dir=tmp_path / "amp")
