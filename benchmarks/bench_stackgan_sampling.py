@@ -174,8 +174,7 @@ def main() -> None:
     part_judge = None if args.judge == "D" else part_teacher(cfg, train, seed, device) if args.judge == "reader" else \
         attributes.train_part_judges(train.images(76), train.image_part_labels(), args.judges, width=cfg.attr_width,
                                      epochs=judge_epochs, seed=seed, device=device, amp=args.judge_amp, run_dir=hwlib.runs_dir(
-                                         f"bench/stackgan_sampling/part_judge_w{cfg.attr_width}_e{judge_epochs}"
-                                         + ("_amp" if args.judge_amp else "")))
+                                         f"bench/stackgan_sampling/part_judge_w{cfg.attr_width}_e{judge_epochs}"))
     judge_real = None
     if part_judge is not None:  # how well the judge reads real birds of the unseen species, from their captions' colours
         judge_real = {p: round(v, 3) for p, v in attribute_accuracy(

@@ -96,6 +96,8 @@ def test_train_part_judges_trains_one_judge_per_seed_and_averages_them(tmp_path)
     for a, b in zip(two.judges, (first, second)):
         assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
     assert not all(torch.equal(x, y) for x, y in zip(first.state_dict().values(), second.state_dict().values()))
+    amp = attributes.train_part_judges(images, parts, 2, width=4, epochs=1, run_dir=tmp_path / "judge", amp=True)
+    assert len(amp.judges) == 2 and (tmp_path / "judge_amp").is_dir() and (tmp_path / "judge_amp_seed1").is_dir()
 
 
 

@@ -669,6 +669,23 @@ def test_novel_focus_remembers_each_step_and_is_checkpointed(tmp_path) -> None:
     assert memory.shape == (20,) and (memory < math.log(10) - 1e-4).any()  # two steps of two captions remembered
 
 
+def test_bicubic_up_is_pytorchs_bicubic_as_two_matrix_products():
+    gen = torch.Generator().manual_seed(0)
+    interpolate = torch.nn.functional.interpolate
+    for s, size in ((16, 64), (7, 29), (64, 256)):
+        x = torch.rand(2, 3, s, s, generator=gen) * 2 - 1
+        torch.testing.assert_close(stackgan.bicubic_up(x, size), interpolate(x, size=size, mode="bicubic",
+                                   align_corners=False), atol=1e-6, rtol=0)
+    x = torch.rand(2, 3, 8, 8, generator=gen, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # float32 inside autocast too
+        out = stackgan.bicubic_up(x.bfloat16(), 32)
+    assert out.dtype == torch.float32
+    out.square().sum().backward()
+    ref = x.detach().clone().requires_grad_(True)
+    interpolate(ref.bfloat16().float(), size=32, mode="bicubic", align_corners=False).square().sum().backward()
+    torch.testing.assert_close(x.grad, ref.grad, atol=1e-4, rtol=1e-4)
+
+
 def test_keep_low_pools_back_to_the_low_resolution_image():
     gen = torch.Generator().manual_seed(0)
     pool = torch.nn.functional.avg_pool2d

@@ -123,10 +123,13 @@ def train_part_judges(images: torch.Tensor, part_labels: np.ndarray, n: int, *, 
                       run_dir: str | os.PathLike, seed: int = 0, resume: bool = True,
                       device: torch.device | str = "cpu", amp: bool = False) -> AttributeNet | JudgeEnsemble:
     """``n`` :func:`train_part_judge` classifiers at seeds ``seed``, ``seed + 1``, ... (run folders ``run_dir``, then
-    ``run_dir_seed<k>``; cost-ledger names ``part judge``, ``part judge 2``, ...) as one :class:`JudgeEnsemble`, or
-    the one classifier when ``n == 1``. On notebook 01's five benchmark generators four and eight judges drew every
-    colour as often or more than one at the same FID, and the "type a caption" demo at 0.54 +- 0.06 and 0.555 +- 0.044
-    over 128 birds against 0.51 +- 0.03 (``benchmarks/bench_stackgan_sampling.py --judges N``); notebook 01 takes 8."""
+    ``run_dir_seed<k>``, each with ``_amp`` after ``run_dir`` when ``amp``; cost-ledger names ``part judge``, ``part
+    judge 2``, ...) as one :class:`JudgeEnsemble`, or the one classifier when ``n == 1``. On notebook 01's five
+    benchmark generators four and eight judges drew every colour as often or more than one at the same FID, and the
+    "type a caption" demo at 0.54 +- 0.06 and 0.555 +- 0.044 over 128 birds against 0.51 +- 0.03
+    (``benchmarks/bench_stackgan_sampling.py --judges N``); eight trained with ``amp`` as well as eight in float32
+    (0.57 +- 0.07, ``--judge-amp``) in two thirds of the time. Notebook 01 takes eight, with ``amp``."""
+    run_dir = f"{run_dir}_amp" if amp else str(run_dir)  # amp is part of a run's identity: a folder of its own
     judges = [train_part_judge(images, part_labels, width=width, epochs=epochs, seed=seed + j, resume=resume,
                                device=device, run_dir=f"{run_dir}_seed{seed + j}" if j else run_dir,
                                desc=part_judge_name(j), amp=amp) for j in range(n)]

@@ -598,7 +598,7 @@ class Stage2G(nn.Module):
         h = self.joint(torch.cat([h, c[:, :, None, None].expand(-1, -1, *h.shape[2:])], 1))
         h = self.up(self.res(h))
         if self.skip or self.refine is not None:  # the input up-sampled, for the residual and / or the image skip
-            base = F.interpolate(image.to(h.dtype), size=h.shape[-2:], mode="bicubic", align_corners=False)
+            base = bicubic_up(image, h.shape[-1]).to(h.dtype)
         if self.refine is not None:
             h = self.refine(torch.cat([h, base], 1))
         out = self.to_img(h)
@@ -624,6 +624,25 @@ def espcn(width: int, factor: int) -> nn.Sequential:
     return net
 
 
+@functools.lru_cache(maxsize=16)
+def _bicubic_matrix(n_in: int, n_out: int, device: torch.device) -> torch.Tensor:
+    """(n_out, n_in) float32: PyTorch's 1-D bicubic resampling (align_corners=False, border replicated) as a matrix,
+    read off by resampling the identity with ``F.interpolate`` itself."""
+    eye = torch.eye(n_in, device=device)[:, None, :, None]  # n_in unit signals (n_in, 1, n_in, 1)
+    return F.interpolate(eye, size=(n_out, 1), mode="bicubic", align_corners=False)[:, 0, :, 0].T.contiguous()
+
+
+def bicubic_up(x: torch.Tensor, size: int) -> torch.Tensor:
+    """``F.interpolate(x, size, mode="bicubic", align_corners=False)`` for square images (B, C, s, s) -> (B, C, size,
+    size) float32, as two matrix products (the filter is separable and linear): the same values to float32 rounding
+    (4e-7 on images in [-1, 1]), 6x faster on a 2-core CPU (1.5 ms against 9.3 ms for 8 images 64 -> 256 px), where
+    PyTorch's bicubic kernel took 5 % of a Stage-II training step and most of :func:`keep_low`. Computed in float32
+    outside autocast; differentiable."""
+    m = _bicubic_matrix(x.shape[-1], size, x.device)
+    with torch.autocast(x.device.type, enabled=False):
+        return m @ x.float() @ m.T
+
+
 def keep_low(high: torch.Tensor, low: torch.Tensor, iters: int = 12, bisect: int = 30) -> torch.Tensor:
     """``high`` (B, C, S, S) in [-1, 1] corrected so that its block means (area pooling to ``low``'s size s) are
     exactly ``low`` (B, C, s, s) in [-1, 1]: a consistency-enforcing output (Bahat & Michaeli, "Explorable Super
@@ -632,25 +651,31 @@ def keep_low(high: torch.Tensor, low: torch.Tensor, iters: int = 12, bisect: int
     under 1e-4 on notebook 01's images), so the correction draws no block edges where the image stays in range.
     Where it leaves [-1, 1] (about 1 % of the pixels of notebook 01's Stage-I images up-sampled, next to colours near
     white or black), each block is shifted by the one constant that restores its mean after clamping (``bisect``
-    bisection steps: the projection onto the in-range images with those means) -- this does draw block edges there.
+    bisection steps, on the blocks where clamping binds alone: the projection onto the in-range images with those
+    means) -- this does draw block edges there. 0.32 s for 32 images 64 -> 256 px on a 2-core CPU (0.76 s with
+    PyTorch's bicubic kernel and every block bisected; the outputs within 6e-7).
     Gradients pass through the smooth passes and the clamp; the shift is a constant to them."""
     f = high.shape[-1] // low.shape[-1]
     if f * low.shape[-1] != high.shape[-1]:
         raise ValueError(f"keep_low needs a whole scale factor, not {high.shape[-1]} over {low.shape[-1]}")
     out, low = high.float(), low.float()
     for _ in range(iters):
-        out = out - F.interpolate(F.avg_pool2d(out, f) - low, scale_factor=f, mode="bicubic", align_corners=False)
+        out = out - bicubic_up(F.avg_pool2d(out, f) - low, out.shape[-1])
 
-    def up(t: torch.Tensor) -> torch.Tensor:
-        return t.repeat_interleave(f, -2).repeat_interleave(f, -1)
-
-    with torch.no_grad():  # the block shift t with mean(clamp(out + t)) = low: monotone in t, so bisect
-        lo, hi = -1 - F.max_pool2d(out, f), 1 + F.max_pool2d(-out, f)  # every pixel at -1 / every pixel at +1
-        for _ in range(bisect):
-            mid = (lo + hi) / 2
-            above = F.avg_pool2d((out + up(mid)).clamp(-1, 1), f) > low
-            hi, lo = torch.where(above, mid, hi), torch.where(above, lo, mid)
-    return (out + up((lo + hi) / 2)).clamp(-1, 1).to(high.dtype)
+    with torch.no_grad():  # the block shift t with mean(clamp(out + t)) = low
+        n, c, s = out.shape[0], out.shape[1], low.shape[-1]
+        blocks = out.view(n, c, s, f, s, f).transpose(3, 4).reshape(n, c, s, s, f * f)  # (B, C, s, s, f*f)
+        shift = low - blocks.mean(-1)  # where no pixel leaves [-1, 1], the mean's own shift
+        clamped = (blocks.amax(-1) + shift > 1) | (blocks.amin(-1) + shift < -1)
+        if clamped.any():  # elsewhere mean(clamp(out + t)) is monotone in t: bisect, on those blocks alone
+            pixels, target = blocks[clamped], low[clamped]  # (K, f*f), (K,)
+            lo, hi = -1 - pixels.amax(-1), 1 - pixels.amin(-1)  # every pixel at -1 / every pixel at +1
+            for _ in range(bisect):
+                mid = (lo + hi) / 2
+                above = (pixels + mid[:, None]).clamp(-1, 1).mean(-1) > target
+                hi, lo = torch.where(above, mid, hi), torch.where(above, lo, mid)
+            shift[clamped] = (lo + hi) / 2
+    return (out + shift.repeat_interleave(f, -2).repeat_interleave(f, -1)).clamp(-1, 1).to(high.dtype)
 
 
 class StageD(nn.Module):
