@@ -32,7 +32,8 @@ birds, 0.47, so x2 stays), judged by ``judge``: ``"classifier"``, a
 part-colour classifier of the training birds that G never trained against (:func:`hwlib.models.attributes.train_part_judge`,
 at the attribute classifier's width and epochs; ``judges`` of them at as many seeds, their colour probabilities averaged,
 :func:`hwlib.models.attributes.train_part_judges`: on five seeds eight drew every colour as often as one or more at the
-same FID and the demo at 0.555 against 0.51 over 128 birds), or ``"D"``, Stage-I D's part head, which G learnt to satisfy
+same FID and the demo at 0.555 against 0.51 over 128 birds; ``judge_amp`` trains them in bf16, as good a choice in
+two thirds of the time), or ``"D"``, Stage-I D's part head, which G learnt to satisfy
 (``benchmarks/bench_stackgan_sampling.py --judge``), scoring each candidate by the log-probability that every asked
 part is drawn as asked (:func:`hwlib.models.stackgan.part_scores`; the expected number of them, ``--rerank-score
 expected``, drew the demo's birds worse on five seeds: 0.37 against 0.51 over 128 birds); recipes without a part head (``paper``) sample one, with the CA
