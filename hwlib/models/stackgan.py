@@ -664,7 +664,7 @@ def keep_low(high: torch.Tensor, low: torch.Tensor, iters: int = 12, bisect: int
 
     with torch.no_grad():  # the block shift t with mean(clamp(out + t)) = low
         n, c, s = out.shape[0], out.shape[1], low.shape[-1]
-        blocks = out.view(n, c, s, f, s, f).transpose(3, 4).reshape(n, c, s, s, f * f)  # (B, C, s, s, f*f)
+        blocks = out.reshape(n, c, s, f, s, f).transpose(3, 4).reshape(n, c, s, s, f * f)  # (B, C, s, s, f*f)
         shift = low - blocks.mean(-1)  # where no pixel leaves [-1, 1], the mean's own shift
         clamped = (blocks.amax(-1) + shift > 1) | (blocks.amin(-1) + shift < -1)
         if clamped.any():  # elsewhere mean(clamp(out + t)) is monotone in t: bisect, on those blocks alone
