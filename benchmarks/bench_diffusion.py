@@ -46,7 +46,7 @@ from hwlib.bench import is_dense, write_result
 from hwlib.data import ResidentLoader, load_mnist
 from hwlib.diffusion import Diffusion, make_diffusion_step
 from hwlib.models.unet import UNet, build as build_unet
-from hwlib.train import EMA, adam, count_parameters, cpu_has_native_bf16, fit, get_device, maybe_compile
+from hwlib.train import EMA, adam, count_parameters, cpu_has_native_bf16, deterministic_kernels, fit, get_device, maybe_compile
 
 
 def hwlib_unet(size: str, device: torch.device) -> UNet:
@@ -85,12 +85,13 @@ class _Side:
     def as_trained(self) -> Iterator[None]:
         """The settings this side trains with, the caller's restored afterwards (so that one side's never leak into
         the other's timing)."""
-        before = torch.are_deterministic_algorithms_enabled()
-        torch.use_deterministic_algorithms(self.deterministic, warn_only=True)
+        before = torch.are_deterministic_algorithms_enabled(), torch.utils.deterministic.fill_uninitialized_memory
+        deterministic_kernels(self.deterministic)  # as seed_everything sets them for the notebooks
         try:
             yield
         finally:
-            torch.use_deterministic_algorithms(before)
+            torch.use_deterministic_algorithms(before[0])
+            torch.utils.deterministic.fill_uninitialized_memory = before[1]
 
 
 class HwlibSide(_Side):

@@ -203,6 +203,29 @@ def test_sample_grids_and_gif(tmp_path):
     assert iio.imread(tmp_path / "grids" / "progress.gif", index=None).shape[0] == 2
 
 
+def test_seed_everything_asks_for_deterministic_kernels_without_filling_fresh_memory():
+    before = torch.are_deterministic_algorithms_enabled(), torch.utils.deterministic.fill_uninitialized_memory
+    try:
+        weights = {}
+        for fill in (True, False):  # torch's NaN fill of fresh memory, then hwlib's setting
+            seed_everything(0)
+            assert torch.are_deterministic_algorithms_enabled()
+            assert torch.utils.deterministic.fill_uninitialized_memory is False
+            torch.utils.deterministic.fill_uninitialized_memory = fill
+            net = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.GroupNorm(2, 8), nn.SiLU(), nn.ConvTranspose2d(8, 3, 4, 2, 1))
+            opt = adam(net.parameters(), lr=1e-2)
+            for _ in range(3):
+                loss = (net(torch.randn(4, 3, 16, 16)) - 1).square().mean()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            weights[fill] = [p.detach().clone() for p in net.parameters()]
+        assert all(torch.equal(a, b) for a, b in zip(weights[True], weights[False]))  # the fill changes no result
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=True)
+        torch.utils.deterministic.fill_uninitialized_memory = before[1]
+
+
 def test_checkpoint_round_trip_with_rng(tmp_path):
     seed_everything(3)
     model = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3))
