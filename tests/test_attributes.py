@@ -100,7 +100,6 @@ def test_train_part_judges_trains_one_judge_per_seed_and_averages_them(tmp_path)
     assert len(amp.judges) == 2 and (tmp_path / "judge_amp").is_dir() and (tmp_path / "judge_amp_seed1").is_dir()
 
 
-
 def test_train_attribute_net_amp_trains_channels_last_in_a_run_of_its_own(tmp_path) -> None:
     from hwlib.checkpoints import RunMismatch
 
