@@ -13,11 +13,15 @@ on MNIST, measured in one run:
   (accelerate wraps the forward in ``torch.autocast(bf16)``);
 - ``best``: each side at whichever of the two was faster for it in this run.
 
-Every side is built and warmed up (compiled) once, then timed ``--rounds`` times, the sides interleaved in every
-round: each ratio is taken within a round and the median over rounds is reported with its range, so that a shared
-machine whose speed drifts over the run (about 15 % from hour to hour on the 2-core CPU) moves both sides of a ratio
-alike. hwlib's time is ``History.seconds`` (the training loop, not the cost measurement ``fit`` makes before it);
-the diffusers loop's includes its ``DataLoader``, as ``fit``'s includes hwlib's loader.
+Each library trains in its own process, as its users run it: hwlib's with deterministic kernels and the C
+allocator keeping freed memory (``hwlib.train.keep_freed_memory``, which ``fit`` sets), the diffusers recipe with
+PyTorch's and glibc's defaults (both settings are process-wide, and glibc's cannot be undone once changed). Every
+side is built and warmed up (compiled) once, then timed ``--rounds`` times, the two processes taking turns (one
+runs while the other waits) and the sides interleaved in every round: each ratio is taken within a round and the
+median over rounds is reported with its range, so that a shared machine whose speed drifts over the run (about 15 %
+from hour to hour on the 2-core CPU) moves both sides of a ratio alike. hwlib's time is ``History.seconds`` (the
+training loop, not the cost measurement ``fit`` makes before it); the diffusers loop's includes its ``DataLoader``,
+as ``fit``'s includes hwlib's loader.
 
     python benchmarks/bench_diffusion.py                 # the profile's network of this device (quick on a CPU)
     python benchmarks/bench_diffusion.py --size full --steps 50
@@ -29,10 +33,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import multiprocessing
 import os
 import statistics
 import tempfile
 import time
+import traceback
 from collections.abc import Iterator
 from typing import Any
 from unittest import mock
@@ -46,7 +52,8 @@ from hwlib.bench import is_dense, write_result
 from hwlib.data import ResidentLoader, load_mnist
 from hwlib.diffusion import Diffusion, make_diffusion_step
 from hwlib.models.unet import UNet, build as build_unet
-from hwlib.train import EMA, adam, count_parameters, cpu_has_native_bf16, deterministic_kernels, fit, get_device, maybe_compile
+from hwlib.train import (EMA, adam, count_parameters, cpu_has_native_bf16, deterministic_kernels, fit, get_device,
+                         keep_freed_memory, maybe_compile)
 
 
 def hwlib_unet(size: str, device: torch.device) -> UNet:
@@ -73,34 +80,23 @@ def diffusers_unet(target_params: int, size: str, device: torch.device):
 
 
 class _Side:
-    """What both sides hold: ``model``, ``opt`` and ``ema``, passed by name to ``fit`` and ``hwlib.cost.measure_step``;
-    ``deterministic``: whether the side trains with deterministic algorithms (diffusers' default: no)."""
-
-    deterministic = False
+    """What both sides hold: ``model``, ``opt`` and ``ema``, passed by name to ``fit`` and ``hwlib.cost.measure_step``."""
 
     def state(self) -> dict[str, dict[str, Any]]:
         return {"modules": {"model": self.model}, "optimizers": {"opt": self.opt}, "emas": {"ema": self.ema}}
 
-    @contextlib.contextmanager
-    def as_trained(self) -> Iterator[None]:
-        """The settings this side trains with, the caller's restored afterwards (so that one side's never leak into
-        the other's timing)."""
-        before = torch.are_deterministic_algorithms_enabled(), torch.utils.deterministic.fill_uninitialized_memory
-        deterministic_kernels(self.deterministic)  # as seed_everything sets them for the notebooks
-        try:
-            yield
-        finally:
-            torch.use_deterministic_algorithms(before[0])
-            torch.utils.deterministic.fill_uninitialized_memory = before[1]
+    def as_trained(self) -> contextlib.AbstractContextManager:
+        """The settings this side trains with that differ between the sides of one process (none by default)."""
+        return contextlib.nullcontext()
 
 
 class HwlibSide(_Side):
-    """hwlib's loop, built and compiled once; :meth:`images_per_s` trains ``steps`` more steps through ``fit``, which
-    asks for deterministic kernels, as the notebooks train."""
-
-    deterministic = True
+    """hwlib's loop, built and compiled once; :meth:`images_per_s` trains ``steps`` more steps through ``fit``. With
+    deterministic kernels and freed memory kept for the next step, as ``fit`` trains the notebooks."""
 
     def __init__(self, x, y, batch: int, steps: int, size: str, device: torch.device, bf16: bool) -> None:
+        deterministic_kernels()  # as seed_everything sets them for the notebooks
+        keep_freed_memory()  # as fit sets it
         self.x, self.y, self.batch, self.steps, self.device = x, y, batch, steps, device
         self.env = {"HWLIB_CPU_BF16": "1" if bf16 else "0"}
         self.model = hwlib_unet(size, device)
@@ -117,8 +113,8 @@ class HwlibSide(_Side):
 
     @contextlib.contextmanager
     def as_trained(self) -> Iterator[None]:
-        """Deterministic kernels and this side's precision (``HWLIB_CPU_BF16``)."""
-        with super().as_trained(), mock.patch.dict(os.environ, self.env):
+        """This side's precision (``HWLIB_CPU_BF16``)."""
+        with mock.patch.dict(os.environ, self.env):
             yield
 
     def flop_step(self, batch: tuple[torch.Tensor, ...], i: int) -> None:
@@ -216,6 +212,62 @@ def op_profile(side: _Side, x: torch.Tensor, y: torch.Tensor, batch: int, steps:
     return {"step_ms": round(wall * 1e3 / steps, 2), **{k: round(v, 2) for k, v in parts.items()}}
 
 
+def _serve(conn, library: str, settings: dict[str, Any]) -> None:
+    """A side's process: build ``library``'s side for every precision, report their parameter counts, then answer
+    the parent's calls (``speed``, ``gflop``, ``ops``) until ``stop``; an exception goes back as its traceback."""
+    try:
+        torch.set_num_threads(settings["threads"])
+        device, batch, steps, size = torch.device(settings["device"]), settings["batch"], settings["steps"], settings["size"]
+        x, y = load_mnist("train")
+        sides: dict[str, _Side] = {}
+        for precision in settings["precisions"]:
+            torch.manual_seed(0)
+            bf16 = precision == "bf16"
+            sides[precision] = (HwlibSide(x, y, batch, steps, size, device, bf16) if library == "hwlib" else
+                                DiffusersSide(x, y, batch, steps, settings["target_params"], size, device, bf16))
+        conn.send(("ok", {p: side.n_params for p, side in sides.items()}))
+        while True:
+            call, precision, arg = conn.recv()
+            if call == "stop":
+                return
+            side = sides[precision]
+            if call == "speed":
+                result: Any = side.images_per_s()
+            elif call == "gflop":  # the work of one step (forward + backward, matrix products and convolutions)
+                result = cost.measure_step(side.flop_step, (x[:batch], y[:batch]), timed=0, **side.state()).flops / 1e9
+            else:
+                result = op_profile(side, x, y, batch, arg)
+            conn.send(("ok", result))
+    except Exception:  # noqa: BLE001 - the parent raises it
+        conn.send(("error", traceback.format_exc()))
+
+
+class Library:
+    """One library's sides in a process of their own (:func:`_serve`); the parent calls them one at a time."""
+
+    def __init__(self, library: str, **settings: Any) -> None:
+        self.library = library
+        context = multiprocessing.get_context("spawn")  # a fresh interpreter: nothing of the parent's settings
+        self.conn, child = context.Pipe()
+        self.process = context.Process(target=_serve, args=(child, library, settings), daemon=True)
+        self.process.start()
+        self.n_params: dict[str, int] = self._answer()
+
+    def _answer(self) -> Any:
+        status, value = self.conn.recv()
+        if status == "error":
+            raise RuntimeError(f"the {self.library} side failed in its process:\n{value}")
+        return value
+
+    def __call__(self, call: str, precision: str, arg: Any = None) -> Any:
+        self.conn.send((call, precision, arg))
+        return self._answer()
+
+    def close(self) -> None:
+        self.conn.send(("stop", None, None))
+        self.process.join(timeout=60)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default=None, help="profile whose U-Net to train (default: full on CUDA, quick otherwise)")
@@ -232,63 +284,64 @@ def main() -> None:
     cfg = hwlib.get_profile("02_diffusion_mnist", size, verbose=False)
     batch = args.batch or cfg.batch_size
     steps = args.steps or (50 if device.type == "cuda" else 5)
-    x, y = load_mnist("train")
     bf16 = torch.cuda.is_bf16_supported(including_emulation=False) if device.type == "cuda" else cpu_has_native_bf16()
     rounds = args.rounds
     result = {"network": size, "batch": batch, "timed_steps": steps, "rounds": rounds, "torch_threads": torch.get_num_threads(),
               "bf16_native": bf16}
     precisions = ("fp32", "bf16") if bf16 else ("fp32",)
-    sides: dict[str, dict[str, Any]] = {}
-    for precision in precisions:
-        torch.manual_seed(0)
-        ours = HwlibSide(x, y, batch, steps, size, device, precision == "bf16")
-        sides[precision] = {"hwlib": ours, "diffusers": DiffusersSide(x, y, batch, steps, ours.n_params, size, device,
-                                                                     precision == "bf16")}
-    # the work of one step (forward + backward, matrix products and convolutions), restored afterwards
-    work = {side: cost.measure_step(sides[precisions[0]][side].flop_step, (x[:batch], y[:batch]), timed=0,
-                                    **sides[precisions[0]][side].state()).flops / 1e9 for side in ("hwlib", "diffusers")}
-    result["gflop_per_step"] = {k: round(v, 3) for k, v in work.items()}
-    print(f"work per step: hwlib {work['hwlib']:.2f} GFLOP, diffusers {work['diffusers']:.2f} GFLOP", flush=True)
-    # rounds: every side once per round, in the same order, so that a machine that speeds up or slows down over the
-    # run moves both sides of each ratio alike; the result is the median ratio over rounds, with its range
-    speed = {p: {"hwlib": [], "diffusers": []} for p in precisions}
-    for r in range(rounds):
+    settings = {"threads": torch.get_num_threads(), "device": str(device), "batch": batch, "steps": steps, "size": size,
+                "precisions": precisions}
+    libraries = {"hwlib": Library("hwlib", **settings)}
+    libraries["diffusers"] = Library("diffusers", **settings, target_params=libraries["hwlib"].n_params[precisions[0]])
+    try:
+        work = {side: libraries[side]("gflop", precisions[0]) for side in ("hwlib", "diffusers")}
+        result["gflop_per_step"] = {k: round(v, 3) for k, v in work.items()}
+        print(f"work per step: hwlib {work['hwlib']:.2f} GFLOP, diffusers {work['diffusers']:.2f} GFLOP", flush=True)
+        # rounds: every side once per round, in the same order, so that a machine that speeds up or slows down over
+        # the run moves both sides of each ratio alike; the result is the median ratio over rounds, with its range
+        speed = {p: {"hwlib": [], "diffusers": []} for p in precisions}
+        for r in range(rounds):
+            for precision in precisions:
+                for side in ("hwlib", "diffusers"):
+                    speed[precision][side].append(libraries[side]("speed", precision))
+            print(f"round {r + 1}: " + ", ".join(f"{p} hwlib {speed[p]['hwlib'][-1]:.1f} diffusers "
+                                                  f"{speed[p]['diffusers'][-1]:.1f}" for p in precisions), flush=True)
+
+        def summary(ratios: list[float]) -> dict[str, Any]:
+            return {"speedup": round(statistics.median(ratios), 3), "speedup_min": round(min(ratios), 3),
+                    "speedup_max": round(max(ratios), 3), "speedup_per_round": [round(v, 3) for v in ratios]}
+
         for precision in precisions:
-            for side in ("hwlib", "diffusers"):
-                speed[precision][side].append(sides[precision][side].images_per_s())
-        print(f"round {r + 1}: " + ", ".join(f"{p} hwlib {speed[p]['hwlib'][-1]:.1f} diffusers "
-                                              f"{speed[p]['diffusers'][-1]:.1f}" for p in precisions), flush=True)
-
-    def summary(ratios: list[float]) -> dict[str, Any]:
-        return {"speedup": round(statistics.median(ratios), 3), "speedup_min": round(min(ratios), 3),
-                "speedup_max": round(max(ratios), 3), "speedup_per_round": [round(v, 3) for v in ratios]}
-
-    for precision in precisions:
-        ours, theirs = speed[precision]["hwlib"], speed[precision]["diffusers"]
-        result[precision] = {"hwlib_params": sides[precision]["hwlib"].n_params,
-                             "diffusers_params": sides[precision]["diffusers"].n_params,
-                             "hwlib_images_per_s": round(statistics.median(ours), 2),
-                             "diffusers_images_per_s": round(statistics.median(theirs), 2),
-                             **summary([a / b for a, b in zip(ours, theirs)])}
-        result[precision]["hwlib_gflop_per_s"] = round(work["hwlib"] * statistics.median(ours) / batch, 1)
-        result[precision]["diffusers_gflop_per_s"] = round(work["diffusers"] * statistics.median(theirs) / batch, 1)
-        print(f"{precision}: hwlib {result[precision]['hwlib_images_per_s']:.1f} vs diffusers "
-              f"{result[precision]['diffusers_images_per_s']:.1f} images/s -> {result[precision]['speedup']:.2f}x "
-              f"(rounds {result[precision]['speedup_min']:.2f}-{result[precision]['speedup_max']:.2f})", flush=True)
-    # best vs best: each side at whichever precision was faster for it over the run (medians), paired per round
-    best = {side: max(precisions, key=lambda p: statistics.median(speed[p][side])) for side in ("hwlib", "diffusers")}
-    result["best"] = {"hwlib_precision": best["hwlib"], "diffusers_precision": best["diffusers"],
-                      **summary([a / b for a, b in zip(speed[best["hwlib"]]["hwlib"],
-                                                       speed[best["diffusers"]]["diffusers"])])}
-    print(f"best vs best: hwlib ({best['hwlib']}) / diffusers ({best['diffusers']}) -> {result['best']['speedup']:.2f}x "
-          f"(rounds {result['best']['speedup_min']:.2f}-{result['best']['speedup_max']:.2f})")
-    if args.profile_ops:
-        result["ops"] = {f"{side} {p}": op_profile(sides[p][side], x, y, batch, args.profile_ops)
-                         for p in precisions for side in ("hwlib", "diffusers")}
-        for name, parts in result["ops"].items():
-            print(f"{name:15s} " + ", ".join(f"{k} {v:.1f}" for k, v in parts.items()) + " (ms per step)")
-    result["hwlib"] = "UNet + make_diffusion_step + fit, resident loader, fused Adam, foreach EMA, torch.compile"
-    result["diffusers"] = "UNet2DModel + DDPMScheduler.add_noise + AdamW + EMAModel + DataLoader"
+            ours, theirs = speed[precision]["hwlib"], speed[precision]["diffusers"]
+            result[precision] = {"hwlib_params": libraries["hwlib"].n_params[precision],
+                                 "diffusers_params": libraries["diffusers"].n_params[precision],
+                                 "hwlib_images_per_s": round(statistics.median(ours), 2),
+                                 "diffusers_images_per_s": round(statistics.median(theirs), 2),
+                                 **summary([a / b for a, b in zip(ours, theirs)])}
+            result[precision]["hwlib_gflop_per_s"] = round(work["hwlib"] * statistics.median(ours) / batch, 1)
+            result[precision]["diffusers_gflop_per_s"] = round(work["diffusers"] * statistics.median(theirs) / batch, 1)
+            print(f"{precision}: hwlib {result[precision]['hwlib_images_per_s']:.1f} vs diffusers "
+                  f"{result[precision]['diffusers_images_per_s']:.1f} images/s -> {result[precision]['speedup']:.2f}x "
+                  f"(rounds {result[precision]['speedup_min']:.2f}-{result[precision]['speedup_max']:.2f})", flush=True)
+        # best vs best: each side at whichever precision was faster for it over the run (medians), paired per round
+        best = {side: max(precisions, key=lambda p: statistics.median(speed[p][side])) for side in ("hwlib", "diffusers")}
+        result["best"] = {"hwlib_precision": best["hwlib"], "diffusers_precision": best["diffusers"],
+                          **summary([a / b for a, b in zip(speed[best["hwlib"]]["hwlib"],
+                                                           speed[best["diffusers"]]["diffusers"])])}
+        print(f"best vs best: hwlib ({best['hwlib']}) / diffusers ({best['diffusers']}) -> {result['best']['speedup']:.2f}x "
+              f"(rounds {result['best']['speedup_min']:.2f}-{result['best']['speedup_max']:.2f})")
+        if args.profile_ops:
+            result["ops"] = {f"{side} {p}": libraries[side]("ops", p, args.profile_ops)
+                             for p in precisions for side in ("hwlib", "diffusers")}
+            for name, parts in result["ops"].items():
+                print(f"{name:15s} " + ", ".join(f"{k} {v:.1f}" for k, v in parts.items()) + " (ms per step)")
+    finally:
+        for library in libraries.values():
+            library.close()
+    result["hwlib"] = ("UNet + make_diffusion_step + fit, resident loader, fused Adam, foreach EMA, torch.compile; "
+                       "its own process, freed memory kept (keep_freed_memory)")
+    result["diffusers"] = ("UNet2DModel + DDPMScheduler.add_noise + AdamW + EMAModel + DataLoader; its own process, "
+                           "PyTorch's and glibc's defaults")
     write_result("diffusion_train_throughput", result, device, tag=args.tag)
 
 

@@ -226,6 +226,58 @@ def test_seed_everything_asks_for_deterministic_kernels_without_filling_fresh_me
         torch.utils.deterministic.fill_uninitialized_memory = before[1]
 
 
+_FREED_MEMORY = """
+import os, torch
+from hwlib.train import keep_freed_memory
+applied = keep_freed_memory()
+def resident_mb():
+    return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+start = resident_mb()
+blocks = [torch.ones(2 << 20) for _ in range(8)]  # a step's 64 MB in eight 8-MB tensors, written
+peak = resident_mb()
+del blocks
+print(applied, peak - start, resident_mb() - start)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator, /proc")
+def test_keep_freed_memory_keeps_a_steps_memory_for_the_next():
+    """glibc hands the 64 MB back to the kernel when they are freed (the next step would fault every page in again);
+    after :func:`hwlib.train.keep_freed_memory` the process keeps them. Each case in its own process: the setting is
+    process-wide and cannot be undone."""
+    def run(flag: str) -> tuple[str, float, float]:
+        out = subprocess.run([sys.executable, "-c", _FREED_MEMORY], capture_output=True, text=True, check=True,
+                             env={**os.environ, "HWLIB_KEEP_MEMORY": flag}).stdout.split()
+        return out[0], float(out[1]), float(out[2])
+
+    applied, peak, kept = run("1")
+    if applied == "False":
+        pytest.skip("the C library is not glibc")
+    default_applied, default_peak, default_kept = run("0")
+    assert default_applied == "False" and min(peak, default_peak) > 60
+    assert default_kept < 16  # returned to the kernel
+    assert kept > 60  # kept for the next step
+
+
+def test_fit_and_sampling_net_keep_freed_memory(monkeypatch, tmp_path):
+    calls = []
+    monkeypatch.setattr(train, "keep_freed_memory", lambda: calls.append(1) or True)
+    train.SamplingNet(nn.Linear(2, 2))
+    model = nn.Linear(2, 1)
+    opt = adam(model.parameters(), lr=1e-2)
+
+    def step(batch, _):
+        loss = model(batch[0]).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return {"loss": loss.detach()}
+
+    fit(step, ResidentLoader(torch.randn(8, 2), batch_size=4), epochs=1, run_dir=tmp_path, modules={"m": model},
+        optimizers={"m": opt}, progress=False)
+    assert len(calls) == 2
+
+
 def test_checkpoint_round_trip_with_rng(tmp_path):
     seed_everything(3)
     model = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3))
