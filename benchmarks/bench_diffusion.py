@@ -21,13 +21,14 @@ runs while the other waits) and the sides interleaved in every round: each ratio
 median over rounds is reported with its range, so that a shared machine whose speed drifts over the run (about 15 %
 from hour to hour on the 2-core CPU) moves both sides of a ratio alike. hwlib's time is ``History.seconds`` (the
 training loop, not the cost measurement ``fit`` makes before it); the diffusers loop's includes its ``DataLoader``,
-as ``fit``'s includes hwlib's loader.
+as ``fit``'s includes hwlib's loader. Each side's minor page faults per timed step (memory the kernel had to map
+afresh) are recorded beside its speed.
 
     python benchmarks/bench_diffusion.py                 # the profile's network of this device (quick on a CPU)
     python benchmarks/bench_diffusion.py --size full --steps 50
     python benchmarks/bench_diffusion.py --steps 50 --rounds 3 --tag intel_xeon
     python benchmarks/bench_diffusion.py --steps 20 --tag amd_epyc   # another machine: its own result file
-    python benchmarks/bench_diffusion.py --steps 50 --rounds 5 --profile-ops 20   # and where each side's step goes
+    python benchmarks/bench_diffusion.py --steps 30 --rounds 8 --profile-ops 20   # and where each side's step goes
 """
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ import argparse
 import contextlib
 import multiprocessing
 import os
+import resource
 import statistics
 import tempfile
 import time
@@ -231,8 +233,9 @@ def _serve(conn, library: str, settings: dict[str, Any]) -> None:
             if call == "stop":
                 return
             side = sides[precision]
-            if call == "speed":
-                result: Any = side.images_per_s()
+            if call == "speed":  # and the process's minor page faults per timed step (pages the kernel had to map)
+                faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+                result: Any = (side.images_per_s(), (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / steps)
             elif call == "gflop":  # the work of one step (forward + backward, matrix products and convolutions)
                 result = cost.measure_step(side.flop_step, (x[:batch], y[:batch]), timed=0, **side.state()).flops / 1e9
             else:
@@ -300,10 +303,13 @@ def main() -> None:
         # rounds: every side once per round, in the same order, so that a machine that speeds up or slows down over
         # the run moves both sides of each ratio alike; the result is the median ratio over rounds, with its range
         speed = {p: {"hwlib": [], "diffusers": []} for p in precisions}
+        faults = {p: {"hwlib": [], "diffusers": []} for p in precisions}
         for r in range(rounds):
             for precision in precisions:
                 for side in ("hwlib", "diffusers"):
-                    speed[precision][side].append(libraries[side]("speed", precision))
+                    images_per_s, faults_per_step = libraries[side]("speed", precision)
+                    speed[precision][side].append(images_per_s)
+                    faults[precision][side].append(faults_per_step)
             print(f"round {r + 1}: " + ", ".join(f"{p} hwlib {speed[p]['hwlib'][-1]:.1f} diffusers "
                                                   f"{speed[p]['diffusers'][-1]:.1f}" for p in precisions), flush=True)
 
@@ -318,11 +324,15 @@ def main() -> None:
                                  "hwlib_images_per_s": round(statistics.median(ours), 2),
                                  "diffusers_images_per_s": round(statistics.median(theirs), 2),
                                  **summary([a / b for a, b in zip(ours, theirs)])}
+            result[precision].update({f"{side}_page_faults_per_step": round(statistics.median(faults[precision][side]))
+                                      for side in ("hwlib", "diffusers")})
             result[precision]["hwlib_gflop_per_s"] = round(work["hwlib"] * statistics.median(ours) / batch, 1)
             result[precision]["diffusers_gflop_per_s"] = round(work["diffusers"] * statistics.median(theirs) / batch, 1)
             print(f"{precision}: hwlib {result[precision]['hwlib_images_per_s']:.1f} vs diffusers "
                   f"{result[precision]['diffusers_images_per_s']:.1f} images/s -> {result[precision]['speedup']:.2f}x "
-                  f"(rounds {result[precision]['speedup_min']:.2f}-{result[precision]['speedup_max']:.2f})", flush=True)
+                  f"(rounds {result[precision]['speedup_min']:.2f}-{result[precision]['speedup_max']:.2f}); minor page faults "
+                  f"per step: hwlib {result[precision]['hwlib_page_faults_per_step']}, diffusers "
+                  f"{result[precision]['diffusers_page_faults_per_step']}", flush=True)
         # best vs best: each side at whichever precision was faster for it over the run (medians), paired per round
         best = {side: max(precisions, key=lambda p: statistics.median(speed[p][side])) for side in ("hwlib", "diffusers")}
         result["best"] = {"hwlib_precision": best["hwlib"], "diffusers_precision": best["diffusers"],

@@ -8,7 +8,9 @@ first) and measures
   T-step chain (T steps per sample);
 - ``before``: the first setting with the self-attention as it was before ``hwlib.models.unet.AttnBlock`` wrote it
   out (``scaled_dot_product_attention`` on strided queries, keys and values, which PyTorch computes by its unfused
-  fallback): today's code against the code the speed issue measured;
+  fallback) and glibc's default allocator: today's code against the code the speed issue measured. It runs first;
+  every row after it samples with freed memory kept for the next step (``hwlib.train.keep_freed_memory``, which
+  ``SamplingNet`` sets; process-wide, so it cannot be undone for a later row);
 - ``attention written out``: autocast at batch 100 with the attention weights written out as training computes them
   (``AttnBlock.written``), against today's fused attention at sampling (``AttnBlock.fused``);
 - ``compiled``: autocast at batch 100 with the network compiled as notebook 04 samples it
@@ -41,7 +43,7 @@ from hwlib.checkpoints import Checkpointer
 from hwlib.diffusion import Diffusion
 from hwlib.metrics import evaluate
 from hwlib.models.unet import AttnBlock, GroupNorm, build
-from hwlib.train import SamplingNet, autocast, get_device
+from hwlib.train import SamplingNet, autocast, get_device, keep_freed_memory
 
 NB = "04_vae_gan_ddpm"
 
@@ -132,6 +134,8 @@ def main() -> None:
         speed[label] = {"step_s": round(seconds, 4), "samples_per_s": round(batch / (seconds * cfg.T), 3)}
         print(f"{label:30s} {seconds:.3f} s per step -> {speed[label]['samples_per_s']:.2f} samples/s (T = {cfg.T})",
               flush=True)
+        if label.startswith("before"):
+            keep_freed_memory()  # every later row samples as hwlib does now
     compiled = None
     if not args.eager_only:  # notebook 04's sampler: the network compiled
         with mock.patch.object(GroupNorm, "forward", nn.GroupNorm.forward):  # inductor's own group norm

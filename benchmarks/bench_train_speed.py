@@ -13,6 +13,11 @@ machine's load hits both alike (the faster round of each is kept):
   :func:`hwlib.train.maybe_compile` where the profile turns them on (``compile``; 03's MLP: neither), and
   StackGAN's networks and images in channels-last memory format, as ``stackgan.train_stage`` keeps them.
 
+Both settings run in one process, and ``fit`` sets :func:`hwlib.train.keep_freed_memory` for the whole process from
+the first run on (glibc's setting cannot be undone), so since 2026-12-06 ``before`` keeps freed memory too: these
+ratios leave out what that setting gains (``benchmarks/bench_diffusion.py`` times it, each library in its own process;
+run this script with ``HWLIB_KEEP_MEMORY=0`` for glibc's defaults on both sides).
+
 Compilation happens in the few steps ``fit`` measures before training (its cost line), outside the timed steps;
 ``after_warmup_s`` is the wall time of ``fit`` beyond its training time: compilation plus those steps, to weigh
 against the time the faster steps save over the profile's run.
