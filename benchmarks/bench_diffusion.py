@@ -34,13 +34,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import multiprocessing
 import os
 import resource
 import statistics
 import tempfile
 import time
-import traceback
 from collections.abc import Iterator
 from typing import Any
 from unittest import mock
@@ -50,7 +48,7 @@ import torch.nn.functional as F
 
 import hwlib
 from hwlib import cost
-from hwlib.bench import is_dense, write_result
+from hwlib.bench import Worker, is_dense, write_result
 from hwlib.data import ResidentLoader, load_mnist
 from hwlib.diffusion import Diffusion, make_diffusion_step
 from hwlib.models.unet import UNet, build as build_unet
@@ -214,61 +212,38 @@ def op_profile(side: _Side, x: torch.Tensor, y: torch.Tensor, batch: int, steps:
     return {"step_ms": round(wall * 1e3 / steps, 2), **{k: round(v, 2) for k, v in parts.items()}}
 
 
-def _serve(conn, library: str, settings: dict[str, Any]) -> None:
-    """A side's process: build ``library``'s side for every precision, report their parameter counts, then answer
-    the parent's calls (``speed``, ``gflop``, ``ops``) until ``stop``; an exception goes back as its traceback."""
-    try:
-        torch.set_num_threads(settings["threads"])
-        device, batch, steps, size = torch.device(settings["device"]), settings["batch"], settings["steps"], settings["size"]
-        x, y = load_mnist("train")
-        sides: dict[str, _Side] = {}
-        for precision in settings["precisions"]:
+class Library:
+    """One library's sides, one per precision, built in a process of their own (``hwlib.bench.Worker``): ``n_params``,
+    ``speed`` (images/s and minor page faults per timed step), ``gflop`` (the work of one step: forward and backward,
+    matrix products and convolutions) and ``ops`` (:func:`op_profile`)."""
+
+    def __init__(self, library: str, device: str, batch: int, steps: int, size: str, precisions: tuple[str, ...],
+                 target_params: int = 0) -> None:
+        self.batch, self.steps = batch, steps
+        self.x, self.y = load_mnist("train")
+        self.sides: dict[str, _Side] = {}
+        for precision in precisions:
             torch.manual_seed(0)
             bf16 = precision == "bf16"
-            sides[precision] = (HwlibSide(x, y, batch, steps, size, device, bf16) if library == "hwlib" else
-                                DiffusersSide(x, y, batch, steps, settings["target_params"], size, device, bf16))
-        conn.send(("ok", {p: side.n_params for p, side in sides.items()}))
-        while True:
-            call, precision, arg = conn.recv()
-            if call == "stop":
-                return
-            side = sides[precision]
-            if call == "speed":  # and the process's minor page faults per timed step (pages the kernel had to map)
-                faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-                result: Any = (side.images_per_s(), (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / steps)
-            elif call == "gflop":  # the work of one step (forward + backward, matrix products and convolutions)
-                result = cost.measure_step(side.flop_step, (x[:batch], y[:batch]), timed=0, **side.state()).flops / 1e9
-            else:
-                result = op_profile(side, x, y, batch, arg)
-            conn.send(("ok", result))
-    except Exception:  # noqa: BLE001 - the parent raises it
-        conn.send(("error", traceback.format_exc()))
+            self.sides[precision] = (
+                HwlibSide(self.x, self.y, batch, steps, size, torch.device(device), bf16) if library == "hwlib" else
+                DiffusersSide(self.x, self.y, batch, steps, target_params, size, torch.device(device), bf16))
 
+    def n_params(self) -> dict[str, int]:
+        return {p: side.n_params for p, side in self.sides.items()}
 
-class Library:
-    """One library's sides in a process of their own (:func:`_serve`); the parent calls them one at a time."""
+    def speed(self, precision: str) -> tuple[float, float]:
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        images_per_s = self.sides[precision].images_per_s()
+        return images_per_s, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / self.steps
 
-    def __init__(self, library: str, **settings: Any) -> None:
-        self.library = library
-        context = multiprocessing.get_context("spawn")  # a fresh interpreter: nothing of the parent's settings
-        self.conn, child = context.Pipe()
-        self.process = context.Process(target=_serve, args=(child, library, settings), daemon=True)
-        self.process.start()
-        self.n_params: dict[str, int] = self._answer()
+    def gflop(self, precision: str) -> float:
+        side = self.sides[precision]
+        return cost.measure_step(side.flop_step, (self.x[:self.batch], self.y[:self.batch]), timed=0,
+                                 **side.state()).flops / 1e9
 
-    def _answer(self) -> Any:
-        status, value = self.conn.recv()
-        if status == "error":
-            raise RuntimeError(f"the {self.library} side failed in its process:\n{value}")
-        return value
-
-    def __call__(self, call: str, precision: str, arg: Any = None) -> Any:
-        self.conn.send((call, precision, arg))
-        return self._answer()
-
-    def close(self) -> None:
-        self.conn.send(("stop", None, None))
-        self.process.join(timeout=60)
+    def ops(self, precision: str, steps: int) -> dict[str, float]:
+        return op_profile(self.sides[precision], self.x, self.y, self.batch, steps)
 
 
 def main() -> None:
@@ -292,10 +267,12 @@ def main() -> None:
     result = {"network": size, "batch": batch, "timed_steps": steps, "rounds": rounds, "torch_threads": torch.get_num_threads(),
               "bf16_native": bf16}
     precisions = ("fp32", "bf16") if bf16 else ("fp32",)
-    settings = {"threads": torch.get_num_threads(), "device": str(device), "batch": batch, "steps": steps, "size": size,
-                "precisions": precisions}
-    libraries = {"hwlib": Library("hwlib", **settings)}
-    libraries["diffusers"] = Library("diffusers", **settings, target_params=libraries["hwlib"].n_params[precisions[0]])
+    settings = {"device": str(device), "batch": batch, "steps": steps, "size": size, "precisions": precisions}
+    libraries = {"hwlib": Worker(Library, "the hwlib side", library="hwlib", **settings)}
+    n_params = {"hwlib": libraries["hwlib"]("n_params")}
+    libraries["diffusers"] = Worker(Library, "the diffusers side", library="diffusers", **settings,
+                                    target_params=n_params["hwlib"][precisions[0]])
+    n_params["diffusers"] = libraries["diffusers"]("n_params")
     try:
         work = {side: libraries[side]("gflop", precisions[0]) for side in ("hwlib", "diffusers")}
         result["gflop_per_step"] = {k: round(v, 3) for k, v in work.items()}
@@ -319,8 +296,8 @@ def main() -> None:
 
         for precision in precisions:
             ours, theirs = speed[precision]["hwlib"], speed[precision]["diffusers"]
-            result[precision] = {"hwlib_params": libraries["hwlib"].n_params[precision],
-                                 "diffusers_params": libraries["diffusers"].n_params[precision],
+            result[precision] = {"hwlib_params": n_params["hwlib"][precision],
+                                 "diffusers_params": n_params["diffusers"][precision],
                                  "hwlib_images_per_s": round(statistics.median(ours), 2),
                                  "diffusers_images_per_s": round(statistics.median(theirs), 2),
                                  **summary([a / b for a, b in zip(ours, theirs)])}

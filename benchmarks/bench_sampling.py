@@ -22,13 +22,19 @@ first) and measures
   their operators' own time); if everything else were free, samples/s could rise by at most step / dense time.
 - quality (``--n``, default 1,000; 0 skips it): FID-MNIST, precision, recall and IS-MNIST of ``n`` ancestral
   samples drawn from the same noise in fp32, under autocast, and under autocast compiled (``hwlib.metrics.evaluate``).
+- ``interleaved`` (``--rounds N``): ``before`` against the compiled row, each in a process of its own (``before``
+  with glibc's default allocator, the compiled sampler keeping freed memory), timed in turns for N rounds: the median
+  of the per-round ratios with their range. The single pass above times each row once, minutes apart, and the
+  shared CPU's speed moves in between (three runs in one hour at 2 threads: 4.06x, 4.82x, 5.00x).
 Writes ``benchmarks/results/sampling_<device>[_<tag>].json``.
-Usage: ``python benchmarks/bench_sampling.py [--profile quick] [--n 1000] [--repeats 5] [--eager-only] [--tag intel_xeon]``.
+Usage: ``python benchmarks/bench_sampling.py [--profile quick] [--n 1000] [--repeats 5] [--rounds 8] [--eager-only]
+[--tag intel_xeon]``.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import statistics
 import time
 from collections.abc import Callable
 from unittest import mock
@@ -38,7 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import hwlib
-from hwlib.bench import is_dense, write_result
+from hwlib.bench import Worker, is_dense, write_result
 from hwlib.checkpoints import Checkpointer
 from hwlib.diffusion import Diffusion
 from hwlib.metrics import evaluate
@@ -102,15 +108,8 @@ def dense_share(diffusion: Diffusion, model: torch.nn.Module, batch: int, precis
     return sum(e.self_cpu_time_total for e in events if is_dense(e.key)) / total
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--profile", default="quick")
-    parser.add_argument("--n", type=int, default=1000, help="samples per precision for the quality check (0: skip)")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--eager-only", action="store_true", help="skip the compiled rows")
-    parser.add_argument("--tag", default="", help="a run on another machine: write sampling_<device>_<tag>.json")
-    args = parser.parse_args()
-    cfg, device = hwlib.get_profile(NB, args.profile, verbose=False), get_device()
+def load_ddpm(cfg, device: torch.device) -> tuple[nn.Module, Diffusion]:
+    """Notebook 04's EMA U-Net (eval mode) and its Diffusion, from the notebook's checkpoints."""
     state = Checkpointer(hwlib.runs_dir(f"{NB}/{cfg.profile}/ddpm")).load_latest()
     if state is None:
         raise SystemExit(f"no trained DDPM under {hwlib.runs_dir(f'{NB}/{cfg.profile}/ddpm')}: run notebook 04 "
@@ -118,7 +117,69 @@ def main() -> None:
     model = build(cfg.unet).to(device).eval()
     model.load_state_dict(state["emas"]["unet"]["module"])
     scale = 1000 / cfg.T
-    diffusion = Diffusion(T=cfg.T, schedule=cfg.schedule, beta_start=1e-4 * scale, beta_end=0.02 * scale).to(device)
+    return model, Diffusion(T=cfg.T, schedule=cfg.schedule, beta_start=1e-4 * scale, beta_end=0.02 * scale).to(device)
+
+
+class Sampler:
+    """One side of the interleaved comparison, in a process of its own (``hwlib.bench.Worker``): ``"before"`` samples
+    as the speed issue measured (fp32, batch 500, the strided attention; the parent gives it glibc's default
+    allocator), ``"compiled"`` as notebook 04 samples now (``SamplingNet`` compiled, bf16 where native, batch 100,
+    freed memory kept). :meth:`samples_per_s` times ``repeats`` ancestral steps (median)."""
+
+    def __init__(self, kind: str, profile: str) -> None:
+        cfg, self.device = hwlib.get_profile(NB, profile, verbose=False), get_device()
+        model, self.diffusion = load_ddpm(cfg, self.device)
+        self.before = kind == "before"
+        self.batch = 500 if self.before else 100
+        self.net = model if self.before else SamplingNet(model, compile=True)
+        self.precision = contextlib.nullcontext() if self.before else autocast(self.device)
+        self.samples_per_s(1)  # warm-up (compilation)
+
+    def samples_per_s(self, repeats: int) -> float:
+        with mock.patch.object(AttnBlock, "forward", strided_attention) if self.before else contextlib.nullcontext():
+            seconds = step_seconds(self.diffusion, self.net, self.batch, self.precision, repeats, self.device)
+        return self.batch / (seconds * self.diffusion.T)
+
+
+def interleaved(profile: str, rounds: int, repeats: int) -> dict:
+    """``before`` against ``compiled`` (:class:`Sampler`), each in its own process, timed in turns for ``rounds``
+    rounds: the median of the per-round ratios with their range, so that drift in the machine's speed moves both."""
+    workers = {"before": Worker(Sampler, "the before sampler", env={"HWLIB_KEEP_MEMORY": "0"}, kind="before",
+                                profile=profile),
+               "compiled": Worker(Sampler, "the compiled sampler", kind="compiled", profile=profile)}
+    rates: dict[str, list[float]] = {k: [] for k in workers}
+    try:
+        for r in range(rounds):
+            for kind, worker in workers.items():
+                rates[kind].append(worker("samples_per_s", repeats))
+            print(f"round {r + 1}: before {rates['before'][-1]:.2f}, compiled {rates['compiled'][-1]:.2f} samples/s",
+                  flush=True)
+    finally:
+        for worker in workers.values():
+            worker.close()
+    ratios = [a / b for a, b in zip(rates["compiled"], rates["before"])]
+    out = {"rounds": rounds, "repeats": repeats,
+           "before_samples_per_s": round(statistics.median(rates["before"]), 3),
+           "compiled_samples_per_s": round(statistics.median(rates["compiled"]), 3),
+           "speedup": round(statistics.median(ratios), 2), "speedup_min": round(min(ratios), 2),
+           "speedup_max": round(max(ratios), 2), "speedup_per_round": [round(v, 2) for v in ratios]}
+    print(f"interleaved: compiled / before {out['speedup']:.2f}x (rounds {out['speedup_min']:.2f}-"
+          f"{out['speedup_max']:.2f})", flush=True)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--profile", default="quick")
+    parser.add_argument("--n", type=int, default=1000, help="samples per precision for the quality check (0: skip)")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--eager-only", action="store_true", help="skip the compiled rows")
+    parser.add_argument("--tag", default="", help="a run on another machine: write sampling_<device>_<tag>.json")
+    parser.add_argument("--rounds", type=int, default=0,
+                        help="then time before against compiled in their own processes, in turns, this many rounds")
+    args = parser.parse_args()
+    cfg, device = hwlib.get_profile(NB, args.profile, verbose=False), get_device()
+    model, diffusion = load_ddpm(cfg, device)
     bf16 = autocast(device)
     speed = {}
     attention = {"strided attention": ("forward", strided_attention),  # the attention as the speed issue measured it
@@ -158,6 +219,8 @@ def main() -> None:
               "speed": speed, "speedup_vs_before": {k: round(v["samples_per_s"] / base, 2) for k, v in speed.items()},
               "dense_share": round(share, 3), "ceiling_samples_per_s": round(best / share, 2),
               "ceiling_speedup_vs_before": round(best / share / base, 2)}
+    if args.rounds:
+        result["interleaved"] = interleaved(cfg.profile, args.rounds, args.repeats)
     if args.n:
         quality = {}
         runs = [("fp32", model, contextlib.nullcontext), ("autocast", model, lambda: autocast(device))]

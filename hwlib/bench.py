@@ -72,3 +72,57 @@ def read_results(pattern: str) -> list[dict[str, Any]]:
     """Every ``benchmarks/results/<pattern>.json`` record (glob pattern, e.g. ``"stackgan_ladder/quick_*"``), by name."""
     paths = sorted(_results_dir().glob(f"{pattern}.json"))
     return [json.loads(p.read_text()) for p in paths]
+
+
+def _serve(conn: Any, factory: Any, settings: dict[str, Any], env: dict[str, str]) -> None:
+    """A :class:`Worker`'s process: build ``factory(**settings)``, then call its methods for the parent until told to
+    stop; an exception goes back as its traceback."""
+    import traceback
+
+    try:
+        os.environ.update(env)
+        torch.set_num_threads(settings.pop("threads"))
+        obj = factory(**settings)
+        conn.send(("ok", None))
+        while True:
+            method, args = conn.recv()
+            if method is None:
+                return
+            conn.send(("ok", getattr(obj, method)(*args)))
+    except Exception:  # noqa: BLE001 - the parent raises it
+        conn.send(("error", traceback.format_exc()))
+
+
+class Worker:
+    """An object built and called in a process of its own, for comparisons whose sides need process-wide settings
+    that cannot be undone (glibc's allocator, :func:`hwlib.train.keep_freed_memory`) or must not leak into each other.
+
+    ``factory(**settings)`` (a module-level function) builds the object in a fresh interpreter (``spawn``) with ``env``
+    added to its environment and the parent's torch thread count; ``worker("method", *args)`` runs ``obj.method(*args)``
+    there and returns its (picklable) result. One call at a time: the other workers wait, so timings taken in turns do
+    not share the CPU."""
+
+    def __init__(self, factory: Any, name: str, env: dict[str, str] | None = None, **settings: Any) -> None:
+        import multiprocessing
+
+        self.name = name
+        context = multiprocessing.get_context("spawn")
+        self.conn, child = context.Pipe()
+        settings = {"threads": torch.get_num_threads(), **settings}
+        self.process = context.Process(target=_serve, args=(child, factory, settings, env or {}), daemon=True)
+        self.process.start()
+        self._answer()
+
+    def _answer(self) -> Any:
+        status, value = self.conn.recv()
+        if status == "error":
+            raise RuntimeError(f"{self.name} failed in its process:\n{value}")
+        return value
+
+    def __call__(self, method: str, *args: Any) -> Any:
+        self.conn.send((method, args))
+        return self._answer()
+
+    def close(self) -> None:
+        self.conn.send((None, ()))
+        self.process.join(timeout=60)
