@@ -124,5 +124,9 @@ class Worker:
         return self._answer()
 
     def close(self) -> None:
-        self.conn.send((None, ()))
+        """Stop the process (it has already ended if a call failed)."""
+        try:
+            self.conn.send((None, ()))
+        except OSError:  # BrokenPipeError: the process ended after a failed call
+            pass
         self.process.join(timeout=60)

@@ -1,0 +1,40 @@
+"""hwlib.bench: results files and the Worker that runs one side of a comparison in a process of its own."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from hwlib.bench import Worker, is_dense
+
+
+class _Probe:
+    """What a Worker builds in its process: reports what it sees there."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+    def report(self) -> tuple[int, str | None, int, int]:
+        return self.value, os.environ.get("HWLIB_PROBE"), torch.get_num_threads(), os.getpid()
+
+    def fail(self) -> None:
+        raise ValueError("bad input")
+
+
+def test_worker_builds_and_calls_an_object_in_its_own_process():
+    worker = Worker(_Probe, "the probe", env={"HWLIB_PROBE": "yes"}, value=3)
+    try:
+        value, env, threads, pid = worker("report")
+        assert (value, env, threads) == (3, "yes", torch.get_num_threads())  # the parent's thread count
+        assert pid != os.getpid() and "HWLIB_PROBE" not in os.environ  # its own process and environment
+        with pytest.raises(RuntimeError, match=r"(?s)the probe failed in its process.*ValueError: bad input"):
+            worker("fail")
+    finally:
+        worker.close()
+    assert not worker.process.is_alive()
+
+
+def test_is_dense_names_convolutions_and_matrix_products():
+    assert is_dense("aten::mkldnn_convolution") and is_dense("aten::addmm") and is_dense("aten::linear")
+    assert not is_dense("aten::add_") and not is_dense("aten::native_group_norm")
