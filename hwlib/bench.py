@@ -97,9 +97,9 @@ class Worker:
     """An object built and called in a process of its own, for comparisons whose sides need process-wide settings
     that cannot be undone (glibc's allocator, :func:`hwlib.train.keep_freed_memory`) or must not leak into each other.
 
-    ``factory(**settings)`` (a module-level function) builds the object in a fresh interpreter (``spawn``) with ``env``
-    added to its environment and the parent's torch thread count; ``worker("method", *args)`` runs ``obj.method(*args)``
-    there and returns its (picklable) result. One call at a time: the other workers wait, so timings taken in turns do
+    ``factory(**settings)`` (a module-level class or function: ``spawn`` pickles it by name) builds the object in a
+    fresh interpreter with ``env`` added to its environment and the parent's torch thread count;
+    ``worker("method", *args)`` runs ``obj.method(*args)`` there and returns its (picklable) result. One call at a time: the other workers wait, so timings taken in turns do
     not share the CPU."""
 
     def __init__(self, factory: Any, name: str, env: dict[str, str] | None = None, **settings: Any) -> None:
