@@ -22,7 +22,10 @@ median over rounds is reported with its range, so that a shared machine whose sp
 from hour to hour on the 2-core CPU) moves both sides of a ratio alike. hwlib's time is ``History.seconds`` (the
 training loop, not the cost measurement ``fit`` makes before it); the diffusers loop's includes its ``DataLoader``,
 as ``fit``'s includes hwlib's loader. Each side's minor page faults per timed step (memory the kernel had to map
-afresh) are recorded beside its speed.
+afresh) are recorded beside its speed. With ``--profile-ops`` each side's step is split into dense work
+(convolutions, matrix products) and the rest, and the dense work's GFLOP/s is set beside this device's ceiling, a
+2048² matrix product at the same precision (:func:`hwlib.bench.gemm_gflop_per_s`): how much of a side's time its
+dense work could still give back, and how much must come from the rest.
 
     python benchmarks/bench_diffusion.py                 # the profile's network of this device (quick on a CPU)
     python benchmarks/bench_diffusion.py --size full --steps 50
@@ -48,7 +51,7 @@ import torch.nn.functional as F
 
 import hwlib
 from hwlib import cost
-from hwlib.bench import Worker, is_dense, write_result
+from hwlib.bench import Worker, gemm_gflop_per_s, is_dense, write_result
 from hwlib.data import ResidentLoader, load_mnist
 from hwlib.diffusion import Diffusion, make_diffusion_step
 from hwlib.models.unet import UNet, build as build_unet
@@ -245,6 +248,10 @@ class Library:
     def ops(self, precision: str, steps: int) -> dict[str, float]:
         return op_profile(self.sides[precision], self.x, self.y, self.batch, steps)
 
+    def gemm_peak(self, precision: str) -> float:
+        """GFLOP/s of a large matrix product at ``precision`` in this process (:func:`hwlib.bench.gemm_gflop_per_s`)."""
+        return gemm_gflop_per_s(self.sides[precision].device, torch.bfloat16 if precision == "bf16" else torch.float32)
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -255,7 +262,8 @@ def main() -> None:
     parser.add_argument("--tag", default="", help="a run on another machine: write diffusion_train_throughput_<tag>.json")
     parser.add_argument("--profile-ops", type=int, default=0, metavar="N",
                         help="after the rounds, profile N steps of every side: ms per step in convolutions, matrix "
-                             "products, compiled graphs and the rest (the JSON's `ops`)")
+                             "products, compiled graphs and the rest, and the dense work's GFLOP/s against a large "
+                             "matrix product's (the JSON's `ops` and `gemm_peak_gflop_per_s`)")
     args = parser.parse_args()
     device = get_device()
     size = args.size or ("full" if device.type == "cuda" else "quick")
@@ -322,6 +330,17 @@ def main() -> None:
                              for p in precisions for side in ("hwlib", "diffusers")}
             for name, parts in result["ops"].items():
                 print(f"{name:15s} " + ", ".join(f"{k} {v:.1f}" for k, v in parts.items()) + " (ms per step)")
+            # how close each side's dense work runs to the device's matrix-product ceiling, measured in the hwlib
+            # process right after the profiles (both sides do the same FLOPs per step in either precision)
+            result["gemm_peak_gflop_per_s"] = {p: round(libraries["hwlib"]("gemm_peak", p), 1) for p in precisions}
+            for name, parts in result["ops"].items():
+                side, p = name.split()
+                dense_ms = parts["convolutions"] + parts["matrix products"]
+                parts["dense_gflop_per_s"] = round(work[side] / dense_ms * 1e3, 1)
+                parts["dense_share_of_gemm_peak"] = round(parts["dense_gflop_per_s"] / result["gemm_peak_gflop_per_s"][p], 3)
+                print(f"{name:15s} dense work at {parts['dense_gflop_per_s']:.0f} GFLOP/s, "
+                      f"{100 * parts['dense_share_of_gemm_peak']:.0f} % of a {p} 2048² matrix product here "
+                      f"({result['gemm_peak_gflop_per_s'][p]:.0f} GFLOP/s)")
     finally:
         for library in libraries.values():
             library.close()

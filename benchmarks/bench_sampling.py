@@ -94,6 +94,16 @@ def strided_attention(self: AttnBlock, x: torch.Tensor) -> torch.Tensor:
     return x + self.proj(out.transpose(-1, -2).reshape(b, c, h, w))
 
 
+ATTENTION = {"strided attention": ("forward", strided_attention),  # the attention as the speed issue measured it
+             "attention written out": ("fused", staticmethod(AttnBlock.written))}  # as training computes it
+
+
+def attention_as(label: str) -> contextlib.AbstractContextManager:
+    """``AttnBlock`` patched as the end of a row's ``label`` names it (a key of ``ATTENTION``), else unchanged."""
+    patch = next((p for k, p in ATTENTION.items() if label.endswith(k)), None)
+    return mock.patch.object(AttnBlock, *patch) if patch else contextlib.nullcontext()
+
+
 def dense_share(diffusion: Diffusion, model: torch.nn.Module, batch: int, precision: Callable, device: torch.device
                 ) -> float:
     """Fraction of one network call's CPU time spent in convolutions and matrix products (their own time)."""
@@ -136,7 +146,7 @@ class Sampler:
         self.samples_per_s(1)  # warm-up (compilation)
 
     def samples_per_s(self, repeats: int) -> float:
-        with mock.patch.object(AttnBlock, "forward", strided_attention) if self.before else contextlib.nullcontext():
+        with attention_as("strided attention" if self.before else ""):
             seconds = step_seconds(self.diffusion, self.net, self.batch, self.precision, repeats, self.device)
         return self.batch / (seconds * self.diffusion.T)
 
@@ -182,15 +192,12 @@ def main() -> None:
     model, diffusion = load_ddpm(cfg, device)
     bf16 = autocast(device)
     speed = {}
-    attention = {"strided attention": ("forward", strided_attention),  # the attention as the speed issue measured it
-                 "attention written out": ("fused", staticmethod(AttnBlock.written))}  # as training computes it
     for label, batch, precision in (("before: fp32, batch 500, strided attention", 500, contextlib.nullcontext()),
                                     ("fp32, batch 500", 500, contextlib.nullcontext()),
                                     ("fp32, batch 100", 100, contextlib.nullcontext()),
                                     ("autocast, batch 100, attention written out", 100, bf16),
                                     ("autocast, batch 100", 100, bf16)):
-        patch = next((f for k, f in attention.items() if label.endswith(k)), None)
-        with mock.patch.object(AttnBlock, *patch) if patch else contextlib.nullcontext():
+        with attention_as(label):
             seconds = step_seconds(diffusion, model, batch, precision, args.repeats, device)
         speed[label] = {"step_s": round(seconds, 4), "samples_per_s": round(batch / (seconds * cfg.T), 3)}
         print(f"{label:30s} {seconds:.3f} s per step -> {speed[label]['samples_per_s']:.2f} samples/s (T = {cfg.T})",

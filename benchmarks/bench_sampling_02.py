@@ -10,6 +10,9 @@ what each way costs and whether it changes a result:
 - ``bf16``: ``SamplingNet(net)``, the notebook's way (bf16 autocast where the hardware computes it natively);
 - ``bf16, compiled``: ``SamplingNet(net, compile=True)``, one graph per batch size (``--compiled``; set
   ``TORCHINDUCTOR_CACHE_DIR`` to an empty folder to price the compilation a first run pays).
+Every way samples with freed memory kept for the next call (:func:`hwlib.train.keep_freed_memory`, set first): the
+notebook samples so, since ``SamplingNet`` sets it, and the setting is process-wide, so a row timed before the first
+``SamplingNet`` would otherwise run under glibc's defaults and the rows after it not.
 Writes ``benchmarks/results/sampling_02_<device>[_<tag>].json``.
 Usage: ``python benchmarks/bench_sampling_02.py [--profile quick] [--compiled] [--tag intel_xeon]``.
 """
@@ -28,7 +31,7 @@ from hwlib.checkpoints import Checkpointer
 from hwlib.data import load_mnist
 from hwlib.diffusion import Diffusion
 from hwlib.models.unet import build
-from hwlib.train import SamplingNet, get_device
+from hwlib.train import SamplingNet, get_device, keep_freed_memory
 
 NB = "02_diffusion_mnist"
 
@@ -112,6 +115,7 @@ def main() -> None:
     parser.add_argument("--compiled", action="store_true", help="also SamplingNet(compile=True)")
     parser.add_argument("--tag", default="")
     args = parser.parse_args()
+    keep_freed_memory()  # as the notebook samples; before the first row, so that every row runs under it
     cfg, device = hwlib.get_profile(NB, args.profile, verbose=False), get_device()
     x_test, y_test = load_mnist("test")
     brightness = metrics.class_brightness(x_test, y_test)

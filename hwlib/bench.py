@@ -22,6 +22,30 @@ def is_dense(op: str) -> bool:
     return any(k in op for k in DENSE_OPS)
 
 
+def gemm_gflop_per_s(device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, n: int = 2048,
+                     repeats: int = 10) -> float:
+    """This device's dense ceiling: GFLOP/s of an (n × n) @ (n × n) matrix product in ``dtype`` (2n³ FLOPs; the
+    median of ``repeats`` after one warm-up), at the thread count torch runs with. A convolution or matrix product
+    in a network runs at some share of it; a benchmark divides its dense work by this to say how far that is from
+    the device's limit."""
+    import statistics
+    import time
+
+    device = torch.device(device)
+    a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
+    seconds = []
+    for i in range(repeats + 1):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if i:  # the first call is the warm-up
+            seconds.append(time.perf_counter() - start)
+    return 2 * n ** 3 / statistics.median(seconds) / 1e9
+
+
 def device_name(device: torch.device | str | None = None) -> str:
     """A human-readable name: the GPU model, or the CPU model with its core count."""
     device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")

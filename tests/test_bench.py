@@ -38,3 +38,23 @@ def test_worker_builds_and_calls_an_object_in_its_own_process():
 def test_is_dense_names_convolutions_and_matrix_products():
     assert is_dense("aten::mkldnn_convolution") and is_dense("aten::addmm") and is_dense("aten::linear")
     assert not is_dense("aten::add_") and not is_dense("aten::native_group_norm")
+
+
+def test_gemm_gflop_per_s_is_the_flops_of_a_matrix_product_over_its_median_time(monkeypatch):
+    import time
+
+    from hwlib.bench import gemm_gflop_per_s
+
+    # a clock that only the matrix products move: the warm-up takes 9 s, the timed products 2, 1 and 4 s
+    clock, durations, calls = [0.0], iter([9.0, 2.0, 1.0, 4.0]), []
+
+    def product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        calls.append((a.shape, a.dtype))
+        clock[0] += next(durations)
+        return a
+
+    monkeypatch.setattr(time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(torch.Tensor, "__matmul__", product)
+    rate = gemm_gflop_per_s("cpu", torch.bfloat16, n=8, repeats=3)
+    assert rate == pytest.approx(2 * 8 ** 3 / 2.0 / 1e9)  # the median of 2, 1 and 4 s; the warm-up left out
+    assert calls == [((8, 8), torch.bfloat16)] * 4
