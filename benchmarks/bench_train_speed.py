@@ -41,6 +41,11 @@ Writes ``benchmarks/results/train_speed_<device>[_<tag>].json``; quality at the 
 (``metadata.hwlib.wall_seconds``); a notebook re-run from its checkpoints spends that wall time on everything but
 training (evaluation, sampling, figures). Writes ``benchmarks/results/notebook_time_<device>.json``.
 
+``--allocator RUN [RUN ...]`` times each named run's ``after`` core with :func:`hwlib.train.keep_freed_memory`
+against glibc's defaults (``HWLIB_KEEP_MEMORY=0``), each in a process of its own (``hwlib.bench.Worker``: the setting
+is process-wide), in turns for ``--rounds`` rounds of ``--steps`` steps: the median of the per-round ratios with its
+range and each side's minor page faults per step. Writes ``train_speed_<device>_allocator[_<tag>].json``.
+
 ``--from-scratch NB [NB ...]`` runs each named notebook under papermill (``quick``) as a new machine would: an empty
 checkpoint folder, figures in a scratch folder, and with ``--fresh-data`` an empty data folder too (notebook 01 then
 draws SynthBirds and trains its caption encoder; the MNIST notebooks would need a download). It records the wall time
@@ -381,6 +386,54 @@ def from_scratch(notebooks: list[str], fresh_data: bool, profile: str = "quick",
     return out
 
 
+class AllocatorSide:
+    """One side of ``--allocator``, in its own process: trains a run with the ``after`` core through ``fit``."""
+
+    def __init__(self) -> None:
+        self.device = get_device()
+
+    def rate(self, name: str, steps: int) -> tuple[float, float]:
+        """Steps/s of ``steps`` steps of run ``name`` and the minor page faults per step they took."""
+        import resource
+
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        steps_per_s = train(name, AFTER, steps, self.device)["steps_per_s"]
+        return steps_per_s, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / steps
+
+
+def allocator(runs: list[str], steps: int, rounds: int) -> dict[str, dict]:
+    """Each run with freed memory kept (``keep``) against glibc's defaults (``glibc``), each side in its own process,
+    timed in turns (the order alternating by round): {run: the median ratio keep / glibc, its range, steps/s and page
+    faults per step of each side}."""
+    import statistics
+
+    from hwlib.bench import Worker
+
+    sides = {"glibc": Worker(AllocatorSide, "glibc's defaults", env={"HWLIB_KEEP_MEMORY": "0"}),
+             "keep": Worker(AllocatorSide, "freed memory kept", env={"HWLIB_KEEP_MEMORY": "1"})}
+    out = {}
+    try:
+        for name in runs:
+            rate, faults = {k: [] for k in sides}, {k: [] for k in sides}
+            for r in range(rounds):
+                for k in (("glibc", "keep") if r % 2 == 0 else ("keep", "glibc")):
+                    steps_per_s, per_step = sides[k]("rate", name, steps)
+                    rate[k].append(steps_per_s)
+                    faults[k].append(per_step)
+            ratios = [a / b for a, b in zip(rate["keep"], rate["glibc"])]
+            out[name] = {"keep_over_glibc": round(statistics.median(ratios), 3), "min": round(min(ratios), 3),
+                         "max": round(max(ratios), 3), "per_round": [round(v, 3) for v in ratios],
+                         **{f"{k}_steps_per_s": round(statistics.median(v), 3) for k, v in rate.items()},
+                         **{f"{k}_page_faults_per_step": round(statistics.median(v)) for k, v in faults.items()}}
+            print(f"{name:10s} keep / glibc {out[name]['keep_over_glibc']:.3f}x ({out[name]['min']:.3f}-"
+                  f"{out[name]['max']:.3f}); page faults per step {out[name]['keep_page_faults_per_step']} against "
+                  f"{out[name]['glibc_page_faults_per_step']}", flush=True)
+    finally:
+        for side in sides.values():
+            side.close()
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))
@@ -388,6 +441,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--notebooks", action="store_true", help="split the published notebooks' time instead")
     parser.add_argument("--from-scratch", nargs="+", metavar="NB", help="run these notebooks with no checkpoints and time them")
+    parser.add_argument("--allocator", nargs="+", metavar="RUN", choices=list(RUNS),
+                        help="time these runs with freed memory kept against glibc's defaults, each in its own process")
     parser.add_argument("--fresh-data", action="store_true", help="with --from-scratch: an empty data folder too")
     parser.add_argument("--keep", action="store_true", help="with --from-scratch: keep the executed notebook (runs/), its "
                         "figures and its checkpoints (where no run of that name exists), to publish the timed run")
@@ -397,6 +452,11 @@ def main() -> None:
                         help="'before' is the after core less this one choice (e.g. channels_last): its speed-up alone")
     args = parser.parse_args()
     device = get_device()
+    if args.allocator:
+        write_result(f"train_speed_{device.type}_allocator",
+                     {"threads": torch.get_num_threads(), "steps": args.steps, "rounds": args.rounds,
+                      "runs": allocator(args.allocator, args.steps, args.rounds)}, device, tag=args.tag)
+        return
     if args.from_scratch:
         write_result(f"notebook_time_{device.type}_from_scratch",
                      {"notebooks": from_scratch(args.from_scratch, args.fresh_data, keep=args.keep)}, device, tag=args.tag)
