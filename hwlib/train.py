@@ -203,8 +203,8 @@ class SamplingNet(nn.Module):
     sampling noise of fp32's (FID-MNIST 11.32 against 11.31); compiled as well they took 224 s from an empty inductor
     cache, a graph for each of its batch sizes, so notebook 02 samples eagerly. Re-run with freed memory kept for every
     row (:func:`keep_freed_memory`, which fp32's large batches gain most from) in a slower hour: 84.5 against 111.2 s
-    (1.32x), compiled 340 s, the same numbers. Notebook 04 draws two batch sizes and
-    compiles (``benchmarks/bench_sampling.py``).
+    (1.32x), compiled 340 s, the same numbers. Notebook 04 draws two batch sizes and compiles
+    (``benchmarks/bench_sampling.py``).
     """
 
     def __init__(self, module: nn.Module, compile: bool = False) -> None:
