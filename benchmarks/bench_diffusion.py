@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import resource
 import statistics
 import tempfile
 import time
@@ -51,7 +50,7 @@ import torch.nn.functional as F
 
 import hwlib
 from hwlib import cost
-from hwlib.bench import Worker, gemm_gflop_per_s, is_dense, write_result
+from hwlib.bench import Worker, gemm_gflop_per_s, is_dense, minor_page_faults, ratio_summary, write_result
 from hwlib.data import ResidentLoader, load_mnist
 from hwlib.diffusion import Diffusion, make_diffusion_step
 from hwlib.models.unet import UNet, build as build_unet
@@ -236,9 +235,9 @@ class Library:
         return {p: side.n_params for p, side in self.sides.items()}
 
     def speed(self, precision: str) -> tuple[float, float]:
-        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        faults = minor_page_faults()
         images_per_s = self.sides[precision].images_per_s()
-        return images_per_s, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / self.steps
+        return images_per_s, (minor_page_faults() - faults) / self.steps
 
     def gflop(self, precision: str) -> float:
         side = self.sides[precision]
@@ -298,17 +297,13 @@ def main() -> None:
             print(f"round {r + 1}: " + ", ".join(f"{p} hwlib {speed[p]['hwlib'][-1]:.1f} diffusers "
                                                   f"{speed[p]['diffusers'][-1]:.1f}" for p in precisions), flush=True)
 
-        def summary(ratios: list[float]) -> dict[str, Any]:
-            return {"speedup": round(statistics.median(ratios), 3), "speedup_min": round(min(ratios), 3),
-                    "speedup_max": round(max(ratios), 3), "speedup_per_round": [round(v, 3) for v in ratios]}
-
         for precision in precisions:
             ours, theirs = speed[precision]["hwlib"], speed[precision]["diffusers"]
             result[precision] = {"hwlib_params": n_params["hwlib"][precision],
                                  "diffusers_params": n_params["diffusers"][precision],
                                  "hwlib_images_per_s": round(statistics.median(ours), 2),
                                  "diffusers_images_per_s": round(statistics.median(theirs), 2),
-                                 **summary([a / b for a, b in zip(ours, theirs)])}
+                                 **ratio_summary([a / b for a, b in zip(ours, theirs)])}
             result[precision].update({f"{side}_page_faults_per_step": round(statistics.median(faults[precision][side]))
                                       for side in ("hwlib", "diffusers")})
             result[precision]["hwlib_gflop_per_s"] = round(work["hwlib"] * statistics.median(ours) / batch, 1)
@@ -321,7 +316,7 @@ def main() -> None:
         # best vs best: each side at whichever precision was faster for it over the run (medians), paired per round
         best = {side: max(precisions, key=lambda p: statistics.median(speed[p][side])) for side in ("hwlib", "diffusers")}
         result["best"] = {"hwlib_precision": best["hwlib"], "diffusers_precision": best["diffusers"],
-                          **summary([a / b for a, b in zip(speed[best["hwlib"]]["hwlib"],
+                          **ratio_summary([a / b for a, b in zip(speed[best["hwlib"]]["hwlib"],
                                                            speed[best["diffusers"]]["diffusers"])])}
         print(f"best vs best: hwlib ({best['hwlib']}) / diffusers ({best['diffusers']}) -> {result['best']['speedup']:.2f}x "
               f"(rounds {result['best']['speedup_min']:.2f}-{result['best']['speedup_max']:.2f})")

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import hwlib
-from hwlib.bench import Worker, is_dense, write_result
+from hwlib.bench import Worker, is_dense, ratio_summary, write_result
 from hwlib.checkpoints import Checkpointer
 from hwlib.diffusion import Diffusion
 from hwlib.metrics import evaluate
@@ -171,8 +171,7 @@ def interleaved(profile: str, rounds: int, repeats: int) -> dict:
     out = {"rounds": rounds, "repeats": repeats,
            "before_samples_per_s": round(statistics.median(rates["before"]), 3),
            "compiled_samples_per_s": round(statistics.median(rates["compiled"]), 3),
-           "speedup": round(statistics.median(ratios), 2), "speedup_min": round(min(ratios), 2),
-           "speedup_max": round(max(ratios), 2), "speedup_per_round": [round(v, 2) for v in ratios]}
+           **ratio_summary(ratios, digits=2)}
     print(f"interleaved: compiled / before {out['speedup']:.2f}x (rounds {out['speedup_min']:.2f}-"
           f"{out['speedup_max']:.2f})", flush=True)
     return out

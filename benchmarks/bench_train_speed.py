@@ -71,7 +71,7 @@ import torch
 
 import hwlib
 from hwlib import nbtools
-from hwlib.bench import is_dense, write_result
+from hwlib.bench import Worker, is_dense, minor_page_faults, ratio_summary, write_result
 from hwlib.checkpoints import Checkpointer
 from hwlib.data import ResidentLoader, cub, load_mnist
 from hwlib.data.cub import index_loader
@@ -394,11 +394,9 @@ class AllocatorSide:
 
     def rate(self, name: str, steps: int) -> tuple[float, float]:
         """Steps/s of ``steps`` steps of run ``name`` and the minor page faults per step they took."""
-        import resource
-
-        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        faults = minor_page_faults()
         steps_per_s = train(name, AFTER, steps, self.device)["steps_per_s"]
-        return steps_per_s, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / steps
+        return steps_per_s, (minor_page_faults() - faults) / steps
 
 
 def allocator(runs: list[str], steps: int, rounds: int) -> dict[str, dict]:
@@ -407,7 +405,6 @@ def allocator(runs: list[str], steps: int, rounds: int) -> dict[str, dict]:
     faults per step of each side}."""
     import statistics
 
-    from hwlib.bench import Worker
 
     sides = {"glibc": Worker(AllocatorSide, "glibc's defaults", env={"HWLIB_KEEP_MEMORY": "0"}),
              "keep": Worker(AllocatorSide, "freed memory kept", env={"HWLIB_KEEP_MEMORY": "1"})}
@@ -421,12 +418,11 @@ def allocator(runs: list[str], steps: int, rounds: int) -> dict[str, dict]:
                     rate[k].append(steps_per_s)
                     faults[k].append(per_step)
             ratios = [a / b for a, b in zip(rate["keep"], rate["glibc"])]
-            out[name] = {"keep_over_glibc": round(statistics.median(ratios), 3), "min": round(min(ratios), 3),
-                         "max": round(max(ratios), 3), "per_round": [round(v, 3) for v in ratios],
+            out[name] = {**ratio_summary(ratios, "keep_over_glibc"),
                          **{f"{k}_steps_per_s": round(statistics.median(v), 3) for k, v in rate.items()},
                          **{f"{k}_page_faults_per_step": round(statistics.median(v)) for k, v in faults.items()}}
-            print(f"{name:10s} keep / glibc {out[name]['keep_over_glibc']:.3f}x ({out[name]['min']:.3f}-"
-                  f"{out[name]['max']:.3f}); page faults per step {out[name]['keep_page_faults_per_step']} against "
+            print(f"{name:10s} keep / glibc {out[name]['keep_over_glibc']:.3f}x ({out[name]['keep_over_glibc_min']:.3f}-"
+                  f"{out[name]['keep_over_glibc_max']:.3f}); page faults per step {out[name]['keep_page_faults_per_step']} against "
                   f"{out[name]['glibc_page_faults_per_step']}", flush=True)
     finally:
         for side in sides.values():

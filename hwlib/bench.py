@@ -5,6 +5,8 @@ import datetime as _dt
 import json
 import os
 import platform
+import statistics
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +30,6 @@ def gemm_gflop_per_s(device: torch.device | str = "cpu", dtype: torch.dtype = to
     median of ``repeats`` after one warm-up), at the thread count torch runs with. A convolution or matrix product
     in a network runs at some share of it; a benchmark divides its dense work by this to say how far that is from
     the device's limit."""
-    import statistics
-    import time
-
     device = torch.device(device)
     a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
     seconds = []
@@ -44,6 +43,21 @@ def gemm_gflop_per_s(device: torch.device | str = "cpu", dtype: torch.dtype = to
         if i:  # the first call is the warm-up
             seconds.append(time.perf_counter() - start)
     return 2 * n ** 3 / statistics.median(seconds) / 1e9
+
+
+def ratio_summary(ratios: list[float], name: str = "speedup", digits: int = 3) -> dict[str, Any]:
+    """Per-round ratios of two sides timed in turns -> ``{name: median, name_min, name_max, name_per_round}``, rounded
+    to ``digits``: the median is the result, the range how far the shared machine moved it within the run."""
+    return {name: round(statistics.median(ratios), digits), f"{name}_min": round(min(ratios), digits),
+            f"{name}_max": round(max(ratios), digits), f"{name}_per_round": [round(v, digits) for v in ratios]}
+
+
+def minor_page_faults() -> int:
+    """This process's minor page faults so far (memory the kernel mapped afresh): the difference over a timed loop,
+    per step, says how much of a step's memory the allocator handed back and had to fault in again."""
+    import resource  # POSIX only: imported where it is used, so that hwlib.bench imports everywhere
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def device_name(device: torch.device | str | None = None) -> str:

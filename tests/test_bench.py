@@ -58,3 +58,22 @@ def test_gemm_gflop_per_s_is_the_flops_of_a_matrix_product_over_its_median_time(
     rate = gemm_gflop_per_s("cpu", torch.bfloat16, n=8, repeats=3)
     assert rate == pytest.approx(2 * 8 ** 3 / 2.0 / 1e9)  # the median of 2, 1 and 4 s; the warm-up left out
     assert calls == [((8, 8), torch.bfloat16)] * 4
+
+
+def test_ratio_summary_is_the_median_with_its_range_under_one_name():
+    from hwlib.bench import ratio_summary
+
+    assert ratio_summary([1.2, 0.9, 1.5]) == {"speedup": 1.2, "speedup_min": 0.9, "speedup_max": 1.5,
+                                              "speedup_per_round": [1.2, 0.9, 1.5]}
+    assert ratio_summary([1.234, 1.0], "keep_over_glibc", digits=2) == {
+        "keep_over_glibc": 1.12, "keep_over_glibc_min": 1.0, "keep_over_glibc_max": 1.23,
+        "keep_over_glibc_per_round": [1.23, 1.0]}
+
+
+def test_minor_page_faults_count_memory_the_kernel_maps_afresh():
+    from hwlib.bench import minor_page_faults
+
+    before = minor_page_faults()
+    block = bytearray(128 << 20)  # above any mmap threshold: fresh pages, faulted in when written
+    block[::4096] = bytes(len(range(0, len(block), 4096)))
+    assert minor_page_faults() - before >= (128 << 20) // (2 << 20)  # at least one fault per 2 MiB (huge pages)
