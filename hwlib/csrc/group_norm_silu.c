@@ -1,0 +1,225 @@
+/* GroupNorm followed by SiLU on a CPU, float32, for contiguous (N, C, P) tensors (P = H*W pixels) with G groups of
+ * C/G neighbouring channels: each (sample, group) is one block of C/G planes of P pixels, and the blocks are
+ * independent (one task each), so results do not depend on the thread count.
+ * Forward: out = silu(y), y = (x - mean_g) * rstd_g * w_c + b_c; the statistics in double, from x minus each plane's
+ * first pixel (against cancellation). Backward from dout: one pass for the per-channel sums of g = dL/dy and g*x,
+ * one for dx; the per-(sample, channel) sums for dw and db are returned for the caller to add up. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* e^x to about 1 ulp (Cephes' expf: x = k ln2 + r, |r| <= ln2/2, a degree-6 polynomial in r, times 2^k), inlined
+ * so that the loops below vectorise without a call per vector; x is clamped to [-87.3, 88.7] (the normal range). */
+static inline float exp_f(float x) {
+    x = fminf(fmaxf(x, -87.3f), 88.7f);
+    float k = rintf(x * 1.44269504088896341f);
+    float r = fmaf(k, -0.693359375f, x);
+    r = fmaf(k, 2.12194440e-4f, r);
+    float p = 1.9875691500e-4f;
+    p = fmaf(p, r, 1.3981999507e-3f);
+    p = fmaf(p, r, 8.3334519073e-3f);
+    p = fmaf(p, r, 4.1665795894e-2f);
+    p = fmaf(p, r, 1.6666665459e-1f);
+    p = fmaf(p, r, 5.0000001201e-1f);
+    p = fmaf(p * r, r, r) + 1.0f;
+    union { float f; int i; } two_k = { .i = ((int)k + 127) << 23 };
+    return p * two_k.f;
+}
+
+static inline float silu_grad(float y, float dout) {
+    float s = 1.0f / (1.0f + exp_f(-y));
+    return dout * s * (1.0f + y * (1.0f - s));
+}
+void gn_silu_forward(const float *x, const float *w, const float *b, float *out, float *mean, float *rstd,
+                          long N, long P, long C, long G, float eps, int threads) {
+    long cg = C / G;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (long ng = 0; ng < N * G; ng++) {
+        long g = ng % G;
+        const float *xs = x + ng * cg * P;
+        float *os = out + ng * cg * P;
+        double m = 0.0, q = 0.0;
+        double mc[cg], vc[cg];
+        for (long j = 0; j < cg; j++) {
+            const float *plane = xs + j * P;
+            float pilot = plane[0];  /* against cancellation */
+            double s1 = 0.0, s2 = 0.0;
+#pragma omp simd reduction(+ : s1, s2)
+            for (long p = 0; p < P; p++) {
+                double d = (double)plane[p] - (double)pilot;
+                s1 += d;
+                s2 += d * d;
+            }
+            mc[j] = s1 / P + pilot;
+            vc[j] = s2 / P - (s1 / P) * (s1 / P);
+            m += mc[j];
+        }
+        m /= cg;
+        for (long j = 0; j < cg; j++) q += vc[j] + (mc[j] - m) * (mc[j] - m);
+        double var = q / cg;
+        if (var < 0.0) var = 0.0;
+        float r = (float)(1.0 / sqrt(var + (double)eps));
+        mean[ng] = (float)m;
+        rstd[ng] = r;
+        for (long j = 0; j < cg; j++) {
+            long c = g * cg + j;
+            float scale = r * w[c], shift = b[c] - (float)m * scale;
+            const float *plane = xs + j * P;
+            float *oplane = os + j * P;
+#pragma omp simd
+            for (long p = 0; p < P; p++) {
+                float y = plane[p] * scale + shift;
+                oplane[p] = y / (1.0f + exp_f(-y));
+            }
+        }
+    }
+}
+
+void gn_silu_backward(const float *dout, const float *x, const float *w, const float *b, const float *mean,
+                           const float *rstd, float *dx, float *sum_g, float *sum_gx, long N, long P, long C, long G,
+                           int threads) {
+    long cg = C / G;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (long ng = 0; ng < N * G; ng++) {
+        long g = ng % G, n = ng / G;
+        const float *xs = x + ng * cg * P, *ds = dout + ng * cg * P;
+        float *dxs = dx + ng * cg * P;
+        float r = rstd[ng], m = mean[ng];
+        double m1 = 0.0, m2 = 0.0;  /* group sums of w*g and w*g*xhat */
+        for (long j = 0; j < cg; j++) {  /* pass 1: sums of g = dL/dy and g * x per channel */
+            long c = g * cg + j;
+            float scale = r * w[c], shift = b[c] - m * scale;
+            const float *plane = xs + j * P, *dplane = ds + j * P;
+            float *gplane = dxs + j * P;  /* g, kept in dx (a block small enough for the cache) for pass 2 */
+            float a1 = 0.0f, a2 = 0.0f;
+#pragma omp simd reduction(+ : a1, a2)
+            for (long p = 0; p < P; p++) {
+                float y = plane[p] * scale + shift;
+                float gr = silu_grad(y, dplane[p]);
+                gplane[p] = gr;
+                a1 += gr;
+                a2 += gr * plane[p];
+            }
+            float t = r * (a2 - m * a1);  /* sum of g * xhat */
+            sum_g[n * C + c] = a1;
+            sum_gx[n * C + c] = t;
+            m1 += (double)w[c] * a1;
+            m2 += (double)w[c] * t;
+        }
+        float f1 = (float)(m1 / ((double)P * cg)), f2 = (float)(m2 / ((double)P * cg));
+        float cb = -r * r * f2, cc = r * (r * m * f2 - f1);
+        for (long j = 0; j < cg; j++) {  /* pass 2: dx = rstd (w g - mean(w g) - xhat mean(w g xhat)) */
+            long c = g * cg + j;
+            float ca = r * w[c];
+            const float *plane = xs + j * P;
+            float *dxplane = dxs + j * P;
+#pragma omp simd
+            for (long p = 0; p < P; p++) dxplane[p] = dxplane[p] * ca + plane[p] * cb + cc;
+        }
+    }
+}
+
+/* The same for channels-last (N, P, C) tensors: one task per sample; per-channel statistics accumulated along the
+ * rows of C channels, then pooled into the groups'. */
+void gn_silu_forward_cl(const float *x, const float *w, const float *b, float *out, float *mean, float *rstd,
+                        long N, long P, long C, long G, float eps, int threads) {
+    long cg = C / G;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (long n = 0; n < N; n++) {
+        const float *xs = x + n * P * C, *pilot = xs;  /* the first pixel, against cancellation */
+        float *os = out + n * P * C;
+        double s1[C], s2[C];
+        float scale[C], shift[C];
+        for (long c = 0; c < C; c++) { s1[c] = 0.0; s2[c] = 0.0; }
+        for (long p = 0; p < P; p++) {
+            const float *row = xs + p * C;
+#pragma omp simd
+            for (long c = 0; c < C; c++) {
+                double d = (double)row[c] - (double)pilot[c];
+                s1[c] += d;
+                s2[c] += d * d;
+            }
+        }
+        for (long g = 0; g < G; g++) {
+            double m = 0.0, q = 0.0;
+            for (long c = g * cg; c < (g + 1) * cg; c++) m += s1[c] / P + (double)pilot[c];
+            m /= cg;
+            for (long c = g * cg; c < (g + 1) * cg; c++) {
+                double mc = s1[c] / P + (double)pilot[c], vc = s2[c] / P - (s1[c] / P) * (s1[c] / P);
+                q += vc + (mc - m) * (mc - m);
+            }
+            double var = q / cg;
+            if (var < 0.0) var = 0.0;
+            float r = (float)(1.0 / sqrt(var + (double)eps));
+            mean[n * G + g] = (float)m;
+            rstd[n * G + g] = r;
+            for (long c = g * cg; c < (g + 1) * cg; c++) {
+                scale[c] = r * w[c];
+                shift[c] = b[c] - (float)m * scale[c];
+            }
+        }
+        for (long p = 0; p < P; p++) {
+            const float *row = xs + p * C;
+            float *orow = os + p * C;
+#pragma omp simd
+            for (long c = 0; c < C; c++) {
+                float y = row[c] * scale[c] + shift[c];
+                orow[c] = y / (1.0f + exp_f(-y));
+            }
+        }
+    }
+}
+
+void gn_silu_backward_cl(const float *dout, const float *x, const float *w, const float *b, const float *mean,
+                         const float *rstd, float *dx, float *sum_g, float *sum_gx, long N, long P, long C, long G,
+                         int threads) {
+    long cg = C / G;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (long n = 0; n < N; n++) {
+        float scale[C], shift[C], ca[C], cb[C], cc[C], a1[C], a2[C];
+        const float *xs = x + n * P * C, *ds = dout + n * P * C;
+        float *dxs = dx + n * P * C;
+        const float *mu = mean + n * G, *rs = rstd + n * G;
+        for (long c = 0; c < C; c++) {
+            scale[c] = rs[c / cg] * w[c];
+            shift[c] = b[c] - mu[c / cg] * scale[c];
+            a1[c] = 0.0f;
+            a2[c] = 0.0f;
+        }
+        for (long p = 0; p < P; p++) {  /* pass 1: g = dL/dy, kept in dx (one sample fits the cache); its sums */
+            const float *row = xs + p * C, *drow = ds + p * C;
+            float *grow = dxs + p * C;
+#pragma omp simd
+            for (long c = 0; c < C; c++) {
+                float y = row[c] * scale[c] + shift[c];
+                float gr = silu_grad(y, drow[c]);
+                grow[c] = gr;
+                a1[c] += gr;
+                a2[c] += gr * row[c];
+            }
+        }
+        for (long g = 0; g < G; g++) {
+            float r = rs[g], m = mu[g];
+            double m1 = 0.0, m2 = 0.0;  /* group sums of w*g and w*g*xhat */
+            for (long c = g * cg; c < (g + 1) * cg; c++) {
+                float t = r * (a2[c] - m * a1[c]);  /* sum of g * xhat */
+                sum_g[n * C + c] = a1[c];
+                sum_gx[n * C + c] = t;
+                m1 += (double)w[c] * a1[c];
+                m2 += (double)w[c] * t;
+            }
+            float f1 = (float)(m1 / ((double)P * cg)), f2 = (float)(m2 / ((double)P * cg));
+            for (long c = g * cg; c < (g + 1) * cg; c++) {
+                ca[c] = r * w[c];
+                cb[c] = -r * r * f2;
+                cc[c] = r * (r * m * f2 - f1);
+            }
+        }
+        for (long p = 0; p < P; p++) {  /* pass 2: dx = rstd (w g - mean(w g) - xhat mean(w g xhat)) */
+            const float *row = xs + p * C;
+            float *dxrow = dxs + p * C;
+#pragma omp simd
+            for (long c = 0; c < C; c++) dxrow[c] = dxrow[c] * ca[c] + row[c] * cb[c] + cc[c];
+        }
+    }
+}

@@ -1,0 +1,182 @@
+"""GroupNorm followed by SiLU as one CPU kernel for training in float32: ``silu(group_norm(x))``, (B, C, H, W) ->
+the same, with a gradient.
+
+Inductor, which compiles the U-Net's training step on a CPU, writes every value it reuses that holds an exponential
+to memory (``should_realize_on_reuse``), so the backward of a GroupNorm → SiLU pair recomputes the norm's output and
+its sigmoid, stores both and reads them back: about twelve passes over the tensor. :file:`hwlib/csrc/group_norm_silu.c`
+does it in two passes per direction (forward: statistics, then the output; backward: the per-channel sums of the
+gradient, then dx), one sample per thread, so its results do not depend on the thread count. The C file is compiled
+on first use with the machine's C compiler (the one ``torch.compile`` already needs on a CPU) into
+``<data>/kernels/`` and loaded with :mod:`ctypes`; it is registered as the custom op ``hwlib::group_norm_silu`` with
+a fake implementation, so ``torch.compile`` calls it as one opaque kernel. :func:`available` says whether it loaded;
+where it did not (no compiler, not a CPU, not float32), :meth:`hwlib.models.unet.GroupNorm.silu` computes the pair
+as before.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+_SOURCE = Path(__file__).resolve().parent.parent / "csrc" / "group_norm_silu.c"
+_CFLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC"]  # fast-math at compile time only: linking
+_LDFLAGS = ["-shared", "-fopenmp", "-lm"]  # with it would add crtfastmath.o, which flushes denormals to zero for the
+# whole process
+_lib: ctypes.CDLL | None = None
+_failed: str | None = None
+
+
+def _cpu_fingerprint() -> str:
+    """The CPU's model and feature flags (a ``-march=native`` library is only valid on such a CPU)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        lines = [ln for ln in text.splitlines() if ln.startswith(("model name", "flags"))][:2]
+        return "\n".join(lines)
+    except OSError:
+        return platform.processor() or platform.machine()
+
+
+def _compile(target: Path) -> None:
+    cc = os.environ.get("CC", "cc")
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        obj, lib = Path(tmp) / "k.o", Path(tmp) / "k.so"
+        subprocess.run([cc, *_CFLAGS, "-c", str(_SOURCE), "-o", str(obj)], check=True, capture_output=True, text=True)
+        subprocess.run([cc, str(obj), *_LDFLAGS, "-o", str(lib)], check=True, capture_output=True, text=True)
+        os.replace(lib, target)  # atomic: a second process sees the old file or the whole new one
+
+
+def _library() -> ctypes.CDLL | None:
+    """The compiled kernels (compiled on first use, cached by source, flags and CPU), or None where that failed."""
+    global _lib, _failed
+    if _lib is not None or _failed is not None:
+        return _lib
+    if not sys.platform.startswith("linux"):
+        _failed = f"not built on {sys.platform}"  # written for gcc and Linux; elsewhere the unfused pair, quietly
+        return None
+    from hwlib.paths import data_dir
+
+    key = hashlib.sha256(_SOURCE.read_bytes() + " ".join(_CFLAGS + _LDFLAGS).encode()
+                         + _cpu_fingerprint().encode()).hexdigest()
+    target = data_dir() / "kernels" / f"group_norm_silu_{key[:16]}.so"
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if not target.is_file():
+            _compile(target)
+        lib = ctypes.CDLL(str(target))
+    except (OSError, subprocess.CalledProcessError) as err:
+        detail = getattr(err, "stderr", "") or str(err)
+        _failed = f"{type(err).__name__}: {detail.strip()[:300]}"
+        warnings.warn(f"hwlib: the CPU GroupNorm+SiLU kernel ({_SOURCE}) could not be built or loaded ({_failed}); "
+                      "training uses the unfused norm and SiLU (same results, slower). Install a C compiler "
+                      "(gcc) to use it.", RuntimeWarning, stacklevel=3)
+        return None
+    f32p, i64 = ctypes.c_void_p, ctypes.c_long
+    lib.gn_silu_forward.argtypes = [f32p] * 6 + [i64] * 4 + [ctypes.c_float, ctypes.c_int]
+    lib.gn_silu_backward.argtypes = [f32p] * 9 + [i64] * 4 + [ctypes.c_int]
+    lib.gn_silu_forward_cl.argtypes = lib.gn_silu_forward.argtypes
+    lib.gn_silu_backward_cl.argtypes = lib.gn_silu_backward.argtypes
+    for fn in (lib.gn_silu_forward, lib.gn_silu_backward, lib.gn_silu_forward_cl, lib.gn_silu_backward_cl):
+        fn.restype = None
+    _lib = lib
+    return lib
+
+
+enabled = os.environ.get("HWLIB_FUSED_NORM", "1") != "0"
+"""Use the kernel where it applies (``HWLIB_FUSED_NORM=0`` at import, or setting this to False, turns it off;
+``torch.compile`` guards on it)."""
+
+
+@torch.compiler.assume_constant_result
+def _built() -> bool:
+    """The library built and loaded (once per process); a constant to ``torch.compile``."""
+    return _library() is not None
+
+
+def available(x: torch.Tensor) -> bool:
+    """Whether :func:`group_norm_silu` runs the fused kernel for ``x``: a float32 CPU tensor of 4 dimensions,
+    :data:`enabled`, the library built."""
+    return enabled and x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4 and _built()
+
+
+def _dense(x: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """x if contiguous or channels-last contiguous, else a contiguous copy; and whether it is channels-last."""
+    if x.is_contiguous():
+        return x, False
+    if x.is_contiguous(memory_format=torch.channels_last):
+        return x, True
+    return x.contiguous(), False
+
+
+@torch.library.custom_op("hwlib::group_norm_silu", mutates_args=())
+def _forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, groups: int, eps: float
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(B, C, H, W) float32 -> silu(group_norm(x)) in the layout of x (contiguous or channels-last), and the groups'
+    mean and 1/std (B, G)."""
+    b, c, h, w = x.shape
+    (x, last), weight, bias = _dense(x), weight.contiguous(), bias.contiguous()
+    out = torch.empty_like(x)
+    mean, rstd = x.new_empty(b, groups), x.new_empty(b, groups)
+    kernel = _library().gn_silu_forward_cl if last else _library().gn_silu_forward
+    kernel(x.data_ptr(), weight.data_ptr(), bias.data_ptr(), out.data_ptr(), mean.data_ptr(), rstd.data_ptr(),
+           b, h * w, c, groups, eps, torch.get_num_threads())
+    return out, mean, rstd
+
+
+@_forward.register_fake
+def _(x, weight, bias, groups, eps):
+    b = x.shape[0]
+    return torch.empty_like(_dense(x)[0]), x.new_empty(b, groups), x.new_empty(b, groups)
+
+
+@torch.library.custom_op("hwlib::group_norm_silu_backward", mutates_args=())
+def _backward(dout: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, mean: torch.Tensor,
+              rstd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """dL/d(output) (B, C, H, W) -> dL/dx in the layout of x, dL/dweight (C,), dL/dbias (C,)."""
+    b, c, h, w = x.shape
+    (x, last), weight, bias = _dense(x), weight.contiguous(), bias.contiguous()
+    dout = dout.contiguous(memory_format=torch.channels_last if last else torch.contiguous_format)
+    mean, rstd = mean.contiguous(), rstd.contiguous()
+    dx = torch.empty_like(x)
+    sum_g, sum_gx = x.new_empty(b, c), x.new_empty(b, c)  # per sample: Σ dL/dy, Σ dL/dy·x̂ over the pixels
+    kernel = _library().gn_silu_backward_cl if last else _library().gn_silu_backward
+    kernel(dout.data_ptr(), x.data_ptr(), weight.data_ptr(), bias.data_ptr(), mean.data_ptr(), rstd.data_ptr(),
+           dx.data_ptr(), sum_g.data_ptr(), sum_gx.data_ptr(), b, h * w, c, mean.shape[1], torch.get_num_threads())
+    return dx, sum_gx.sum(0), sum_g.sum(0)
+
+
+@_backward.register_fake
+def _(dout, x, weight, bias, mean, rstd):
+    return torch.empty_like(_dense(x)[0]), weight.new_empty(weight.shape), bias.new_empty(bias.shape)
+
+
+def _setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
+    x, weight, bias, _, _ = inputs
+    _, mean, rstd = output
+    ctx.save_for_backward(x, weight, bias, mean, rstd)
+
+
+def _autograd_backward(ctx: Any, dout: torch.Tensor, _dmean: Any, _drstd: Any) -> tuple:
+    x, weight, bias, mean, rstd = ctx.saved_tensors
+    dx, dweight, dbias = _backward(dout, x, weight, bias, mean, rstd)
+    return dx, dweight, dbias, None, None
+
+
+_forward.register_autograd(_autograd_backward, setup_context=_setup_context)
+
+
+def group_norm_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, groups: int, eps: float
+                    ) -> torch.Tensor:
+    """``F.silu(F.group_norm(x, groups, weight, bias, eps))`` for a float32 CPU x (B, C, H, W) (see
+    :func:`available`), as one kernel each way; the result has the layout of x (contiguous or channels-last)."""
+    if x.shape[1] % groups:
+        raise ValueError(f"group_norm_silu: {x.shape[1]} channels do not split into {groups} groups")
+    return _forward(x, weight, bias, groups, eps)[0]
