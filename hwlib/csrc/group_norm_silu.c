@@ -1,12 +1,12 @@
-/* GroupNorm followed by SiLU on a CPU, float32, for contiguous (N, C, P) tensors (P = H*W pixels) with G groups of
- * C/G neighbouring channels: each (sample, group) is one block of C/G planes of P pixels, and the blocks are
- * independent (one task each), so results do not depend on the thread count.
- * Forward: out = silu(y), y = (x - mean_g) * rstd_g * w_c + b_c; the statistics in double, from x minus each plane's
- * first pixel (against cancellation). Backward from dout: one pass for the per-channel sums of g = dL/dy and g*x,
- * one for dx; the per-(sample, channel) sums for dw and db are returned for the caller to add up. */
+/* GroupNorm followed by SiLU on a CPU, float32, for (N, C, P) tensors (P = H*W pixels) with G groups of C/G
+ * neighbouring channels, contiguous (each (sample, group) one block of C/G planes, one task each) or channels-last
+ * ("_cl": (N, P, C), one task per sample). Tasks are independent, so results do not depend on the thread count.
+ * Forward: out = silu(y), y = (x - mean_g) * rstd_g * w_c + b_c, the statistics in double from x minus each
+ * channel's first pixel (against cancellation); the groups' mean and 1/std are returned for the backward.
+ * Backward: one pass computes g = dL/dy, keeps it in dx (a task's block fits the cache) and sums g and g*x per
+ * channel; a second turns g into dx. The per-(sample, channel) sums for dw and db are returned for the caller to add
+ * up. Compiled with -ffast-math (not linked with it: see hwlib/models/group_norm_silu.py). */
 #include <math.h>
-#include <stdlib.h>
-#include <string.h>
 
 /* e^x to about 1 ulp (Cephes' expf: x = k ln2 + r, |r| <= ln2/2, a degree-6 polynomial in r, times 2^k), inlined
  * so that the loops below vectorise without a call per vector; x is clamped to [-87.3, 88.7] (the normal range). */
@@ -26,58 +26,63 @@ static inline float exp_f(float x) {
     return p * two_k.f;
 }
 
+static inline float silu(float y) { return y / (1.0f + exp_f(-y)); }
+
+/* the group's mean and 1/std from its channels' sums of (x - pilot) and squares over P pixels */
+static inline void group_stats(const double *s1, const double *s2, const float *pilot, long cg, long P, float eps,
+                               float *mean, float *rstd) {
+    double m = 0.0, q = 0.0;
+    for (long j = 0; j < cg; j++) m += s1[j] / P + (double)pilot[j];
+    m /= cg;
+    for (long j = 0; j < cg; j++) {
+        double mc = s1[j] / P + (double)pilot[j], vc = s2[j] / P - (s1[j] / P) * (s1[j] / P);
+        q += vc + (mc - m) * (mc - m);
+    }
+    double var = q / cg > 0.0 ? q / cg : 0.0;
+    *mean = (float)m;
+    *rstd = (float)(1.0 / sqrt(var + (double)eps));
+}
+
 static inline float silu_grad(float y, float dout) {
     float s = 1.0f / (1.0f + exp_f(-y));
     return dout * s * (1.0f + y * (1.0f - s));
 }
 void gn_silu_forward(const float *x, const float *w, const float *b, float *out, float *mean, float *rstd,
-                          long N, long P, long C, long G, float eps, int threads) {
+                     long N, long P, long C, long G, float eps, int threads) {
     long cg = C / G;
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (long ng = 0; ng < N * G; ng++) {
         long g = ng % G;
         const float *xs = x + ng * cg * P;
         float *os = out + ng * cg * P;
-        double m = 0.0, q = 0.0;
-        double mc[cg], vc[cg];
+        double s1[cg], s2[cg];
+        float pilot[cg];
         for (long j = 0; j < cg; j++) {
             const float *plane = xs + j * P;
-            float pilot = plane[0];  /* against cancellation */
-            double s1 = 0.0, s2 = 0.0;
-#pragma omp simd reduction(+ : s1, s2)
+            double a = 0.0, q = 0.0;
+            pilot[j] = plane[0];
+#pragma omp simd reduction(+ : a, q)
             for (long p = 0; p < P; p++) {
-                double d = (double)plane[p] - (double)pilot;
-                s1 += d;
-                s2 += d * d;
+                double d = (double)plane[p] - (double)pilot[j];
+                a += d;
+                q += d * d;
             }
-            mc[j] = s1 / P + pilot;
-            vc[j] = s2 / P - (s1 / P) * (s1 / P);
-            m += mc[j];
+            s1[j] = a, s2[j] = q;
         }
-        m /= cg;
-        for (long j = 0; j < cg; j++) q += vc[j] + (mc[j] - m) * (mc[j] - m);
-        double var = q / cg;
-        if (var < 0.0) var = 0.0;
-        float r = (float)(1.0 / sqrt(var + (double)eps));
-        mean[ng] = (float)m;
-        rstd[ng] = r;
+        group_stats(s1, s2, pilot, cg, P, eps, mean + ng, rstd + ng);
         for (long j = 0; j < cg; j++) {
-            long c = g * cg + j;
-            float scale = r * w[c], shift = b[c] - (float)m * scale;
+            float scale = rstd[ng] * w[g * cg + j], shift = b[g * cg + j] - mean[ng] * scale;
             const float *plane = xs + j * P;
             float *oplane = os + j * P;
 #pragma omp simd
-            for (long p = 0; p < P; p++) {
-                float y = plane[p] * scale + shift;
-                oplane[p] = y / (1.0f + exp_f(-y));
-            }
+            for (long p = 0; p < P; p++) oplane[p] = silu(plane[p] * scale + shift);
         }
     }
 }
 
 void gn_silu_backward(const float *dout, const float *x, const float *w, const float *b, const float *mean,
-                           const float *rstd, float *dx, float *sum_g, float *sum_gx, long N, long P, long C, long G,
-                           int threads) {
+                      const float *rstd, float *dx, float *sum_g, float *sum_gx, long N, long P, long C, long G,
+                      int threads) {
     long cg = C / G;
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (long ng = 0; ng < N * G; ng++) {
@@ -126,11 +131,11 @@ void gn_silu_forward_cl(const float *x, const float *w, const float *b, float *o
     long cg = C / G;
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (long n = 0; n < N; n++) {
-        const float *xs = x + n * P * C, *pilot = xs;  /* the first pixel, against cancellation */
+        const float *xs = x + n * P * C;
         float *os = out + n * P * C;
         double s1[C], s2[C];
-        float scale[C], shift[C];
-        for (long c = 0; c < C; c++) { s1[c] = 0.0; s2[c] = 0.0; }
+        float pilot[C], scale[C], shift[C];
+        for (long c = 0; c < C; c++) s1[c] = 0.0, s2[c] = 0.0, pilot[c] = xs[c];
         for (long p = 0; p < P; p++) {
             const float *row = xs + p * C;
 #pragma omp simd
@@ -141,31 +146,18 @@ void gn_silu_forward_cl(const float *x, const float *w, const float *b, float *o
             }
         }
         for (long g = 0; g < G; g++) {
-            double m = 0.0, q = 0.0;
-            for (long c = g * cg; c < (g + 1) * cg; c++) m += s1[c] / P + (double)pilot[c];
-            m /= cg;
+            long k = n * G + g;
+            group_stats(s1 + g * cg, s2 + g * cg, pilot + g * cg, cg, P, eps, mean + k, rstd + k);
             for (long c = g * cg; c < (g + 1) * cg; c++) {
-                double mc = s1[c] / P + (double)pilot[c], vc = s2[c] / P - (s1[c] / P) * (s1[c] / P);
-                q += vc + (mc - m) * (mc - m);
-            }
-            double var = q / cg;
-            if (var < 0.0) var = 0.0;
-            float r = (float)(1.0 / sqrt(var + (double)eps));
-            mean[n * G + g] = (float)m;
-            rstd[n * G + g] = r;
-            for (long c = g * cg; c < (g + 1) * cg; c++) {
-                scale[c] = r * w[c];
-                shift[c] = b[c] - (float)m * scale[c];
+                scale[c] = rstd[k] * w[c];
+                shift[c] = b[c] - mean[k] * scale[c];
             }
         }
         for (long p = 0; p < P; p++) {
             const float *row = xs + p * C;
             float *orow = os + p * C;
 #pragma omp simd
-            for (long c = 0; c < C; c++) {
-                float y = row[c] * scale[c] + shift[c];
-                orow[c] = y / (1.0f + exp_f(-y));
-            }
+            for (long c = 0; c < C; c++) orow[c] = silu(row[c] * scale[c] + shift[c]);
         }
     }
 }
