@@ -47,6 +47,23 @@ static inline float silu_grad(float y, float dout) {
     float s = 1.0f / (1.0f + exp_f(-y));
     return dout * s * (1.0f + y * (1.0f - s));
 }
+/* a group's per-channel sums of g and g*xhat (to sum_g, sum_gx) from those of g and g*x, and the two coefficients
+ * of dx = rstd w g + cb x + cc, i.e. rstd (w g - mean(w g) - xhat mean(w g xhat)) over the group's cg channels */
+static inline void group_grad(const float *a1, const float *a2, const float *w, float r, float m, long cg, long P,
+                              float *sum_g, float *sum_gx, float *cb, float *cc) {
+    double m1 = 0.0, m2 = 0.0;  /* group sums of w*g and w*g*xhat */
+    for (long j = 0; j < cg; j++) {
+        float t = r * (a2[j] - m * a1[j]);  /* sum of g * xhat */
+        sum_g[j] = a1[j];
+        sum_gx[j] = t;
+        m1 += (double)w[j] * a1[j];
+        m2 += (double)w[j] * t;
+    }
+    float f1 = (float)(m1 / ((double)P * cg)), f2 = (float)(m2 / ((double)P * cg));
+    *cb = -r * r * f2;
+    *cc = r * (r * m * f2 - f1);
+}
+
 void gn_silu_forward(const float *x, const float *w, const float *b, float *out, float *mean, float *rstd,
                      long N, long P, long C, long G, float eps, int threads) {
     long cg = C / G;
@@ -89,30 +106,24 @@ void gn_silu_backward(const float *dout, const float *x, const float *w, const f
         long g = ng % G, n = ng / G;
         const float *xs = x + ng * cg * P, *ds = dout + ng * cg * P;
         float *dxs = dx + ng * cg * P;
-        float r = rstd[ng], m = mean[ng];
-        double m1 = 0.0, m2 = 0.0;  /* group sums of w*g and w*g*xhat */
+        float r = rstd[ng], m = mean[ng], a1[cg], a2[cg], cb, cc;
         for (long j = 0; j < cg; j++) {  /* pass 1: sums of g = dL/dy and g * x per channel */
             long c = g * cg + j;
             float scale = r * w[c], shift = b[c] - m * scale;
             const float *plane = xs + j * P, *dplane = ds + j * P;
             float *gplane = dxs + j * P;  /* g, kept in dx (a block small enough for the cache) for pass 2 */
-            float a1 = 0.0f, a2 = 0.0f;
-#pragma omp simd reduction(+ : a1, a2)
+            float s1 = 0.0f, s2 = 0.0f;
+#pragma omp simd reduction(+ : s1, s2)
             for (long p = 0; p < P; p++) {
                 float y = plane[p] * scale + shift;
                 float gr = silu_grad(y, dplane[p]);
                 gplane[p] = gr;
-                a1 += gr;
-                a2 += gr * plane[p];
+                s1 += gr;
+                s2 += gr * plane[p];
             }
-            float t = r * (a2 - m * a1);  /* sum of g * xhat */
-            sum_g[n * C + c] = a1;
-            sum_gx[n * C + c] = t;
-            m1 += (double)w[c] * a1;
-            m2 += (double)w[c] * t;
+            a1[j] = s1, a2[j] = s2;
         }
-        float f1 = (float)(m1 / ((double)P * cg)), f2 = (float)(m2 / ((double)P * cg));
-        float cb = -r * r * f2, cc = r * (r * m * f2 - f1);
+        group_grad(a1, a2, w + g * cg, r, m, cg, P, sum_g + n * C + g * cg, sum_gx + n * C + g * cg, &cb, &cc);
         for (long j = 0; j < cg; j++) {  /* pass 2: dx = rstd (w g - mean(w g) - xhat mean(w g xhat)) */
             long c = g * cg + j;
             float ca = r * w[c];
@@ -191,21 +202,11 @@ void gn_silu_backward_cl(const float *dout, const float *x, const float *w, cons
             }
         }
         for (long g = 0; g < G; g++) {
-            float r = rs[g], m = mu[g];
-            double m1 = 0.0, m2 = 0.0;  /* group sums of w*g and w*g*xhat */
-            for (long c = g * cg; c < (g + 1) * cg; c++) {
-                float t = r * (a2[c] - m * a1[c]);  /* sum of g * xhat */
-                sum_g[n * C + c] = a1[c];
-                sum_gx[n * C + c] = t;
-                m1 += (double)w[c] * a1[c];
-                m2 += (double)w[c] * t;
-            }
-            float f1 = (float)(m1 / ((double)P * cg)), f2 = (float)(m2 / ((double)P * cg));
-            for (long c = g * cg; c < (g + 1) * cg; c++) {
-                ca[c] = r * w[c];
-                cb[c] = -r * r * f2;
-                cc[c] = r * (r * m * f2 - f1);
-            }
+            long c0 = g * cg;
+            float gb, gc;
+            group_grad(a1 + c0, a2 + c0, w + c0, rs[g], mu[g], cg, P, sum_g + n * C + c0, sum_gx + n * C + c0,
+                       &gb, &gc);
+            for (long c = c0; c < c0 + cg; c++) ca[c] = rs[g] * w[c], cb[c] = gb, cc[c] = gc;
         }
         for (long p = 0; p < P; p++) {  /* pass 2: dx = rstd (w g - mean(w g) - xhat mean(w g xhat)) */
             const float *row = xs + p * C;

@@ -125,7 +125,7 @@ def _forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, groups: 
     (x, last), weight, bias = _dense(x), weight.contiguous(), bias.contiguous()
     out = torch.empty_like(x)
     mean, rstd = x.new_empty(b, groups), x.new_empty(b, groups)
-    kernel = _library().gn_silu_forward_cl if last else _library().gn_silu_forward
+    kernel = getattr(_library(), "gn_silu_forward_cl" if last else "gn_silu_forward")
     kernel(x.data_ptr(), weight.data_ptr(), bias.data_ptr(), out.data_ptr(), mean.data_ptr(), rstd.data_ptr(),
            b, h * w, c, groups, eps, torch.get_num_threads())
     return out, mean, rstd
@@ -147,7 +147,7 @@ def _backward(dout: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: t
     mean, rstd = mean.contiguous(), rstd.contiguous()
     dx = torch.empty_like(x)
     sum_g, sum_gx = x.new_empty(b, c), x.new_empty(b, c)  # per sample: Σ dL/dy, Σ dL/dy·x̂ over the pixels
-    kernel = _library().gn_silu_backward_cl if last else _library().gn_silu_backward
+    kernel = getattr(_library(), "gn_silu_backward_cl" if last else "gn_silu_backward")
     kernel(dout.data_ptr(), x.data_ptr(), weight.data_ptr(), bias.data_ptr(), mean.data_ptr(), rstd.data_ptr(),
            dx.data_ptr(), sum_g.data_ptr(), sum_gx.data_ptr(), b, h * w, c, mean.shape[1], torch.get_num_threads())
     return dx, sum_gx.sum(0), sum_g.sum(0)

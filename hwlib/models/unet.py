@@ -118,6 +118,13 @@ class _ChannelwiseGroupNorm(torch.autograd.Function):
         return dx.to(x.dtype), t.sum(0), s1.sum(0), None, None
 
 
+def fused_norms(x: torch.Tensor) -> bool:
+    """Whether compiled training on ``x`` runs the GroupNorm → SiLU pairs as :mod:`hwlib.models.group_norm_silu`'s
+    kernel (float32 on a CPU), and so the U-Net channels-last, the layout that kernel and inductor's convolutions
+    share."""
+    return torch.compiler.is_compiling() and torch.is_grad_enabled() and group_norm_silu.available(x)
+
+
 class GroupNorm(nn.GroupNorm):
     """``nn.GroupNorm`` (same parameters and state dict) that :func:`channelwise_group_norm` computes under
     ``torch.compile``; in eager mode PyTorch's own kernel, the faster one there.
@@ -137,8 +144,7 @@ class GroupNorm(nn.GroupNorm):
     def silu(self, x: torch.Tensor) -> torch.Tensor:
         """``F.silu(self(x))``; in compiled float32 training on a CPU one fused kernel each way
         (:mod:`hwlib.models.group_norm_silu`)."""
-        if (torch.compiler.is_compiling() and torch.is_grad_enabled() and self.affine
-                and group_norm_silu.available(x)):
+        if self.affine and fused_norms(x):
             return group_norm_silu.group_norm_silu(x, self.weight, self.bias, self.num_groups, self.eps)
         return F.silu(self(x))
 
@@ -237,9 +243,9 @@ class Upsample(nn.Module):
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if fused_norms(x):
+            return self.conv(nearest_up2(x).contiguous(memory_format=torch.channels_last))
         if torch.compiler.is_compiling() and torch.is_grad_enabled():
-            if group_norm_silu.available(x):
-                return self.conv(nearest_up2(x).contiguous(memory_format=torch.channels_last))
             return self.conv(nearest_up2(x))
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
@@ -304,7 +310,7 @@ class UNet(nn.Module):
                 labels = torch.full((x.shape[0],), self.num_classes, device=x.device, dtype=torch.long)
             emb = emb + self.class_emb(labels)
         h = self.conv_in(x)
-        if torch.compiler.is_compiling() and torch.is_grad_enabled() and group_norm_silu.available(h):
+        if fused_norms(h):
             h = h.contiguous(memory_format=torch.channels_last)  # the layout the fused norms and convolutions share
         skips = [h]
         for block in self.down:
