@@ -1,5 +1,5 @@
-"""The fused CPU GroupNorm + SiLU kernel: values and gradients against PyTorch's in float64, both layouts, thread-count
-independence, the custom op's registration (fake tensors, autograd, torch.compile), the build cache and the fallback
+"""The fused CPU GroupNorm + SiLU kernel: values and gradients against PyTorch's in float64, both layouts, with and
+without the per-channel shift (the time embedding), thread-count independence, the custom op's registration (fake tensors, autograd, torch.compile), the build cache and the fallback
 where it cannot be built, and where the U-Net uses it."""
 from __future__ import annotations
 
@@ -17,11 +17,15 @@ from hwlib.models.unet import norm
 pytestmark = pytest.mark.skipif(not gns.available(torch.zeros(1, 4, 1, 1)), reason="the kernel could not be built here")
 
 
-def _reference(x, w, b, groups, dout):
-    """float64 values and gradients of silu(group_norm(x))."""
+def _reference(x, w, b, groups, dout, shift=None):
+    """float64 values and gradients of silu(group_norm(x + shift)): out, dx, dw, db (and dshift with a shift)."""
     xd, wd, bd = (t.detach().double().requires_grad_() for t in (x, w, b))
+    inputs = (xd, wd, bd)
+    if shift is not None:
+        sd = shift.detach().double().requires_grad_()
+        inputs, xd = (*inputs, sd), xd + sd[:, :, None, None]
     out = F.silu(F.group_norm(xd, groups, wd, bd, 1e-5))
-    return (out, *torch.autograd.grad(out, (xd, wd, bd), dout.double()))
+    return (out, *torch.autograd.grad(out, inputs, dout.double()))
 
 
 def _inputs(b, c, h, w, layout, seed=0):
@@ -34,37 +38,42 @@ def _inputs(b, c, h, w, layout, seed=0):
     return x.requires_grad_(), torch.randn(c, requires_grad=True), torch.randn(c, requires_grad=True)
 
 
+@pytest.mark.parametrize("shifted", [False, True], ids=["", "shift"])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
 @pytest.mark.parametrize("shape, groups", [((4, 16, 28, 28), 4), ((3, 48, 7, 7), 12), ((2, 64, 5, 3), 16),
                                            ((2, 8, 3, 3), 1), ((2, 6, 4, 4), 6)])
-def test_values_and_gradients_are_pytorchs(shape, groups, layout):
+def test_values_and_gradients_are_pytorchs(shape, groups, layout, shifted):
     x, w, b = _inputs(*shape, layout)
-    out = gns.group_norm_silu(x, w, b, groups, 1e-5)
+    shift = (10 * torch.randn(shape[:2])).requires_grad_() if shifted else None  # per sample and channel
+    out = gns.group_norm_silu(x, w, b, groups, 1e-5, shift)
     dout = torch.randn(shape)
-    grads = torch.autograd.grad(out, (x, w, b), dout)
-    ref = _reference(x, w, b, groups, dout)
+    grads = torch.autograd.grad(out, (x, w, b) + ((shift,) if shifted else ()), dout)
+    ref = _reference(x, w, b, groups, dout, shift)
     assert out.dtype == torch.float32 and out.shape == shape
     if layout == "channels_last":
         assert out.is_contiguous(memory_format=torch.channels_last) and grads[0].is_contiguous(
             memory_format=torch.channels_last)
     else:
         assert out.is_contiguous() and grads[0].is_contiguous()
-    for mine, theirs in zip((out, *grads), ref):
-        scale = theirs.abs().max().item()
+    scales = [t.abs().max().item() for t in ref]
+    if shifted:  # dL/dshift sums H*W values of dL/dx: up to H*W times dx's rounding (it is ~0 with one channel a group)
+        scales[-1] = max(scales[-1], scales[1] * shape[2] * shape[3])
+    for mine, theirs, scale in zip((out, *grads), ref, scales):
         torch.testing.assert_close(mine.double(), theirs, atol=2e-6 * max(scale, 1.0), rtol=1e-5)
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 def test_results_do_not_depend_on_the_thread_count(layout):
     x, w, b = _inputs(6, 16, 9, 9, layout, seed=1)
+    shift = torch.randn(6, 16, requires_grad=True)
     dout = torch.randn(6, 16, 9, 9)
     runs = []
     threads = torch.get_num_threads()
     try:
         for n in (1, 2, 3):
             torch.set_num_threads(n)
-            out = gns.group_norm_silu(x, w, b, 4, 1e-5)
-            runs.append((out, *torch.autograd.grad(out, (x, w, b), dout)))
+            out = gns.group_norm_silu(x, w, b, 4, 1e-5, shift)
+            runs.append((out, *torch.autograd.grad(out, (x, w, b, shift), dout)))
     finally:
         torch.set_num_threads(threads)
     for other in runs[1:]:
@@ -75,16 +84,18 @@ def test_the_custom_op_passes_opcheck():
     """Schema, fake (meta) implementation, autograd registration and AOT dispatch, as torch.compile relies on them."""
     for layout in ("contiguous", "channels_last"):
         x, w, b = _inputs(2, 8, 5, 5, layout)
-        result = torch.library.opcheck(torch.ops.hwlib.group_norm_silu.default, (x, w, b, 2, 1e-5))
-        assert set(result.values()) == {"SUCCESS"}, result
+        for shift in (None, torch.randn(2, 8, requires_grad=True)):
+            result = torch.library.opcheck(torch.ops.hwlib.group_norm_silu.default, (x, shift, w, b, 2, 1e-5))
+            assert set(result.values()) == {"SUCCESS"}, result
 
 
 def test_it_compiles_as_one_opaque_op_with_its_gradients():
     x, w, b = _inputs(4, 16, 6, 6, "channels_last")
+    shift = torch.randn(4, 16, requires_grad=True)
     dout = torch.randn(4, 16, 6, 6)
-    compiled = torch.compile(lambda x, w, b: gns.group_norm_silu(x, w, b, 4, 1e-5) * dout, fullgraph=True)
-    grads = torch.autograd.grad(compiled(x, w, b).sum(), (x, w, b))
-    for mine, theirs in zip(grads, _reference(x, w, b, 4, dout)[1:]):
+    compiled = torch.compile(lambda x, w, b, s: gns.group_norm_silu(x, w, b, 4, 1e-5, s) * dout, fullgraph=True)
+    grads = torch.autograd.grad(compiled(x, w, b, shift).sum(), (x, w, b, shift))
+    for mine, theirs in zip(grads, _reference(x, w, b, 4, dout, shift)[1:]):
         torch.testing.assert_close(mine.double(), theirs, atol=1e-4, rtol=1e-4)
 
 
@@ -112,8 +123,10 @@ def test_without_a_compiler_it_warns_once_and_the_norm_falls_back(isolated_paths
     x = torch.randn(2, 16, 4, 4)
     assert not gns.available(x)
     gn = norm(16)
+    shift = torch.randn(2, 16)
     with mock.patch.object(torch.compiler, "is_compiling", return_value=True):
         torch.testing.assert_close(gn.silu(x), F.silu(gn(x)))
+        torch.testing.assert_close(gn.silu(x, shift), F.silu(gn(x + shift[:, :, None, None])))
 
 
 def test_group_norm_silu_takes_the_kernel_only_in_compiled_float32_training():
@@ -132,4 +145,8 @@ def test_group_norm_silu_takes_the_kernel_only_in_compiled_float32_training():
             with mock.patch.object(gns, "enabled", False):  # HWLIB_FUSED_NORM=0
                 gn.silu(x)
             assert fused.call_count == 1
+            shift = torch.randn(2, 16)
+            traced_shifted = gn.silu(x, shift)  # the time embedding goes into the kernel
+            assert fused.call_count == 2 and fused.call_args.args[-1] is shift
     torch.testing.assert_close(traced, eager, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(traced_shifted, gn.silu(x, shift), atol=1e-5, rtol=1e-5)

@@ -188,4 +188,6 @@ def test_upsample_takes_the_broadcast_only_in_compiled_training():
             assert bc.call_count == 0  # sampling: the interpolation too
             traced = up(x)
         assert bc.call_count == 1
-    assert eager.shape == (2, 4, 6, 6) and torch.equal(traced, eager) and torch.equal(sampled, eager)
+    assert eager.shape == (2, 4, 6, 6) and torch.equal(sampled, eager)
+    torch.testing.assert_close(traced, eager)  # traced: channels-last, whose convolution sums in another order on
+    # some CPUs (an AMD EPYC with AVX2: not bitwise equal; an Intel Xeon with AMX: equal)

@@ -1,11 +1,14 @@
 /* GroupNorm followed by SiLU on a CPU, float32, for (N, C, P) tensors (P = H*W pixels) with G groups of C/G
  * neighbouring channels, contiguous (each (sample, group) one block of C/G planes, one task each) or channels-last
  * ("_cl": (N, P, C), one task per sample). Tasks are independent, so results do not depend on the thread count.
- * Forward: out = silu(y), y = (x - mean_g) * rstd_g * w_c + b_c, the statistics in double from x minus each
+ * An optional shift s (N, C) is added to x first (the U-Net's time embedding; NULL: none), so that the sum is never
+ * written to memory: x' = x + s_nc.
+ * Forward: out = silu(y), y = (x' - mean_g) * rstd_g * w_c + b_c, the statistics in double from x minus each
  * channel's first pixel (against cancellation); the groups' mean and 1/std are returned for the backward.
  * Backward: one pass computes g = dL/dy, keeps it in dx (a task's block fits the cache) and sums g and g*x per
- * channel; a second turns g into dx. The per-(sample, channel) sums for dw and db are returned for the caller to add
- * up. Compiled with -ffast-math (not linked with it: see hwlib/models/group_norm_silu.py). */
+ * channel; a second turns g into dx and sums dx per (sample, channel), which is dL/ds ("dsh"). The per-(sample,
+ * channel) sums for dw and db are returned for the caller to add up.
+ * Compiled with -ffast-math (not linked with it: see hwlib/models/group_norm_silu.py). */
 #include <math.h>
 
 /* e^x to about 1 ulp (Cephes' expf: x = k ln2 + r, |r| <= ln2/2, a degree-6 polynomial in r, times 2^k), inlined
@@ -64,12 +67,13 @@ static inline void group_grad(const float *a1, const float *a2, const float *w, 
     *cc = r * (r * m * f2 - f1);
 }
 
-void gn_silu_forward(const float *x, const float *w, const float *b, float *out, float *mean, float *rstd,
-                     long N, long P, long C, long G, float eps, int threads) {
+void gn_silu_forward(const float *x, const float *s, const float *w, const float *b, float *out, float *mean,
+                     float *rstd, long N, long P, long C, long G, float eps, int threads) {
     long cg = C / G;
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (long ng = 0; ng < N * G; ng++) {
-        long g = ng % G;
+        long g = ng % G, n = ng / G;
+        const float *sh = s ? s + n * C + g * cg : 0;
         const float *xs = x + ng * cg * P;
         float *os = out + ng * cg * P;
         double s1[cg], s2[cg];
@@ -85,10 +89,12 @@ void gn_silu_forward(const float *x, const float *w, const float *b, float *out,
                 q += d * d;
             }
             s1[j] = a, s2[j] = q;
+            pilot[j] += sh ? sh[j] : 0.0f;  /* the statistics of x' = x + s: the same sums around a shifted pilot */
         }
         group_stats(s1, s2, pilot, cg, P, eps, mean + ng, rstd + ng);
         for (long j = 0; j < cg; j++) {
-            float scale = rstd[ng] * w[g * cg + j], shift = b[g * cg + j] - mean[ng] * scale;
+            float scale = rstd[ng] * w[g * cg + j];
+            float shift = b[g * cg + j] + ((sh ? sh[j] : 0.0f) - mean[ng]) * scale;
             const float *plane = xs + j * P;
             float *oplane = os + j * P;
 #pragma omp simd
@@ -97,19 +103,20 @@ void gn_silu_forward(const float *x, const float *w, const float *b, float *out,
     }
 }
 
-void gn_silu_backward(const float *dout, const float *x, const float *w, const float *b, const float *mean,
-                      const float *rstd, float *dx, float *sum_g, float *sum_gx, long N, long P, long C, long G,
-                      int threads) {
+void gn_silu_backward(const float *dout, const float *x, const float *s, const float *w, const float *b,
+                      const float *mean, const float *rstd, float *dx, float *dsh, float *sum_g, float *sum_gx, long N,
+                      long P, long C, long G, int threads) {
     long cg = C / G;
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (long ng = 0; ng < N * G; ng++) {
         long g = ng % G, n = ng / G;
+        const float *sh = s ? s + n * C + g * cg : 0;
         const float *xs = x + ng * cg * P, *ds = dout + ng * cg * P;
         float *dxs = dx + ng * cg * P;
         float r = rstd[ng], m = mean[ng], a1[cg], a2[cg], cb, cc;
         for (long j = 0; j < cg; j++) {  /* pass 1: sums of g = dL/dy and g * x per channel */
             long c = g * cg + j;
-            float scale = r * w[c], shift = b[c] - m * scale;
+            float scale = r * w[c], shift = b[c] + ((sh ? sh[j] : 0.0f) - m) * scale;
             const float *plane = xs + j * P, *dplane = ds + j * P;
             float *gplane = dxs + j * P;  /* g, kept in dx (a block small enough for the cache) for pass 2 */
             float s1 = 0.0f, s2 = 0.0f;
@@ -121,24 +128,29 @@ void gn_silu_backward(const float *dout, const float *x, const float *w, const f
                 s1 += gr;
                 s2 += gr * plane[p];
             }
-            a1[j] = s1, a2[j] = s2;
+            a1[j] = s1, a2[j] = s2 + (sh ? sh[j] : 0.0f) * s1;  /* sum of g * x' */
         }
         group_grad(a1, a2, w + g * cg, r, m, cg, P, sum_g + n * C + g * cg, sum_gx + n * C + g * cg, &cb, &cc);
-        for (long j = 0; j < cg; j++) {  /* pass 2: dx = rstd (w g - mean(w g) - xhat mean(w g xhat)) */
+        for (long j = 0; j < cg; j++) {  /* pass 2: dx = rstd (w g - mean(w g) - xhat mean(w g xhat)); dL/ds */
             long c = g * cg + j;
-            float ca = r * w[c];
+            float ca = r * w[c], cj = cc + (sh ? sh[j] : 0.0f) * cb, t = 0.0f;
             const float *plane = xs + j * P;
             float *dxplane = dxs + j * P;
-#pragma omp simd
-            for (long p = 0; p < P; p++) dxplane[p] = dxplane[p] * ca + plane[p] * cb + cc;
+#pragma omp simd reduction(+ : t)
+            for (long p = 0; p < P; p++) {
+                float d = dxplane[p] * ca + plane[p] * cb + cj;
+                dxplane[p] = d;
+                t += d;
+            }
+            dsh[n * C + c] = t;
         }
     }
 }
 
 /* The same for channels-last (N, P, C) tensors: one task per sample; per-channel statistics accumulated along the
  * rows of C channels, then pooled into the groups'. */
-void gn_silu_forward_cl(const float *x, const float *w, const float *b, float *out, float *mean, float *rstd,
-                        long N, long P, long C, long G, float eps, int threads) {
+void gn_silu_forward_cl(const float *x, const float *s, const float *w, const float *b, float *out, float *mean,
+                        float *rstd, long N, long P, long C, long G, float eps, int threads) {
     long cg = C / G;
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (long n = 0; n < N; n++) {
@@ -156,12 +168,14 @@ void gn_silu_forward_cl(const float *x, const float *w, const float *b, float *o
                 s2[c] += d * d;
             }
         }
+        if (s)
+            for (long c = 0; c < C; c++) pilot[c] += s[n * C + c];  /* the statistics of x' = x + s */
         for (long g = 0; g < G; g++) {
             long k = n * G + g;
             group_stats(s1 + g * cg, s2 + g * cg, pilot + g * cg, cg, P, eps, mean + k, rstd + k);
             for (long c = g * cg; c < (g + 1) * cg; c++) {
                 scale[c] = rstd[k] * w[c];
-                shift[c] = b[c] - mean[k] * scale[c];
+                shift[c] = b[c] + ((s ? s[n * C + c] : 0.0f) - mean[k]) * scale[c];
             }
         }
         for (long p = 0; p < P; p++) {
@@ -173,21 +187,24 @@ void gn_silu_forward_cl(const float *x, const float *w, const float *b, float *o
     }
 }
 
-void gn_silu_backward_cl(const float *dout, const float *x, const float *w, const float *b, const float *mean,
-                         const float *rstd, float *dx, float *sum_g, float *sum_gx, long N, long P, long C, long G,
-                         int threads) {
+void gn_silu_backward_cl(const float *dout, const float *x, const float *s, const float *w, const float *b,
+                         const float *mean, const float *rstd, float *dx, float *dsh, float *sum_g, float *sum_gx,
+                         long N, long P, long C, long G, int threads) {
     long cg = C / G;
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (long n = 0; n < N; n++) {
-        float scale[C], shift[C], ca[C], cb[C], cc[C], a1[C], a2[C];
+        float scale[C], shift[C], ca[C], cb[C], cc[C], a1[C], a2[C], sh[C];
+        float *dss = dsh + n * C;
         const float *xs = x + n * P * C, *ds = dout + n * P * C;
         float *dxs = dx + n * P * C;
         const float *mu = mean + n * G, *rs = rstd + n * G;
         for (long c = 0; c < C; c++) {
+            sh[c] = s ? s[n * C + c] : 0.0f;
             scale[c] = rs[c / cg] * w[c];
-            shift[c] = b[c] - mu[c / cg] * scale[c];
+            shift[c] = b[c] + (sh[c] - mu[c / cg]) * scale[c];
             a1[c] = 0.0f;
             a2[c] = 0.0f;
+            dss[c] = 0.0f;
         }
         for (long p = 0; p < P; p++) {  /* pass 1: g = dL/dy, kept in dx (one sample fits the cache); its sums */
             const float *row = xs + p * C, *drow = ds + p * C;
@@ -201,18 +218,23 @@ void gn_silu_backward_cl(const float *dout, const float *x, const float *w, cons
                 a2[c] += gr * row[c];
             }
         }
+        for (long c = 0; c < C; c++) a2[c] += sh[c] * a1[c];  /* sums of g * x' */
         for (long g = 0; g < G; g++) {
             long c0 = g * cg;
             float gb, gc;
             group_grad(a1 + c0, a2 + c0, w + c0, rs[g], mu[g], cg, P, sum_g + n * C + c0, sum_gx + n * C + c0,
                        &gb, &gc);
-            for (long c = c0; c < c0 + cg; c++) ca[c] = rs[g] * w[c], cb[c] = gb, cc[c] = gc;
+            for (long c = c0; c < c0 + cg; c++) ca[c] = rs[g] * w[c], cb[c] = gb, cc[c] = gc + sh[c] * gb;
         }
-        for (long p = 0; p < P; p++) {  /* pass 2: dx = rstd (w g - mean(w g) - xhat mean(w g xhat)) */
+        for (long p = 0; p < P; p++) {  /* pass 2: dx = rstd (w g - mean(w g) - xhat mean(w g xhat)); dL/ds */
             const float *row = xs + p * C;
             float *dxrow = dxs + p * C;
 #pragma omp simd
-            for (long c = 0; c < C; c++) dxrow[c] = dxrow[c] * ca[c] + row[c] * cb[c] + cc[c];
+            for (long c = 0; c < C; c++) {
+                float d = dxrow[c] * ca[c] + row[c] * cb[c] + cc[c];
+                dxrow[c] = d;
+                dss[c] += d;
+            }
         }
     }
 }

@@ -141,12 +141,12 @@ class GroupNorm(nn.GroupNorm):
             return channelwise_group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
         return super().forward(x)
 
-    def silu(self, x: torch.Tensor) -> torch.Tensor:
-        """``F.silu(self(x))``; in compiled float32 training on a CPU one fused kernel each way
-        (:mod:`hwlib.models.group_norm_silu`)."""
+    def silu(self, x: torch.Tensor, shift: torch.Tensor | None = None) -> torch.Tensor:
+        """``F.silu(self(x + shift[:, :, None, None]))``, x (B, C, H, W), shift (B, C) or None; in compiled float32
+        training on a CPU one fused kernel each way (:mod:`hwlib.models.group_norm_silu`), x + shift never stored."""
         if self.affine and fused_norms(x):
-            return group_norm_silu.group_norm_silu(x, self.weight, self.bias, self.num_groups, self.eps)
-        return F.silu(self(x))
+            return group_norm_silu.group_norm_silu(x, self.weight, self.bias, self.num_groups, self.eps, shift)
+        return F.silu(self(x if shift is None else x + shift[:, :, None, None]))
 
 
 def norm(channels: int, groups: int = 32) -> GroupNorm:
@@ -172,8 +172,7 @@ class TimeResBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         h = self.conv1(self.norm1.silu(x))
-        h = h + self.emb(F.silu(emb))[:, :, None, None]
-        h = self.conv2(self.drop(self.norm2.silu(h)))
+        h = self.conv2(self.drop(self.norm2.silu(h, shift=self.emb(F.silu(emb)))))  # norm2(h + the time embedding)
         return self.skip(x) + h
 
 
