@@ -2,8 +2,9 @@
 CPU, as a GPU user's run would.
 
 The paper-size networks, timestep counts and code paths run unchanged, on a few batches of 2 with two optimiser
-steps per training call and bf16 autocast on the CPU (hwlib.profiles). Every training run the profile plans
-(``training_calls``) reports its FLOPs to the cost ledger.
+steps per training call, in the machine's precision (hwlib.profiles). Every training run the profile plans
+(``training_calls``) reports its FLOPs to the cost ledger. Each dry run is a class of its own, so that
+``make test``'s workers (pytest-xdist, ``--dist loadscope``: one class or module per work unit) share them out.
 """
 from __future__ import annotations
 
@@ -31,22 +32,31 @@ def test_dry_run_settings_cut_data_and_keep_architectures(monkeypatch):
     assert dry.step_counts == real.step_counts
 
 
-@pytest.mark.parametrize("profile", ["gpu", "full"])
-@pytest.mark.parametrize("notebook", NOTEBOOKS)
-def test_gpu_and_full_profile_dry_run(notebook, profile, tmp_path, monkeypatch):
-    ledger = tmp_path / "ledger.jsonl"
-    run = nbtools.execute(notebook, tmp_path / "out.ipynb", tmp_path, {"profile": profile}, check=False,
-                          env={"HWLIB_DRYRUN": "1", "HWLIB_COST_LEDGER": str(ledger)})
-    assert run.returncode == 0, run.stderr[-3000:]
-    trained = {e["name"]: e for e in cost.read_ledger(ledger)}
-    module = importlib.import_module(f"hwlib.profiles.{notebook.split('_', 1)[1]}")
-    planned = module.training_calls(hwlib.get_profile(notebook, profile, verbose=False))
-    assert set(planned) <= set(trained), f"planned {sorted(planned)}, trained {sorted(trained)}"
-    # batches of 2, or a dry run's whole training set in one batch where a network's batch is capped by its data
-    # (notebook 01's part judge: min(TRAIN_BATCH, n_train), its 20 birds)
-    monkeypatch.setenv("HWLIB_DRYRUN", "1")
-    capped = min(TRAIN_BATCH, hwlib.get_profile(notebook, profile, verbose=False).get("n_train", 2))
-    assert all(e["batch"] in (2, capped) and e["steps"] <= 2 and e["flops"] > 0 for e in trained.values()), trained
+class _DryRun:
+    notebook: str
+    profile: str
+
+    def test_dry_run(self, tmp_path, monkeypatch):
+        notebook, profile = self.notebook, self.profile
+        ledger = tmp_path / "ledger.jsonl"
+        run = nbtools.execute(notebook, tmp_path / "out.ipynb", tmp_path, {"profile": profile}, check=False,
+                              env={"HWLIB_DRYRUN": "1", "HWLIB_COST_LEDGER": str(ledger)})
+        assert run.returncode == 0, run.stderr[-3000:]
+        trained = {e["name"]: e for e in cost.read_ledger(ledger)}
+        module = importlib.import_module(f"hwlib.profiles.{notebook.split('_', 1)[1]}")
+        planned = module.training_calls(hwlib.get_profile(notebook, profile, verbose=False))
+        assert set(planned) <= set(trained), f"planned {sorted(planned)}, trained {sorted(trained)}"
+        # batches of 2, or a dry run's whole training set in one batch where a network's batch is capped by its data
+        # (notebook 01's part judge: min(TRAIN_BATCH, n_train), its 20 birds)
+        monkeypatch.setenv("HWLIB_DRYRUN", "1")
+        capped = min(TRAIN_BATCH, hwlib.get_profile(notebook, profile, verbose=False).get("n_train", 2))
+        assert all(e["batch"] in (2, capped) and e["steps"] <= 2 and e["flops"] > 0 for e in trained.values()), trained
+
+
+for _notebook in NOTEBOOKS:  # TestDryRun01Gpu, TestDryRun01Full, ...: one work unit each for make test's workers
+    for _profile in ("gpu", "full"):
+        _name = f"TestDryRun{_notebook[:2]}{_profile.title()}"
+        globals()[_name] = type(_name, (_DryRun,), {"notebook": _notebook, "profile": _profile})
 
 
 def test_notebook_01_trains_on_the_real_cub_layout(tmp_path):
