@@ -34,13 +34,15 @@ run: setup
 # Smoke runs write their figures and checkpoints to a throwaway folder, never over the committed figures/;
 # one torch thread per test process keeps the tiny smoke models fast even on a busy machine, and TEST_WORKERS
 # processes (pytest-xdist; one per core of the 2-core CI machine) share the tests out by module, class or notebook
-# (--dist loadscope: a notebook's cells stay in order in one kernel). TEST_WORKERS=0 runs them in this process.
+# (--dist loadscope: a notebook's cells stay in order in one kernel), in collection order, which puts the longest
+# first (tests/conftest.py; xdist's default order, most tests first, left a dry run of minutes alone at the end).
+# TEST_WORKERS=0 runs them in this process.
 TEST_WORKERS ?= 2
 test: setup
 	@tmp=$$(mktemp -d); \
 	HWLIB_PROFILE=smoke HWLIB_PROGRESS=off MPLBACKEND=Agg OMP_NUM_THREADS=1 \
 	HWLIB_FIGURES=$$tmp/figures HWLIB_RUNS=$$tmp/runs \
-	  $(BIN)/python -m pytest tests $(NOTEBOOKS) --nbval-lax --nbval-current-env -n $(TEST_WORKERS) --dist loadscope \
+	  $(BIN)/python -m pytest tests $(NOTEBOOKS) --nbval-lax --nbval-current-env -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder \
 	  $(PYTEST_ARGS); rc=$$?; \
 	rm -rf $$tmp; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc

@@ -17,3 +17,11 @@ def isolated_paths(tmp_path, monkeypatch):
     for var, sub in (("HWLIB_DATA", "data"), ("HWLIB_RUNS", "runs"), ("HWLIB_FIGURES", "figures")):
         monkeypatch.setenv(var, str(tmp_path / sub))
     return tmp_path
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Longest first: ``make test``'s workers take their work units (a module, a class, a notebook) in collection
+    order, so the dry runs (minutes each, ``tests/test_dryrun.py``) and the notebooks go first and the short tests fill
+    in around them, instead of one long unit finishing alone at the end. The sort is stable: a notebook's cells keep
+    their order."""
+    items.sort(key=lambda item: 0 if "::TestDryRun" in item.nodeid else 1 if item.path.suffix == ".ipynb" else 2)

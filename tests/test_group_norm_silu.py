@@ -1,6 +1,7 @@
 """The fused CPU GroupNorm + SiLU kernel: values and gradients against PyTorch's in float64, both layouts, with and
-without the per-channel shift (the time embedding), thread-count independence, the custom op's registration (fake tensors, autograd, torch.compile), the build cache and the fallback
-where it cannot be built, and where the U-Net uses it."""
+without the per-channel shift (the time embedding), thread-count independence, the custom op's registration (fake
+tensors, autograd, torch.compile), the build cache and the fallback where it cannot be built, and where the U-Net
+uses it."""
 from __future__ import annotations
 
 import subprocess

@@ -5,12 +5,12 @@ Inductor, which compiles the U-Net's training step on a CPU, writes every value 
 to memory (``should_realize_on_reuse``), so the backward of a GroupNorm → SiLU pair recomputes the norm's output and
 its sigmoid, stores both and reads them back: about twelve passes over the tensor. :file:`hwlib/csrc/group_norm_silu.c`
 does it in two passes per direction (forward: statistics, then the output; backward: the per-channel sums of the
-gradient, then dx and the shift's gradient), one sample per thread, so its results do not depend on the thread count. The C file is compiled
-on first use with the machine's C compiler (the one ``torch.compile`` already needs on a CPU) into
-``<data>/kernels/`` and loaded with :mod:`ctypes`; it is registered as the custom op ``hwlib::group_norm_silu`` with
-a fake implementation, so ``torch.compile`` calls it as one opaque kernel. :func:`available` says whether it loaded;
-where it did not (no compiler, not a CPU, not float32), :meth:`hwlib.models.unet.GroupNorm.silu` computes the pair
-as before.
+gradient, then dx and the shift's gradient), one sample per thread, so its results do not depend on the thread count.
+The C file is compiled on first use with the machine's C compiler (the one ``torch.compile`` already needs on a
+CPU) into ``<data>/kernels/`` and loaded with :mod:`ctypes`; it is registered as the custom op
+``hwlib::group_norm_silu`` with a fake implementation, so ``torch.compile`` calls it as one opaque kernel.
+:func:`available` says whether it loaded; where it did not (no compiler, not a CPU, not float32),
+:meth:`hwlib.models.unet.GroupNorm.silu` computes the pair as before.
 """
 from __future__ import annotations
 

@@ -144,7 +144,7 @@ class GroupNorm(nn.GroupNorm):
     def silu(self, x: torch.Tensor, shift: torch.Tensor | None = None) -> torch.Tensor:
         """``F.silu(self(x + shift[:, :, None, None]))``, x (B, C, H, W), shift (B, C) or None; in compiled float32
         training on a CPU one fused kernel each way (:mod:`hwlib.models.group_norm_silu`), x + shift never stored."""
-        if self.affine and fused_norms(x):
+        if self.affine and fused_norms(x) and (shift is None or shift.dtype == x.dtype):
             return group_norm_silu.group_norm_silu(x, self.weight, self.bias, self.num_groups, self.eps, shift)
         return F.silu(self(x if shift is None else x + shift[:, :, None, None]))
 
