@@ -31,6 +31,11 @@ static inline float exp_f(float x) {
 
 static inline float silu(float y) { return y / (1.0f + exp_f(-y)); }
 
+/* a task's shifts (count values from s + offset), zeros without a shift (s NULL) */
+static inline void load_shift(const float *s, long offset, long count, float *sh) {
+    for (long i = 0; i < count; i++) sh[i] = s ? s[offset + i] : 0.0f;
+}
+
 /* the group's mean and 1/std from its channels' sums of (x - pilot) and squares over P pixels */
 static inline void group_stats(const double *s1, const double *s2, const float *pilot, long cg, long P, float eps,
                                float *mean, float *rstd) {
@@ -73,11 +78,11 @@ void gn_silu_forward(const float *x, const float *s, const float *w, const float
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (long ng = 0; ng < N * G; ng++) {
         long g = ng % G, n = ng / G;
-        const float *sh = s ? s + n * C + g * cg : 0;
         const float *xs = x + ng * cg * P;
         float *os = out + ng * cg * P;
         double s1[cg], s2[cg];
-        float pilot[cg];
+        float pilot[cg], sh[cg];
+        load_shift(s, n * C + g * cg, cg, sh);
         for (long j = 0; j < cg; j++) {
             const float *plane = xs + j * P;
             double a = 0.0, q = 0.0;
@@ -89,12 +94,12 @@ void gn_silu_forward(const float *x, const float *s, const float *w, const float
                 q += d * d;
             }
             s1[j] = a, s2[j] = q;
-            pilot[j] += sh ? sh[j] : 0.0f;  /* the statistics of x' = x + s: the same sums around a shifted pilot */
+            pilot[j] += sh[j];  /* the statistics of x' = x + s: the same sums around a shifted pilot */
         }
         group_stats(s1, s2, pilot, cg, P, eps, mean + ng, rstd + ng);
         for (long j = 0; j < cg; j++) {
             float scale = rstd[ng] * w[g * cg + j];
-            float shift = b[g * cg + j] + ((sh ? sh[j] : 0.0f) - mean[ng]) * scale;
+            float shift = b[g * cg + j] + (sh[j] - mean[ng]) * scale;
             const float *plane = xs + j * P;
             float *oplane = os + j * P;
 #pragma omp simd
@@ -110,13 +115,13 @@ void gn_silu_backward(const float *dout, const float *x, const float *s, const f
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (long ng = 0; ng < N * G; ng++) {
         long g = ng % G, n = ng / G;
-        const float *sh = s ? s + n * C + g * cg : 0;
         const float *xs = x + ng * cg * P, *ds = dout + ng * cg * P;
         float *dxs = dx + ng * cg * P;
-        float r = rstd[ng], m = mean[ng], a1[cg], a2[cg], cb, cc;
+        float r = rstd[ng], m = mean[ng], a1[cg], a2[cg], sh[cg], cb, cc;
+        load_shift(s, n * C + g * cg, cg, sh);
         for (long j = 0; j < cg; j++) {  /* pass 1: sums of g = dL/dy and g * x per channel */
             long c = g * cg + j;
-            float scale = r * w[c], shift = b[c] + ((sh ? sh[j] : 0.0f) - m) * scale;
+            float scale = r * w[c], shift = b[c] + (sh[j] - m) * scale;
             const float *plane = xs + j * P, *dplane = ds + j * P;
             float *gplane = dxs + j * P;  /* g, kept in dx (a block small enough for the cache) for pass 2 */
             float s1 = 0.0f, s2 = 0.0f;
@@ -128,12 +133,12 @@ void gn_silu_backward(const float *dout, const float *x, const float *s, const f
                 s1 += gr;
                 s2 += gr * plane[p];
             }
-            a1[j] = s1, a2[j] = s2 + (sh ? sh[j] : 0.0f) * s1;  /* sum of g * x' */
+            a1[j] = s1, a2[j] = s2 + sh[j] * s1;  /* sum of g * x' */
         }
         group_grad(a1, a2, w + g * cg, r, m, cg, P, sum_g + n * C + g * cg, sum_gx + n * C + g * cg, &cb, &cc);
         for (long j = 0; j < cg; j++) {  /* pass 2: dx = rstd (w g - mean(w g) - xhat mean(w g xhat)); dL/ds */
             long c = g * cg + j;
-            float ca = r * w[c], cj = cc + (sh ? sh[j] : 0.0f) * cb, t = 0.0f;
+            float ca = r * w[c], cj = cc + sh[j] * cb, t = 0.0f;
             const float *plane = xs + j * P;
             float *dxplane = dxs + j * P;
 #pragma omp simd reduction(+ : t)
@@ -157,7 +162,8 @@ void gn_silu_forward_cl(const float *x, const float *s, const float *w, const fl
         const float *xs = x + n * P * C;
         float *os = out + n * P * C;
         double s1[C], s2[C];
-        float pilot[C], scale[C], shift[C];
+        float pilot[C], scale[C], shift[C], sh[C];
+        load_shift(s, n * C, C, sh);
         for (long c = 0; c < C; c++) s1[c] = 0.0, s2[c] = 0.0, pilot[c] = xs[c];
         for (long p = 0; p < P; p++) {
             const float *row = xs + p * C;
@@ -168,14 +174,13 @@ void gn_silu_forward_cl(const float *x, const float *s, const float *w, const fl
                 s2[c] += d * d;
             }
         }
-        if (s)
-            for (long c = 0; c < C; c++) pilot[c] += s[n * C + c];  /* the statistics of x' = x + s */
+        for (long c = 0; c < C; c++) pilot[c] += sh[c];  /* the statistics of x' = x + s */
         for (long g = 0; g < G; g++) {
             long k = n * G + g;
             group_stats(s1 + g * cg, s2 + g * cg, pilot + g * cg, cg, P, eps, mean + k, rstd + k);
             for (long c = g * cg; c < (g + 1) * cg; c++) {
                 scale[c] = rstd[k] * w[c];
-                shift[c] = b[c] + ((s ? s[n * C + c] : 0.0f) - mean[k]) * scale[c];
+                shift[c] = b[c] + (sh[c] - mean[k]) * scale[c];
             }
         }
         for (long p = 0; p < P; p++) {
@@ -198,8 +203,8 @@ void gn_silu_backward_cl(const float *dout, const float *x, const float *s, cons
         const float *xs = x + n * P * C, *ds = dout + n * P * C;
         float *dxs = dx + n * P * C;
         const float *mu = mean + n * G, *rs = rstd + n * G;
+        load_shift(s, n * C, C, sh);
         for (long c = 0; c < C; c++) {
-            sh[c] = s ? s[n * C + c] : 0.0f;
             scale[c] = rs[c / cg] * w[c];
             shift[c] = b[c] + (sh[c] - mu[c / cg]) * scale[c];
             a1[c] = 0.0f;
