@@ -8,9 +8,10 @@ clipping, ``EMAModel``, a ``torch.utils.data.DataLoader``. Both train the same c
 on MNIST, measured in one run:
 
 - ``fp32``: both in fp32 (diffusers' example without ``--mixed_precision``);
-- ``bf16`` (where the device has native bf16): hwlib with bf16 autocast (``hwlib.train.autocast``, its default on
-  such a device; the fp32 rows set ``HWLIB_CPU_BF16=0``), diffusers with its example's ``--mixed_precision bf16``
-  (accelerate wraps the forward in ``torch.autocast(bf16)``);
+- ``bf16`` (where the device has bf16 instructions): hwlib with bf16 autocast (``hwlib.train.autocast`` with
+  ``HWLIB_CPU_BF16=force``; hwlib's default only where bf16 is the faster, :func:`hwlib.train.cpu_bf16_is_faster`;
+  the fp32 rows set ``HWLIB_CPU_BF16=0``), diffusers with its example's ``--mixed_precision bf16`` (accelerate wraps
+  the forward in ``torch.autocast(bf16)``);
 - ``best``: each side at whichever of the two was faster for it in this run.
 
 Each library trains in its own process, as its users run it: hwlib's with deterministic kernels and the C
@@ -100,7 +101,7 @@ class HwlibSide(_Side):
         deterministic_kernels()  # as seed_everything sets them for the notebooks
         keep_freed_memory()  # as fit sets it
         self.x, self.y, self.batch, self.steps, self.device = x, y, batch, steps, device
-        self.env = {"HWLIB_CPU_BF16": "1" if bf16 else "0"}
+        self.env = {"HWLIB_CPU_BF16": "force" if bf16 else "0"}  # force: also where bf16 is slower
         self.model = hwlib_unet(size, device)
         self.n_params = count_parameters(self.model)
         self.opt = adam(self.model.parameters(), lr=2e-4)

@@ -4,7 +4,7 @@ in quality.
 Loads the EMA U-Net that notebook 04 trained (``<HWLIB_RUNS>/04_vae_gan_ddpm/<profile>/ddpm``: run the notebook
 first) and measures
 - speed: one ancestral step (a U-Net call and the update) timed at batch 500 and 100 in fp32 and at batch 100 under
-  :func:`hwlib.train.autocast` (bf16 where the CPU or GPU computes it natively), as samples/s of the full
+  :func:`hwlib.train.autocast` (bf16 where the CPU or GPU computes it faster than fp32), as samples/s of the full
   T-step chain (T steps per sample);
 - ``before``: the first setting with the self-attention as it was before ``hwlib.models.unet.AttnBlock`` wrote it
   out (``scaled_dot_product_attention`` on strided queries, keys and values, which PyTorch computes by its unfused
@@ -133,7 +133,7 @@ def load_ddpm(cfg, device: torch.device) -> tuple[nn.Module, Diffusion]:
 class Sampler:
     """One side of the interleaved comparison, in a process of its own (``hwlib.bench.Worker``): ``"before"`` samples
     as the speed issue measured (fp32, batch 500, the strided attention; the parent gives it glibc's default
-    allocator), ``"compiled"`` as notebook 04 samples now (``SamplingNet`` compiled, bf16 where native, batch 100,
+    allocator), ``"compiled"`` as notebook 04 samples now (``SamplingNet`` compiled, bf16 where faster, batch 100,
     freed memory kept). :meth:`samples_per_s` times ``repeats`` ancestral steps (median)."""
 
     def __init__(self, kind: str, profile: str) -> None:

@@ -7,7 +7,7 @@ sizes and seeds: the reverse-process trajectory, the guided and unconditional gr
 ``T``-step ancestral chain. For each it records the seconds per section and every headline number, so one run shows
 what each way costs and whether it changes a result:
 - ``fp32``: the EMA network as it is (the notebook before 2026-12-06);
-- ``bf16``: ``SamplingNet(net)``, the notebook's way (bf16 autocast where the hardware computes it natively);
+- ``bf16``: ``SamplingNet(net)``, the notebook's way (bf16 autocast where the hardware computes it faster than fp32);
 - ``bf16, compiled``: ``SamplingNet(net, compile=True)``, one graph per batch size (``--compiled``; set
   ``TORCHINDUCTOR_CACHE_DIR`` to an empty folder to price the compilation a first run pays).
 Every way samples with freed memory kept for the next call (:func:`hwlib.train.keep_freed_memory`, set first): the

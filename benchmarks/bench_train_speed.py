@@ -9,7 +9,7 @@ machine's load hits both alike (the faster round of each is kept):
   the EMA updated tensor by tensor, gradients clipped tensor by tensor, fp32 (``HWLIB_CPU_BF16=0``);
 - ``after``: what the notebooks run now: :func:`hwlib.train.adam` (fused), the EMA and the clipping in one
   ``_foreach`` call each, one D pass over real and fake images where D has no batch norm (``make_gan_step``'s
-  ``joint_d``: 03's MLP CGAN), :func:`hwlib.train.autocast` (bf16 on CPUs that compute it natively) and
+  ``joint_d``: 03's MLP CGAN), :func:`hwlib.train.autocast` (bf16 on CPUs that compute it faster than fp32) and
   :func:`hwlib.train.maybe_compile` where the profile turns them on (``compile``; 03's MLP: neither), and
   StackGAN's networks and images in channels-last memory format, as ``stackgan.train_stage`` keeps them.
 

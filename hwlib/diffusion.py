@@ -392,7 +392,7 @@ def make_diffusion_step(
 
     ``images`` (B, C, H, W) in [-1, 1]; ``labels`` (B,) are used when the model is class-conditional
     (``model.num_classes`` set, or ``conditional=True``), with label dropout ``p_uncond`` for classifier-free
-    guidance. bf16 autocast where native (:func:`hwlib.train.autocast`); gradient-norm clipping ``grad_clip``;
+    guidance. bf16 autocast where faster (:func:`hwlib.train.autocast`); gradient-norm clipping ``grad_clip``;
     ``ema.update(model)`` after each step.
     The learning rate is the optimiser's: a warm-up is a scheduler that :func:`hwlib.train.fit` steps
     (:class:`hwlib.train.Warmup`), as every schedule is.

@@ -144,7 +144,7 @@ def make_gan_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_
     updates, each discriminator update seeing the real batch with a new batch of fakes. Returned
     (detached): ``loss_d`` (mean over the critic updates), ``loss_g``, ``d_real`` = mean D(x) and
     ``d_fake`` = mean D(G(z)) as probabilities (at the last critic update and before the G update).
-    ``amp``: bf16 autocast where the hardware computes it natively (:func:`hwlib.train.autocast`).
+    ``amp``: bf16 autocast where the hardware computes it faster than fp32 (:func:`hwlib.train.autocast`).
     ``joint_d``: where D has no batch norm (nothing couples the samples of a batch), a critic update scores the real
     batch and the fakes in one D pass over both, concatenated: the same logits and gradients as two passes, in half
     the calls (a small MLP's step is mostly per-call overhead on a CPU). With batch norm, two passes, as DCGAN's

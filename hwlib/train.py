@@ -113,11 +113,12 @@ def keep_freed_memory() -> bool:
 
 
 def autocast(device: torch.device | str, enabled: bool = True) -> contextlib.AbstractContextManager:
-    """bf16 autocast where the hardware computes bf16 natively, for training and sampling alike: CUDA GPUs with bf16
-    (Ampere and later; a T4 runs in fp32) and CPUs with AVX512-BF16 or AMX (:func:`cpu_has_native_bf16`). A no-op
-    everywhere else. bf16 needs no grad scaler. ``$HWLIB_CPU_BF16`` on a CPU: ``0`` trains in fp32, ``1`` (or unset)
-    in bf16 where the CPU has it, ``force`` in bf16 on any CPU -- which emulates a CUDA run's dtype path but is ~10x
-    slower where the CPU lacks bf16 (PyTorch then falls back to its reference convolution).
+    """bf16 autocast where the hardware computes bf16 faster than fp32, for training and sampling alike: CUDA GPUs
+    with bf16 (Ampere and later; a T4 runs in fp32) and CPUs where :func:`cpu_bf16_is_faster` (AMX-BF16, or
+    AVX512-BF16 on an AMD CPU). A no-op everywhere else. bf16 needs no grad scaler. ``$HWLIB_CPU_BF16`` on a CPU:
+    ``0`` trains in fp32, ``1`` (or unset) in bf16 where it is faster, ``force`` in bf16 on any CPU -- which emulates
+    a CUDA run's dtype path but is ~10x slower where the CPU lacks bf16 instructions (PyTorch then falls back to its
+    reference convolution) and slower than fp32 on an Intel CPU with AVX512-BF16 but no AMX.
 
     A dry run (``$HWLIB_DRYRUN``) takes the machine's precision like any run: forcing bf16 on a CPU without it made
     notebook 01's ``full`` Stage-II dry-run step take 87 s instead of 9 s on an AMD EPYC (AVX2, no bf16).
@@ -139,21 +140,45 @@ def autocast(device: torch.device | str, enabled: bool = True) -> contextlib.Abs
 
 def cpu_bf16_enabled() -> bool:
     """Whether :func:`autocast` uses bf16 on the CPU: ``$HWLIB_CPU_BF16`` is ``force``, or it is not ``0`` and the CPU
-    computes bf16 natively."""
+    computes bf16 faster than fp32 (:func:`cpu_bf16_is_faster`)."""
     flag = os.environ.get("HWLIB_CPU_BF16", "1").strip().lower()
     if flag not in ("0", "1", "force"):
         raise ValueError(f"HWLIB_CPU_BF16 must be 0, 1 or force, not {flag!r}")
-    return flag == "force" or (flag == "1" and cpu_has_native_bf16())
+    return flag == "force" or (flag == "1" and cpu_bf16_is_faster())
 
 
 @functools.lru_cache(maxsize=1)
 def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX-BF16 in ``/proc/cpuinfo``; False elsewhere)."""
+    """Whether this CPU has bf16 instructions (AVX512-BF16 or AMX-BF16 in ``/proc/cpuinfo``; False elsewhere).
+    Without them PyTorch emulates bf16, ~10x slower; with them bf16 may still be slower than fp32
+    (:func:`cpu_bf16_is_faster`)."""
+    info = _cpuinfo()
+    return "avx512_bf16" in info or "amx_bf16" in info
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_bf16_is_faster() -> bool:
+    """Whether this CPU computes bf16 faster than fp32, so that :func:`autocast` trains and samples in it: with AMX
+    (``amx_bf16``), or AVX512-BF16 on an AMD CPU (Zen 4 and later). An Intel CPU with AVX512-BF16 but without AMX (or
+    with AMX hidden by its hypervisor) computes bf16 products no faster than fp32 FMAs and pays the conversions.
+
+    Measured on 2-core machines at 2 threads (``benchmarks/bench_diffusion.py``, notebook 02's ``quick`` U-Net): an
+    Intel Xeon with AMX, a 2048² product in bf16 at 2,137 GFLOP/s against 305 in fp32, hwlib's DDPM training 672
+    against 437 images/s; an Intel Xeon with AVX512-BF16 and no AMX (model 207), the product at 149 against 298 and
+    the training at 289 against 373 images/s (0.78x); an AMD EPYC with AVX512-BF16, the training at 516 against 402
+    (1 thread).
+    """
+    info = _cpuinfo()
+    return "amx_bf16" in info or ("avx512_bf16" in info and "AuthenticAMD" in info)
+
+
+@functools.lru_cache(maxsize=1)
+def _cpuinfo() -> str:
+    """``/proc/cpuinfo``'s text ("" where there is none)."""
     try:
-        flags = Path("/proc/cpuinfo").read_text()
+        return Path("/proc/cpuinfo").read_text()
     except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+        return ""
 
 
 def adam(params: Any, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), **kwargs: Any) -> torch.optim.Adam:
@@ -189,8 +214,8 @@ def maybe_compile(module: nn.Module, enabled: bool, dynamic: bool | None = None)
 
 class SamplingNet(nn.Module):
     """``module`` as a sampler calls it: without gradients, in :func:`autocast` (bf16 where the hardware computes it
-    natively, else fp32) and, with ``compile``, through :func:`maybe_compile` (``dynamic=False``: one graph per batch
-    size).
+    faster than fp32, else fp32) and, with ``compile``, through :func:`maybe_compile` (``dynamic=False``: one graph
+    per batch size).
 
     The one way every notebook samples a network many times over (DDPM chains): pass it where the network goes, e.g.
     ``Diffusion.sample(SamplingNet(ema.module), n)``. It shares ``module``'s weights (its ``state_dict`` is

@@ -156,7 +156,7 @@ def test_amp_false_keeps_the_step_in_fp32_where_autocast_would_be_bf16(monkeypat
     from hwlib import train
 
     monkeypatch.delenv("HWLIB_CPU_BF16", raising=False)
-    monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(train, "cpu_bf16_is_faster", lambda: True)
     for amp, dtype in ((True, torch.bfloat16), (False, torch.float32)):
         torch.manual_seed(0)
         G, D = _Toy(4, 2), _Toy(2, 1)

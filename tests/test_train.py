@@ -367,10 +367,10 @@ def test_adam_is_fused_and_makes_the_loop_update():
         torch.testing.assert_close(p, r, rtol=1e-5, atol=1e-6)  # the same update up to float rounding
 
 
-def test_autocast_is_bf16_on_a_cpu_with_native_bf16_unless_turned_off(monkeypatch):
+def test_autocast_is_bf16_on_a_cpu_where_bf16_is_faster_unless_turned_off(monkeypatch):
     monkeypatch.delenv("HWLIB_DRYRUN", raising=False)
     monkeypatch.delenv("HWLIB_CPU_BF16", raising=False)
-    monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(train, "cpu_bf16_is_faster", lambda: True)
     with train.autocast("cpu"):
         assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
     with train.autocast("cpu", enabled=False):
@@ -379,7 +379,7 @@ def test_autocast_is_bf16_on_a_cpu_with_native_bf16_unless_turned_off(monkeypatc
     with train.autocast("cpu"):
         assert not torch.is_autocast_enabled("cpu")
     monkeypatch.delenv("HWLIB_CPU_BF16")
-    monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(train, "cpu_bf16_is_faster", lambda: False)
     with train.autocast("cpu"):
         assert not torch.is_autocast_enabled("cpu")
     monkeypatch.setenv("HWLIB_CPU_BF16", "force")  # emulated bf16 on any CPU
@@ -390,14 +390,27 @@ def test_autocast_is_bf16_on_a_cpu_with_native_bf16_unless_turned_off(monkeypatc
         train.autocast("cpu")
 
 
+def test_bf16_is_the_faster_with_amx_or_on_amd_avx512_bf16_not_on_intel_without_amx(monkeypatch):
+    """The flags of the four 2-core machines measured (``benchmarks/results/diffusion_train_throughput_*.json``)."""
+    machines = {  # /proc/cpuinfo's vendor and the flags that matter: (bf16 instructions, bf16 faster than fp32)
+        "GenuineIntel avx2 avx512f avx512_bf16 amx_bf16 amx_tile": (True, True),  # Intel Xeon with AMX
+        "GenuineIntel avx2 avx512f avx512_bf16 avx512_fp16": (True, False),  # Intel Xeon, AMX not exposed: 0.78x
+        "AuthenticAMD avx2 avx512f avx512_bf16": (True, True),  # AMD EPYC (Zen 4)
+        "AuthenticAMD avx2": (False, False),  # AMD EPYC with AVX2 only
+    }
+    for info, expected in machines.items():
+        monkeypatch.setattr(train, "_cpuinfo", lambda info=info: f"vendor_id\t: {info.split()[0]}\nflags\t\t: {info}")
+        assert (train.cpu_has_native_bf16.__wrapped__(), train.cpu_bf16_is_faster.__wrapped__()) == expected, info
+
+
 def test_a_dry_run_takes_the_machines_precision(monkeypatch):
     """A dry run on a CPU without bf16 trains in fp32: emulated bf16 convolutions are ~10x slower there."""
     monkeypatch.setenv("HWLIB_DRYRUN", "1")
     monkeypatch.delenv("HWLIB_CPU_BF16", raising=False)
-    for native in (False, True):
-        monkeypatch.setattr(train, "cpu_has_native_bf16", lambda native=native: native)
+    for faster in (False, True):
+        monkeypatch.setattr(train, "cpu_bf16_is_faster", lambda faster=faster: faster)
         with train.autocast("cpu"):
-            assert torch.is_autocast_enabled("cpu") == native
+            assert torch.is_autocast_enabled("cpu") == faster
 
 
 def test_maybe_compile_only_when_enabled_and_not_in_a_cpu_dry_run(monkeypatch):

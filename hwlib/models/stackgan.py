@@ -850,7 +850,7 @@ def make_stackgan_step(G: nn.Module, D: StageD, opt_g: torch.optim.Optimizer, op
     ``recipe.parts``; ``novel``: (embeddings (M, t_dim), part labels int64 (M, 4)) of the captions of
     ``recipe.novel``; ``focus``: their :class:`NovelFocus`, for ``recipe.novel_focus``; ``teacher``: the frozen
     :class:`hwlib.models.attributes.PartReader` of ``recipe.part_teacher``. ``amp``: bf16 autocast where
-    the hardware computes it natively (:func:`hwlib.train.autocast`).
+    the hardware computes it faster than fp32 (:func:`hwlib.train.autocast`).
     Returns detached ``loss_d``, ``loss_g``, ``kl``, ``d_real``/``d_wrong``/``d_fake`` (mean sigmoid).
     """
     from hwlib.data.cub import augment, pick_embedding, wrong_indices

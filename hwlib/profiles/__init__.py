@@ -135,6 +135,8 @@ def get_profile(notebook: str, profile: str = "auto", verbose: bool = True, **ov
             precision = "bf16 autocast (HWLIB_CPU_BF16=0: fp32)"
         elif device.type == "cpu" and not cpu_has_native_bf16():
             precision = "fp32 (this CPU has no native bf16; HWLIB_CPU_BF16=force emulates it, ~10x slower)"
+        elif device.type == "cpu" and os.environ.get("HWLIB_CPU_BF16", "1").strip() != "0":
+            precision = "fp32 (this CPU's bf16 is no faster than its fp32 without AMX; HWLIB_CPU_BF16=force uses it)"
         else:
             precision = "fp32"
         print(f"hwlib: notebook {notebook}, profile {name!r}{source}{dry}; torch uses {threads} threads on "

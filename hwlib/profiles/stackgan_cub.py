@@ -55,7 +55,7 @@ _COMMON = {
     "judge": "classifier",  # ... judged by a part classifier G never trained against (or "D": D's part head)
     "judges": 8,  # ... eight of them at eight seeds, their colour probabilities averaged (attributes.JudgeEnsemble;
     # every colour and the demo up at the same FID, benchmarks/results/stackgan_sampling/rerank_pn_judges8.json)
-    "judge_amp": True,  # ... trained in bf16 autocast, channels-last where the hardware computes bf16 (a no-op elsewhere):
+    "judge_amp": True,  # ... trained in bf16 autocast, channels-last where bf16 is faster than fp32 (a no-op elsewhere):
     # on the five benchmark generators every colour, FID and the demo as in float32 (rerank_pn_judges8amp.json), a
     # judge in 4.8 s against 7.1 s on the 2-core Intel Xeon
 }
