@@ -35,6 +35,8 @@ Each notebook's speed-up is its `quick` training calls (the profile's ``training
 Writes ``benchmarks/results/train_speed_<device>[_<tag>].json``; quality at the new settings is the seed runs' job
 (``benchmarks/bench_seeds.py``). Usage: ``python benchmarks/bench_train_speed.py [--runs 02/lin 03/mlp ...]
 [--steps 20] [--rounds 2] [--tag amd_epyc] [--ablate channels_last]``; pin the thread count with ``OMP_NUM_THREADS``.
+With ``HWLIB_CPU_BF16=force`` the ``after`` core takes bf16 also where hwlib would train in fp32
+(:func:`hwlib.train.cpu_bf16_is_faster`): ``--ablate bf16`` then measures what bf16 would give on such a CPU.
 
 ``--notebooks`` instead splits each published notebook's time: the training seconds of each of its `quick` runs
 (``History.seconds``, read from the newest checkpoint under ``HWLIB_RUNS``) and the notebook's wall time
@@ -239,7 +241,8 @@ PHASES = {"autograd::engine": "backward", "Optimizer.": "optimizer", "hwlib.ema"
 
 def train(name: str, core: Core, steps: int, device: torch.device, profile: bool = False) -> dict:
     """``steps`` steps of run ``name`` with ``core`` through ``fit``: steps/s, and the phases when ``profile``."""
-    with mock.patch.dict(os.environ, {"HWLIB_CPU_BF16": "1" if core.bf16 else "0"}):
+    bf16 = "force" if os.environ.get("HWLIB_CPU_BF16") == "force" else "1"  # force: bf16 also where it is slower
+    with mock.patch.dict(os.environ, {"HWLIB_CPU_BF16": bf16 if core.bf16 else "0"}):
         torch.manual_seed(0)
         run = RUNS[name](core, steps, device)
         start = time.perf_counter()
