@@ -128,14 +128,14 @@ def get_profile(notebook: str, profile: str = "auto", verbose: bool = True, **ov
 
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
         threads = torch.get_num_threads()
-        from hwlib.train import autocast, cpu_has_native_bf16, get_device
+        from hwlib.train import autocast, cpu_bf16_is_faster, cpu_has_native_bf16, get_device
 
         device = get_device()
         if isinstance(autocast(device), torch.autocast):
             precision = "bf16 autocast (HWLIB_CPU_BF16=0: fp32)"
         elif device.type == "cpu" and not cpu_has_native_bf16():
             precision = "fp32 (this CPU has no native bf16; HWLIB_CPU_BF16=force emulates it, ~10x slower)"
-        elif device.type == "cpu" and os.environ.get("HWLIB_CPU_BF16", "1").strip() != "0":
+        elif device.type == "cpu" and not cpu_bf16_is_faster():
             precision = "fp32 (this CPU's bf16 is no faster than its fp32 without AMX; HWLIB_CPU_BF16=force uses it)"
         else:
             precision = "fp32"
