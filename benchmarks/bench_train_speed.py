@@ -11,7 +11,8 @@ machine's load hits both alike (the faster round of each is kept):
   ``_foreach`` call each, one D pass over real and fake images where D has no batch norm (``make_gan_step``'s
   ``joint_d``: 03's MLP CGAN), :func:`hwlib.train.autocast` (bf16 on CPUs that compute it faster than fp32) and
   :func:`hwlib.train.maybe_compile` where the profile turns them on (``compile``; 03's MLP: neither), and
-  StackGAN's networks and images in channels-last memory format, as ``stackgan.train_stage`` keeps them.
+  StackGAN's networks and images in channels-last memory format, as ``stackgan.train_stage`` keeps them, with its
+  batch norms under 16 channels computed in the contiguous layout (``stackgan.BatchNorm2d``, since 2026-12-07).
 
 Both settings run in one process, and ``fit`` sets :func:`hwlib.train.keep_freed_memory` for the whole process from
 the first run on (glibc's setting cannot be undone), so since 2026-12-06 ``before`` keeps freed memory too: these
@@ -111,6 +112,7 @@ class Core:
     compile: bool
     channels_last: bool  # StackGAN's networks and images, as stackgan.train_stage keeps them
     joint_d: bool = False  # make_gan_step's one D pass over real and fakes (where D has no batch norm)
+    narrow_bn: bool = False  # StackGAN's batch norms under 16 channels in the contiguous layout (stackgan.BatchNorm2d)
 
     def net(self, module: torch.nn.Module, enabled: bool) -> torch.nn.Module:
         return maybe_compile(module, self.compile and enabled)
@@ -118,7 +120,7 @@ class Core:
 
 BEFORE = Core("before", lambda params, lr, betas=(0.9, 0.999): torch.optim.Adam(params, lr=lr, betas=tuple(betas),
                                                                                  foreach=False), LoopEMA, False, False, False)
-AFTER = Core("after", adam, EMA, True, True, True, True)
+AFTER = Core("after", adam, EMA, True, True, True, True, True)
 
 
 @dataclass
@@ -242,7 +244,8 @@ PHASES = {"autograd::engine": "backward", "Optimizer.": "optimizer", "hwlib.ema"
 def train(name: str, core: Core, steps: int, device: torch.device, profile: bool = False) -> dict:
     """``steps`` steps of run ``name`` with ``core`` through ``fit``: steps/s, and the phases when ``profile``."""
     bf16 = "force" if os.environ.get("HWLIB_CPU_BF16") == "force" else "1"  # force: bf16 also where it is slower
-    with mock.patch.dict(os.environ, {"HWLIB_CPU_BF16": bf16 if core.bf16 else "0"}):
+    with mock.patch.dict(os.environ, {"HWLIB_CPU_BF16": bf16 if core.bf16 else "0"}), \
+            mock.patch.object(stackgan, "NARROW_CHANNELS", stackgan.NARROW_CHANNELS if core.narrow_bn else 0):
         torch.manual_seed(0)
         run = RUNS[name](core, steps, device)
         start = time.perf_counter()

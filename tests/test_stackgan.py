@@ -24,6 +24,37 @@ def test_shapes_small() -> None:
     assert nets["D1"](low, mu).shape == (3,) and nets["D2"](high, mu2).shape == (3,)
 
 
+@pytest.mark.parametrize("channels", [8, 32])
+@pytest.mark.parametrize("train", [True, False])
+def test_batch_norm_takes_narrow_channels_last_inputs_contiguously_with_the_same_values(channels: int, train: bool) -> None:
+    torch.manual_seed(0)
+    ref = torch.nn.BatchNorm2d(channels)
+    ref.weight.data.uniform_(0.5, 1.5), ref.bias.data.normal_(), ref.running_mean.normal_(), ref.running_var.uniform_(0.5, 2)
+    ours = stackgan.BatchNorm2d(channels)
+    ours.load_state_dict(ref.state_dict())  # the same keys
+    ref.train(train), ours.train(train)
+    x = torch.randn(4, channels, 12, 12).contiguous(memory_format=torch.channels_last)
+    dy = torch.randn(4, channels, 12, 12).contiguous(memory_format=torch.channels_last)
+    xr, xo = x.clone().requires_grad_(), x.clone().requires_grad_()
+    yr, yo = ref(xr), ours(xo)
+    yr.backward(dy), yo.backward(dy)
+    assert yo.is_contiguous(memory_format=torch.channels_last)  # the layout the next convolution expects
+    torch.testing.assert_close(yo, yr, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(xo.grad, xr.grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(ours.weight.grad, ref.weight.grad, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(ours.bias.grad, ref.bias.grad, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(ours.running_mean, ref.running_mean)
+    torch.testing.assert_close(ours.running_var, ref.running_var)
+    assert isinstance(ours, torch.nn.BatchNorm2d)  # weights_init, standing_stats and joint_d find it
+
+
+def test_stackgan_networks_use_the_narrow_channel_batch_norm() -> None:
+    nets = stackgan.build(t_dim=64, gf=16, df=16, n_res=1, stage2_size=128)
+    norms = [m for name in ("G1", "G2", "D1", "D2") for m in nets[name].modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and all(type(m) is stackgan.BatchNorm2d for m in norms)
+    assert any(m.num_features < stackgan.NARROW_CHANNELS for m in norms)  # G's last up-blocks (8 channels here)
+
+
 def test_full_configuration_matches_paper_widths() -> None:
     nets = stackgan.build(t_dim=1024)  # gf 128, df 64, 4 residual blocks, 64 -> 256
     g1, g2, d2 = nets["G1"], nets["G2"], nets["D2"]
