@@ -46,6 +46,10 @@ def test_batch_norm_takes_narrow_channels_last_inputs_contiguously_with_the_same
     torch.testing.assert_close(ours.running_mean, ref.running_mean)
     torch.testing.assert_close(ours.running_var, ref.running_var)
     assert isinstance(ours, torch.nn.BatchNorm2d)  # weights_init, standing_stats and joint_d find it
+    ours.load_state_dict(ref.state_dict())
+    with torch.no_grad():  # sampling and standing statistics: PyTorch's kernel, bitwise
+        torch.testing.assert_close(ours(x), ref(x), rtol=0, atol=0)
+        torch.testing.assert_close(ours.running_mean, ref.running_mean, rtol=0, atol=0)
 
 
 def test_stackgan_networks_use_the_narrow_channel_batch_norm() -> None:

@@ -476,14 +476,16 @@ class BatchNorm2d(nn.BatchNorm2d):
     back channels-last: PyTorch's CPU kernel for channels-last runs 9x slower at 8 channels than for the contiguous
     layout (backward 4.0 against 0.44 ms at (16, 8, 64, 64), 2 threads, Intel Xeon without AMX), and StackGAN's last
     up-blocks have 8 channels at 64x64 (Stage-I) and 128x128 and 256x256 (Stage-II). The same normalisation up to
-    float rounding, in training and in eval mode. In fp32 on that CPU, against the slow kernel (two copies of the
-    tensor each way): Stage-II's training step 1.10x (``benchmarks/bench_train_speed.py --ablate narrow_bn``; 1.06x
-    and 1.08x in probes of alternating rounds), Stage-I's 1.03x (probes 0.99-1.05x: within the host's noise). bf16
-    (autocast) and wider inputs go through ``nn.BatchNorm2d`` unchanged."""
+    float rounding. Only where gradients are taken (training: the slow part is the backward); passes without
+    gradients (sampling, :func:`standing_stats`) and bf16 (autocast) or wider inputs go through ``nn.BatchNorm2d``
+    unchanged, bitwise as before. In fp32 on that CPU, against the slow kernel (two copies of the tensor each way):
+    Stage-II's training step 1.10x (``benchmarks/bench_train_speed.py --ablate narrow_bn``; 1.06x and 1.08x in probes
+    of alternating rounds), Stage-I's 1.03x (probes 0.99-1.05x: within the host's noise)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4 and x.shape[1] < NARROW_CHANNELS
-                and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)):
+        if (torch.is_grad_enabled() and x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4
+                and x.shape[1] < NARROW_CHANNELS and not x.is_contiguous()
+                and x.is_contiguous(memory_format=torch.channels_last)):
             return super().forward(x.contiguous()).contiguous(memory_format=torch.channels_last)
         return super().forward(x)
 
