@@ -80,15 +80,15 @@ def contrastive_loss(logits: torch.Tensor) -> torch.Tensor:
 def _translate(x: torch.Tensor, ty: torch.Tensor, tx: torch.Tensor) -> torch.Tensor:
     """Images (B, C, H, W) shifted by (``ty[i]``, ``tx[i]``) pixels each (int64 (B, 1, 1)), zeros where nothing moves
     in: ``out[i, :, y, x] = x[i, :, y + ty[i], x + tx[i]]``. On a CPU one slice copy per image (1.2x faster at 64 px,
-    1.4x at 256 px on a 2-core CPU); elsewhere one gather from the zero-padded batch, a single kernel where the copies
-    would be B launches. The two give the same values and gradients, bit for bit."""
+    1.4x at 256 px on a 2-core CPU) into a batch of x's memory format; elsewhere one gather from the zero-padded batch,
+    a single kernel where the copies would be B launches. The two give the same values and gradients, bit for bit."""
     b, _, h, w = x.shape
     if x.device.type != "cpu":
         gy = (torch.arange(h, device=x.device)[None, :, None] + ty + 1).clamp(0, h + 1)
         gx = (torch.arange(w, device=x.device)[None, None, :] + tx + 1).clamp(0, w + 1)
         padded = F.pad(x, [1, 1, 1, 1])
         return padded.permute(0, 2, 3, 1)[torch.arange(b, device=x.device)[:, None, None], gy, gx].permute(0, 3, 1, 2)
-    out = x.new_zeros(x.shape)
+    out = torch.zeros_like(x)  # x's layout: a channels-last batch stays channels-last for D's convolutions
     for i, (dy, dx) in enumerate(zip(ty.flatten().tolist(), tx.flatten().tolist())):
         hh, ww = h - abs(dy), w - abs(dx)
         if hh > 0 and ww > 0:
@@ -102,8 +102,11 @@ def diff_augment(x: torch.Tensor, policy: str = "translation,cutout") -> torch.T
 
     ``translation``: shift by up to 1/8 of the size, zero-padded; ``cutout``: zero a random square of half
     the size. Applied to everything D sees (real and fake, in D's and G's updates), so D cannot memorise a
-    small training set while G still receives gradients. ``""`` returns ``x`` unchanged.
+    small training set while G still receives gradients. ``""`` returns ``x`` unchanged. The result is dense in x's
+    memory format (channels-last stays channels-last, as StackGAN trains: no copy into D's first convolution and
+    back in its gradient), else contiguous.
     """
+    layout = torch.channels_last if x.dim() == 4 and _channels_last(x) else torch.contiguous_format
     for name in filter(None, (p.strip() for p in policy.split(","))):
         b, _, h, w = x.shape
         dev = x.device
@@ -121,7 +124,12 @@ def diff_augment(x: torch.Tensor, policy: str = "translation,cutout") -> torch.T
             x = x * (~inside)[:, None].to(x.dtype)
         else:
             raise ValueError(f"unknown DiffAugment policy {name!r}; use 'translation' and/or 'cutout'")
-    return x.contiguous()
+    return x.contiguous(memory_format=layout)
+
+
+def _channels_last(x: torch.Tensor) -> bool:
+    """Whether x (B, C, H, W) is channels-last and not also contiguous (one channel or 1x1 images are both)."""
+    return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
 
 
 def make_gan_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer, *,

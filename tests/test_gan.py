@@ -140,6 +140,24 @@ def test_diff_augment_translates_and_cuts_out_per_sample():
         diff_augment(x, "color")
 
 
+@pytest.mark.parametrize("policy", ["translation", "cutout", "translation,cutout"])
+def test_diff_augment_keeps_a_channels_last_batch_channels_last_with_the_same_values(policy: str):
+    from hwlib.gan import diff_augment
+
+    x = torch.randn(4, 3, 16, 16)
+    dy = torch.randn(4, 3, 16, 16)
+    results = []
+    for layout in (torch.contiguous_format, torch.channels_last):
+        xi = x.clone(memory_format=layout).requires_grad_()
+        torch.manual_seed(1)
+        out = diff_augment(xi, policy)
+        assert out.is_contiguous(memory_format=layout)  # StackGAN's D gets the layout its convolutions take
+        out.backward(dy)
+        results.append((out, xi.grad))
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+
+
 def test_cycle_and_identity_losses_tell_an_inverse_pair_from_a_distribution_match():
     from hwlib.gan import cycle_consistency_loss, identity_loss
 

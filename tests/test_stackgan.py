@@ -26,8 +26,10 @@ def test_shapes_small() -> None:
 
 @pytest.mark.parametrize("channels", [8, 32])
 @pytest.mark.parametrize("train", [True, False])
-def test_batch_norm_takes_narrow_channels_last_inputs_contiguously_with_the_same_values(
+def test_batch_norm_trains_channels_last_with_the_kernel_and_the_same_values(
         channels: int, train: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    from hwlib.models import batch_norm_act
+
     torch.manual_seed(0)
     ref = torch.nn.BatchNorm2d(channels)
     ref.weight.data.uniform_(0.5, 1.5), ref.bias.data.normal_(), ref.running_mean.normal_(), ref.running_var.uniform_(0.5, 2)
@@ -38,16 +40,12 @@ def test_batch_norm_takes_narrow_channels_last_inputs_contiguously_with_the_same
     dy = torch.randn(4, channels, 12, 12).contiguous(memory_format=torch.channels_last)
     xr, xo = x.clone().requires_grad_(), x.clone().requires_grad_()
     yr = ref(xr)
-    layouts, batch_norm = [], torch.nn.functional.batch_norm
-
-    def spy(inp: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        layouts.append(inp.is_contiguous())
-        return batch_norm(inp, *args, **kwargs)
-
-    monkeypatch.setattr(torch.nn.functional, "batch_norm", spy)
+    calls, kernel = [], batch_norm_act.batch_norm_act
+    monkeypatch.setattr(batch_norm_act, "batch_norm_act", lambda *a, **k: calls.append(a[0].shape) or kernel(*a, **k))
     yo = ours(xo)
     monkeypatch.undo()
-    assert layouts == [channels < stackgan.NARROW_CHANNELS]  # the narrow one normalised in the contiguous layout
+    built = batch_norm_act.available(x)
+    assert calls == ([x.shape] if train and built else [])  # training with gradients: the kernel
     yr.backward(dy), yo.backward(dy)
     assert yo.is_contiguous(memory_format=torch.channels_last)  # the layout the next convolution expects
     torch.testing.assert_close(yo, yr, rtol=1e-5, atol=1e-5)
@@ -56,6 +54,7 @@ def test_batch_norm_takes_narrow_channels_last_inputs_contiguously_with_the_same
     torch.testing.assert_close(ours.bias.grad, ref.bias.grad, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(ours.running_mean, ref.running_mean)
     torch.testing.assert_close(ours.running_var, ref.running_var)
+    assert torch.equal(ours.num_batches_tracked, ref.num_batches_tracked)
     assert isinstance(ours, torch.nn.BatchNorm2d)  # weights_init, standing_stats and joint_d find it
     ours.load_state_dict(ref.state_dict())
     with torch.no_grad():  # sampling and standing statistics: PyTorch's kernel, bitwise
@@ -63,11 +62,10 @@ def test_batch_norm_takes_narrow_channels_last_inputs_contiguously_with_the_same
         torch.testing.assert_close(ours.running_mean, ref.running_mean, rtol=0, atol=0)
 
 
-def test_stackgan_networks_use_the_narrow_channel_batch_norm() -> None:
+def test_stackgan_networks_use_the_kernel_batch_norm() -> None:
     nets = stackgan.build(t_dim=64, gf=16, df=16, n_res=1, stage2_size=128)
     norms = [m for name in ("G1", "G2", "D1", "D2") for m in nets[name].modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert norms and all(type(m) is stackgan.BatchNorm2d for m in norms)
-    assert any(m.num_features < stackgan.NARROW_CHANNELS for m in norms)  # G's last up-blocks (8 channels here)
 
 
 def test_full_configuration_matches_paper_widths() -> None:

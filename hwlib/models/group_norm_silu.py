@@ -6,8 +6,8 @@ to memory (``should_realize_on_reuse``), so the backward of a GroupNorm → SiLU
 its sigmoid, stores both and reads them back: about twelve passes over the tensor. :file:`hwlib/csrc/group_norm_silu.c`
 does it in two passes per direction (forward: statistics, then the output; backward: the per-channel sums of the
 gradient, then dx and the shift's gradient), one sample per thread, so its results do not depend on the thread count.
-The C file is compiled on first use with the machine's C compiler (the one ``torch.compile`` already needs on a
-CPU) into ``<data>/kernels/`` and loaded with :mod:`ctypes`; it is registered as the custom op
+The C file is compiled on first use with the machine's C compiler and loaded with :mod:`ctypes`
+(:mod:`hwlib.models.c_kernels`); it is registered as the custom op
 ``hwlib::group_norm_silu`` with a fake implementation, so ``torch.compile`` calls it as one opaque kernel.
 :func:`available` says whether it loaded; where it did not (no compiler, not a CPU, not float32),
 :meth:`hwlib.models.unet.GroupNorm.silu` computes the pair as before.
@@ -15,79 +15,23 @@ CPU) into ``<data>/kernels/`` and loaded with :mod:`ctypes`; it is registered as
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import os
-import platform
-import subprocess
-import sys
-import tempfile
-import warnings
-from pathlib import Path
 from typing import Any
 
 import torch
 
-_SOURCE = Path(__file__).resolve().parent.parent / "csrc" / "group_norm_silu.c"
-_CFLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC"]  # fast-math at compile time only: linking
-_LDFLAGS = ["-shared", "-fopenmp", "-lm"]  # with it would add crtfastmath.o, which flushes denormals to zero for the
-# whole process
-_lib: ctypes.CDLL | None = None
-_failed: str | None = None
+from hwlib.models import c_kernels
 
-
-def _cpu_fingerprint() -> str:
-    """The CPU's model and feature flags (a ``-march=native`` library is only valid on such a CPU)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        lines = [ln for ln in text.splitlines() if ln.startswith(("model name", "flags"))][:2]
-        return "\n".join(lines)
-    except OSError:
-        return platform.processor() or platform.machine()
-
-
-def _compile(target: Path) -> None:
-    cc = os.environ.get("CC", "cc")
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        obj, lib = Path(tmp) / "k.o", Path(tmp) / "k.so"
-        subprocess.run([cc, *_CFLAGS, "-c", str(_SOURCE), "-o", str(obj)], check=True, capture_output=True, text=True)
-        subprocess.run([cc, str(obj), *_LDFLAGS, "-o", str(lib)], check=True, capture_output=True, text=True)
-        os.replace(lib, target)  # atomic: a second process sees the old file or the whole new one
+_F32P, _I64 = ctypes.c_void_p, ctypes.c_long
+_FORWARD = [_F32P] * 7 + [_I64] * 4 + [ctypes.c_float, ctypes.c_int]
+_BACKWARD = [_F32P] * 11 + [_I64] * 4 + [ctypes.c_int]
+_ARGTYPES = {"gn_silu_forward": _FORWARD, "gn_silu_backward": _BACKWARD, "gn_silu_forward_cl": _FORWARD,
+             "gn_silu_backward_cl": _BACKWARD}
 
 
 def _library() -> ctypes.CDLL | None:
-    """The compiled kernels (compiled on first use, cached by source, flags and CPU), or None where that failed."""
-    global _lib, _failed
-    if _lib is not None or _failed is not None:
-        return _lib
-    if not sys.platform.startswith("linux"):
-        _failed = f"not built on {sys.platform}"  # written for gcc and Linux; elsewhere the unfused pair, quietly
-        return None
-    from hwlib.paths import data_dir
-
-    key = hashlib.sha256(_SOURCE.read_bytes() + " ".join(_CFLAGS + _LDFLAGS).encode()
-                         + _cpu_fingerprint().encode()).hexdigest()
-    target = data_dir() / "kernels" / f"group_norm_silu_{key[:16]}.so"
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if not target.is_file():
-            _compile(target)
-        lib = ctypes.CDLL(str(target))
-    except (OSError, subprocess.CalledProcessError) as err:
-        detail = getattr(err, "stderr", "") or str(err)
-        _failed = f"{type(err).__name__}: {detail.strip()[:300]}"
-        warnings.warn(f"hwlib: the CPU GroupNorm+SiLU kernel ({_SOURCE}) could not be built or loaded ({_failed}); "
-                      "training uses the unfused norm and SiLU (same results, slower). Install a C compiler "
-                      "(gcc) to use it.", RuntimeWarning, stacklevel=3)
-        return None
-    f32p, i64 = ctypes.c_void_p, ctypes.c_long
-    lib.gn_silu_forward.argtypes = [f32p] * 7 + [i64] * 4 + [ctypes.c_float, ctypes.c_int]
-    lib.gn_silu_backward.argtypes = [f32p] * 11 + [i64] * 4 + [ctypes.c_int]
-    lib.gn_silu_forward_cl.argtypes = lib.gn_silu_forward.argtypes
-    lib.gn_silu_backward_cl.argtypes = lib.gn_silu_backward.argtypes
-    for fn in (lib.gn_silu_forward, lib.gn_silu_backward, lib.gn_silu_forward_cl, lib.gn_silu_backward_cl):
-        fn.restype = None
-    _lib = lib
-    return lib
+    """The compiled :file:`hwlib/csrc/group_norm_silu.c` (:func:`hwlib.models.c_kernels.library`), or None."""
+    return c_kernels.library("group_norm_silu", _ARGTYPES)
 
 
 enabled = os.environ.get("HWLIB_FUSED_NORM", "1") != "0"

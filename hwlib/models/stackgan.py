@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hwlib.divergences import kl_to_standard_normal
+from hwlib.models import batch_norm_act
 
 if TYPE_CHECKING:
     from hwlib.train import History
@@ -466,28 +467,26 @@ def icnr_(weight: torch.Tensor, scale: int = 2) -> torch.Tensor:
     return weight
 
 
-NARROW_CHANNELS = 16
-"""Below this many channels :class:`BatchNorm2d` normalises a float32 channels-last CPU tensor in the contiguous layout."""
-
-
 class BatchNorm2d(nn.BatchNorm2d):
-    """``nn.BatchNorm2d`` (same parameters, buffers and state-dict keys) that normalises a float32 channels-last CPU
-    input (B, C, H, W) of fewer than :data:`NARROW_CHANNELS` channels in the contiguous layout and hands the result
-    back channels-last: PyTorch's CPU kernel for channels-last runs 9x slower at 8 channels than for the contiguous
-    layout (backward 4.0 against 0.44 ms at (16, 8, 64, 64), 2 threads, Intel Xeon without AMX), and StackGAN's last
-    up-blocks have 8 channels at 64x64 (Stage-I) and 128x128 and 256x256 (Stage-II). The same normalisation up to
-    float rounding. Only where gradients are taken (training: the slow part is the backward); passes without
-    gradients (sampling, :func:`standing_stats`) and bf16 (autocast) or wider inputs go through ``nn.BatchNorm2d``
-    unchanged, bitwise as before. In fp32 on that CPU, against the slow kernel (two copies of the tensor each way):
-    Stage-II's training step 1.10x (``benchmarks/bench_train_speed.py --ablate narrow_bn``; 1.06x and 1.08x in probes
-    of alternating rounds), Stage-I's 1.03x (probes 0.99-1.05x: within the host's noise)."""
+    """``nn.BatchNorm2d`` (same parameters, buffers and state-dict keys) that trains a float32 channels-last CPU input
+    with hwlib's batch-norm kernel (:func:`hwlib.models.batch_norm_act.batch_norm_act`): PyTorch's CPU batch norm
+    for that layout is 2-14x slower, worst for StackGAN's 8-channel layers at 64-256 px. The same normalisation and
+    running statistics up to float rounding. Only in training where gradients are taken
+    (:func:`hwlib.models.batch_norm_act.available`); evaluation, passes without gradients (sampling,
+    :func:`standing_stats`), bf16 (autocast) and other layouts go through ``nn.BatchNorm2d`` unchanged, bitwise as
+    before."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (torch.is_grad_enabled() and x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4
-                and x.shape[1] < NARROW_CHANNELS and not x.is_contiguous()
-                and x.is_contiguous(memory_format=torch.channels_last)):
-            return super().forward(x.contiguous()).contiguous(memory_format=torch.channels_last)
-        return super().forward(x)
+        if not (self.training and self.affine and batch_norm_act.available(x)):
+            return super().forward(x)
+        self._check_input_dim(x)
+        factor = self.momentum or 0.0
+        if self.track_running_stats and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+            if self.momentum is None:  # the cumulative average, as nn.BatchNorm2d
+                factor = 1.0 / float(self.num_batches_tracked)
+        stats = (self.running_mean, self.running_var) if self.track_running_stats else (None, None)
+        return batch_norm_act.batch_norm_act(x, self.weight, self.bias, *stats, factor, self.eps)
 
 
 def up_block(c_in: int, c_out: int, mode: str = "nearest") -> nn.Sequential:

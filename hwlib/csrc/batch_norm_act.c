@@ -1,0 +1,149 @@
+/* BatchNorm in training (the batch's statistics) followed by an activation act(z) = z > 0 ? z : a z (a = 0: ReLU,
+ * 0.2: leaky ReLU, 1: none) on a CPU, float32, channels-last tensors (N, P, C) (P = H*W pixels, channels innermost).
+ * Every pass runs one task per sample: per-sample partial sums in double (around a pilot, sample 0's first pixel,
+ * against cancellation) are added up over the samples in order, so the results do not depend on the thread count.
+ * The channels are taken in blocks of CB = 16 (one 64-byte line of floats; 8 and the rest where C is not a multiple
+ * of 16), each block's accumulators held in registers down the sample's P rows.
+ * Forward: mean and 1/std per channel (and the unbiased variance, for the running statistics), then
+ * out = act(x * scale + shift). Backward: one pass sums g = dL/dz (recomputed from x) and g (x - mean) per channel,
+ * a second writes dx; dL/dw and dL/db come out of the sums.
+ * Compiled with -ffast-math (not linked with it: see hwlib/models/c_kernels.py). */
+#include <math.h>
+
+#define CB 16
+
+/* the block width at c0: CB, 8 (StackGAN's narrowest layers) or the rest; the constants let the loops unroll */
+#define BLOCKS(C, c0, call) \
+    for (long c0 = 0; c0 < (C); c0 += CB) { \
+        if ((C) - c0 >= CB) { long cw = CB; call; } \
+        else if ((C) - c0 == 8) { long cw = 8; call; } \
+        else { long cw = (C) - c0; call; } \
+    }
+
+static inline float act(float z, float slope) { return z > 0.0f ? z : slope * z; }
+
+/* one sample's sums of (x - pilot) and squares over its P rows, channels c0 .. c0+cw-1 */
+static inline void stats_block(const float *xs, const float *pilot, long P, long C, long c0, long cw, double *s1,
+                               double *s2) {
+    double a[CB] = {0}, q[CB] = {0};
+    float pl[CB];
+    for (long k = 0; k < cw; k++) pl[k] = pilot[c0 + k];
+    for (long p = 0; p < P; p++) {
+        const float *row = xs + p * C + c0;
+#pragma omp simd
+        for (long k = 0; k < cw; k++) {
+            double d = (double)row[k] - (double)pl[k];
+            a[k] += d;
+            q[k] += d * d;
+        }
+    }
+    for (long k = 0; k < cw; k++) s1[c0 + k] = a[k], s2[c0 + k] = q[k];
+}
+
+static inline void out_block(const float *xs, float *os, long P, long C, long c0, long cw, const float *scale,
+                             const float *shift, float slope) {
+    float sc[CB], sf[CB];
+    for (long k = 0; k < cw; k++) sc[k] = scale[c0 + k], sf[k] = shift[c0 + k];
+    for (long p = 0; p < P; p++) {
+        const float *row = xs + p * C + c0;
+        float *orow = os + p * C + c0;
+#pragma omp simd
+        for (long k = 0; k < cw; k++) orow[k] = act(row[k] * sc[k] + sf[k], slope);
+    }
+}
+
+/* one sample's sums of g = dL/dz and g (x - mean) */
+static inline void grad_block(const float *xs, const float *ds, long P, long C, long c0, long cw, const float *scale,
+                              const float *shift, const float *mean, float slope, double *s1, double *s2) {
+    float sc[CB], sf[CB], mu[CB];
+    double a[CB] = {0}, q[CB] = {0};
+    for (long k = 0; k < cw; k++) sc[k] = scale[c0 + k], sf[k] = shift[c0 + k], mu[k] = mean[c0 + k];
+    for (long p = 0; p < P; p++) {
+        const float *row = xs + p * C + c0, *drow = ds + p * C + c0;
+#pragma omp simd
+        for (long k = 0; k < cw; k++) {
+            float g = row[k] * sc[k] + sf[k] > 0.0f ? drow[k] : slope * drow[k];
+            a[k] += (double)g;
+            q[k] += (double)(g * (row[k] - mu[k]));
+        }
+    }
+    for (long k = 0; k < cw; k++) s1[c0 + k] = a[k], s2[c0 + k] = q[k];
+}
+
+/* dx = ca g + cb (x - mean) + cc */
+static inline void dx_block(const float *xs, const float *ds, float *dxs, long P, long C, long c0, long cw,
+                            const float *scale, const float *shift, const float *mean, const float *ca,
+                            const float *cb, const float *cc, float slope) {
+    float sc[CB], sf[CB], mu[CB], fa[CB], fb[CB], fc[CB];
+    for (long k = 0; k < cw; k++) {
+        long c = c0 + k;
+        sc[k] = scale[c], sf[k] = shift[c], mu[k] = mean[c], fa[k] = ca[c], fb[k] = cb[c], fc[k] = cc[c];
+    }
+    for (long p = 0; p < P; p++) {
+        const float *row = xs + p * C + c0, *drow = ds + p * C + c0;
+        float *dxrow = dxs + p * C + c0;
+#pragma omp simd
+        for (long k = 0; k < cw; k++) {
+            float g = row[k] * sc[k] + sf[k] > 0.0f ? drow[k] : slope * drow[k];
+            dxrow[k] = fa[k] * g + fb[k] * (row[k] - mu[k]) + fc[k];
+        }
+    }
+}
+
+/* work: 2 N C doubles. mean, rstd, var (unbiased, N P > 1) per channel out; out = act(bn(x)). */
+void bn_act_forward_cl(const float *x, const float *w, const float *b, float *out, float *mean, float *rstd,
+                       float *var, double *work, long N, long P, long C, float eps, float slope, int threads) {
+    double *p1 = work, *p2 = work + N * C;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (long n = 0; n < N; n++) {
+        const float *xs = x + n * P * C;
+        BLOCKS(C, c0, stats_block(xs, x, P, C, c0, cw, p1 + n * C, p2 + n * C))
+    }
+    double M = (double)N * (double)P;
+    float scale[C], shift[C];
+    for (long c = 0; c < C; c++) {
+        double s1 = 0.0, s2 = 0.0;
+        for (long n = 0; n < N; n++) s1 += p1[n * C + c], s2 += p2[n * C + c];
+        double m = s1 / M, v = s2 / M - m * m;
+        v = v > 0.0 ? v : 0.0;
+        mean[c] = (float)(m + (double)x[c]);
+        rstd[c] = (float)(1.0 / sqrt(v + (double)eps));
+        var[c] = (float)(M > 1.0 ? v * M / (M - 1.0) : v);
+        scale[c] = rstd[c] * w[c];
+        shift[c] = b[c] - mean[c] * scale[c];
+    }
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (long n = 0; n < N; n++) {
+        BLOCKS(C, c0, out_block(x + n * P * C, out + n * P * C, P, C, c0, cw, scale, shift, slope))
+    }
+}
+
+/* dx (N, P, C), dw and db (C,) from dL/dout, x and the forward's mean and rstd; work: 2 N C doubles. */
+void bn_act_backward_cl(const float *dout, const float *x, const float *w, const float *b, const float *mean,
+                        const float *rstd, float *dx, float *dw, float *db, double *work, long N, long P, long C,
+                        float slope, int threads) {
+    double *p1 = work, *p2 = work + N * C;
+    float scale[C], shift[C], ca[C], cb[C], cc[C];
+    for (long c = 0; c < C; c++) scale[c] = rstd[c] * w[c], shift[c] = b[c] - mean[c] * scale[c];
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (long n = 0; n < N; n++) {
+        long o = n * P * C;
+        BLOCKS(C, c0, grad_block(x + o, dout + o, P, C, c0, cw, scale, shift, mean, slope, p1 + n * C, p2 + n * C))
+    }
+    double M = (double)N * (double)P;
+    for (long c = 0; c < C; c++) {
+        double sg = 0.0, sgx = 0.0;  /* sums of g and g (x - mean) */
+        for (long n = 0; n < N; n++) sg += p1[n * C + c], sgx += p2[n * C + c];
+        double r = rstd[c];
+        db[c] = (float)sg;
+        dw[c] = (float)(sgx * r);
+        ca[c] = scale[c];  /* rstd w */
+        cb[c] = (float)(-(double)scale[c] * r * r * sgx / M);
+        cc[c] = (float)(-(double)scale[c] * sg / M);
+    }
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (long n = 0; n < N; n++) {
+        long o = n * P * C;
+        BLOCKS(C, c0, dx_block(x + o, dout + o, dx + o, P, C, c0, cw, scale, shift, mean, ca, cb, cc, slope))
+    }
+}
