@@ -10,7 +10,7 @@ import pytest
 
 from hwlib.models import batch_norm_act, c_kernels, group_norm_silu
 
-LIBRARIES = {"group_norm_silu": group_norm_silu._ARGTYPES, "batch_norm_act": batch_norm_act._ARGTYPES}
+LIBRARIES = {"group_norm_silu": group_norm_silu.SIGNATURES, "batch_norm_act": batch_norm_act.SIGNATURES}
 
 
 @pytest.mark.parametrize("name", LIBRARIES)
@@ -24,8 +24,8 @@ def test_a_library_is_built_once_per_source_and_cpu(name, isolated_paths, monkey
         assert run.call_count == 2  # compile, then link
         built = list((isolated_paths / "data" / "kernels").glob(f"{name}_*.so"))
         assert len(built) == 1
-        for function, types in LIBRARIES[name].items():
-            assert getattr(lib, function).argtypes == types
+        for function, (argtypes, restype) in LIBRARIES[name].items():
+            assert getattr(lib, function).argtypes == argtypes and getattr(lib, function).restype == restype
         monkeypatch.setattr(c_kernels, "_libs", {})  # a new process: the cached library, no compiler call
         assert c_kernels.library(name, LIBRARIES[name]) is not None and run.call_count == 2
 
@@ -34,10 +34,10 @@ def test_without_a_compiler_each_library_warns_once(isolated_paths, monkeypatch)
     monkeypatch.setattr(c_kernels, "_libs", {})
     monkeypatch.setattr(c_kernels, "_failed", {})
     monkeypatch.setenv("CC", str(isolated_paths / "no-such-compiler"))
-    for name, argtypes in LIBRARIES.items():
+    for name, signatures in LIBRARIES.items():
         with pytest.warns(RuntimeWarning, match=rf"{name}\.c.*Install a C compiler"):
-            assert c_kernels.library(name, argtypes) is None
+            assert c_kernels.library(name, signatures) is None
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # said once: later calls are quiet
-        for name, argtypes in LIBRARIES.items():
-            assert c_kernels.library(name, argtypes) is None
+        for name, signatures in LIBRARIES.items():
+            assert c_kernels.library(name, signatures) is None

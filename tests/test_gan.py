@@ -194,8 +194,8 @@ def test_contrastive_loss_is_log_b_at_chance_and_falls_as_the_diagonal_wins():
 
 
 def test_diff_augment_translation_equals_a_gather_from_the_zero_padded_batch():
-    """The slice copies (the CPU's way) give the values and gradients, bit for bit, of the zero-padded index gather
-    they replaced, which other devices keep (the checkpoints trained with that gather stay reproducible)."""
+    """The windows of the zero-padded batch (the CPU's way) give the values and gradients, bit for bit, of the
+    zero-padded index gather, which other devices keep (the checkpoints trained with that gather stay reproducible)."""
     import torch.nn.functional as F
 
     from hwlib import gan
@@ -221,3 +221,5 @@ def test_diff_augment_translation_equals_a_gather_from_the_zero_padded_batch():
         assert gan._translate(meta, ty.to("meta"), tx.to("meta")).shape == meta.shape
     shifted = diff_augment(torch.ones(64, 1, 8, 8), "translation")  # every shift up to 1 pixel each way, zero fill
     assert set(shifted.sum((1, 2, 3)).tolist()) <= {64.0, 56.0, 49.0} and shifted.sum((1, 2, 3)).min() < 64
+    far = gan._translate(torch.ones(3, 2, 4, 4), torch.tensor([0, 5, -2]).view(3, 1, 1), torch.tensor([0, 0, 1]).view(3, 1, 1))
+    assert far.sum((1, 2, 3)).tolist() == [32.0, 0.0, 12.0]  # a shift past the edge leaves zeros

@@ -62,6 +62,25 @@ def test_batch_norm_trains_channels_last_with_the_kernel_and_the_same_values(
         torch.testing.assert_close(ours.running_mean, ref.running_mean, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("slope", [0.0, 0.2])
+def test_norm_act_fused_keeps_the_state_dict_keys_and_the_values_of_the_separate_modules(slope: float) -> None:
+    torch.manual_seed(0)
+    nets = [torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, 1, 1, bias=False), *stackgan.norm_act(8, slope, fused=f),
+                                torch.nn.Conv2d(8, 4, 3, 1, 1)) for f in (True, False)]
+    fused, separate = (net.to(memory_format=torch.channels_last) for net in nets)
+    assert list(fused.state_dict()) == list(separate.state_dict())  # checkpoints load either way
+    fused.load_state_dict(separate.state_dict())
+    x = torch.randn(4, 3, 10, 10).contiguous(memory_format=torch.channels_last)
+    for train in (True, False):
+        fused.train(train), separate.train(train)
+        outs = [net(x) for net in (fused, separate)]
+        grads = [torch.autograd.grad(out.square().sum(), net[0].weight) for out, net in zip(outs, (fused, separate))]
+        torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-4)
+    with torch.no_grad():  # sampling: PyTorch's batch norm and activation, bitwise
+        assert torch.equal(fused(x), separate(x))
+
+
 def test_stackgan_networks_use_the_kernel_batch_norm() -> None:
     nets = stackgan.build(t_dim=64, gf=16, df=16, n_res=1, stage2_size=128)
     norms = [m for name in ("G1", "G2", "D1", "D2") for m in nets[name].modules() if isinstance(m, torch.nn.BatchNorm2d)]

@@ -4,11 +4,12 @@
  * against cancellation) are added up over the samples in order, so the results do not depend on the thread count.
  * The channels are taken in blocks of CB = 16 (one 64-byte line of floats; 8 and the rest where C is not a multiple
  * of 16), each block's accumulators held in registers down the sample's P rows.
- * Forward: mean and 1/std per channel (and the unbiased variance, for the running statistics), then
- * out = act(x * scale + shift). Backward: one pass sums g = dL/dz (recomputed from x) and g (x - mean) per channel,
+ * Forward: mean and 1/std per channel, the running statistics moved towards the batch's mean and unbiased variance
+ * (as PyTorch does, in double), then out = act(x * scale + shift). Backward: one pass sums g = dL/dz (recomputed from x) and g (x - mean) per channel,
  * a second writes dx; dL/dw and dL/db come out of the sums.
  * Compiled with -ffast-math (not linked with it: see hwlib/models/c_kernels.py). */
 #include <math.h>
+#include <stdlib.h>
 
 #define CB 16
 
@@ -90,10 +91,14 @@ static inline void dx_block(const float *xs, const float *ds, float *dxs, long P
     }
 }
 
-/* work: 2 N C doubles. mean, rstd, var (unbiased, N P > 1) per channel out; out = act(bn(x)). */
-void bn_act_forward_cl(const float *x, const float *w, const float *b, float *out, float *mean, float *rstd,
-                       float *var, double *work, long N, long P, long C, float eps, float slope, int threads) {
-    double *p1 = work, *p2 = work + N * C;
+/* mean and rstd per channel out; running_mean and running_var (NULL: not tracked) updated; out = act(bn(x)).
+ * Returns 0, or -1 where the work memory could not be allocated (nothing written). */
+int bn_act_forward_cl(const float *x, const float *w, const float *b, float *out, float *mean, float *rstd,
+                      float *running_mean, float *running_var, long N, long P, long C, float eps, float momentum,
+                      float slope, int threads) {
+    double *p1 = malloc(2 * N * C * sizeof(double));
+    if (!p1) return -1;
+    double *p2 = p1 + N * C;
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (long n = 0; n < N; n++) {
         const float *xs = x + n * P * C;
@@ -108,21 +113,29 @@ void bn_act_forward_cl(const float *x, const float *w, const float *b, float *ou
         v = v > 0.0 ? v : 0.0;
         mean[c] = (float)(m + (double)x[c]);
         rstd[c] = (float)(1.0 / sqrt(v + (double)eps));
-        var[c] = (float)(M > 1.0 ? v * M / (M - 1.0) : v);
+        if (running_mean && running_var) {
+            double mom = momentum, unbiased = M > 1.0 ? v * M / (M - 1.0) : v;
+            running_mean[c] = (float)(mom * (m + (double)x[c]) + (1.0 - mom) * running_mean[c]);
+            running_var[c] = (float)(mom * unbiased + (1.0 - mom) * running_var[c]);
+        }
         scale[c] = rstd[c] * w[c];
         shift[c] = b[c] - mean[c] * scale[c];
     }
+    free(p1);
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (long n = 0; n < N; n++) {
         BLOCKS(C, c0, out_block(x + n * P * C, out + n * P * C, P, C, c0, cw, scale, shift, slope))
     }
+    return 0;
 }
 
-/* dx (N, P, C), dw and db (C,) from dL/dout, x and the forward's mean and rstd; work: 2 N C doubles. */
-void bn_act_backward_cl(const float *dout, const float *x, const float *w, const float *b, const float *mean,
-                        const float *rstd, float *dx, float *dw, float *db, double *work, long N, long P, long C,
-                        float slope, int threads) {
-    double *p1 = work, *p2 = work + N * C;
+/* dx (N, P, C), dw and db (C,) from dL/dout, x and the forward's mean and rstd; 0, or -1 (no memory). */
+int bn_act_backward_cl(const float *dout, const float *x, const float *w, const float *b, const float *mean,
+                       const float *rstd, float *dx, float *dw, float *db, long N, long P, long C, float slope,
+                       int threads) {
+    double *p1 = malloc(2 * N * C * sizeof(double));
+    if (!p1) return -1;
+    double *p2 = p1 + N * C;
     float scale[C], shift[C], ca[C], cb[C], cc[C];
     for (long c = 0; c < C; c++) scale[c] = rstd[c] * w[c], shift[c] = b[c] - mean[c] * scale[c];
 #pragma omp parallel for num_threads(threads) schedule(static)
@@ -141,9 +154,11 @@ void bn_act_backward_cl(const float *dout, const float *x, const float *w, const
         cb[c] = (float)(-(double)scale[c] * r * r * sgx / M);
         cc[c] = (float)(-(double)scale[c] * sg / M);
     }
+    free(p1);
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (long n = 0; n < N; n++) {
         long o = n * P * C;
         BLOCKS(C, c0, dx_block(x + o, dout + o, dx + o, P, C, c0, cw, scale, shift, mean, ca, cb, cc, slope))
     }
+    return 0;
 }

@@ -22,15 +22,15 @@ import torch
 from hwlib.models import c_kernels
 
 _P, _I64, _F32 = ctypes.c_void_p, ctypes.c_long, ctypes.c_float
-_ARGTYPES = {"bn_act_forward_cl": [_P] * 8 + [_I64] * 3 + [_F32, _F32, ctypes.c_int],
-             "bn_act_backward_cl": [_P] * 10 + [_I64] * 3 + [_F32, ctypes.c_int]}
+SIGNATURES = {"bn_act_forward_cl": ([_P] * 8 + [_I64] * 3 + [_F32, _F32, _F32, ctypes.c_int], ctypes.c_int),
+              "bn_act_backward_cl": ([_P] * 9 + [_I64] * 3 + [_F32, ctypes.c_int], ctypes.c_int)}
 
 enabled = os.environ.get("HWLIB_FUSED_NORM", "1") != "0"
 """Use the kernel where it applies (``HWLIB_FUSED_NORM=0`` at import, or setting this to False, turns it off)."""
 
 
 def _library() -> ctypes.CDLL | None:
-    return c_kernels.library("batch_norm_act", _ARGTYPES)
+    return c_kernels.library("batch_norm_act", SIGNATURES)
 
 
 def available(x: torch.Tensor) -> bool:
@@ -42,39 +42,39 @@ def available(x: torch.Tensor) -> bool:
             and not torch.compiler.is_compiling() and _library() is not None)
 
 
-def _threads() -> int:
-    return torch.get_num_threads()
+def _call(kernel: Any, *args: Any) -> None:
+    if kernel(*args, torch.get_num_threads()) != 0:
+        raise MemoryError(f"hwlib's batch-norm kernel ({c_kernels.source('batch_norm_act')}) could not allocate its "
+                          "work memory; free memory or set HWLIB_FUSED_NORM=0")
 
 
 class _BatchNormAct(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
-                slope: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                running: tuple[torch.Tensor, torch.Tensor] | None, momentum: float, eps: float,
+                slope: float) -> torch.Tensor:
         b, c, h, w = x.shape
         weight, bias = weight.detach().contiguous(), bias.detach().contiguous()
         out = torch.empty_like(x, memory_format=torch.channels_last)
-        mean, rstd, var = x.new_empty(c), x.new_empty(c), x.new_empty(c)
-        work = torch.empty(2 * b * c, dtype=torch.float64)
-        _library().bn_act_forward_cl(x.data_ptr(), weight.data_ptr(), bias.data_ptr(), out.data_ptr(), mean.data_ptr(),
-                                     rstd.data_ptr(), var.data_ptr(), work.data_ptr(), b, h * w, c, eps, slope,
-                                     _threads())
-        ctx.save_for_backward(x, weight, bias, mean, rstd)
-        ctx.slope = slope
-        ctx.mark_non_differentiable(mean, var)
-        return out, mean, var
+        mean, rstd = x.new_empty(c), x.new_empty(c)
+        rm, rv = (None, None) if running is None else (running[0].data_ptr(), running[1].data_ptr())
+        _call(_library().bn_act_forward_cl, x.data_ptr(), weight.data_ptr(), bias.data_ptr(), out.data_ptr(),
+              mean.data_ptr(), rstd.data_ptr(), rm, rv, b, h * w, c, eps, momentum, slope)
+        ctx.save_for_backward(x, weight, bias)
+        ctx.mean, ctx.rstd, ctx.slope = mean, rstd, slope
+        return out
 
     @staticmethod
-    def backward(ctx: Any, dout: torch.Tensor, _dmean: Any, _dvar: Any) -> tuple:
-        x, weight, bias, mean, rstd = ctx.saved_tensors
+    def backward(ctx: Any, dout: torch.Tensor) -> tuple:
+        x, weight, bias = ctx.saved_tensors
         b, c, h, w = x.shape
         dout = dout.contiguous(memory_format=torch.channels_last)
         dx = torch.empty_like(x, memory_format=torch.channels_last)
         dw, db = x.new_empty(c), x.new_empty(c)
-        work = torch.empty(2 * b * c, dtype=torch.float64)
-        _library().bn_act_backward_cl(dout.data_ptr(), x.data_ptr(), weight.data_ptr(), bias.data_ptr(),
-                                      mean.data_ptr(), rstd.data_ptr(), dx.data_ptr(), dw.data_ptr(), db.data_ptr(),
-                                      work.data_ptr(), b, h * w, c, ctx.slope, _threads())
-        return dx, dw, db, None, None
+        _call(_library().bn_act_backward_cl, dout.data_ptr(), x.data_ptr(), weight.data_ptr(), bias.data_ptr(),
+              ctx.mean.data_ptr(), ctx.rstd.data_ptr(), dx.data_ptr(), dw.data_ptr(), db.data_ptr(), b, h * w, c,
+              ctx.slope)
+        return dx, dw, db, None, None, None, None
 
 
 def batch_norm_act(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, running_mean: torch.Tensor | None,
@@ -85,9 +85,11 @@ def batch_norm_act(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, ru
     The result is channels-last."""
     if x.shape[0] * x.shape[2] * x.shape[3] < 2:
         raise ValueError(f"batch_norm_act: expected more than 1 value per channel when training, got {tuple(x.shape)}")
-    out, mean, var = _BatchNormAct.apply(x, weight, bias, eps, slope)
     if running_mean is not None and running_var is not None:
-        with torch.no_grad():
-            running_mean.mul_(1 - momentum).add_(mean, alpha=momentum)
-            running_var.mul_(1 - momentum).add_(var, alpha=momentum)
-    return out
+        if not (running_mean.is_contiguous() and running_var.is_contiguous()
+                and running_mean.dtype == running_var.dtype == torch.float32):
+            raise ValueError("batch_norm_act: the running statistics must be contiguous float32 (C,) tensors")
+        running = (running_mean, running_var)
+    else:
+        running = None
+    return _BatchNormAct.apply(x, weight, bias, running, momentum, eps, slope)

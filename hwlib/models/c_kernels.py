@@ -50,9 +50,10 @@ def _compile(src: Path, target: Path) -> None:
         os.replace(lib, target)  # atomic: a second process sees the old file or the whole new one
 
 
-def library(name: str, argtypes: dict[str, list]) -> ctypes.CDLL | None:
-    """The compiled ``hwlib/csrc/<name>.c`` with the ``argtypes`` of its functions set ({function: [ctypes types]},
-    each returning void); compiled on first use, then loaded from the cache; None where that failed (warned once)."""
+def library(name: str, signatures: dict[str, tuple[list, type | None]]) -> ctypes.CDLL | None:
+    """The compiled ``hwlib/csrc/<name>.c`` with its functions' ``signatures`` set ({function: (argument ctypes,
+    result ctype or None for void)}); compiled on first use, then loaded from the cache; None where that failed
+    (warned once)."""
     if name in _libs or name in _failed:
         return _libs.get(name)
     src = source(name)
@@ -76,8 +77,8 @@ def library(name: str, argtypes: dict[str, list]) -> ctypes.CDLL | None:
                       "PyTorch's operators instead (same results, slower). Install a C compiler (gcc) to use them.",
                       RuntimeWarning, stacklevel=3)
         return None
-    for function, types in argtypes.items():
+    for function, (argtypes, restype) in signatures.items():
         fn = getattr(lib, function)
-        fn.argtypes, fn.restype = types, None
+        fn.argtypes, fn.restype = argtypes, restype
     _libs[name] = lib
     return lib

@@ -25,13 +25,13 @@ from hwlib.models import c_kernels
 _F32P, _I64 = ctypes.c_void_p, ctypes.c_long
 _FORWARD = [_F32P] * 7 + [_I64] * 4 + [ctypes.c_float, ctypes.c_int]
 _BACKWARD = [_F32P] * 11 + [_I64] * 4 + [ctypes.c_int]
-_ARGTYPES = {"gn_silu_forward": _FORWARD, "gn_silu_backward": _BACKWARD, "gn_silu_forward_cl": _FORWARD,
-             "gn_silu_backward_cl": _BACKWARD}
+SIGNATURES = {"gn_silu_forward": (_FORWARD, None), "gn_silu_backward": (_BACKWARD, None),
+              "gn_silu_forward_cl": (_FORWARD, None), "gn_silu_backward_cl": (_BACKWARD, None)}
 
 
 def _library() -> ctypes.CDLL | None:
     """The compiled :file:`hwlib/csrc/group_norm_silu.c` (:func:`hwlib.models.c_kernels.library`), or None."""
-    return c_kernels.library("group_norm_silu", _ARGTYPES)
+    return c_kernels.library("group_norm_silu", SIGNATURES)
 
 
 enabled = os.environ.get("HWLIB_FUSED_NORM", "1") != "0"

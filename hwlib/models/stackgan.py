@@ -474,11 +474,19 @@ class BatchNorm2d(nn.BatchNorm2d):
     running statistics up to float rounding. Only in training where gradients are taken
     (:func:`hwlib.models.batch_norm_act.available`); evaluation, passes without gradients (sampling,
     :func:`standing_stats`), bf16 (autocast) and other layouts go through ``nn.BatchNorm2d`` unchanged, bitwise as
-    before."""
+    before. ``act``: the activation that follows, computed in the same kernel (0: ReLU, 0.2: LeakyReLU(0.2); None:
+    none); build it with :func:`norm_act`."""
+
+    def __init__(self, num_features: int, *args: Any, act: float | None = None, **kwargs: Any) -> None:
+        super().__init__(num_features, *args, **kwargs)
+        self.act = act
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and self.affine and batch_norm_act.available(x)):
-            return super().forward(x)
+            y = super().forward(x)
+            if self.act is None:
+                return y
+            return F.relu(y, inplace=True) if self.act == 0 else F.leaky_relu(y, self.act, inplace=True)
         self._check_input_dim(x)
         factor = self.momentum or 0.0
         if self.track_running_stats and self.num_batches_tracked is not None:
@@ -486,11 +494,26 @@ class BatchNorm2d(nn.BatchNorm2d):
             if self.momentum is None:  # the cumulative average, as nn.BatchNorm2d
                 factor = 1.0 / float(self.num_batches_tracked)
         stats = (self.running_mean, self.running_var) if self.track_running_stats else (None, None)
-        return batch_norm_act.batch_norm_act(x, self.weight, self.bias, *stats, factor, self.eps)
+        return batch_norm_act.batch_norm_act(x, self.weight, self.bias, *stats, factor, self.eps,
+                                             1.0 if self.act is None else self.act)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ("" if self.act is None else f", act={self.act}")
 
 
-def up_block(c_in: int, c_out: int, mode: str = "nearest") -> nn.Sequential:
-    """(B, c_in, H, W) -> (B, c_out, 2H, 2W): nearest + conv3x3, or conv3x3 (ICNR) + PixelShuffle; then BN + ReLU."""
+def norm_act(c: int, slope: float = 0.0, fused: bool = True) -> list[nn.Module]:
+    """Batch norm of ``c`` channels then ReLU (``slope`` 0) or LeakyReLU(``slope``), as two modules for a Sequential:
+    ``fused``, a :class:`BatchNorm2d` computing both and an ``nn.Identity`` in the activation's place (the activation
+    has no parameters, so the Sequential's indices and state-dict keys are those of the two separate modules, which
+    ``fused=False`` builds; checkpoints load either way)."""
+    if fused:
+        return [BatchNorm2d(c, act=slope), nn.Identity()]
+    return [BatchNorm2d(c), nn.ReLU(True) if slope == 0 else nn.LeakyReLU(slope, True)]
+
+
+def up_block(c_in: int, c_out: int, mode: str = "nearest", fused: bool = True) -> nn.Sequential:
+    """(B, c_in, H, W) -> (B, c_out, 2H, 2W): nearest + conv3x3, or conv3x3 (ICNR) + PixelShuffle; then BN + ReLU
+    (:func:`norm_act`; ``fused=False`` where something comes between the two: Stage-I's conditional norm)."""
     if mode == "nearest":
         layers = [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c_in, c_out, 3, 1, 1, bias=False)]
     elif mode == "pixelshuffle":
@@ -499,7 +522,7 @@ def up_block(c_in: int, c_out: int, mode: str = "nearest") -> nn.Sequential:
         layers = [conv, nn.PixelShuffle(2)]
     else:
         raise ValueError(f"upsample must be 'nearest' or 'pixelshuffle', not {mode!r}")
-    return nn.Sequential(*layers, BatchNorm2d(c_out), nn.ReLU(True))
+    return nn.Sequential(*layers, *norm_act(c_out, fused=fused))
 
 
 class ResBlock(nn.Module):
@@ -507,7 +530,7 @@ class ResBlock(nn.Module):
 
     def __init__(self, c: int) -> None:
         super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(c, c, 3, 1, 1, bias=False), BatchNorm2d(c), nn.ReLU(True),
+        self.body = nn.Sequential(nn.Conv2d(c, c, 3, 1, 1, bias=False), *norm_act(c),
                                   nn.Conv2d(c, c, 3, 1, 1, bias=False), BatchNorm2d(c))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -526,7 +549,8 @@ class Stage1G(nn.Module):
         self.ca = CondAugment(t_dim, c_dim, ca_logvar_init)
         self.fc = nn.Sequential(nn.Linear(z_dim + c_dim, ngf * 16, bias=False), nn.BatchNorm1d(ngf * 16), nn.ReLU(True))
         widths = [max(ngf // 2**i, min_channels) for i in range(5)]
-        self.up = nn.Sequential(*(up_block(widths[i], widths[i + 1], upsample) for i in range(4)))
+        fused = not (cond_norm or part_slots)  # the conditional norm comes between BN and ReLU
+        self.up = nn.Sequential(*(up_block(widths[i], widths[i + 1], upsample, fused) for i in range(4)))
         self.to_img = nn.Sequential(nn.Conv2d(widths[-1], 3, 3, 1, 1, bias=False), nn.Tanh())
         self.apply(weights_init)
         self.ca.init_logvar()
@@ -594,9 +618,9 @@ class Stage2G(nn.Module):
         self.ca = CondAugment(t_dim, c_dim, ca_logvar_init)
         self.encoder = nn.Sequential(
             nn.Conv2d(3, gf, 3, 1, 1, bias=False), nn.ReLU(True),
-            nn.Conv2d(gf, 2 * gf, 4, 2, 1, bias=False), BatchNorm2d(2 * gf), nn.ReLU(True),
-            nn.Conv2d(2 * gf, 4 * gf, 4, 2, 1, bias=False), BatchNorm2d(4 * gf), nn.ReLU(True))
-        self.joint = nn.Sequential(nn.Conv2d(4 * gf + c_dim, 4 * gf, 3, 1, 1, bias=False), BatchNorm2d(4 * gf), nn.ReLU(True))
+            nn.Conv2d(gf, 2 * gf, 4, 2, 1, bias=False), *norm_act(2 * gf),
+            nn.Conv2d(2 * gf, 4 * gf, 4, 2, 1, bias=False), *norm_act(4 * gf))
+        self.joint = nn.Sequential(nn.Conv2d(4 * gf + c_dim, 4 * gf, 3, 1, 1, bias=False), *norm_act(4 * gf))
         self.res = nn.Sequential(*(ResBlock(4 * gf) for _ in range(n_res)))
         widths = [max(4 * gf // 2**i, 8) for i in range(n_up + 1)]
         self.up = nn.Sequential(*(up_block(widths[i], widths[i + 1], upsample) for i in range(n_up)))
@@ -717,21 +741,23 @@ class StageD(nn.Module):
         if 4 * 2**n_down != image_size or n_down < 4:
             raise ValueError(f"image_size must be a power of two >= 64, not {image_size}")
         sn = nn.utils.parametrizations.spectral_norm if spectral_norm else (lambda m: m)
-        bn = (lambda c: nn.Identity()) if spectral_norm else BatchNorm2d
+        def bn_act(c: int) -> list[nn.Module]:  # BN + LeakyReLU(0.2); with spectral norm, no BN
+            return [nn.Identity(), nn.LeakyReLU(0.2, True)] if spectral_norm else norm_act(c, 0.2)
+
         widths = [df * 2**i for i in range(n_down)]
         layers: list[nn.Module] = [sn(nn.Conv2d(3, df, 4, 2, 1, bias=False)), nn.LeakyReLU(0.2, True)]
         for a, b in zip(widths, widths[1:]):
-            layers += [sn(nn.Conv2d(a, b, 4, 2, 1, bias=False)), bn(b), nn.LeakyReLU(0.2, True)]
+            layers += [sn(nn.Conv2d(a, b, 4, 2, 1, bias=False)), *bn_act(b)]
         c = widths[-1]
         while c > 8 * df:  # Stage-II: 3x3 convs back to 8df
-            layers += [sn(nn.Conv2d(c, c // 2, 3, 1, 1, bias=False)), bn(c // 2), nn.LeakyReLU(0.2, True)]
+            layers += [sn(nn.Conv2d(c, c // 2, 3, 1, 1, bias=False)), *bn_act(c // 2)]
             c //= 2
         self.encode = nn.Sequential(*layers)
         self.projection = projection
         if projection:  # psi(phi(x)) + <V mu, phi(x)>; psi is the unconditional head
             self.embed = sn(nn.Linear(c_dim, c * (16 if projection == "map" else 1), bias=False))
         else:
-            self.joint = nn.Sequential(sn(nn.Conv2d(c + c_dim, c, 3, 1, 1, bias=False)), bn(c), nn.LeakyReLU(0.2, True))
+            self.joint = nn.Sequential(sn(nn.Conv2d(c + c_dim, c, 3, 1, 1, bias=False)), *bn_act(c))
             self.logit = sn(nn.Conv2d(c, 1, 4, 4))
         self.logit_uncond = sn(nn.Conv2d(c, 1, 4, 4)) if (uncond or projection) else None
         # contrastive matching head (Recipe.contrastive): image features and condition into one c_dim space
