@@ -8,7 +8,7 @@
  * Backward: one pass computes g = dL/dy, keeps it in dx (a task's block fits the cache) and sums g and g*x per
  * channel; a second turns g into dx and sums dx per (sample, channel), which is dL/ds ("dsh"). The per-(sample,
  * channel) sums for dw and db are returned for the caller to add up.
- * Compiled with -ffast-math (not linked with it: see hwlib/models/group_norm_silu.py). */
+ * Compiled with -ffast-math (not linked with it: see hwlib/models/c_kernels.py). */
 #include <math.h>
 
 /* e^x to about 1 ulp (Cephes' expf: x = k ln2 + r, |r| <= ln2/2, a degree-6 polynomial in r, times 2^k), inlined
@@ -152,8 +152,83 @@ void gn_silu_backward(const float *dout, const float *x, const float *s, const f
     }
 }
 
-/* The same for channels-last (N, P, C) tensors: one task per sample; per-channel statistics accumulated along the
- * rows of C channels, then pooled into the groups'. */
+/* The same for channels-last (N, P, C) tensors: one task per sample. The channels are taken in blocks of CB = 16
+ * (one 64-byte cache line of floats; the last block narrower where C is not a multiple of 16): for each block the
+ * loop runs down the P rows with the block's accumulators in registers, so each channel's sums are taken in the
+ * same order (row 0 to P-1) as by a loop over whole rows, with the same results. */
+#define CB 16
+
+/* channels c0 .. c0+cw-1 of a sample's sums of (x - pilot) and its squares over the P rows (cw <= CB) */
+static inline void stats_block(const float *xs, long P, long C, long c0, long cw, double *s1, double *s2) {
+    double a[CB] = {0}, q[CB] = {0};
+    float pl[CB];
+    for (long k = 0; k < cw; k++) pl[k] = xs[c0 + k];
+    for (long p = 0; p < P; p++) {
+        const float *row = xs + p * C + c0;
+#pragma omp simd
+        for (long k = 0; k < cw; k++) {
+            double d = (double)row[k] - (double)pl[k];
+            a[k] += d;
+            q[k] += d * d;
+        }
+    }
+    for (long k = 0; k < cw; k++) s1[c0 + k] = a[k], s2[c0 + k] = q[k];
+}
+
+static inline void out_block(const float *xs, float *os, long P, long C, long c0, long cw, const float *scale,
+                             const float *shift) {
+    float sc[CB], sf[CB];
+    for (long k = 0; k < cw; k++) sc[k] = scale[c0 + k], sf[k] = shift[c0 + k];
+    for (long p = 0; p < P; p++) {
+        const float *row = xs + p * C + c0;
+        float *orow = os + p * C + c0;
+#pragma omp simd
+        for (long k = 0; k < cw; k++) orow[k] = silu(row[k] * sc[k] + sf[k]);
+    }
+}
+
+/* pass 1 of the backward for a block: g = dL/dy kept in dx, its sums a1 and sums of g * x a2 */
+static inline void grad_block(const float *xs, const float *ds, float *dxs, long P, long C, long c0, long cw,
+                              const float *scale, const float *shift, float *a1, float *a2) {
+    float sc[CB], sf[CB], s1[CB] = {0}, s2[CB] = {0};
+    for (long k = 0; k < cw; k++) sc[k] = scale[c0 + k], sf[k] = shift[c0 + k];
+    for (long p = 0; p < P; p++) {
+        const float *row = xs + p * C + c0, *drow = ds + p * C + c0;
+        float *grow = dxs + p * C + c0;
+#pragma omp simd
+        for (long k = 0; k < cw; k++) {
+            float y = row[k] * sc[k] + sf[k];
+            float gr = silu_grad(y, drow[k]);
+            grow[k] = gr;
+            s1[k] += gr;
+            s2[k] += gr * row[k];
+        }
+    }
+    for (long k = 0; k < cw; k++) a1[c0 + k] = s1[k], a2[c0 + k] = s2[k];
+}
+
+/* pass 2 for a block: dx = g ca + x cb + cc in place, and its sums per channel (dL/ds) */
+static inline void dx_block(const float *xs, float *dxs, long P, long C, long c0, long cw, const float *ca,
+                            const float *cb, const float *cc, float *dss) {
+    float fa[CB], fb[CB], fc[CB], t[CB] = {0};
+    for (long k = 0; k < cw; k++) fa[k] = ca[c0 + k], fb[k] = cb[c0 + k], fc[k] = cc[c0 + k];
+    for (long p = 0; p < P; p++) {
+        const float *row = xs + p * C + c0;
+        float *dxrow = dxs + p * C + c0;
+#pragma omp simd
+        for (long k = 0; k < cw; k++) {
+            float d = dxrow[k] * fa[k] + row[k] * fb[k] + fc[k];
+            dxrow[k] = d;
+            t[k] += d;
+        }
+    }
+    for (long k = 0; k < cw; k++) dss[c0 + k] = t[k];
+}
+
+/* the block width at c0: CB (a constant, so that the loops above unroll) or the narrower last block */
+#define BLOCKS(C, c0, call) for (long c0 = 0; c0 < (C); c0 += CB) { if ((C) - c0 >= CB) { long cw = CB; call; } \
+                                                                     else { long cw = (C) - c0; call; } }
+
 void gn_silu_forward_cl(const float *x, const float *s, const float *w, const float *b, float *out, float *mean,
                         float *rstd, long N, long P, long C, long G, float eps, int threads) {
     long cg = C / G;
@@ -164,17 +239,8 @@ void gn_silu_forward_cl(const float *x, const float *s, const float *w, const fl
         double s1[C], s2[C];
         float pilot[C], scale[C], shift[C], sh[C];
         load_shift(s, n * C, C, sh);
-        for (long c = 0; c < C; c++) s1[c] = 0.0, s2[c] = 0.0, pilot[c] = xs[c];
-        for (long p = 0; p < P; p++) {
-            const float *row = xs + p * C;
-#pragma omp simd
-            for (long c = 0; c < C; c++) {
-                double d = (double)row[c] - (double)pilot[c];
-                s1[c] += d;
-                s2[c] += d * d;
-            }
-        }
-        for (long c = 0; c < C; c++) pilot[c] += sh[c];  /* the statistics of x' = x + s */
+        BLOCKS(C, c0, stats_block(xs, P, C, c0, cw, s1, s2))
+        for (long c = 0; c < C; c++) pilot[c] = xs[c] + sh[c];  /* the statistics of x' = x + s */
         for (long g = 0; g < G; g++) {
             long k = n * G + g;
             group_stats(s1 + g * cg, s2 + g * cg, pilot + g * cg, cg, P, eps, mean + k, rstd + k);
@@ -183,12 +249,7 @@ void gn_silu_forward_cl(const float *x, const float *s, const float *w, const fl
                 shift[c] = b[c] + (sh[c] - mean[k]) * scale[c];
             }
         }
-        for (long p = 0; p < P; p++) {
-            const float *row = xs + p * C;
-            float *orow = os + p * C;
-#pragma omp simd
-            for (long c = 0; c < C; c++) orow[c] = silu(row[c] * scale[c] + shift[c]);
-        }
+        BLOCKS(C, c0, out_block(xs, os, P, C, c0, cw, scale, shift))
     }
 }
 
@@ -199,7 +260,6 @@ void gn_silu_backward_cl(const float *dout, const float *x, const float *s, cons
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (long n = 0; n < N; n++) {
         float scale[C], shift[C], ca[C], cb[C], cc[C], a1[C], a2[C], sh[C];
-        float *dss = dsh + n * C;
         const float *xs = x + n * P * C, *ds = dout + n * P * C;
         float *dxs = dx + n * P * C;
         const float *mu = mean + n * G, *rs = rstd + n * G;
@@ -207,22 +267,8 @@ void gn_silu_backward_cl(const float *dout, const float *x, const float *s, cons
         for (long c = 0; c < C; c++) {
             scale[c] = rs[c / cg] * w[c];
             shift[c] = b[c] + (sh[c] - mu[c / cg]) * scale[c];
-            a1[c] = 0.0f;
-            a2[c] = 0.0f;
-            dss[c] = 0.0f;
         }
-        for (long p = 0; p < P; p++) {  /* pass 1: g = dL/dy, kept in dx (one sample fits the cache); its sums */
-            const float *row = xs + p * C, *drow = ds + p * C;
-            float *grow = dxs + p * C;
-#pragma omp simd
-            for (long c = 0; c < C; c++) {
-                float y = row[c] * scale[c] + shift[c];
-                float gr = silu_grad(y, drow[c]);
-                grow[c] = gr;
-                a1[c] += gr;
-                a2[c] += gr * row[c];
-            }
-        }
+        BLOCKS(C, c0, grad_block(xs, ds, dxs, P, C, c0, cw, scale, shift, a1, a2))  /* pass 1 */
         for (long c = 0; c < C; c++) a2[c] += sh[c] * a1[c];  /* sums of g * x' */
         for (long g = 0; g < G; g++) {
             long c0 = g * cg;
@@ -231,15 +277,6 @@ void gn_silu_backward_cl(const float *dout, const float *x, const float *s, cons
                        &gb, &gc);
             for (long c = c0; c < c0 + cg; c++) ca[c] = rs[g] * w[c], cb[c] = gb, cc[c] = gc + sh[c] * gb;
         }
-        for (long p = 0; p < P; p++) {  /* pass 2: dx = rstd (w g - mean(w g) - xhat mean(w g xhat)); dL/ds */
-            const float *row = xs + p * C;
-            float *dxrow = dxs + p * C;
-#pragma omp simd
-            for (long c = 0; c < C; c++) {
-                float d = dxrow[c] * ca[c] + row[c] * cb[c] + cc[c];
-                dxrow[c] = d;
-                dss[c] += d;
-            }
-        }
+        BLOCKS(C, c0, dx_block(xs, dxs, P, C, c0, cw, ca, cb, cc, dsh + n * C))  /* pass 2 */
     }
 }
