@@ -63,12 +63,17 @@ def test_batch_norm_trains_channels_last_with_the_kernel_and_the_same_values(
 
 
 @pytest.mark.parametrize("slope", [0.0, 0.2])
-def test_norm_act_fused_keeps_the_state_dict_keys_and_the_values_of_the_separate_modules(slope: float) -> None:
+def test_norm_act_keeps_the_keys_printout_and_values_of_separate_modules(slope: float) -> None:
     torch.manual_seed(0)
     nets = [torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, 1, 1, bias=False), *stackgan.norm_act(8, slope, fused=f),
                                 torch.nn.Conv2d(8, 4, 3, 1, 1)) for f in (True, False)]
     fused, separate = (net.to(memory_format=torch.channels_last) for net in nets)
-    assert list(fused.state_dict()) == list(separate.state_dict())  # checkpoints load either way
+    torch.manual_seed(0)
+    plain = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, 1, 1, bias=False), torch.nn.BatchNorm2d(8),
+                                torch.nn.ReLU(True) if slope == 0 else torch.nn.LeakyReLU(slope, True),
+                                torch.nn.Conv2d(8, 4, 3, 1, 1))
+    assert list(fused.state_dict()) == list(plain.state_dict())  # checkpoints load either way
+    assert repr(fused) == repr(plain)  # and the architecture prints as the paper's
     fused.load_state_dict(separate.state_dict())
     x = torch.randn(4, 3, 10, 10).contiguous(memory_format=torch.channels_last)
     for train in (True, False):

@@ -2,44 +2,17 @@
  * 0.2: leaky ReLU, 1: none) on a CPU, float32, channels-last tensors (N, P, C) (P = H*W pixels, channels innermost).
  * Every pass runs one task per sample: per-sample partial sums in double (around a pilot, sample 0's first pixel,
  * against cancellation) are added up over the samples in order, so the results do not depend on the thread count.
- * The channels are taken in blocks of CB = 16 (one 64-byte line of floats; 8 and the rest where C is not a multiple
- * of 16), each block's accumulators held in registers down the sample's P rows.
+ * The channels are taken in blocks of 16 (channel_blocks.h).
  * Forward: mean and 1/std per channel, the running statistics moved towards the batch's mean and unbiased variance
- * (as PyTorch does, in double), then out = act(x * scale + shift). Backward: one pass sums g = dL/dz (recomputed from x) and g (x - mean) per channel,
- * a second writes dx; dL/dw and dL/db come out of the sums.
+ * (as PyTorch does, in double), then out = act(x * scale + shift). Backward: one pass sums g = dL/dz (recomputed
+ * from x) and g (x - mean) per channel, a second writes dx; dL/dw and dL/db come out of the sums.
  * Compiled with -ffast-math (not linked with it: see hwlib/models/c_kernels.py). */
 #include <math.h>
 #include <stdlib.h>
 
-#define CB 16
-
-/* the block width at c0: CB, 8 (StackGAN's narrowest layers) or the rest; the constants let the loops unroll */
-#define BLOCKS(C, c0, call) \
-    for (long c0 = 0; c0 < (C); c0 += CB) { \
-        if ((C) - c0 >= CB) { long cw = CB; call; } \
-        else if ((C) - c0 == 8) { long cw = 8; call; } \
-        else { long cw = (C) - c0; call; } \
-    }
+#include "channel_blocks.h"
 
 static inline float act(float z, float slope) { return z > 0.0f ? z : slope * z; }
-
-/* one sample's sums of (x - pilot) and squares over its P rows, channels c0 .. c0+cw-1 */
-static inline void stats_block(const float *xs, const float *pilot, long P, long C, long c0, long cw, double *s1,
-                               double *s2) {
-    double a[CB] = {0}, q[CB] = {0};
-    float pl[CB];
-    for (long k = 0; k < cw; k++) pl[k] = pilot[c0 + k];
-    for (long p = 0; p < P; p++) {
-        const float *row = xs + p * C + c0;
-#pragma omp simd
-        for (long k = 0; k < cw; k++) {
-            double d = (double)row[k] - (double)pl[k];
-            a[k] += d;
-            q[k] += d * d;
-        }
-    }
-    for (long k = 0; k < cw; k++) s1[c0 + k] = a[k], s2[c0 + k] = q[k];
-}
 
 static inline void out_block(const float *xs, float *os, long P, long C, long c0, long cw, const float *scale,
                              const float *shift, float slope) {

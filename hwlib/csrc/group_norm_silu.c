@@ -11,6 +11,8 @@
  * Compiled with -ffast-math (not linked with it: see hwlib/models/c_kernels.py). */
 #include <math.h>
 
+#include "channel_blocks.h"
+
 /* e^x to about 1 ulp (Cephes' expf: x = k ln2 + r, |r| <= ln2/2, a degree-6 polynomial in r, times 2^k), inlined
  * so that the loops below vectorise without a call per vector; x is clamped to [-87.3, 88.7] (the normal range). */
 static inline float exp_f(float x) {
@@ -152,29 +154,8 @@ void gn_silu_backward(const float *dout, const float *x, const float *s, const f
     }
 }
 
-/* The same for channels-last (N, P, C) tensors: one task per sample. The channels are taken in blocks of CB = 16
- * (one 64-byte cache line of floats; the last block narrower where C is not a multiple of 16): for each block the
- * loop runs down the P rows with the block's accumulators in registers, so each channel's sums are taken in the
- * same order (row 0 to P-1) as by a loop over whole rows, with the same results. */
-#define CB 16
-
-/* channels c0 .. c0+cw-1 of a sample's sums of (x - pilot) and its squares over the P rows (cw <= CB) */
-static inline void stats_block(const float *xs, long P, long C, long c0, long cw, double *s1, double *s2) {
-    double a[CB] = {0}, q[CB] = {0};
-    float pl[CB];
-    for (long k = 0; k < cw; k++) pl[k] = xs[c0 + k];
-    for (long p = 0; p < P; p++) {
-        const float *row = xs + p * C + c0;
-#pragma omp simd
-        for (long k = 0; k < cw; k++) {
-            double d = (double)row[k] - (double)pl[k];
-            a[k] += d;
-            q[k] += d * d;
-        }
-    }
-    for (long k = 0; k < cw; k++) s1[c0 + k] = a[k], s2[c0 + k] = q[k];
-}
-
+/* The same for channels-last (N, P, C) tensors: one task per sample, the channels in blocks of 16
+ * (channel_blocks.h). */
 static inline void out_block(const float *xs, float *os, long P, long C, long c0, long cw, const float *scale,
                              const float *shift) {
     float sc[CB], sf[CB];
@@ -225,10 +206,6 @@ static inline void dx_block(const float *xs, float *dxs, long P, long C, long c0
     for (long k = 0; k < cw; k++) dss[c0 + k] = t[k];
 }
 
-/* the block width at c0: CB (a constant, so that the loops above unroll) or the narrower last block */
-#define BLOCKS(C, c0, call) for (long c0 = 0; c0 < (C); c0 += CB) { if ((C) - c0 >= CB) { long cw = CB; call; } \
-                                                                     else { long cw = (C) - c0; call; } }
-
 void gn_silu_forward_cl(const float *x, const float *s, const float *w, const float *b, float *out, float *mean,
                         float *rstd, long N, long P, long C, long G, float eps, int threads) {
     long cg = C / G;
@@ -239,7 +216,7 @@ void gn_silu_forward_cl(const float *x, const float *s, const float *w, const fl
         double s1[C], s2[C];
         float pilot[C], scale[C], shift[C], sh[C];
         load_shift(s, n * C, C, sh);
-        BLOCKS(C, c0, stats_block(xs, P, C, c0, cw, s1, s2))
+        BLOCKS(C, c0, stats_block(xs, xs, P, C, c0, cw, s1, s2))
         for (long c = 0; c < C; c++) pilot[c] = xs[c] + sh[c];  /* the statistics of x' = x + s */
         for (long g = 0; g < G; g++) {
             long k = n * G + g;

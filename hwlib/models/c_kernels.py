@@ -1,7 +1,8 @@
-"""hwlib's hand-written CPU kernels: ``hwlib/csrc/<name>.c`` (plain C with OpenMP) compiled on first use with the
-machine's C compiler (the one ``torch.compile`` already needs on a CPU) into ``<data>/kernels/``, cached by source,
-flags and CPU, and loaded with :mod:`ctypes`. Where a library cannot be built (no compiler, not Linux) :func:`library`
-returns None after one warning, and its callers compute the same thing with PyTorch's operators.
+"""hwlib's hand-written CPU kernels: ``hwlib/csrc/<name>.c`` (plain C with OpenMP, with the headers beside it)
+compiled on first use with the machine's C compiler (the one ``torch.compile`` already needs on a CPU) into
+``<data>/kernels/``, cached by sources, flags and CPU, and loaded with :mod:`ctypes`. Where a library cannot be built
+(no compiler, not Linux) :func:`library` returns None after one warning, and its callers compute the same thing with
+PyTorch's operators.
 
 Used by :mod:`hwlib.models.group_norm_silu` (the U-Net's GroupNorm + SiLU) and :mod:`hwlib.models.batch_norm_act`
 (StackGAN's batch norms).
@@ -62,7 +63,8 @@ def library(name: str, signatures: dict[str, tuple[list, type | None]]) -> ctype
         return None
     from hwlib.paths import data_dir
 
-    key = hashlib.sha256(src.read_bytes() + " ".join(_CFLAGS + _LDFLAGS).encode()
+    headers = b"".join(h.read_bytes() for h in sorted(_SOURCES.glob("*.h")))  # what the sources include
+    key = hashlib.sha256(src.read_bytes() + headers + " ".join(_CFLAGS + _LDFLAGS).encode()
                          + _cpu_fingerprint().encode()).hexdigest()
     target = data_dir() / "kernels" / f"{name}_{key[:16]}.so"
     try:

@@ -474,8 +474,8 @@ class BatchNorm2d(nn.BatchNorm2d):
     running statistics up to float rounding. Only in training where gradients are taken
     (:func:`hwlib.models.batch_norm_act.available`); evaluation, passes without gradients (sampling,
     :func:`standing_stats`), bf16 (autocast) and other layouts go through ``nn.BatchNorm2d`` unchanged, bitwise as
-    before. ``act``: the activation that follows, computed in the same kernel (0: ReLU, 0.2: LeakyReLU(0.2); None:
-    none); build it with :func:`norm_act`."""
+    before. ``act``: the slope of the :class:`ReLU` (0) or :class:`LeakyReLU` that follows it (:func:`norm_act`),
+    which the kernel then applies in the same pass, marking its output so that the activation module passes it on."""
 
     def __init__(self, num_features: int, *args: Any, act: float | None = None, **kwargs: Any) -> None:
         super().__init__(num_features, *args, **kwargs)
@@ -483,10 +483,7 @@ class BatchNorm2d(nn.BatchNorm2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and self.affine and batch_norm_act.available(x)):
-            y = super().forward(x)
-            if self.act is None:
-                return y
-            return F.relu(y, inplace=True) if self.act == 0 else F.leaky_relu(y, self.act, inplace=True)
+            return super().forward(x)
         self._check_input_dim(x)
         factor = self.momentum or 0.0
         if self.track_running_stats and self.num_batches_tracked is not None:
@@ -494,21 +491,34 @@ class BatchNorm2d(nn.BatchNorm2d):
             if self.momentum is None:  # the cumulative average, as nn.BatchNorm2d
                 factor = 1.0 / float(self.num_batches_tracked)
         stats = (self.running_mean, self.running_var) if self.track_running_stats else (None, None)
-        return batch_norm_act.batch_norm_act(x, self.weight, self.bias, *stats, factor, self.eps,
-                                             1.0 if self.act is None else self.act)
+        out = batch_norm_act.batch_norm_act(x, self.weight, self.bias, *stats, factor, self.eps,
+                                            1.0 if self.act is None else self.act)
+        if self.act is not None:
+            out._hwlib_activated = True  # read by the ReLU / LeakyReLU that follows
+        return out
 
-    def extra_repr(self) -> str:
-        return super().extra_repr() + ("" if self.act is None else f", act={self.act}")
+
+class ReLU(nn.ReLU):
+    """``nn.ReLU`` that passes on an input its :class:`BatchNorm2d` has already rectified (in its kernel)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x if getattr(x, "_hwlib_activated", False) else super().forward(x)
+
+
+class LeakyReLU(nn.LeakyReLU):
+    """``nn.LeakyReLU`` that passes on an input its :class:`BatchNorm2d` has already activated (in its kernel)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x if getattr(x, "_hwlib_activated", False) else super().forward(x)
 
 
 def norm_act(c: int, slope: float = 0.0, fused: bool = True) -> list[nn.Module]:
-    """Batch norm of ``c`` channels then ReLU (``slope`` 0) or LeakyReLU(``slope``), as two modules for a Sequential:
-    ``fused``, a :class:`BatchNorm2d` computing both and an ``nn.Identity`` in the activation's place (the activation
-    has no parameters, so the Sequential's indices and state-dict keys are those of the two separate modules, which
-    ``fused=False`` builds; checkpoints load either way)."""
-    if fused:
-        return [BatchNorm2d(c, act=slope), nn.Identity()]
-    return [BatchNorm2d(c), nn.ReLU(True) if slope == 0 else nn.LeakyReLU(slope, True)]
+    """Batch norm of ``c`` channels then ReLU (``slope`` 0) or LeakyReLU(``slope``, in place), as two modules for a
+    Sequential (the keys and printout of ``nn.BatchNorm2d`` and ``nn.ReLU`` / ``nn.LeakyReLU``). ``fused``: where
+    the kernel trains the batch norm it applies the activation too, and the activation module passes its output on;
+    ``fused=False`` where something comes between the two (Stage-I's conditional norm)."""
+    act = ReLU(True) if slope == 0 else LeakyReLU(slope, True)
+    return [BatchNorm2d(c, act=slope if fused else None), act]
 
 
 def up_block(c_in: int, c_out: int, mode: str = "nearest", fused: bool = True) -> nn.Sequential:
