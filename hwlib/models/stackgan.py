@@ -498,18 +498,26 @@ class BatchNorm2d(nn.BatchNorm2d):
         return out
 
 
+def _activated(x: torch.Tensor) -> bool:
+    """Whether :class:`BatchNorm2d`'s kernel already applied the activation to x; the mark is read once."""
+    if getattr(x, "_hwlib_activated", False):
+        x._hwlib_activated = False
+        return True
+    return False
+
+
 class ReLU(nn.ReLU):
     """``nn.ReLU`` that passes on an input its :class:`BatchNorm2d` has already rectified (in its kernel)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x if getattr(x, "_hwlib_activated", False) else super().forward(x)
+        return x if _activated(x) else super().forward(x)
 
 
 class LeakyReLU(nn.LeakyReLU):
     """``nn.LeakyReLU`` that passes on an input its :class:`BatchNorm2d` has already activated (in its kernel)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x if getattr(x, "_hwlib_activated", False) else super().forward(x)
+        return x if _activated(x) else super().forward(x)
 
 
 def norm_act(c: int, slope: float = 0.0, fused: bool = True) -> list[nn.Module]:
