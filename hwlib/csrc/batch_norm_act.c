@@ -14,6 +14,9 @@
 
 static inline float act(float z, float slope) { return z > 0.0f ? z : slope * z; }
 
+/* dL/dz from dL/dout at z */
+static inline float act_grad(float z, float dout, float slope) { return z > 0.0f ? dout : slope * dout; }
+
 static inline void out_block(const float *xs, float *os, long P, long C, long c0, long cw, const float *scale,
                              const float *shift, float slope) {
     float sc[CB], sf[CB];
@@ -36,7 +39,7 @@ static inline void grad_block(const float *xs, const float *ds, long P, long C, 
         const float *row = xs + p * C + c0, *drow = ds + p * C + c0;
 #pragma omp simd
         for (long k = 0; k < cw; k++) {
-            float g = row[k] * sc[k] + sf[k] > 0.0f ? drow[k] : slope * drow[k];
+            float g = act_grad(row[k] * sc[k] + sf[k], drow[k], slope);
             a[k] += (double)g;
             q[k] += (double)(g * (row[k] - mu[k]));
         }
@@ -58,7 +61,7 @@ static inline void dx_block(const float *xs, const float *ds, float *dxs, long P
         float *dxrow = dxs + p * C + c0;
 #pragma omp simd
         for (long k = 0; k < cw; k++) {
-            float g = row[k] * sc[k] + sf[k] > 0.0f ? drow[k] : slope * drow[k];
+            float g = act_grad(row[k] * sc[k] + sf[k], drow[k], slope);
             dxrow[k] = fa[k] * g + fb[k] * (row[k] - mu[k]) + fc[k];
         }
     }

@@ -506,18 +506,19 @@ def _activated(x: torch.Tensor) -> bool:
     return False
 
 
-class ReLU(nn.ReLU):
-    """``nn.ReLU`` that passes on an input its :class:`BatchNorm2d` has already rectified (in its kernel)."""
+class _AfterNorm:
+    """An activation module that passes on an input its :class:`BatchNorm2d` has already activated (in its kernel)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x if _activated(x) else super().forward(x)
 
 
-class LeakyReLU(nn.LeakyReLU):
-    """``nn.LeakyReLU`` that passes on an input its :class:`BatchNorm2d` has already activated (in its kernel)."""
+class ReLU(_AfterNorm, nn.ReLU):
+    """``nn.ReLU`` after a :class:`BatchNorm2d` (:func:`norm_act`)."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x if _activated(x) else super().forward(x)
+
+class LeakyReLU(_AfterNorm, nn.LeakyReLU):
+    """``nn.LeakyReLU`` after a :class:`BatchNorm2d` (:func:`norm_act`)."""
 
 
 def norm_act(c: int, slope: float = 0.0, fused: bool = True) -> list[nn.Module]:
