@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import math
+from unittest import mock
 
 import numpy as np
 import pytest
 import torch
 
 from hwlib.data.cub import index_loader
-from hwlib.models import stackgan
+from hwlib.models import stackgan, upsample_conv
 from hwlib.train import count_parameters
 
 
@@ -88,6 +89,28 @@ def test_norm_act_keeps_the_keys_printout_and_values_of_separate_modules(slope: 
     y = act(bn(torch.randn(4, 8, 5, 5).contiguous(memory_format=torch.channels_last).requires_grad_()))
     again = torch.nn.functional.leaky_relu(y, slope)  # act works in place: the reference first
     assert torch.equal(act(y), again)  # the kernel's mark is read once
+
+
+@pytest.mark.parametrize("mode", ["nearest", "pixelshuffle"])
+def test_up_block_folds_nearest_and_conv_keeping_keys_printout_and_values(mode: str) -> None:
+    torch.manual_seed(0)
+    block = stackgan.up_block(8, 4, mode).to(memory_format=torch.channels_last)
+    up = [torch.nn.Upsample(scale_factor=2, mode="nearest"), torch.nn.Conv2d(8, 4, 3, 1, 1, bias=False)]
+    plain = torch.nn.Sequential(*(up if mode == "nearest" else [torch.nn.Conv2d(8, 16, 3, 1, 1, bias=False),
+                                                                 torch.nn.PixelShuffle(2)]),
+                                torch.nn.BatchNorm2d(4), torch.nn.ReLU(True))
+    assert list(block.state_dict()) == list(plain.state_dict()) and repr(block) == repr(plain)
+    x = torch.randn(4, 8, 5, 5).contiguous(memory_format=torch.channels_last).requires_grad_()
+    with mock.patch("hwlib.models.upsample_conv.upsample_conv", side_effect=upsample_conv.upsample_conv) as fold:
+        out, head = block(x), block[:-1](x)  # a leading slice folds too (Stage-I's conditional norm)
+    assert fold.call_count == (2 if mode == "nearest" else 0)
+    assert out.is_contiguous(memory_format=torch.channels_last) and head.shape == out.shape
+    with mock.patch.object(upsample_conv, "enabled", False):
+        ref = block(x)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+    weight = block[0 if mode == "pixelshuffle" else 1].weight
+    torch.testing.assert_close(*(torch.autograd.grad(y.square().sum(), weight)[0] for y in (out, ref)),
+                               rtol=1e-4, atol=1e-4)
 
 
 def test_stackgan_networks_use_the_kernel_batch_norm() -> None:

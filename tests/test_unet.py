@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hwlib.models import upsample_conv
 from hwlib.models.unet import (AttnBlock, Downsample, GroupNorm, UNet, Upsample, channelwise_group_norm, nearest_up2,
                                norm, timestep_embedding)
 
@@ -176,6 +177,20 @@ def test_nearest_up2_is_interpolate_bitwise_compiled_with_its_gradient(dtype):
     assert torch.equal(torch.autograd.grad(out, x, g)[0], torch.autograd.grad(ref, x, g)[0])
 
 
+def test_upsample_folds_into_one_transposed_convolution_in_float32_on_a_cpu():
+    up = Upsample(4)
+    x = torch.randn(2, 4, 3, 3, requires_grad=True)
+    with mock.patch("hwlib.models.upsample_conv.upsample_conv", side_effect=upsample_conv.upsample_conv) as fold:
+        out = up(x)
+        assert fold.call_count == 1
+        with mock.patch.object(upsample_conv, "enabled", False):
+            ref = up(x)
+        assert fold.call_count == 1
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(*(torch.autograd.grad(y.sum(), up.conv.weight)[0] for y in (out, ref)))
+
+
+@mock.patch.object(upsample_conv, "enabled", False)
 def test_upsample_takes_the_broadcast_only_in_compiled_training():
     up = Upsample(4)
     x = torch.randn(2, 4, 3, 3)

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hwlib.divergences import kl_to_standard_normal
-from hwlib.models import batch_norm_act
+from hwlib.models import batch_norm_act, upsample_conv
 
 if TYPE_CHECKING:
     from hwlib.train import History
@@ -530,7 +530,25 @@ def norm_act(c: int, slope: float = 0.0, fused: bool = True) -> list[nn.Module]:
     return [BatchNorm2d(c, act=slope if fused else None), act]
 
 
-def up_block(c_in: int, c_out: int, mode: str = "nearest", fused: bool = True) -> nn.Sequential:
+class UpBlock(nn.Sequential):
+    """An :func:`up_block`'s layers (or a leading slice of them), run in order as ``nn.Sequential`` runs them, except
+    that a nearest ×2 followed by its 3×3 conv is computed as one transposed convolution where
+    :func:`hwlib.models.upsample_conv.available` (float32 on a CPU): the same function, 2-3x faster for StackGAN's
+    blocks there. It prints as the ``nn.Sequential`` it computes, so architecture printouts read as before."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        layers = list(self)
+        if len(layers) > 1 and isinstance(layers[0], nn.Upsample) and upsample_conv.available(x):
+            x, layers = upsample_conv.upsample_conv(x, layers[1].weight, layers[1].bias), layers[2:]
+        for layer in layers:
+            x = layer(x)
+        return x
+
+    def _get_name(self) -> str:
+        return "Sequential"
+
+
+def up_block(c_in: int, c_out: int, mode: str = "nearest", fused: bool = True) -> UpBlock:
     """(B, c_in, H, W) -> (B, c_out, 2H, 2W): nearest + conv3x3, or conv3x3 (ICNR) + PixelShuffle; then BN + ReLU
     (:func:`norm_act`; ``fused=False`` where something comes between the two: Stage-I's conditional norm)."""
     if mode == "nearest":
@@ -541,7 +559,7 @@ def up_block(c_in: int, c_out: int, mode: str = "nearest", fused: bool = True) -
         layers = [conv, nn.PixelShuffle(2)]
     else:
         raise ValueError(f"upsample must be 'nearest' or 'pixelshuffle', not {mode!r}")
-    return nn.Sequential(*layers, *norm_act(c_out, fused=fused))
+    return UpBlock(*layers, *norm_act(c_out, fused=fused))
 
 
 class ResBlock(nn.Module):

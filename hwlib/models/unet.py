@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hwlib.models import group_norm_silu
+from hwlib.models import group_norm_silu, upsample_conv
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
@@ -232,16 +232,19 @@ def nearest_up2(x: torch.Tensor) -> torch.Tensor:
 
 
 class Upsample(nn.Module):
-    """Nearest-neighbour ×2 then 3×3 conv: (B, C, H, W) -> (B, C, 2H, 2W). In training under ``torch.compile`` the ×2
-    is :func:`nearest_up2` (notebook 02's compiled quick U-Net trains 1.02-1.03x faster in bf16 at 2 threads, as
-    fast in fp32 at 1; medians of ten alternating rounds in one process, on the Intel Xeon with AMX); in eager mode and
-    without a gradient (sampling, where the broadcast was 0.98x in a probe) PyTorch's interpolation."""
+    """Nearest-neighbour ×2 then 3×3 conv: (B, C, H, W) -> (B, C, 2H, 2W). In float32 on a CPU both as one transposed
+    convolution (:mod:`hwlib.models.upsample_conv`). Otherwise, in training under ``torch.compile``, the ×2 is
+    :func:`nearest_up2` (notebook 02's compiled quick U-Net trains 1.02-1.03x faster in bf16 at 2 threads, as fast in
+    fp32 at 1; medians of ten alternating rounds in one process, on the Intel Xeon with AMX); in eager mode and without
+    a gradient (sampling, where the broadcast was 0.98x in a probe) PyTorch's interpolation."""
 
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if upsample_conv.available(x):
+            return upsample_conv.upsample_conv(x, self.conv.weight, self.conv.bias)
         if fused_norms(x):
             return self.conv(nearest_up2(x).contiguous(memory_format=torch.channels_last))
         if torch.compiler.is_compiling() and torch.is_grad_enabled():
