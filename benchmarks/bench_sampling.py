@@ -48,6 +48,7 @@ from hwlib.bench import Worker, is_dense, ratio_summary, write_result
 from hwlib.checkpoints import Checkpointer
 from hwlib.diffusion import Diffusion
 from hwlib.metrics import evaluate
+from hwlib.models import upsample_conv
 from hwlib.models.unet import AttnBlock, GroupNorm, build
 from hwlib.train import SamplingNet, autocast, get_device, keep_freed_memory
 
@@ -98,10 +99,20 @@ ATTENTION = {"strided attention": ("forward", strided_attention),  # the attenti
              "attention written out": ("fused", staticmethod(AttnBlock.written))}  # as training computes it
 
 
-def attention_as(label: str) -> contextlib.AbstractContextManager:
-    """``AttnBlock`` patched as the end of a row's ``label`` names it (a key of ``ATTENTION``), else unchanged."""
+BEFORE = "before: fp32, batch 500, strided attention"
+
+
+def network_as(label: str) -> contextlib.ExitStack:
+    """``AttnBlock`` patched as the end of a row's ``label`` names it (a key of ``ATTENTION``), else unchanged; for
+    the ``before`` row also the up-sampling as it was then (interpolation, then the convolution: no
+    :mod:`hwlib.models.upsample_conv`)."""
+    stack = contextlib.ExitStack()
     patch = next((p for k, p in ATTENTION.items() if label.endswith(k)), None)
-    return mock.patch.object(AttnBlock, *patch) if patch else contextlib.nullcontext()
+    if patch:
+        stack.enter_context(mock.patch.object(AttnBlock, *patch))
+    if label == BEFORE:
+        stack.enter_context(mock.patch.object(upsample_conv, "enabled", False))
+    return stack
 
 
 def dense_share(diffusion: Diffusion, model: torch.nn.Module, batch: int, precision: Callable, device: torch.device
@@ -146,7 +157,7 @@ class Sampler:
         self.samples_per_s(1)  # warm-up (compilation)
 
     def samples_per_s(self, repeats: int) -> float:
-        with attention_as("strided attention" if self.before else ""):
+        with network_as(BEFORE if self.before else ""):
             seconds = step_seconds(self.diffusion, self.net, self.batch, self.precision, repeats, self.device)
         return self.batch / (seconds * self.diffusion.T)
 
@@ -191,12 +202,12 @@ def main() -> None:
     model, diffusion = load_ddpm(cfg, device)
     bf16 = autocast(device)
     speed = {}
-    for label, batch, precision in (("before: fp32, batch 500, strided attention", 500, contextlib.nullcontext()),
+    for label, batch, precision in ((BEFORE, 500, contextlib.nullcontext()),
                                     ("fp32, batch 500", 500, contextlib.nullcontext()),
                                     ("fp32, batch 100", 100, contextlib.nullcontext()),
                                     ("autocast, batch 100, attention written out", 100, bf16),
                                     ("autocast, batch 100", 100, bf16)):
-        with attention_as(label):
+        with network_as(label):
             seconds = step_seconds(diffusion, model, batch, precision, args.repeats, device)
         speed[label] = {"step_s": round(seconds, 4), "samples_per_s": round(batch / (seconds * cfg.T), 3)}
         print(f"{label:30s} {seconds:.3f} s per step -> {speed[label]['samples_per_s']:.2f} samples/s (T = {cfg.T})",
@@ -215,7 +226,7 @@ def main() -> None:
         for row in (v for k, v in speed.items() if "compiled" in k):
             rate = row["samples_per_s"]
             row["pays_back_after_samples"] = round(row["compile_s"] / (1 / eager - 1 / rate)) if rate > eager else None
-    base = speed["before: fp32, batch 500, strided attention"]["samples_per_s"]
+    base = speed[BEFORE]["samples_per_s"]
     share = dense_share(diffusion, model, 100, lambda: autocast(device), device)
     best = speed["autocast, batch 100"]["samples_per_s"]  # the eager step the dense share is of
     print(f"convolutions and matrix products: {share:.0%} of an eager step at batch 100 under autocast; ceiling "

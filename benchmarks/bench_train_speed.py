@@ -13,7 +13,9 @@ machine's load hits both alike (the faster round of each is kept):
   :func:`hwlib.train.maybe_compile` where the profile turns them on (``compile``; 03's MLP: neither), and
   StackGAN's networks and images in channels-last memory format, as ``stackgan.train_stage`` keeps them, with its
   batch norms trained on hwlib's CPU kernel in fp32 (``stackgan.BatchNorm2d``, :mod:`hwlib.models.batch_norm_act`,
-  since 2026-12-07; ``--ablate fused_bn`` times it against ``nn.BatchNorm2d``).
+  since 2026-12-07; ``--ablate fused_bn`` times it against ``nn.BatchNorm2d``), and in fp32 on a CPU a nearest
+  ×2 and its 3×3 convolution computed as one transposed convolution (:mod:`hwlib.models.upsample_conv`: StackGAN's
+  up-blocks, the U-Net's ``Upsample``; since the same day; ``--ablate folded_up``).
 
 Both settings run in one process, and ``fit`` sets :func:`hwlib.train.keep_freed_memory` for the whole process from
 the first run on (glibc's setting cannot be undone), so since 2026-12-06 ``before`` keeps freed memory too: these
@@ -81,7 +83,7 @@ from hwlib.data import ResidentLoader, cub, load_mnist
 from hwlib.data.cub import index_loader
 from hwlib.diffusion import Diffusion, make_diffusion_step
 from hwlib.gan import make_gan_step
-from hwlib.models import batch_norm_act, cgan, dcgan, stackgan, vae
+from hwlib.models import batch_norm_act, cgan, dcgan, stackgan, upsample_conv, vae
 from hwlib.models.unet import build as build_unet
 from hwlib.models.vae import make_vae_step
 from hwlib.train import EMA, Warmup, adam, fit, get_device, maybe_compile, unwrap
@@ -114,6 +116,7 @@ class Core:
     channels_last: bool  # StackGAN's networks and images, as stackgan.train_stage keeps them
     joint_d: bool = False  # make_gan_step's one D pass over real and fakes (where D has no batch norm)
     fused_bn: bool = False  # StackGAN's batch norms in training on hwlib's CPU kernel (stackgan.BatchNorm2d, batch_norm_act)
+    folded_up: bool = False  # nearest x2 + 3x3 conv as one transposed convolution (hwlib.models.upsample_conv)
 
     def net(self, module: torch.nn.Module, enabled: bool) -> torch.nn.Module:
         return maybe_compile(module, self.compile and enabled)
@@ -121,7 +124,7 @@ class Core:
 
 BEFORE = Core("before", lambda params, lr, betas=(0.9, 0.999): torch.optim.Adam(params, lr=lr, betas=tuple(betas),
                                                                                  foreach=False), LoopEMA, False, False, False)
-AFTER = Core("after", adam, EMA, True, True, True, True, True)
+AFTER = Core("after", adam, EMA, True, True, True, True, True, True)
 
 
 @dataclass
@@ -246,7 +249,8 @@ def train(name: str, core: Core, steps: int, device: torch.device, profile: bool
     """``steps`` steps of run ``name`` with ``core`` through ``fit``: steps/s, and the phases when ``profile``."""
     bf16 = "force" if os.environ.get("HWLIB_CPU_BF16") == "force" else "1"  # force: bf16 also where it is slower
     with mock.patch.dict(os.environ, {"HWLIB_CPU_BF16": bf16 if core.bf16 else "0"}), \
-            mock.patch.object(batch_norm_act, "enabled", batch_norm_act.enabled and core.fused_bn):
+            mock.patch.object(batch_norm_act, "enabled", batch_norm_act.enabled and core.fused_bn), \
+            mock.patch.object(upsample_conv, "enabled", upsample_conv.enabled and core.folded_up):
         torch.manual_seed(0)
         run = RUNS[name](core, steps, device)
         start = time.perf_counter()
