@@ -46,6 +46,31 @@ def test_values_gradients_and_running_statistics_are_pytorchs(shape, slope):
         torch.testing.assert_close(mine.double(), theirs.detach(), atol=2e-6 * scale, rtol=1e-5)
 
 
+@pytest.mark.parametrize("slope", [1.0, 0.0], ids=["none", "relu"])
+@pytest.mark.parametrize("shape", [(4, 8, 16, 16), (3, 16, 5, 7), (2, 40, 6, 6)], ids=["8", "16", "16+16+8"])
+def test_film_between_norm_and_activation_has_pytorchs_values_and_gradients(shape, slope):
+    x, w, b = _inputs(*shape)
+    scale = (1 + 0.5 * torch.randn(shape[:2])).requires_grad_()  # per sample and channel: a conditional norm
+    shift = torch.randn(shape[:2], requires_grad=True)
+    out = bna.batch_norm_act(x, w, b, None, None, momentum=0.1, eps=1e-5, slope=slope, film=(scale, shift))
+    dout = torch.randn(shape)
+    grads = torch.autograd.grad(out, (x, w, b, scale, shift), dout)
+
+    xd, wd, bd, sd, hd = (t.detach().double().requires_grad_() for t in (x, w, b, scale, shift))
+    bn = F.batch_norm(xd, None, None, wd, bd, training=True, eps=1e-5)
+    ref = F.leaky_relu(bn * sd[:, :, None, None] + hd[:, :, None, None], slope)
+    ref_grads = torch.autograd.grad(ref, (xd, wd, bd, sd, hd), dout.double())
+    for mine, theirs in zip((out, *grads), (ref, *ref_grads)):
+        tol = max(theirs.abs().max().item(), 1.0)
+        torch.testing.assert_close(mine.double(), theirs.detach(), atol=2e-6 * tol, rtol=1e-5)
+
+
+def test_film_must_be_one_float32_pair_per_sample_and_channel():
+    x, w, b = _inputs(2, 8, 4, 4)
+    with pytest.raises(ValueError, match=r"film's scale and shift must be float32 \(2, 8\)"):
+        bna.batch_norm_act(x, w, b, None, None, 0.1, 1e-5, film=(torch.ones(2, 8, 1, 1), torch.zeros(2, 8, 1, 1)))
+
+
 def test_results_do_not_depend_on_the_thread_count():
     x, w, b = _inputs(6, 24, 9, 9, seed=1)
     dout = torch.randn(6, 24, 9, 9)

@@ -113,6 +113,34 @@ def test_up_block_folds_nearest_and_conv_keeping_keys_printout_and_values(mode: 
                                rtol=1e-4, atol=1e-4)
 
 
+def test_conditional_norm_runs_in_the_kernels_pass_with_the_values_of_separate_operations() -> None:
+    torch.manual_seed(0)
+    g = stackgan.Stage1G(t_dim=32, c_dim=8, z_dim=8, gf=4, cond_norm=True).to(memory_format=torch.channels_last)
+    for lin in g.film:  # away from the zero start: every sample its own scale and shift
+        torch.nn.init.normal_(lin.weight, std=0.3), torch.nn.init.normal_(lin.bias, std=0.3)
+    bn, relu = g.up[0][-2:]
+    assert bn.act == 0.0 and repr(relu) == "ReLU(inplace=True)"  # per-channel FiLM: BN + FiLM + ReLU in one pass
+    text, z = torch.randn(4, 32), torch.randn(4, 8)
+    outs, grads = [], []
+    for kernel in (True, False):
+        with mock.patch.object(stackgan.batch_norm_act, "enabled", kernel):
+            torch.manual_seed(1)
+            out = g(text, z)[0]
+        outs.append(out)
+        grads.append(torch.autograd.grad(out.square().sum(), [g.film[1].weight, g.up[1][1].weight]))
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-4, atol=1e-5)
+    for mine, theirs in zip(*grads):  # relative to the whole gradient: a ReLU at 0 may flip with the rounding
+        assert (mine - theirs).norm() < 1e-4 * theirs.norm()
+    x = torch.randn(4, 8, 5, 5).contiguous(memory_format=torch.channels_last)
+    gamma, beta = torch.randn(4, 8), torch.randn(4, 8)
+    norm = stackgan.BatchNorm2d(8, act=0.0)
+    with torch.no_grad():  # sampling: PyTorch's norm, then the scale and shift as before, bitwise
+        assert torch.equal(norm(x, film=(gamma, beta)),
+                           torch.nn.BatchNorm2d.forward(norm, x) * (1 + gamma[:, :, None, None]) + beta[:, :, None, None])
+    slots = stackgan.Stage1G(t_dim=32, c_dim=8, z_dim=8, gf=4, cond_norm=True, slots=2)
+    assert slots.up[0][-2].act is None  # a per-pixel scale and shift: BN, then FiLM, then ReLU, apart
+
+
 def test_stackgan_networks_use_the_kernel_batch_norm() -> None:
     nets = stackgan.build(t_dim=64, gf=16, df=16, n_res=1, stage2_size=128)
     norms = [m for name in ("G1", "G2", "D1", "D2") for m in nets[name].modules() if isinstance(m, torch.nn.BatchNorm2d)]

@@ -6,6 +6,9 @@
  * Forward: mean and 1/std per channel, the running statistics moved towards the batch's mean and unbiased variance
  * (as PyTorch does, in double), then out = act(x * scale + shift). Backward: one pass sums g = dL/dz (recomputed
  * from x) and g (x - mean) per channel, a second writes dx; dL/dw and dL/db come out of the sums.
+ * Optionally a per-sample, per-channel affine map between the norm and the activation (FiLM, a conditional batch
+ * norm): z = bn(x) * fs[n, c] + fb[n, c], folded into each sample's scale and shift; its gradients come out of the
+ * same per-sample sums (d fs = sum over pixels of g bn(x), d fb = sum of g).
  * Compiled with -ffast-math (not linked with it: see hwlib/models/c_kernels.py). */
 #include <math.h>
 #include <stdlib.h>
@@ -67,11 +70,21 @@ static inline void dx_block(const float *xs, const float *ds, float *dxs, long P
     }
 }
 
-/* mean and rstd per channel out; running_mean and running_var (NULL: not tracked) updated; out = act(bn(x)).
+/* sample n's scale and shift: the channel's, or with FiLM (fs, fb (N, C), or NULL) (bn * fs + fb) folded in */
+static inline void sample_affine(const float *scale, const float *shift, const float *fs, const float *fb, long n,
+                                 long C, float *sn, float *hn) {
+    for (long c = 0; c < C; c++) {
+        float g = fs ? fs[n * C + c] : 1.0f, f = fb ? fb[n * C + c] : 0.0f;
+        sn[c] = scale[c] * g, hn[c] = shift[c] * g + f;
+    }
+}
+
+/* mean and rstd per channel out; running_mean and running_var (NULL: not tracked) updated; out = act(bn(x)), or
+ * act(bn(x) * fs + fb) with FiLM (fs, fb (N, C); NULL: none).
  * Returns 0, or -1 where the work memory could not be allocated (nothing written). */
-int bn_act_forward_cl(const float *x, const float *w, const float *b, float *out, float *mean, float *rstd,
-                      float *running_mean, float *running_var, long N, long P, long C, float eps, float momentum,
-                      float slope, int threads) {
+int bn_act_forward_cl(const float *x, const float *w, const float *b, const float *fs, const float *fb, float *out,
+                      float *mean, float *rstd, float *running_mean, float *running_var, long N, long P, long C,
+                      float eps, float momentum, float slope, int threads) {
     double *p1 = malloc(2 * N * C * sizeof(double));
     if (!p1) return -1;
     double *p2 = p1 + N * C;
@@ -100,33 +113,44 @@ int bn_act_forward_cl(const float *x, const float *w, const float *b, float *out
     free(p1);
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (long n = 0; n < N; n++) {
-        BLOCKS(C, c0, out_block(x + n * P * C, out + n * P * C, P, C, c0, cw, scale, shift, slope))
+        float sn[C], hn[C];
+        sample_affine(scale, shift, fs, fb, n, C, sn, hn);
+        BLOCKS(C, c0, out_block(x + n * P * C, out + n * P * C, P, C, c0, cw, sn, hn, slope))
     }
     return 0;
 }
 
-/* dx (N, P, C), dw and db (C,) from dL/dout, x and the forward's mean and rstd; 0, or -1 (no memory). */
-int bn_act_backward_cl(const float *dout, const float *x, const float *w, const float *b, const float *mean,
-                       const float *rstd, float *dx, float *dw, float *db, long N, long P, long C, float slope,
-                       int threads) {
+/* dx (N, P, C), dw and db (C,) from dL/dout, x and the forward's mean and rstd; with FiLM (fs, fb (N, C); NULL:
+ * none) also dfs and dfb (N, C). 0, or -1 (no memory). */
+int bn_act_backward_cl(const float *dout, const float *x, const float *w, const float *b, const float *fs,
+                       const float *fb, const float *mean, const float *rstd, float *dx, float *dw, float *db,
+                       float *dfs, float *dfb, long N, long P, long C, float slope, int threads) {
     double *p1 = malloc(2 * N * C * sizeof(double));
     if (!p1) return -1;
     double *p2 = p1 + N * C;
-    float scale[C], shift[C], ca[C], cb[C], cc[C];
+    float scale[C], shift[C], cb[C], cc[C];
     for (long c = 0; c < C; c++) scale[c] = rstd[c] * w[c], shift[c] = b[c] - mean[c] * scale[c];
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (long n = 0; n < N; n++) {
         long o = n * P * C;
-        BLOCKS(C, c0, grad_block(x + o, dout + o, P, C, c0, cw, scale, shift, mean, slope, p1 + n * C, p2 + n * C))
+        float sn[C], hn[C];
+        sample_affine(scale, shift, fs, fb, n, C, sn, hn);
+        BLOCKS(C, c0, grad_block(x + o, dout + o, P, C, c0, cw, sn, hn, mean, slope, p1 + n * C, p2 + n * C))
     }
     double M = (double)N * (double)P;
     for (long c = 0; c < C; c++) {
-        double sg = 0.0, sgx = 0.0;  /* sums of g and g (x - mean) */
-        for (long n = 0; n < N; n++) sg += p1[n * C + c], sgx += p2[n * C + c];
+        double sg = 0.0, sgx = 0.0;  /* sums of dL/dbn and dL/dbn (x - mean) */
         double r = rstd[c];
+        for (long n = 0; n < N; n++) {
+            double a = p1[n * C + c], q = p2[n * C + c], g = fs ? fs[n * C + c] : 1.0;
+            if (fs) {
+                dfs[n * C + c] = (float)(q * r * w[c] + a * b[c]);  /* sum over pixels of dL/dz bn(x) */
+                dfb[n * C + c] = (float)a;
+            }
+            sg += g * a, sgx += g * q;
+        }
         db[c] = (float)sg;
         dw[c] = (float)(sgx * r);
-        ca[c] = scale[c];  /* rstd w */
         cb[c] = (float)(-(double)scale[c] * r * r * sgx / M);
         cc[c] = (float)(-(double)scale[c] * sg / M);
     }
@@ -134,7 +158,10 @@ int bn_act_backward_cl(const float *dout, const float *x, const float *w, const 
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (long n = 0; n < N; n++) {
         long o = n * P * C;
-        BLOCKS(C, c0, dx_block(x + o, dout + o, dx + o, P, C, c0, cw, scale, shift, mean, ca, cb, cc, slope))
+        float sn[C], hn[C], ca[C];  /* ca: dL/dz -> dx, rstd w fs */
+        sample_affine(scale, shift, fs, fb, n, C, sn, hn);
+        for (long c = 0; c < C; c++) ca[c] = scale[c] * (fs ? fs[n * C + c] : 1.0f);
+        BLOCKS(C, c0, dx_block(x + o, dout + o, dx + o, P, C, c0, cw, sn, hn, mean, ca, cb, cc, slope))
     }
     return 0;
 }

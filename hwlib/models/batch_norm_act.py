@@ -22,8 +22,8 @@ import torch
 from hwlib.models import c_kernels
 
 _P, _I64, _F32 = ctypes.c_void_p, ctypes.c_long, ctypes.c_float
-SIGNATURES = {"bn_act_forward_cl": ([_P] * 8 + [_I64] * 3 + [_F32, _F32, _F32, ctypes.c_int], ctypes.c_int),
-              "bn_act_backward_cl": ([_P] * 9 + [_I64] * 3 + [_F32, ctypes.c_int], ctypes.c_int)}
+SIGNATURES = {"bn_act_forward_cl": ([_P] * 10 + [_I64] * 3 + [_F32, _F32, _F32, ctypes.c_int], ctypes.c_int),
+              "bn_act_backward_cl": ([_P] * 13 + [_I64] * 3 + [_F32, ctypes.c_int], ctypes.c_int)}
 
 enabled = os.environ.get("HWLIB_FUSED_NORM", "1") != "0"
 """Use the kernel where it applies (``HWLIB_FUSED_NORM=0`` at import, or setting this to False, turns it off)."""
@@ -50,39 +50,47 @@ def _call(kernel: Any, *args: Any) -> None:
 
 class _BatchNormAct(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-                running: tuple[torch.Tensor, torch.Tensor] | None, momentum: float, eps: float,
-                slope: float) -> torch.Tensor:
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, scale: torch.Tensor | None,
+                shift: torch.Tensor | None, running: tuple[torch.Tensor, torch.Tensor] | None, momentum: float,
+                eps: float, slope: float) -> torch.Tensor:
         b, c, h, w = x.shape
         weight, bias = weight.detach().contiguous(), bias.detach().contiguous()
+        film = None if scale is None else (scale.detach().contiguous(), shift.detach().contiguous())
         out = torch.empty_like(x, memory_format=torch.channels_last)
         mean, rstd = x.new_empty(c), x.new_empty(c)
         rm, rv = (None, None) if running is None else (running[0].data_ptr(), running[1].data_ptr())
-        _call(_library().bn_act_forward_cl, x.data_ptr(), weight.data_ptr(), bias.data_ptr(), out.data_ptr(),
+        fs, fb = (None, None) if film is None else (film[0].data_ptr(), film[1].data_ptr())
+        _call(_library().bn_act_forward_cl, x.data_ptr(), weight.data_ptr(), bias.data_ptr(), fs, fb, out.data_ptr(),
               mean.data_ptr(), rstd.data_ptr(), rm, rv, b, h * w, c, eps, momentum, slope)
-        ctx.save_for_backward(x, weight, bias)
+        ctx.save_for_backward(x, weight, bias, *(film or ()))
         ctx.mean, ctx.rstd, ctx.slope = mean, rstd, slope
         return out
 
     @staticmethod
     def backward(ctx: Any, dout: torch.Tensor) -> tuple:
-        x, weight, bias = ctx.saved_tensors
+        x, weight, bias, *film = ctx.saved_tensors
         b, c, h, w = x.shape
         dout = dout.contiguous(memory_format=torch.channels_last)
         dx = torch.empty_like(x, memory_format=torch.channels_last)
         dw, db = x.new_empty(c), x.new_empty(c)
-        _call(_library().bn_act_backward_cl, dout.data_ptr(), x.data_ptr(), weight.data_ptr(), bias.data_ptr(),
-              ctx.mean.data_ptr(), ctx.rstd.data_ptr(), dx.data_ptr(), dw.data_ptr(), db.data_ptr(), b, h * w, c,
-              ctx.slope)
-        return dx, dw, db, None, None, None, None
+        dfilm = [x.new_empty(b, c) for _ in film]
+        ptrs = [t.data_ptr() for t in film] or [None, None]
+        dptrs = [t.data_ptr() for t in dfilm] or [None, None]
+        _call(_library().bn_act_backward_cl, dout.data_ptr(), x.data_ptr(), weight.data_ptr(), bias.data_ptr(), *ptrs,
+              ctx.mean.data_ptr(), ctx.rstd.data_ptr(), dx.data_ptr(), dw.data_ptr(), db.data_ptr(), *dptrs, b, h * w,
+              c, ctx.slope)
+        return dx, dw, db, *(dfilm or (None, None)), None, None, None, None
 
 
 def batch_norm_act(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, running_mean: torch.Tensor | None,
-                   running_var: torch.Tensor | None, momentum: float, eps: float, slope: float = 1.0) -> torch.Tensor:
+                   running_var: torch.Tensor | None, momentum: float, eps: float, slope: float = 1.0,
+                   film: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """``act(F.batch_norm(x, running_mean, running_var, weight, bias, training=True, momentum, eps))`` with
     act(z) = z for z > 0, else ``slope`` z (1: none, 0: ReLU), for x as :func:`available` accepts (B > 1 or H W > 1);
     the running statistics (if given) move by ``momentum`` towards the batch's mean and unbiased variance, in place.
-    The result is channels-last."""
+    ``film``: (scale, shift), each (B, C) float32, applied per sample between the norm and the activation,
+    ``act(bn(x) * scale[:, :, None, None] + shift[:, :, None, None])`` (a conditional batch norm), with their
+    gradients. The result is channels-last."""
     if x.shape[0] * x.shape[2] * x.shape[3] < 2:
         raise ValueError(f"batch_norm_act: expected more than 1 value per channel when training, got {tuple(x.shape)}")
     if running_mean is not None and running_var is not None:
@@ -92,4 +100,8 @@ def batch_norm_act(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, ru
         running = (running_mean, running_var)
     else:
         running = None
-    return _BatchNormAct.apply(x, weight, bias, running, momentum, eps, slope)
+    scale, shift = film if film is not None else (None, None)
+    if film is not None and not (scale.shape == shift.shape == x.shape[:2] and scale.dtype == shift.dtype == torch.float32):
+        raise ValueError(f"batch_norm_act: film's scale and shift must be float32 {tuple(x.shape[:2])} tensors, got "
+                         f"{tuple(scale.shape)} {scale.dtype} and {tuple(shift.shape)} {shift.dtype}")
+    return _BatchNormAct.apply(x, weight, bias, scale, shift, running, momentum, eps, slope)

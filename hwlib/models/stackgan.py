@@ -475,15 +475,22 @@ class BatchNorm2d(nn.BatchNorm2d):
     (:func:`hwlib.models.batch_norm_act.available`); evaluation, passes without gradients (sampling,
     :func:`standing_stats`), bf16 (autocast) and other layouts go through ``nn.BatchNorm2d`` unchanged, bitwise as
     before. ``act``: the slope of the :class:`ReLU` (0) or :class:`LeakyReLU` that follows it (:func:`norm_act`),
-    which the kernel then applies in the same pass, marking its output so that the activation module passes it on."""
+    which the kernel then applies in the same pass, marking its output so that the activation module passes it on.
+    ``forward(x, film=(gamma, beta))``, each (B, C): the conditional norm ``bn(x) * (1 + gamma) + beta`` before that
+    activation (Stage-I's ``Recipe.g_cond_norm``), in the kernel's pass where it trains, else as two operations."""
 
     def __init__(self, num_features: int, *args: Any, act: float | None = None, **kwargs: Any) -> None:
         super().__init__(num_features, *args, **kwargs)
         self.act = act
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (self.training and self.affine and batch_norm_act.available(x)):
-            return super().forward(x)
+    def forward(self, x: torch.Tensor, film: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        if not (self.training and self.affine and batch_norm_act.available(x)
+                and (film is None or film[0].dtype == torch.float32)):
+            out = super().forward(x)
+            if film is not None:
+                gamma, beta = (t[:, :, None, None] for t in film)
+                out = out * (1 + gamma) + beta
+            return out
         self._check_input_dim(x)
         factor = self.momentum or 0.0
         if self.track_running_stats and self.num_batches_tracked is not None:
@@ -492,7 +499,8 @@ class BatchNorm2d(nn.BatchNorm2d):
                 factor = 1.0 / float(self.num_batches_tracked)
         stats = (self.running_mean, self.running_var) if self.track_running_stats else (None, None)
         out = batch_norm_act.batch_norm_act(x, self.weight, self.bias, *stats, factor, self.eps,
-                                            1.0 if self.act is None else self.act)
+                                            1.0 if self.act is None else self.act,
+                                            None if film is None else (1 + film[0], film[1]))
         if self.act is not None:
             out._hwlib_activated = True  # read by the ReLU / LeakyReLU that follows
         return out
@@ -586,7 +594,7 @@ class Stage1G(nn.Module):
         self.ca = CondAugment(t_dim, c_dim, ca_logvar_init)
         self.fc = nn.Sequential(nn.Linear(z_dim + c_dim, ngf * 16, bias=False), nn.BatchNorm1d(ngf * 16), nn.ReLU(True))
         widths = [max(ngf // 2**i, min_channels) for i in range(5)]
-        fused = not (cond_norm or part_slots)  # the conditional norm comes between BN and ReLU
+        fused = not (slots or part_slots)  # a per-pixel conditional norm comes between BN and ReLU
         self.up = nn.Sequential(*(up_block(widths[i], widths[i + 1], upsample, fused) for i in range(4)))
         self.to_img = nn.Sequential(nn.Conv2d(widths[-1], 3, 3, 1, 1, bias=False), nn.Tanh())
         self.apply(weights_init)
@@ -625,6 +633,10 @@ class Stage1G(nn.Module):
             return self.to_img(self.up(h)), mu, logvar
         parts = self.part_vectors(text) if self.part_film is not None else None
         for i, block in enumerate(self.up):
+            if parts is None and self.where is None:  # one (gamma, beta) per channel: in the batch norm's pass
+                film = self.film[i](c).to(h.dtype).chunk(2, dim=1)  # (B, w) each
+                h = block[-1](block[-2](block[:-2](h), film=film))  # block: up-sampling, conv, BN, ReLU
+                continue
             h = block[:-1](h)  # block[-1] is the ReLU
             gamma = beta = 0.0
             if self.film is not None and self.where is None:
