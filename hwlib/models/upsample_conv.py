@@ -51,10 +51,6 @@ def upsample_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     if weight.shape[-2:] != (3, 3):
         raise ValueError(f"upsample_conv folds a 3x3 kernel, not {tuple(weight.shape[-2:])}")
     kernel = fold_kernel(weight)
-    if _channels_last(x) or _channels_last(weight):  # as conv2d picks its output's layout from x's or the weight's
+    if not (x.is_contiguous() and weight.is_contiguous()):  # conv2d's output is channels-last where x or w is
         kernel = kernel.contiguous(memory_format=torch.channels_last)
     return F.conv_transpose2d(x, kernel, bias, stride=2, padding=1)
-
-
-def _channels_last(t: torch.Tensor) -> bool:
-    return t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
