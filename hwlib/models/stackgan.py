@@ -541,7 +541,7 @@ def norm_act(c: int, slope: float = 0.0, fused: bool = True) -> list[nn.Module]:
 class UpBlock(nn.Sequential):
     """An :func:`up_block`'s layers (or a leading slice of them), run in order as ``nn.Sequential`` runs them, except
     that a nearest ×2 followed by its 3×3 conv is computed as one transposed convolution where
-    :func:`hwlib.models.upsample_conv.available` (float32 on a CPU): the same function, 2-3x faster for StackGAN's
+    :func:`hwlib.models.upsample_conv.available` (float32 on a CPU): the same function, 1.5-2.2x faster for StackGAN's
     blocks there. It prints as the ``nn.Sequential`` it computes, so architecture printouts read as before."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -9,8 +9,8 @@ In one dimension, with u = up2(x) (u[2i] = u[2i + 1] = x[i], zero outside) and t
 which is ``conv_transpose1d(x, k, stride=2, padding=1)`` with k = (w[1], w[0] + w[1], w[-1] + w[0], w[-1]): the rows of
 :data:`FOLD` applied to (w[-1], w[0], w[1]); in two dimensions the fold acts on both axes. Every output pixel then
 costs 4 multiply-adds per channel pair instead of 9, and the up-sampled tensor (4x the input) is never written or
-read back: forward and backward of StackGAN's up-blocks on a 2-core CPU (float32, channels-last) 2-3x faster at
-64-256 px, e.g. (8, 8, 128, 128) -> 8 channels at 256 px 31 against 12 ms; the sums differ from the two-step
+read back: forward and backward of StackGAN's up-blocks on a 2-core CPU (float32, channels-last) 1.5-2.2x faster at
+64-256 px, e.g. (8, 8, 128, 128) -> 8 channels at 256 px 19.5 against 12.9 ms; the sums differ from the two-step
 computation only by float rounding (relative differences about 1e-6). The 3×3 weight stays the parameter (the fold
 is differentiable), so modules, state dicts and printouts are those of ``nn.Upsample`` + ``nn.Conv2d``.
 
