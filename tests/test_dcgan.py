@@ -38,3 +38,19 @@ def test_transposed_conv_reference_matches_pytorch(stride, padding):
     ref = transposed_conv2d_reference(x, w, stride, padding)
     torch.testing.assert_close(ref, F.conv_transpose2d(x[None], w, stride=stride, padding=padding)[0])
     assert ref.shape[1:] == ((4 - 1) * stride - 2 * padding + 4, (5 - 1) * stride - 2 * padding + 4)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_projection_is_the_first_transposed_convolution_as_a_matrix_product(bias):
+    torch.manual_seed(0)
+    layer = torch.nn.ConvTranspose2d(12, 5, 7, 1, 0, bias=bias)
+    z = torch.randn(4, 12, requires_grad=True)
+    out, ref = dcgan.project(layer, z), layer(z[:, :, None, None])
+    assert out.shape == ref.shape == (4, 5, 7, 7)
+    torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-6)
+    params = [z, layer.weight] + ([layer.bias] if bias else [])
+    g = torch.randn_like(ref)
+    for mine, theirs in zip(torch.autograd.grad(out, params, g), torch.autograd.grad(ref, params, g)):
+        torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16 runs keep the layer, and their results
+        assert torch.equal(dcgan.project(layer, z), layer(z[:, :, None, None]))
