@@ -16,7 +16,7 @@ machine's load hits both alike (the faster round of each is kept):
   since 2026-12-07; ``--ablate fused_bn`` times it against ``nn.BatchNorm2d``), and in fp32 on a CPU a nearest
   ×2 and its 3×3 convolution computed as one transposed convolution (:mod:`hwlib.models.upsample_conv`: StackGAN's
   up-blocks, the U-Net's ``Upsample``; since the same day; ``--ablate folded_up``), and the DCGAN generators'
-  first layer (a transposed convolution of a 1×1 input) as a matrix product (:func:`hwlib.models.dcgan.project`,
+  first layer (a transposed convolution of a 1×1 input) as a matrix product (:class:`hwlib.models.dcgan.ConvTranspose2d`,
   the same day; ``--ablate matmul_projection``).
 
 Both settings run in one process, and ``fit`` sets :func:`hwlib.train.keep_freed_memory` for the whole process from
@@ -119,7 +119,7 @@ class Core:
     joint_d: bool = False  # make_gan_step's one D pass over real and fakes (where D has no batch norm)
     fused_bn: bool = False  # StackGAN's batch norms in training on hwlib's CPU kernel (stackgan.BatchNorm2d, batch_norm_act)
     folded_up: bool = False  # nearest x2 + 3x3 conv as one transposed convolution (hwlib.models.upsample_conv)
-    matmul_projection: bool = False  # the DCGAN generators' first layer as a matrix product (dcgan.project)
+    matmul_projection: bool = False  # the DCGAN generators' first layer as a matrix product (dcgan.ConvTranspose2d)
 
     def net(self, module: torch.nn.Module, enabled: bool) -> torch.nn.Module:
         return maybe_compile(module, self.compile and enabled)
@@ -248,18 +248,13 @@ RUNS = {"01/stage1": run_01(1), "01/stage2": run_01(2), "02/lin": run_02, "03/ml
 PHASES = {"autograd::engine": "backward", "Optimizer.": "optimizer", "hwlib.ema": "ema"}  # inside hwlib.step
 
 
-def _layer_projection(layer: torch.nn.Module, z: torch.Tensor) -> torch.Tensor:
-    """``dcgan.project`` as it was: the transposed convolution itself."""
-    return layer(z[:, :, None, None])
-
-
 def train(name: str, core: Core, steps: int, device: torch.device, profile: bool = False) -> dict:
     """``steps`` steps of run ``name`` with ``core`` through ``fit``: steps/s, and the phases when ``profile``."""
     bf16 = "force" if os.environ.get("HWLIB_CPU_BF16") == "force" else "1"  # force: bf16 also where it is slower
     with mock.patch.dict(os.environ, {"HWLIB_CPU_BF16": bf16 if core.bf16 else "0"}), \
             mock.patch.object(batch_norm_act, "enabled", batch_norm_act.enabled and core.fused_bn), \
             mock.patch.object(upsample_conv, "enabled", upsample_conv.enabled and core.folded_up), \
-            mock.patch.object(dcgan, "project", dcgan.project if core.matmul_projection else _layer_projection):
+            mock.patch.object(dcgan, "matmul_projection", dcgan.matmul_projection and core.matmul_projection):
         torch.manual_seed(0)
         run = RUNS[name](core, steps, device)
         start = time.perf_counter()

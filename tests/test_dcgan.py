@@ -43,14 +43,16 @@ def test_transposed_conv_reference_matches_pytorch(stride, padding):
 @pytest.mark.parametrize("bias", [False, True])
 def test_projection_is_the_first_transposed_convolution_as_a_matrix_product(bias):
     torch.manual_seed(0)
-    layer = torch.nn.ConvTranspose2d(12, 5, 7, 1, 0, bias=bias)
-    z = torch.randn(4, 12, requires_grad=True)
-    out, ref = dcgan.project(layer, z), layer(z[:, :, None, None])
+    layer = dcgan.ConvTranspose2d(12, 5, 7, 1, 0, bias=bias)
+    assert repr(layer) == repr(torch.nn.ConvTranspose2d(12, 5, 7, 1, 0, bias=bias))  # printed as the paper's layer
+    z = torch.randn(4, 12, 1, 1, requires_grad=True)
+    out, ref = layer(z), torch.nn.ConvTranspose2d.forward(layer, z)
     assert out.shape == ref.shape == (4, 5, 7, 7)
     torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-6)
     params = [z, layer.weight] + ([layer.bias] if bias else [])
     g = torch.randn_like(ref)
     for mine, theirs in zip(torch.autograd.grad(out, params, g), torch.autograd.grad(ref, params, g)):
-        torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-6)
-    with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16 runs keep the layer, and their results
-        assert torch.equal(dcgan.project(layer, z), layer(z[:, :, None, None]))
+        torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-5)  # the bias: a sum over 196 values
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16 runs keep PyTorch's layer, and their results
+        assert torch.equal(layer(z), torch.nn.ConvTranspose2d.forward(layer, z))
+    assert isinstance(DCGANGenerator(z_dim=12).net[0], dcgan.ConvTranspose2d)

@@ -32,7 +32,7 @@ class DCGANGenerator(nn.Module):
         self.embed = nn.Embedding(num_classes, embed_dim) if num_classes > 0 else None
         in_dim = z_dim + (embed_dim if num_classes > 0 else 0)
         self.net = nn.Sequential(
-            nn.ConvTranspose2d(in_dim, ch * 2, 7, 1, 0, bias=False),  # 1x1 -> 7x7 (project and reshape)
+            ConvTranspose2d(in_dim, ch * 2, 7, 1, 0, bias=False),  # 1x1 -> 7x7 (project and reshape)
             nn.BatchNorm2d(ch * 2), nn.ReLU(True),
             nn.ConvTranspose2d(ch * 2, ch, 4, 2, 1, bias=False),  # 7 -> 14
             nn.BatchNorm2d(ch), nn.ReLU(True),
@@ -46,23 +46,28 @@ class DCGANGenerator(nn.Module):
             if y is None:
                 raise ValueError("a conditional generator needs labels y")
             z = torch.cat([z, self.embed(y)], dim=1)
-        first, *rest = self.net
-        h = project(first, z)
-        for layer in rest:
-            h = layer(h)
-        return h
+        return self.net(z[:, :, None, None])
 
 
-def project(layer: nn.ConvTranspose2d, z: torch.Tensor) -> torch.Tensor:
-    """G's first layer, a transposed convolution of a 1×1 input (kernel k, stride 1, no padding), on z (B, in_dim)
-    -> (B, C, k, k): ``out[b, o, i, j] = sum_c z[b, c] W[c, o, i, j]``, a matrix product. Computed as one in float32
-    on a CPU outside autocast, where oneDNN's transposed convolution of a 1×1 input is slow (forward and backward
-    at (32, 100) -> (64, 7, 7): 2.1 against 0.42 ms, 2 threads, Intel Xeon without AMX); elsewhere (bf16, CUDA) the
-    layer itself, so results made there are unchanged."""
-    if not (z.device.type == "cpu" and z.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")):
-        return layer(z[:, :, None, None])
-    out = (z @ layer.weight.flatten(1)).view(len(z), layer.out_channels, *layer.kernel_size)
-    return out if layer.bias is None else out + layer.bias[:, None, None]
+matmul_projection = True
+"""Compute G's first layer as a matrix product where :class:`ConvTranspose2d` can (False: PyTorch's layer always; a
+module global, so ``torch.compile`` guards on it)."""
+
+
+class ConvTranspose2d(nn.ConvTranspose2d):
+    """``nn.ConvTranspose2d`` (same parameters, state-dict keys and printout) for G's first layer: on a 1×1 input
+    (B, C_in, 1, 1) with stride 1 and no padding, ``out[b, o, i, j] = sum_c x[b, c] W[c, o, i, j]`` is a matrix
+    product, computed as one in float32 on a CPU outside autocast, where oneDNN's transposed convolution of a 1×1 input
+    is slow (forward and backward at (32, 100) -> (64, 7, 7): 2.1 against 0.42 ms, 2 threads, Intel Xeon without
+    AMX). Elsewhere (bf16, CUDA, other inputs) ``nn.ConvTranspose2d`` itself, so results made there are unchanged."""
+
+    def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
+        if not (matmul_projection and x.dim() == 4 and x.shape[-2:] == (1, 1) and output_size is None and self.stride == (1, 1)
+                and self.padding == (0, 0) and self.groups == 1 and x.device.type == "cpu"
+                and x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")):
+            return super().forward(x, output_size)
+        out = (x.flatten(1) @ self.weight.flatten(1)).view(len(x), self.out_channels, *self.kernel_size)
+        return out if self.bias is None else out + self.bias[:, None, None]
 
 
 class DCGANDiscriminator(nn.Module):
