@@ -62,9 +62,10 @@ class ConvTranspose2d(nn.ConvTranspose2d):
     AMX). Elsewhere (bf16, CUDA, other inputs) ``nn.ConvTranspose2d`` itself, so results made there are unchanged."""
 
     def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
-        if not (matmul_projection and x.dim() == 4 and x.shape[-2:] == (1, 1) and output_size is None and self.stride == (1, 1)
-                and self.padding == (0, 0) and self.groups == 1 and x.device.type == "cpu"
-                and x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")):
+        one_by_one = (x.dim() == 4 and x.shape[-2:] == (1, 1) and output_size is None and self.stride == (1, 1)
+                      and self.padding == (0, 0) and self.dilation == (1, 1) and self.groups == 1)
+        if not (matmul_projection and one_by_one and x.device.type == "cpu" and x.dtype == torch.float32
+                and not torch.is_autocast_enabled("cpu")):
             return super().forward(x, output_size)
         out = (x.flatten(1) @ self.weight.flatten(1)).view(len(x), self.out_channels, *self.kernel_size)
         return out if self.bias is None else out + self.bias[:, None, None]
