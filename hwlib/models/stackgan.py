@@ -533,7 +533,8 @@ def norm_act(c: int, slope: float = 0.0, fused: bool = True) -> list[nn.Module]:
     """Batch norm of ``c`` channels then ReLU (``slope`` 0) or LeakyReLU(``slope``, in place), as two modules for a
     Sequential (the keys and printout of ``nn.BatchNorm2d`` and ``nn.ReLU`` / ``nn.LeakyReLU``). ``fused``: where
     the kernel trains the batch norm it applies the activation too, and the activation module passes its output on;
-    ``fused=False`` where something comes between the two (Stage-I's conditional norm)."""
+    ``fused=False`` where something comes between the two (Stage-I's per-pixel conditional norm: ``g_slots``,
+    ``g_part_attention``; a per-channel one goes into the kernel's pass, ``BatchNorm2d(x, film=...)``)."""
     act = ReLU(True) if slope == 0 else LeakyReLU(slope, True)
     return [BatchNorm2d(c, act=slope if fused else None), act]
 
@@ -558,7 +559,7 @@ class UpBlock(nn.Sequential):
 
 def up_block(c_in: int, c_out: int, mode: str = "nearest", fused: bool = True) -> UpBlock:
     """(B, c_in, H, W) -> (B, c_out, 2H, 2W): nearest + conv3x3, or conv3x3 (ICNR) + PixelShuffle; then BN + ReLU
-    (:func:`norm_act`; ``fused=False`` where something comes between the two: Stage-I's conditional norm)."""
+    (:func:`norm_act`; ``fused=False`` where something comes between the two: Stage-I's per-pixel conditional norm)."""
     if mode == "nearest":
         layers = [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c_in, c_out, 3, 1, 1, bias=False)]
     elif mode == "pixelshuffle":
