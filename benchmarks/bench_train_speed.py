@@ -57,9 +57,9 @@ range and each side's minor page faults per step. Writes ``train_speed_<device>_
 ``--from-scratch NB [NB ...]`` runs each named notebook under papermill (``quick``) as a new machine would: an empty
 checkpoint folder, figures in a scratch folder, and with ``--fresh-data`` an empty data folder too (notebook 01 then
 draws SynthBirds and trains its caption encoder; the MNIST notebooks would need a download). It records the wall time
-of the whole run beside the training seconds of each of its runs, at the thread count ``OMP_NUM_THREADS`` pins:
-``benchmarks/results/notebook_time_<device>_from_scratch[_<tag>].json`` (notebook 01's 15-minute budget is this wall
-time). With ``--keep`` the timed run is kept to publish: the executed notebook as ``runs/<notebook>.ipynb``, its figures
+of the whole run beside the training seconds of each of its runs and its eight slowest cells, at the thread count
+``OMP_NUM_THREADS`` pins: ``benchmarks/results/notebook_time_<device>_from_scratch[_<tag>].json`` (notebook 01's
+15-minute budget is this wall time). With ``--keep`` the timed run is kept to publish: the executed notebook as ``runs/<notebook>.ipynb``, its figures
 and its checkpoints (:func:`keep_run`).
 """
 from __future__ import annotations
@@ -392,9 +392,10 @@ def from_scratch(notebooks: list[str], fresh_data: bool, profile: str = "quick",
                 if keep:
                     keep_run(notebook, work, work / "out.ipynb")
             training = training_seconds(work / "runs" / notebook / profile)
+            cells = nbtools.slowest_cells(work / "out.ipynb") if (work / "out.ipynb").is_file() else []
         total = round(sum(training.values()), 1)
         out[notebook] = {"wall_s": round(wall, 1), "training_s": training, "training_total_s": total,
-                         "other_s": round(wall - total, 1), "fresh_data": fresh_data,
+                         "other_s": round(wall - total, 1), "slowest_cells": cells, "fresh_data": fresh_data,
                          "threads": int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads()))}
         print(f"{notebook}: {wall:.0f} s from scratch ({total:.0f} s training: "
               + ", ".join(f"{k} {v:.0f} s" for k, v in training.items()) + ")", flush=True)

@@ -67,6 +67,17 @@ def wall_seconds(path: Path) -> int | None:
     return json.loads(Path(path).read_text()).get("metadata", {}).get("hwlib", {}).get("wall_seconds")
 
 
+def slowest_cells(path: Path, n: int = 8) -> list[dict]:
+    """The ``n`` longest code cells of an executed notebook (papermill's per-cell durations), longest first:
+    [{"cell": index among all cells, "seconds", "source": the cell's first line}]; [] where none was timed."""
+    cells = json.loads(Path(path).read_text()).get("cells", [])
+    timed = [{"cell": i, "seconds": round(float(c["metadata"]["papermill"]["duration"]), 1),
+              "source": "".join(c.get("source", "")).strip().split("\n")[0][:100]}
+             for i, c in enumerate(cells)
+             if c["cell_type"] == "code" and c.get("metadata", {}).get("papermill", {}).get("duration") is not None]
+    return sorted(timed, key=lambda c: -c["seconds"])[:n]
+
+
 def clean(nb: dict) -> dict:
     """Strip run metadata and papermill's ``injected-parameters`` cell from a notebook dict (in place); return it.
 

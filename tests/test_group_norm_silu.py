@@ -114,7 +114,7 @@ def test_without_a_compiler_the_norm_falls_back(isolated_paths, monkeypatch):
         torch.testing.assert_close(gn.silu(x, shift), F.silu(gn(x + shift[:, :, None, None])))
 
 
-def test_group_norm_silu_takes_the_kernel_only_in_compiled_float32_training():
+def test_group_norm_silu_takes_the_kernel_only_in_compiled_float32():
     torch.manual_seed(0)
     gn = norm(16)
     x = torch.randn(2, 16, 5, 5)
@@ -125,13 +125,15 @@ def test_group_norm_silu_takes_the_kernel_only_in_compiled_float32_training():
             traced = gn.silu(x)
             assert fused.call_count == 1
             with torch.no_grad():
-                gn.silu(x)  # sampling
+                sampled = gn.silu(x)  # sampling: the kernel too
+            assert fused.call_count == 2
             gn.silu(x.bfloat16())  # bf16 autocast's tensors
             with mock.patch.object(gns, "enabled", False):  # HWLIB_FUSED_NORM=0
                 gn.silu(x)
-            assert fused.call_count == 1
+            assert fused.call_count == 2
             shift = torch.randn(2, 16)
             traced_shifted = gn.silu(x, shift)  # the time embedding goes into the kernel
-            assert fused.call_count == 2 and fused.call_args.args[-1] is shift
+            assert fused.call_count == 3 and fused.call_args.args[-1] is shift
     torch.testing.assert_close(traced, eager, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(sampled, eager, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(traced_shifted, gn.silu(x, shift), atol=1e-5, rtol=1e-5)

@@ -3,6 +3,7 @@ up-sampling."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from unittest import mock
 
 import pytest
@@ -10,9 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hwlib.models import upsample_conv
-from hwlib.models.unet import (AttnBlock, Downsample, GroupNorm, UNet, Upsample, channelwise_group_norm, nearest_up2,
-                               norm, timestep_embedding)
+from hwlib.models import group_norm_silu, upsample_conv
+from hwlib.models.unet import (AttnBlock, Downsample, GroupNorm, TimeResBlock, UNet, Upsample, build,
+                               channelwise_group_norm, nearest_up2, norm, timestep_embedding)
 
 
 def _net(**kw) -> UNet:
@@ -206,3 +207,33 @@ def test_upsample_takes_the_broadcast_only_in_compiled_training():
     assert eager.shape == (2, 4, 6, 6) and torch.equal(sampled, eager)
     torch.testing.assert_close(traced, eager)  # traced: channels-last, whose convolution sums in another order on
     # some CPUs (an AMD EPYC with AVX2: not bitwise equal; an Intel Xeon with AMX: equal)
+
+
+def test_compiled_float32_sampling_takes_the_fused_norms_and_gives_the_eager_outputs(monkeypatch):
+    """Sampling (no gradient) through ``torch.compile`` in float32 on a CPU runs the GroupNorm → SiLU pairs as the
+    fused kernel, channels-last, with the eager network's outputs up to float rounding."""
+    from hwlib import train
+
+    monkeypatch.delenv("HWLIB_DRYRUN", raising=False)
+    monkeypatch.setenv("HWLIB_CPU_BF16", "0")
+    torch.manual_seed(0)
+    unet = build({"ch": 8, "channel_mult": [1, 2], "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0})
+    for p in unet.parameters():  # no zero-initialised layer: every path shows in the output
+        nn.init.normal_(p, std=0.1)
+    x, t = torch.randn(3, 1, 28, 28), torch.tensor([0, 50, 199])
+    with torch.no_grad():
+        eager = unet.eval()(x, t)
+    ops = []
+
+    def graph_ops(gm: torch.fx.GraphModule, inputs) -> Callable:  # a torch.compile backend: records the traced ops
+        ops.extend(n.target for n in gm.graph.nodes if n.op == "call_function")
+        return gm.forward
+
+    with torch.no_grad():
+        torch.compile(unet, backend=graph_ops)(x, t)
+    blocks = sum(isinstance(m, TimeResBlock) for m in unet.modules())
+    assert ops.count(torch.ops.hwlib.group_norm_silu.default) == 2 * blocks + 1  # two pairs in every ResNet block
+    # and the output's
+    out = train.SamplingNet(unet, compile=True)(x, t)  # inductor
+    assert out.dtype == torch.float32 and not out.requires_grad
+    torch.testing.assert_close(out, eager, atol=1e-5, rtol=1e-4)

@@ -1,5 +1,6 @@
-"""GroupNorm followed by SiLU as one CPU kernel for training in float32: ``silu(group_norm(x + shift))``, x
-(B, C, H, W) and an optional per-channel shift (B, C) (the U-Net's time embedding) -> (B, C, H, W), with gradients.
+"""GroupNorm followed by SiLU as one CPU kernel in float32 (compiled training and sampling):
+``silu(group_norm(x + shift))``, x (B, C, H, W) and an optional per-channel shift (B, C) (the U-Net's time embedding)
+-> (B, C, H, W), with gradients.
 
 Inductor, which compiles the U-Net's training step on a CPU, writes every value it reuses that holds an exponential
 to memory (``should_realize_on_reuse``), so the backward of a GroupNorm → SiLU pair recomputes the norm's output and
