@@ -20,14 +20,11 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-# Every notebook, one after another, with profile `auto` (full on a GPU, quick on a CPU).
+# Every notebook with profile `auto` (full on a GPU, quick on a CPU) into runs/: one after another on a GPU; on a CPU
+# two at a time, each on half the cores, the longest first (hwlib.nbtools.run_all; each one's log in runs/<name>.log).
+# HWLIB_LANES=1 runs them one after another, OMP_NUM_THREADS sets the threads of each.
 run: setup
-	@mkdir -p runs
-	@echo "== torch threads: $${OMP_NUM_THREADS:-torch's default, one per core} (OMP_NUM_THREADS=1 on a busy machine); load: $$(cut -d' ' -f1 /proc/loadavg 2>/dev/null)"
-	@set -e; for nb in $(NOTEBOOKS); do \
-	  echo "== papermill $$nb -> runs/$$(basename $$nb)"; \
-	  HWLIB_PROGRESS=plain $(BIN)/papermill "$$nb" "runs/$$(basename $$nb)" -k python3 -p profile auto --log-output --no-progress-bar; \
-	done
+	@HWLIB_PROGRESS=plain $(BIN)/python -m hwlib.nbtools run runs $(NOTEBOOKS)
 	@echo "figures and GIFs are in figures/<notebook>/"
 
 # Unit tests and nbval on every notebook (smoke profile). pytest's exit code 5 (nothing collected) fails.

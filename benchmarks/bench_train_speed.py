@@ -59,8 +59,11 @@ checkpoint folder, figures in a scratch folder, and with ``--fresh-data`` an emp
 draws SynthBirds and trains its caption encoder; the MNIST notebooks would need a download). It records the wall time
 of the whole run beside the training seconds of each of its runs and its eight slowest cells, at the thread count
 ``OMP_NUM_THREADS`` pins: ``benchmarks/results/notebook_time_<device>_from_scratch[_<tag>].json`` (notebook 01's
-15-minute budget is this wall time). With ``--keep`` the timed run is kept to publish: the executed notebook as ``runs/<notebook>.ipynb``, its figures
-and its checkpoints (:func:`keep_run`).
+15-minute budget is this wall time). ``--make-run NB [NB ...]`` runs the named notebooks from scratch in one scratch
+folder as ``make run`` does (:func:`hwlib.nbtools.run_all`: two at a time on a CPU, each on half the cores) and records
+the whole run's wall time beside each notebook's: ``notebook_time_<device>_make_run[_<tag>].json`` (the 30-minute
+``make run`` goal is this wall time). With ``--keep`` the timed run is kept to publish: the executed notebook as
+``runs/<notebook>.ipynb``, its figures and its checkpoints (:func:`keep_run`).
 """
 from __future__ import annotations
 
@@ -402,6 +405,34 @@ def from_scratch(notebooks: list[str], fresh_data: bool, profile: str = "quick",
     return out
 
 
+def make_run(notebooks: list[str], fresh_data: bool, profile: str = "quick", keep: bool = False) -> dict:
+    """The notebooks from scratch as ``make run`` runs them (:func:`hwlib.nbtools.run_all`: two at a time on a CPU,
+    each on half the cores, unless ``HWLIB_LANES`` / ``OMP_NUM_THREADS`` say otherwise) in one scratch folder:
+    {"lanes", "threads", "wall_s", "notebooks": {notebook: {"wall_s", "training_s", "training_total_s",
+    "slowest_cells", "returncode"}}}."""
+    lanes, threads = nbtools.lanes_and_threads(nbtools.cpu_cores(), torch.cuda.is_available())
+    with tempfile.TemporaryDirectory(prefix="hwlib-scratch-") as tmp:
+        work = Path(tmp)
+        env = {"HWLIB_RUNS": str(work / "runs"), "HWLIB_FIGURES": str(work / "figures"), "HWLIB_PROGRESS": "off",
+               "MPLBACKEND": "Agg", "HWLIB_PROFILE": "", **({"HWLIB_DATA": str(work / "data")} if fresh_data else {})}
+        try:
+            summary = nbtools.run_all(notebooks, work / "out", {"profile": profile}, lanes=lanes, threads=threads, env=env)
+        finally:
+            if keep:
+                for notebook in notebooks:
+                    keep_run(notebook, work, work / "out" / f"{notebook}.ipynb")
+        for notebook, row in summary["notebooks"].items():
+            training = training_seconds(work / "runs" / notebook / profile)
+            executed = work / "out" / f"{notebook}.ipynb"
+            row.update({"training_s": training, "training_total_s": round(sum(training.values()), 1),
+                        "slowest_cells": nbtools.slowest_cells(executed) if executed.is_file() else []})
+            row.pop("log")
+    summary["fresh_data"] = fresh_data
+    print(f"make run: {summary['wall_s']:.0f} s for {len(notebooks)} notebooks, {lanes} at a time, {threads} threads "
+          "each: " + ", ".join(f"{k} {v['wall_s']:.0f} s" for k, v in summary["notebooks"].items()), flush=True)
+    return summary
+
+
 class AllocatorSide:
     """One side of ``--allocator``, in its own process: trains a run with the ``after`` core through ``fit``."""
 
@@ -455,6 +486,8 @@ def main() -> None:
     parser.add_argument("--from-scratch", nargs="+", metavar="NB", help="run these notebooks with no checkpoints and time them")
     parser.add_argument("--allocator", nargs="+", metavar="RUN", choices=list(RUNS),
                         help="time these runs with freed memory kept against glibc's defaults, each in its own process")
+    parser.add_argument("--make-run", nargs="+", metavar="NB", help="run these notebooks from scratch as make run "
+                        "does (two at a time on a CPU) and time the whole")
     parser.add_argument("--fresh-data", action="store_true", help="with --from-scratch: an empty data folder too")
     parser.add_argument("--keep", action="store_true", help="with --from-scratch: keep the executed notebook (runs/), its "
                         "figures and its checkpoints (where no run of that name exists), to publish the timed run")
@@ -468,6 +501,10 @@ def main() -> None:
         write_result(f"train_speed_{device.type}_allocator",
                      {"threads": torch.get_num_threads(), "steps": args.steps, "rounds": args.rounds,
                       "runs": allocator(args.allocator, args.steps, args.rounds)}, device, tag=args.tag)
+        return
+    if args.make_run:
+        write_result(f"notebook_time_{device.type}_make_run",
+                     make_run(args.make_run, args.fresh_data, keep=args.keep), device, tag=args.tag)
         return
     if args.from_scratch:
         write_result(f"notebook_time_{device.type}_from_scratch",

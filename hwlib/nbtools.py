@@ -4,6 +4,8 @@
 keeps the outputs but strips papermill and widget metadata, execution timestamps, and widget
 views (their plain-text fallback stays), and sets the kernelspec to ``python3``.
 ``python -m hwlib.nbtools check notebooks/*.ipynb`` verifies the conventions.
+``python -m hwlib.nbtools run OUT_DIR NOTEBOOK...`` runs the notebooks (profile ``auto``) under papermill into
+``OUT_DIR``, two at a time on a CPU (:func:`run_all`, ``make run``), with a summary in ``OUT_DIR/run_all.json``.
 ``python -m hwlib.nbtools report OUT_DIR NOTEBOOK...`` writes one self-contained HTML file per notebook (``make report``).
 ``python -m hwlib.nbtools numbers NOTEBOOK...`` lists the decimal numbers of the Markdown that no output prints
 (:func:`unprinted_numbers`): after a re-run, the prose that still quotes the old run.
@@ -13,12 +15,16 @@ tests, ``benchmarks/bench_cost.py`` and ``benchmarks/bench_seeds.py`` use it).
 from __future__ import annotations
 
 import base64
+import concurrent.futures
+import contextlib
 import json
 import mimetypes
 import os
 import re
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,26 +34,105 @@ KERNELSPEC = {"display_name": "Python 3", "language": "python", "name": "python3
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 
 
+def _notebook_path(notebook: str | Path) -> Path:
+    """A path as given, or a name (``"03_cgan_mnist"``) under the checkout's ``notebooks/``."""
+    path = Path(notebook)
+    return path if path.suffix else (repo_root() or Path.cwd()) / "notebooks" / f"{notebook}.ipynb"
+
+
+def _papermill(path: Path, out: Path, parameters: dict[str, Any], *extra: str) -> list[str]:
+    """The papermill command that runs ``path`` into ``out`` with ``parameters``, kernel ``python3``, no progress bar."""
+    args = [sys.executable, "-m", "papermill", str(path), str(out), "-k", "python3", "--no-progress-bar", *extra]
+    for key, value in parameters.items():
+        args += ["-p", key, str(value)]
+    return args
+
+
 def execute(notebook: str | Path, out: Path, work: Path, parameters: dict[str, Any], env: dict[str, str] | None = None,
             check: bool = True) -> subprocess.CompletedProcess:
     """Run ``notebook`` (a path, or a name under the checkout's ``notebooks/``) with papermill into ``out``, with
     ``parameters`` (e.g. ``{"profile": "quick", "seed": 1}``), checkpoints in ``work/runs`` and figures in
     ``work/figures``, no progress bars, ``$HWLIB_PROFILE`` unset and ``env`` on top. Output is captured (text);
     ``check`` raises on failure with the end of papermill's error."""
-    path = Path(notebook)
-    if not path.suffix:
-        path = (repo_root() or Path.cwd()) / "notebooks" / f"{notebook}.ipynb"
+    path = _notebook_path(notebook)
     out.parent.mkdir(parents=True, exist_ok=True)
     full_env = {**os.environ, "HWLIB_RUNS": str(work / "runs"), "HWLIB_FIGURES": str(work / "figures"),
                 "HWLIB_PROGRESS": "off", "MPLBACKEND": "Agg", **(env or {})}
     full_env.pop("HWLIB_PROFILE", None)
-    args = [sys.executable, "-m", "papermill", str(path), str(out), "-k", "python3", "--no-progress-bar"]
-    for key, value in parameters.items():
-        args += ["-p", key, str(value)]
-    run = subprocess.run(args, env=full_env, capture_output=True, text=True)
+    run = subprocess.run(_papermill(path, out, parameters), env=full_env, capture_output=True, text=True)
     if check and run.returncode != 0:
         raise RuntimeError(f"{path.name} failed under papermill ({parameters}):\n{run.stderr[-3000:]}")
     return run
+
+
+def cpu_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask, which containers narrow), else ``os.cpu_count()``."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def lanes_and_threads(cores: int, gpu: bool) -> tuple[int, int]:
+    """How many notebooks :func:`run_all` runs at once, and the torch threads of each: ``$HWLIB_LANES`` and
+    ``$OMP_NUM_THREADS`` where set; otherwise one at a time where a GPU trains them (they would share its memory), and
+    on a CPU with two cores or more two at once, each on half the cores. The quick profiles' networks are small: on
+    the 2-core Intel Xeon a second thread makes one notebook 1.2-1.7x faster, a second notebook beside it does twice
+    the work (README, "Speed on a CPU")."""
+    lanes = int(os.environ.get("HWLIB_LANES") or 0) or (1 if gpu or cores < 2 else 2)
+    threads = int(os.environ.get("OMP_NUM_THREADS") or 0) or max(1, cores // lanes)
+    return lanes, threads
+
+
+def run_all(notebooks: list[str | Path], out_dir: Path, parameters: dict[str, Any], *, lanes: int, threads: int,
+            env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run ``notebooks`` under papermill into ``out_dir/<name>.ipynb``, ``lanes`` at a time, each with ``threads``
+    torch threads (``OMP_NUM_THREADS``) and ``env`` on top of this process's environment; the longest first (by the
+    wall time each published notebook records), each lane taking the next when its notebook ends. With one lane
+    papermill's log streams here; with more, each notebook's goes to ``out_dir/<name>.log`` and a line marks its
+    start and end. A failing notebook does not stop the others; Ctrl-C stops them all (their checkpoints stay).
+    Returns ``{"lanes", "threads", "wall_s", "notebooks": {name: {"wall_s", "returncode", "log"}}}``."""
+    paths = sorted((_notebook_path(n) for n in notebooks), key=lambda p: -(wall_seconds(p) or 0) if p.is_file() else 0)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    full_env = {**os.environ, "OMP_NUM_THREADS": str(threads), **(env or {})}
+    results: dict[str, dict[str, Any]] = {}
+    running: set[subprocess.Popen] = set()
+    lock = threading.Lock()
+    start = time.perf_counter()
+
+    def one(path: Path) -> None:
+        log = out_dir / f"{path.stem}.log" if lanes > 1 else None
+        began = time.perf_counter()
+        with open(log, "w") if log else contextlib.nullcontext() as sink:
+            if log:
+                print(f"== {path.stem}: started at {began - start:.0f} s (log: {log})", flush=True)
+            else:
+                print(f"== papermill {path} -> {out_dir / path.name}", flush=True)
+            proc = subprocess.Popen(_papermill(path, out_dir / path.name, parameters, "--log-output"), env=full_env,
+                                    stdout=sink, stderr=subprocess.STDOUT if sink else None)
+            with lock:
+                running.add(proc)
+            code = proc.wait()
+            with lock:
+                running.discard(proc)
+        wall = time.perf_counter() - began
+        results[path.stem] = {"wall_s": round(wall, 1), "returncode": code, "log": str(log) if log else None}
+        status = "done" if code == 0 else f"FAILED (exit code {code}{f'; see {log}' if log else ''})"
+        print(f"== {path.stem}: {status} in {wall:.0f} s", flush=True)
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=lanes) as pool:
+        futures = [pool.submit(one, path) for path in paths]
+        try:
+            for future in concurrent.futures.as_completed(futures):
+                future.result()
+        except KeyboardInterrupt:
+            pool.shutdown(wait=False, cancel_futures=True)
+            with lock:
+                for proc in running:
+                    proc.terminate()
+            raise
+    return {"lanes": lanes, "threads": threads, "wall_s": round(time.perf_counter() - start, 1),
+            "notebooks": {p.stem: results[p.stem] for p in paths if p.stem in results}}
 
 
 def _tags(cell: dict) -> list[str]:
@@ -245,6 +330,20 @@ def main(argv: list[str]) -> int:
             for i, number, context in found:
                 print(f"  cell {i}: {number}  ...{context}...")
         return 0
+    if len(argv) >= 3 and argv[0] == "run":
+        import torch
+
+        cores = cpu_cores()
+        lanes, threads = lanes_and_threads(cores, torch.cuda.is_available())
+        load = f"{os.getloadavg()[0]:.2f}" if hasattr(os, "getloadavg") else "unknown"
+        print(f"== {len(argv) - 2} notebooks, {lanes} at a time, {threads} torch threads each ({cores} cores, load "
+              f"{load}; HWLIB_LANES and OMP_NUM_THREADS choose otherwise)", flush=True)
+        summary = run_all(argv[2:], Path(argv[1]), {"profile": "auto"}, lanes=lanes, threads=threads)
+        (Path(argv[1]) / "run_all.json").write_text(json.dumps(summary, indent=1) + "\n")
+        failed = [name for name, r in summary["notebooks"].items() if r["returncode"] != 0]
+        print(f"== {len(summary['notebooks'])} notebooks in {summary['wall_s']:.0f} s"
+              + (f"; FAILED: {', '.join(failed)}" if failed else ""), flush=True)
+        return 1 if failed else 0
     if len(argv) >= 3 and argv[0] == "report":
         for f in argv[2:]:
             print(f"report: {report(Path(f), Path(argv[1]))}")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gzip
 import shutil
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -74,6 +75,23 @@ def test_auto_prefers_local_and_says_so(tmp_path, gz_dir, capsys):
     _copy(gz_dir, tmp_path)
     load_mnist("test", data_dir=tmp_path)
     assert "source 'local'" in capsys.readouterr().out
+
+
+def test_a_download_under_way_in_another_process_is_waited_for(tmp_path, idx_arrays):
+    """While another process holds the folder's lock (downloading, say), load_mnist waits, then reads the complete
+    files it left instead of a half-written one."""
+    fcntl = pytest.importorskip("fcntl")
+    loaded = []
+    with open(tmp_path / ".mnist.lock", "a") as held:  # the other process: a lock on its own open file
+        fcntl.flock(held, fcntl.LOCK_EX)
+        reader = threading.Thread(target=lambda: loaded.append(load_mnist("test", data_dir=tmp_path, verbose=False)))
+        reader.start()
+        reader.join(timeout=1.0)
+        assert reader.is_alive() and not loaded  # waiting, not failing on the missing files
+        _write(tmp_path, {"t10k": idx_arrays["t10k"]})  # the download completes
+        fcntl.flock(held, fcntl.LOCK_UN)
+    reader.join(timeout=30)
+    assert loaded and loaded[0][0].shape == (10_000, 1, 28, 28)
 
 
 def test_truncated_file_names_file_and_remedy(tmp_path, idx_arrays):

