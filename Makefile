@@ -21,7 +21,8 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 # Every notebook with profile `auto` (full on a GPU, quick on a CPU) into runs/: one after another on a GPU; on a CPU
-# two at a time, each on half the cores, the longest first (hwlib.nbtools.run_all; each one's log in runs/<name>.log).
+# two at a time, each on half the cores: 01 in one lane, 02-04 after each other in the other (hwlib.nbtools.run_all;
+# each one's log in runs/<name>.log).
 # HWLIB_LANES=1 runs them one after another, OMP_NUM_THREADS sets the threads of each.
 run: setup
 	@HWLIB_PROGRESS=plain $(BIN)/python -m hwlib.nbtools run runs $(NOTEBOOKS)

@@ -41,10 +41,10 @@ def test_two_lanes_on_a_cpu_one_on_a_gpu_and_the_environment_overrides(monkeypat
     assert nbtools.lanes_and_threads(2, gpu=False) == (1, 3)
 
 
-def _script_notebook(path: Path, source: str, wall_seconds: int) -> Path:
-    """A one-cell notebook whose published run took ``wall_seconds``."""
+def _script_notebook(path: Path, source: str) -> Path:
+    """A notebook of a parameters cell and ``source``."""
     nb = {"nbformat": 4, "nbformat_minor": 5,
-          "metadata": {"kernelspec": dict(nbtools.KERNELSPEC), "hwlib": {"wall_seconds": wall_seconds}},
+          "metadata": {"kernelspec": dict(nbtools.KERNELSPEC)},
           "cells": [{"cell_type": "code", "id": "c1", "metadata": {"tags": ["parameters"]}, "execution_count": None,
                      "outputs": [], "source": 'profile = "auto"'},
                     {"cell_type": "code", "id": "c2", "metadata": {}, "execution_count": None, "outputs": [],
@@ -53,16 +53,16 @@ def _script_notebook(path: Path, source: str, wall_seconds: int) -> Path:
     return path
 
 
-def test_run_all_runs_two_at_a_time_longest_first_and_a_failure_stops_no_other(tmp_path, capsys):
+def test_run_all_runs_two_at_a_time_in_order_and_a_failure_stops_no_other(tmp_path, capsys):
     record = tmp_path / "record.txt"
     write = f"import os, time\nopen({str(record)!r}, 'a').write(os.environ['OMP_NUM_THREADS'] + ' {{}}\\n')\n"
-    short = _script_notebook(tmp_path / "short.ipynb", write.format("short"), wall_seconds=10)
-    long = _script_notebook(tmp_path / "long.ipynb", write.format("long") + "time.sleep(1)", wall_seconds=100)
-    bad = _script_notebook(tmp_path / "bad.ipynb", "raise RuntimeError('broken on purpose')", wall_seconds=50)
+    short = _script_notebook(tmp_path / "short.ipynb", write.format("short"))
+    long = _script_notebook(tmp_path / "long.ipynb", write.format("long") + "time.sleep(1)")
+    bad = _script_notebook(tmp_path / "bad.ipynb", "raise RuntimeError('broken on purpose')")
     out = tmp_path / "out"
-    summary = nbtools.run_all([short, bad, long], out, {"profile": "smoke"}, lanes=2, threads=1)
+    summary = nbtools.run_all([long, bad, short], out, {"profile": "smoke"}, lanes=2, threads=1)
     assert summary["lanes"] == 2 and summary["threads"] == 1
-    assert list(summary["notebooks"]) == ["long", "bad", "short"]  # the longest first
+    assert list(summary["notebooks"]) == ["long", "bad", "short"]  # in the order given
     codes = {name: r["returncode"] for name, r in summary["notebooks"].items()}
     assert codes["long"] == 0 and codes["short"] == 0 and codes["bad"] != 0
     assert sorted(record.read_text().split("\n")[:-1]) == ["1 long", "1 short"]  # each at the lanes' thread count
