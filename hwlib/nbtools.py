@@ -76,9 +76,11 @@ def cpu_cores() -> int:
 def lanes_and_threads(cores: int, gpu: bool) -> tuple[int, int]:
     """How many notebooks :func:`run_all` runs at once, and the torch threads of each: ``$HWLIB_LANES`` and
     ``$OMP_NUM_THREADS`` where set; otherwise one at a time where a GPU trains them (they would share its memory), and
-    on a CPU with two cores or more two at once, each on half the cores. The quick profiles' networks are small: on
-    the 2-core Intel Xeon a second thread makes one notebook 1.2-1.7x faster, a second notebook beside it does twice
-    the work (README, "Speed on a CPU")."""
+    on a CPU with two cores or more two at once, each on half the cores. The quick profiles' networks are small, and
+    much of a notebook (Python, data, compilation, evaluation) uses one core: on the 2-core Intel Xeon without AMX
+    each notebook took 1.3-1.6x longer at 1 thread beside another than alone at 2, and the four from scratch 1,506 s
+    against about 1,930 one after another (README, "Speed on a CPU"). The numbers are then a 1-thread run's: float
+    sums in another order than at 2 threads, so GAN scores move within their seed spread."""
     lanes = int(os.environ.get("HWLIB_LANES") or 0) or (1 if gpu or cores < 2 else 2)
     threads = int(os.environ.get("OMP_NUM_THREADS") or 0) or max(1, cores // lanes)
     return lanes, threads
