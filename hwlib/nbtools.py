@@ -341,7 +341,12 @@ def main(argv: list[str]) -> int:
         load = f"{os.getloadavg()[0]:.2f}" if hasattr(os, "getloadavg") else "unknown"
         print(f"== {len(argv) - 2} notebooks, {lanes} at a time, {threads} torch threads each ({cores} cores, load "
               f"{load}; HWLIB_LANES and OMP_NUM_THREADS choose otherwise)", flush=True)
-        summary = run_all(argv[2:], Path(argv[1]), {"profile": "auto"}, lanes=lanes, threads=threads)
+        try:
+            summary = run_all(argv[2:], Path(argv[1]), {"profile": "auto"}, lanes=lanes, threads=threads)
+        except KeyboardInterrupt:
+            print("== interrupted: the notebooks were stopped; their checkpoints are kept, and running again resumes "
+                  "from them", flush=True)
+            return 130
         (Path(argv[1]) / "run_all.json").write_text(json.dumps(summary, indent=1) + "\n")
         failed = [name for name, r in summary["notebooks"].items() if r["returncode"] != 0]
         print(f"== {len(summary['notebooks'])} notebooks in {summary['wall_s']:.0f} s"
