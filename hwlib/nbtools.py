@@ -91,9 +91,8 @@ def run_all(notebooks: list[str | Path], out_dir: Path, parameters: dict[str, An
     """Run ``notebooks`` under papermill into ``out_dir/<name>.ipynb``, ``lanes`` at a time, each with ``threads``
     torch threads (``OMP_NUM_THREADS``) and ``env`` on top of this process's environment, in the order given, each lane
     taking the next when its notebook ends (``make run``: 01, the longest, in one lane; 02, 03 and 04 one after
-    another in the other). With one lane
-    papermill's log streams here; with more, each notebook's goes to ``out_dir/<name>.log`` and a line marks its
-    start and end. A failing notebook does not stop the others; Ctrl-C stops them all (their checkpoints stay).
+    another in the other). With one lane papermill's log streams here; with more, each notebook's goes to
+    ``out_dir/<name>.log`` and a line marks its start and end. A failing notebook does not stop the others; Ctrl-C stops them all (their checkpoints stay).
     Returns ``{"lanes", "threads", "wall_s", "notebooks": {name: {"wall_s", "returncode", "log"}}}``."""
     paths = [_notebook_path(n) for n in notebooks]
     out_dir.mkdir(parents=True, exist_ok=True)
