@@ -394,15 +394,21 @@ def from_scratch(notebooks: list[str], fresh_data: bool, profile: str = "quick",
                 wall = time.perf_counter() - start
                 if keep:
                     keep_run(notebook, work, work / "out.ipynb")
-            training = training_seconds(work / "runs" / notebook / profile)
-            cells = nbtools.slowest_cells(work / "out.ipynb") if (work / "out.ipynb").is_file() else []
-        total = round(sum(training.values()), 1)
-        out[notebook] = {"wall_s": round(wall, 1), "training_s": training, "training_total_s": total,
-                         "other_s": round(wall - total, 1), "slowest_cells": cells, "fresh_data": fresh_data,
-                         "threads": int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads()))}
+            timings = notebook_timings(work, notebook, profile, work / "out.ipynb")
+        total = timings["training_total_s"]
+        out[notebook] = {"wall_s": round(wall, 1), **timings, "other_s": round(wall - total, 1),
+                         "fresh_data": fresh_data, "threads": int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads()))}
         print(f"{notebook}: {wall:.0f} s from scratch ({total:.0f} s training: "
-              + ", ".join(f"{k} {v:.0f} s" for k, v in training.items()) + ")", flush=True)
+              + ", ".join(f"{k} {v:.0f} s" for k, v in timings["training_s"].items()) + ")", flush=True)
     return out
+
+
+def notebook_timings(work: Path, notebook: str, profile: str, executed: Path) -> dict:
+    """What a notebook run in the scratch folder ``work`` spent: {"training_s": {run: seconds}, "training_total_s",
+    "slowest_cells"} (the cells of ``executed``, papermill's output, where it was written)."""
+    training = training_seconds(work / "runs" / notebook / profile)
+    return {"training_s": training, "training_total_s": round(sum(training.values()), 1),
+            "slowest_cells": nbtools.slowest_cells(executed) if executed.is_file() else []}
 
 
 def make_run(notebooks: list[str], fresh_data: bool, profile: str = "quick", keep: bool = False) -> dict:
@@ -413,8 +419,7 @@ def make_run(notebooks: list[str], fresh_data: bool, profile: str = "quick", kee
     lanes, threads = nbtools.lanes_and_threads(nbtools.cpu_cores(), torch.cuda.is_available())
     with tempfile.TemporaryDirectory(prefix="hwlib-scratch-") as tmp:
         work = Path(tmp)
-        env = {"HWLIB_RUNS": str(work / "runs"), "HWLIB_FIGURES": str(work / "figures"), "HWLIB_PROGRESS": "off",
-               "MPLBACKEND": "Agg", "HWLIB_PROFILE": "", **({"HWLIB_DATA": str(work / "data")} if fresh_data else {})}
+        env = {**nbtools.scratch_env(work), **({"HWLIB_DATA": str(work / "data")} if fresh_data else {})}
         try:
             summary = nbtools.run_all(notebooks, work / "out", {"profile": profile}, lanes=lanes, threads=threads, env=env)
         finally:
@@ -422,10 +427,7 @@ def make_run(notebooks: list[str], fresh_data: bool, profile: str = "quick", kee
                 for notebook in notebooks:
                     keep_run(notebook, work, work / "out" / f"{notebook}.ipynb")
         for notebook, row in summary["notebooks"].items():
-            training = training_seconds(work / "runs" / notebook / profile)
-            executed = work / "out" / f"{notebook}.ipynb"
-            row.update({"training_s": training, "training_total_s": round(sum(training.values()), 1),
-                        "slowest_cells": nbtools.slowest_cells(executed) if executed.is_file() else []})
+            row.update(notebook_timings(work, notebook, profile, work / "out" / f"{notebook}.ipynb"))
             row.pop("log")
     summary["fresh_data"] = fresh_data
     print(f"make run: {summary['wall_s']:.0f} s for {len(notebooks)} notebooks, {lanes} at a time, {threads} threads "

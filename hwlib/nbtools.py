@@ -48,17 +48,22 @@ def _papermill(path: Path, out: Path, parameters: dict[str, Any], *extra: str) -
     return args
 
 
+def scratch_env(work: Path) -> dict[str, str]:
+    """The environment of notebooks run in the scratch folder ``work``: checkpoints in ``work/runs``, figures in
+    ``work/figures``, no progress bars, matplotlib's Agg backend and ``$HWLIB_PROFILE`` empty (unset for
+    :mod:`hwlib.profiles`: the ``profile`` parameter decides, not the caller's setting)."""
+    return {"HWLIB_RUNS": str(work / "runs"), "HWLIB_FIGURES": str(work / "figures"), "HWLIB_PROGRESS": "off",
+            "MPLBACKEND": "Agg", "HWLIB_PROFILE": ""}
+
+
 def execute(notebook: str | Path, out: Path, work: Path, parameters: dict[str, Any], env: dict[str, str] | None = None,
             check: bool = True) -> subprocess.CompletedProcess:
     """Run ``notebook`` (a path, or a name under the checkout's ``notebooks/``) with papermill into ``out``, with
-    ``parameters`` (e.g. ``{"profile": "quick", "seed": 1}``), checkpoints in ``work/runs`` and figures in
-    ``work/figures``, no progress bars, ``$HWLIB_PROFILE`` unset and ``env`` on top. Output is captured (text);
-    ``check`` raises on failure with the end of papermill's error."""
+    ``parameters`` (e.g. ``{"profile": "quick", "seed": 1}``), in the scratch folder ``work`` (:func:`scratch_env`)
+    and ``env`` on top. Output is captured (text); ``check`` raises on failure with the end of papermill's error."""
     path = _notebook_path(notebook)
     out.parent.mkdir(parents=True, exist_ok=True)
-    full_env = {**os.environ, "HWLIB_RUNS": str(work / "runs"), "HWLIB_FIGURES": str(work / "figures"),
-                "HWLIB_PROGRESS": "off", "MPLBACKEND": "Agg", **(env or {})}
-    full_env.pop("HWLIB_PROFILE", None)
+    full_env = {**os.environ, **scratch_env(work), **(env or {})}
     run = subprocess.run(_papermill(path, out, parameters), env=full_env, capture_output=True, text=True)
     if check and run.returncode != 0:
         raise RuntimeError(f"{path.name} failed under papermill ({parameters}):\n{run.stderr[-3000:]}")

@@ -251,10 +251,9 @@ class Upsample(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if upsample_conv.available(x):
             return upsample_conv.upsample_conv(x, self.conv.weight, self.conv.bias)
-        if fused_norms(x) and torch.is_grad_enabled():
-            return self.conv(nearest_up2(x).contiguous(memory_format=torch.channels_last))
         if torch.compiler.is_compiling() and torch.is_grad_enabled():
-            return self.conv(nearest_up2(x))
+            up = nearest_up2(x)  # channels-last where the fused norms keep the U-Net so
+            return self.conv(up.contiguous(memory_format=torch.channels_last) if fused_norms(x) else up)
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
