@@ -1,7 +1,7 @@
 """How notebook 03's CGANs score after every epoch: the evidence for the `quick` profile's epoch count.
 
 Trains the profile's CGANs (``--models``, default conv and mlp) for ``--epochs`` epochs per training seed, exactly as
-the notebook trains them (the same builders, ``make_gan_step``, loader, EMA and ``fit``), and scores the EMA generator
+the notebook trains them (the same builders, :func:`hwlib.models.cgan.training`, loader and ``fit``), and scores the EMA generator
 after every epoch with :func:`hwlib.metrics.evaluate` (conditional accuracy, FID-MNIST, precision, recall,
 within-class spread; ``n_eval`` samples, as the notebook). The scoring runs inside ``torch.random.fork_rng`` and
 ``evaluate`` draws from its own generator, so the training after it is bitwise the notebook's run of that many epochs
@@ -27,9 +27,8 @@ import hwlib
 from hwlib import metrics
 from hwlib.bench import read_results, write_result
 from hwlib.data import ResidentLoader, load_mnist
-from hwlib.gan import make_gan_step
-from hwlib.models.cgan import build
-from hwlib.train import EMA, adam, fit, get_device, maybe_compile
+from hwlib.models.cgan import build, training
+from hwlib.train import fit, get_device
 
 NB = "03_cgan_mnist"
 KEYS = ("accuracy", "fid", "precision", "recall", "spread")
@@ -49,13 +48,8 @@ def run_seed(profile: str, seed: int, epochs: int, names: list[str], tag: str) -
     record: dict[str, list[dict[str, float]]] = {}
     for name in names:
         G, D = models[name]
-        s = settings[name]
-        opt_g, opt_d = adam(G.parameters(), lr=s.lr, betas=s.betas), adam(D.parameters(), lr=s.lr, betas=s.betas)
-        ema = EMA(G, cfg.ema_decay) if cfg.ema_decay else None
+        step, optimizers, ema = training(G, D, settings[name], cfg, device)
         sampler = ema.module if ema else G
-        fast = s.get("compile", False)
-        step = make_gan_step(maybe_compile(G, fast), maybe_compile(D, fast), opt_g, opt_d, z_dim=cfg.z_dim,
-                             n_critic=cfg.n_critic, num_classes=10, ema=ema, amp=s.get("bf16", True), device=device)
         rows = record.setdefault(name, [])
 
         def score(epoch: int) -> None:
@@ -74,9 +68,9 @@ def run_seed(profile: str, seed: int, epochs: int, names: list[str], tag: str) -
 
         start = time.perf_counter()
         with tempfile.TemporaryDirectory() as run_dir:
-            fit(step, loader, epochs=epochs, run_dir=run_dir, modules={"G": G, "D": D},
-                optimizers={"G": opt_g, "D": opt_d}, emas={"G": ema} if ema else None, seed=seed, resume=False,
-                on_epoch_end=score, progress=False, desc=name)
+            fit(step, loader, epochs=epochs, run_dir=run_dir, modules={"G": G, "D": D}, optimizers=optimizers,
+                emas={"G": ema} if ema else None, seed=seed, resume=False, on_epoch_end=score, progress=False,
+                desc=name)
         print(f"{name}: {epochs} epochs and their scoring in {time.perf_counter() - start:.0f} s", flush=True)
 
 

@@ -88,3 +88,26 @@ def test_build_gives_the_profiles_networks_in_the_notebooks_rng_order():
     mlp = build_mlp(cfg.mlp, cfg.z_dim)
     for x, y in zip([*a["conv"], *a["mlp"]], [*conv, *mlp]):
         assert all(torch.equal(p, q) for p, q in zip(x.parameters(), y.parameters()))
+
+
+def test_training_takes_the_models_settings_and_the_profiles_ema():
+    from hwlib.models.cgan import build, training
+
+    cfg = hwlib.get_profile("03_cgan_mnist", "smoke", verbose=False)
+    torch.manual_seed(0)
+    G, D = build(cfg)["mlp"]
+    settings = cfg.mlp | {"lr": 1e-3, "betas": [0.6, 0.9]}
+    step, optimizers, ema = training(G, D, settings, cfg, "cpu")
+    assert set(optimizers) == {"G", "D"}
+    for name, net in (("G", G), ("D", D)):
+        group = optimizers[name].param_groups[0]
+        assert group["lr"] == 1e-3 and group["betas"] == (0.6, 0.9) and group["fused"]
+        assert {id(p) for p in group["params"]} == {id(p) for p in net.parameters()}
+    assert ema.decay == cfg.ema_decay
+    before = [p.clone() for p in ema.module.parameters()]
+    x, y = torch.rand(cfg.batch_size, 1, 28, 28) * 2 - 1, torch.arange(cfg.batch_size) % 10
+    logs = step((x, y), 0)
+    assert {"loss_d", "loss_g"} <= set(logs)
+    assert any(not torch.equal(a, b) for a, b in zip(before, ema.module.parameters()))  # the step updates the EMA
+    _, _, no_ema = training(G, D, settings, cfg | {"ema_decay": None}, "cpu")
+    assert no_ema is None  # the full profile samples from G itself

@@ -7,7 +7,7 @@ hidden layer; the generator ends in tanh (pixels in [-1, 1]), the discriminator 
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -74,3 +74,25 @@ def build(cfg: Mapping[str, Any]) -> dict[str, tuple[nn.Module, nn.Module]]:
     c = cfg["conv"]  # built first: the order the networks draw their initial weights from the RNG
     conv = (DCGANGenerator(cfg["z_dim"], 10, c["ch"], c["embed_dim"]), DCGANDiscriminator(10, c["ch"], c["label_mode"]))
     return {"mlp": build_mlp(cfg["mlp"], cfg["z_dim"]), "conv": conv}
+
+
+def training(G: nn.Module, D: nn.Module, settings: Mapping[str, Any], cfg: Mapping[str, Any],
+             device: torch.device | str) -> tuple[Callable[..., dict[str, torch.Tensor]], dict[str, torch.optim.Optimizer], Any]:
+    """How notebook 03 trains one CGAN (also ``benchmarks/bench_cgan_epochs.py``): ``(step, optimizers, ema)``.
+
+    ``settings`` is the model's entry of the profile (``cfg.mlp``, ``cfg.conv`` or the ablation's): fused Adam for G
+    and D with its ``lr`` and ``betas``; ``torch.compile`` of both and bf16 autocast (where the CPU computes it faster)
+    as its ``compile`` and ``bf16`` say; an :class:`~hwlib.train.EMA` of G when the profile sets ``ema_decay`` (else
+    ``ema`` is None); :func:`hwlib.gan.make_gan_step` with the profile's ``z_dim`` and ``n_critic``. Pass the three
+    to :func:`hwlib.train.fit` (``optimizers=optimizers``, ``emas={"G": ema}``) and sample from ``ema.module``.
+    """
+    from hwlib.gan import make_gan_step
+    from hwlib.train import EMA, adam, maybe_compile
+
+    opt_g = adam(G.parameters(), lr=settings["lr"], betas=settings["betas"])
+    opt_d = adam(D.parameters(), lr=settings["lr"], betas=settings["betas"])
+    ema = EMA(G, cfg["ema_decay"]) if cfg.get("ema_decay") else None
+    fast = settings.get("compile", False)  # the profile says which model torch.compile speeds up
+    step = make_gan_step(maybe_compile(G, fast), maybe_compile(D, fast), opt_g, opt_d, z_dim=cfg["z_dim"],
+                         n_critic=cfg["n_critic"], num_classes=10, ema=ema, amp=settings.get("bf16", True), device=device)
+    return step, {"G": opt_g, "D": opt_d}, ema
