@@ -1,9 +1,9 @@
 """How notebook 03's CGANs score after every epoch: the evidence for the `quick` profile's epoch count.
 
 Trains the profile's CGANs (``--models``, default conv and mlp) for ``--epochs`` epochs per training seed, exactly as
-the notebook trains them (the same builders, :func:`hwlib.models.cgan.training`, loader and ``fit``), and scores the EMA generator
-after every epoch with :func:`hwlib.metrics.evaluate` (conditional accuracy, FID-MNIST, precision, recall,
-within-class spread; ``n_eval`` samples, as the notebook). The scoring runs inside ``torch.random.fork_rng`` and
+the notebook trains them (the same builders, :func:`hwlib.models.cgan.training`, loader and ``fit``), and scores the
+EMA generator after every epoch with :func:`hwlib.metrics.evaluate` (conditional accuracy, FID-MNIST, precision,
+recall, within-class spread; ``n_eval`` samples, as the notebook). The scoring runs inside ``torch.random.fork_rng`` and
 ``evaluate`` draws from its own generator, so the training after it is bitwise the notebook's run of that many epochs
 (at the same thread count): epoch ``e``'s row is what the notebook would print trained for ``e`` epochs.
 

@@ -8,10 +8,13 @@ hidden layer; the generator ends in tanh (pixels in [-1, 1]), the discriminator 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from hwlib.train import EMA
 
 
 def _mlp(sizes: Sequence[int], dropout: float = 0.0, batchnorm: bool = False) -> nn.Sequential:
@@ -76,8 +79,11 @@ def build(cfg: Mapping[str, Any]) -> dict[str, tuple[nn.Module, nn.Module]]:
     return {"mlp": build_mlp(cfg["mlp"], cfg["z_dim"]), "conv": conv}
 
 
+StepFn = Callable[[tuple[torch.Tensor, ...], int], dict[str, torch.Tensor]]
+
+
 def training(G: nn.Module, D: nn.Module, settings: Mapping[str, Any], cfg: Mapping[str, Any],
-             device: torch.device | str) -> tuple[Callable[..., dict[str, torch.Tensor]], dict[str, torch.optim.Optimizer], Any]:
+             device: torch.device | str) -> tuple[StepFn, dict[str, torch.optim.Optimizer], EMA | None]:
     """How notebook 03 trains one CGAN (also ``benchmarks/bench_cgan_epochs.py``): ``(step, optimizers, ema)``.
 
     ``settings`` is the model's entry of the profile (``cfg.mlp``, ``cfg.conv`` or the ablation's): fused Adam for G
@@ -94,5 +100,6 @@ def training(G: nn.Module, D: nn.Module, settings: Mapping[str, Any], cfg: Mappi
     ema = EMA(G, cfg["ema_decay"]) if cfg.get("ema_decay") else None
     fast = settings.get("compile", False)  # the profile says which model torch.compile speeds up
     step = make_gan_step(maybe_compile(G, fast), maybe_compile(D, fast), opt_g, opt_d, z_dim=cfg["z_dim"],
-                         n_critic=cfg["n_critic"], num_classes=10, ema=ema, amp=settings.get("bf16", True), device=device)
+                         n_critic=cfg["n_critic"], num_classes=10, ema=ema, amp=settings.get("bf16", True),
+                         device=device)
     return step, {"G": opt_g, "D": opt_d}, ema
