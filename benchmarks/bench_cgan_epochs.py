@@ -3,9 +3,11 @@
 Trains the profile's CGANs (``--models``, default conv and mlp) for ``--epochs`` epochs per training seed, exactly as
 the notebook trains them (the same builders, :func:`hwlib.models.cgan.training`, loader and ``fit``), and scores the
 EMA generator after every epoch with :func:`hwlib.metrics.evaluate` (conditional accuracy, FID-MNIST, precision,
-recall, within-class spread; ``n_eval`` samples, as the notebook). The scoring runs inside ``torch.random.fork_rng`` and
-``evaluate`` draws from its own generator, so the training after it is bitwise the notebook's run of that many epochs
-(at the same thread count): epoch ``e``'s row is what the notebook would print trained for ``e`` epochs.
+recall, within-class spread; ``n_eval`` samples from :func:`hwlib.models.cgan.sampler`, as the notebook).
+``evaluate`` seeds its own sampling; the scoring runs inside ``torch.random.fork_rng`` because ``evaluate``'s first
+call in a process builds the MNIST feature network, whose initialisation draws from torch's RNG. So the training after
+it is bitwise the notebook's run of that many epochs (at the same thread count): epoch ``e``'s row is what the
+notebook would print trained for ``e`` epochs.
 
 Each seed writes ``benchmarks/results/cgan_epochs/<profile>_seed<k>[_<tag>].json`` as it goes (rerun one seed per
 process to use both cores: ``OMP_NUM_THREADS=1``); ``--summary`` runs nothing and gathers the recorded seeds into
@@ -27,7 +29,7 @@ import hwlib
 from hwlib import metrics
 from hwlib.bench import read_results, write_result
 from hwlib.data import ResidentLoader, load_mnist
-from hwlib.models.cgan import build, training
+from hwlib.models.cgan import build, sampler, training
 from hwlib.train import fit, get_device
 
 NB = "03_cgan_mnist"
@@ -49,18 +51,13 @@ def run_seed(profile: str, seed: int, epochs: int, names: list[str], tag: str) -
     for name in names:
         G, D = models[name]
         step, optimizers, ema = training(G, D, settings[name], cfg, device)
-        sampler = ema.module if ema else G
+        net = ema.module if ema else G
         rows = record.setdefault(name, [])
 
         def score(epoch: int) -> None:
-            with torch.random.fork_rng(devices=[]):
-                net = sampler.eval()
-
-                def sample(m: int) -> tuple[torch.Tensor, torch.Tensor]:
-                    y = torch.arange(m, device=device) % 10
-                    return net(torch.randn(m, cfg.z_dim, device=device), y), y
-
-                r = metrics.evaluate(sample, n=cfg.n_eval, batch_size=cfg.eval_batch, device=device)
+            with torch.random.fork_rng(devices=[]):  # evaluate's first call builds its feature net from the RNG
+                r = metrics.evaluate(sampler(net.eval(), cfg.z_dim, device), n=cfg.n_eval,
+                                     batch_size=cfg.eval_batch, device=device)
             rows.append({"epoch": epoch, **{k: round(float(r[k]), 4) for k in KEYS}})
             print(name, rows[-1], flush=True)
             write_result(f"cgan_epochs/{profile}_seed{seed}", {"seed": seed, "epochs": epochs, "runs": record},

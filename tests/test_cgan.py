@@ -111,3 +111,17 @@ def test_training_takes_the_models_settings_and_the_profiles_ema():
     assert any(not torch.equal(a, b) for a, b in zip(before, ema.module.parameters()))  # the step updates the EMA
     _, _, no_ema = training(G, D, settings, cfg | {"ema_decay": None}, "cpu")
     assert no_ema is None  # the full profile samples from G itself
+
+
+def test_sampler_draws_balanced_labels_and_the_generators_digits():
+    from hwlib.models.cgan import MLPGenerator, sampler
+
+    torch.manual_seed(0)
+    G = MLPGenerator(z_dim=8, hidden=(16,)).eval()
+    images, labels = sampler(G, 8, "cpu")(23)
+    assert labels.tolist() == [i % 10 for i in range(23)]
+    assert images.shape == (23, 1, 28, 28) and images.abs().max() <= 1
+    torch.manual_seed(1)
+    z = torch.randn(23, 8)  # the noise comes from torch's RNG, in that order
+    torch.manual_seed(1)
+    assert torch.equal(sampler(G, 8, "cpu")(23)[0], G(z, labels))

@@ -79,6 +79,16 @@ def build(cfg: Mapping[str, Any]) -> dict[str, tuple[nn.Module, nn.Module]]:
     return {"mlp": build_mlp(cfg["mlp"], cfg["z_dim"]), "conv": conv}
 
 
+def sampler(G: nn.Module, z_dim: int, device: torch.device | str) -> Callable[[int], tuple[torch.Tensor, torch.Tensor]]:
+    """``sample(m)`` -> (images (m, 1, 28, 28) in [-1, 1], labels (m,)): ``G`` at labels 0, 1, ..., 9, 0, ... and
+    z ~ N(0, I) from torch's RNG, the sampler :func:`hwlib.metrics.evaluate` scores (notebook 03 and
+    ``benchmarks/bench_cgan_epochs.py``). Pass ``G`` in eval mode."""
+    def sample(m: int) -> tuple[torch.Tensor, torch.Tensor]:
+        y = torch.arange(m, device=device) % 10
+        return G(torch.randn(m, z_dim, device=device), y), y
+    return sample
+
+
 StepFn = Callable[[tuple[torch.Tensor, ...], int], dict[str, torch.Tensor]]
 
 
