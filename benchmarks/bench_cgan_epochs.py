@@ -4,10 +4,9 @@ Trains the profile's CGANs (``--models``, default conv and mlp) for ``--epochs``
 the notebook trains them (the same builders, :func:`hwlib.models.cgan.training`, loader and ``fit``), and scores the
 EMA generator after every epoch with :func:`hwlib.metrics.evaluate` (conditional accuracy, FID-MNIST, precision,
 recall, within-class spread; ``n_eval`` samples from :func:`hwlib.models.cgan.sampler`, as the notebook).
-``evaluate`` seeds its own sampling; the scoring runs inside ``torch.random.fork_rng`` because ``evaluate``'s first
-call in a process builds the MNIST feature network, whose initialisation draws from torch's RNG. So the training after
-it is bitwise the notebook's run of that many epochs (at the same thread count): epoch ``e``'s row is what the
-notebook would print trained for ``e`` epochs.
+``evaluate`` seeds its own sampling and leaves torch's RNG state as it was (building its feature network included),
+so the training after it is bitwise the notebook's run of that many epochs (at the same thread count): epoch ``e``'s
+row is what the notebook would print trained for ``e`` epochs.
 
 Each seed writes ``benchmarks/results/cgan_epochs/<profile>_seed<k>[_<tag>].json`` as it goes (rerun one seed per
 process to use both cores: ``OMP_NUM_THREADS=1``); ``--summary`` runs nothing and gathers the recorded seeds into
@@ -55,9 +54,8 @@ def run_seed(profile: str, seed: int, epochs: int, names: list[str], tag: str) -
         rows = record.setdefault(name, [])
 
         def score(epoch: int) -> None:
-            with torch.random.fork_rng(devices=[]):  # evaluate's first call builds its feature net from the RNG
-                r = metrics.evaluate(sampler(net.eval(), cfg.z_dim, device), n=cfg.n_eval,
-                                     batch_size=cfg.eval_batch, device=device)
+            r = metrics.evaluate(sampler(net.eval(), cfg.z_dim, device), n=cfg.n_eval, batch_size=cfg.eval_batch,
+                                 device=device)  # leaves torch's RNG state as it was: the training goes on unshifted
             rows.append({"epoch": epoch, **{k: round(float(r[k]), 4) for k in KEYS}})
             print(name, rows[-1], flush=True)
             write_result(f"cgan_epochs/{profile}_seed{seed}", {"seed": seed, "epochs": epochs, "runs": record},

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from hwlib.metrics import conditional_accuracy, evaluate, mnist_classifier, per_class_accuracy
+from hwlib.metrics import conditional_accuracy, evaluate, feature_net, mnist_classifier, per_class_accuracy
 from hwlib.metrics import inception as inception_module
 from hwlib.metrics.inception import WEIGHTS_FILE, InceptionFeatures, InceptionWeightsMissing, inception_weights_path
 from hwlib.metrics.mnist_net import WEIGHTS
@@ -27,6 +27,23 @@ def test_shipped_weights_small_and_loadable():
     x = torch.zeros(3, 1, 28, 28)
     assert net(x).shape == (3, 10) and net.features(x).shape == (3, 128)
     assert net.tag.startswith("mnist-")
+
+
+def test_building_the_feature_nets_leaves_the_callers_rng_alone():
+    """A notebook's first score builds the cached networks; their initialisation must not shift its later draws."""
+    from hwlib.metrics import features, mnist_net
+
+    features._feature_net.cache_clear()
+    mnist_net._load.cache_clear()
+    real = torch.rand(50, 1, 28, 28) * 2 - 1
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    assert feature_net("mnist", "cpu") is mnist_classifier("cpu")
+    assert torch.equal(torch.get_rng_state(), before)
+    features._feature_net.cache_clear()
+    mnist_net._load.cache_clear()
+    evaluate(lambda m: torch.zeros(m, 1, 28, 28), real=real, n=50, device="cpu")
+    assert torch.equal(torch.get_rng_state(), before)
 
 
 def test_classifier_accuracy_and_conditional_accuracy(mnist_test):

@@ -122,8 +122,7 @@ def evaluate(sampler: Sampler, real: str | torch.Tensor = "mnist-test", n: int =
                 stats.update(f)
                 feats.append(f.cpu())
                 if tuple(x.shape[1:]) == (1, 28, 28):  # digits: classify them
-                    with torch.random.fork_rng(devices=[]):  # building it once must not shift the samples' RNG
-                        clf = mnist_classifier(dev)
+                    clf = mnist_classifier(dev)  # cached; building it leaves the RNG as it was
                     logits = clf.head(f) if net is clf else clf(x)  # FID-MNIST features are its penultimate layer
                     probs.append(logits.float().softmax(1).cpu())
                     if labels is not None:

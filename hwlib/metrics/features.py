@@ -22,19 +22,22 @@ FEATURE_NETS = ("mnist", "inception", "inception-random")
 
 @functools.lru_cache(maxsize=4)
 def _feature_net(name: str, device: str) -> nn.Module:
-    if name == "mnist":
-        from hwlib.metrics.mnist_net import mnist_classifier
+    if name not in FEATURE_NETS:
+        raise ValueError(f"unknown feature network {name!r}; choose one of {FEATURE_NETS}")
+    with torch.random.fork_rng(devices=[]):  # a network's initialisation before its weights load draws from the RNG
+        if name == "mnist":
+            from hwlib.metrics.mnist_net import mnist_classifier
 
-        return mnist_classifier(device)
-    if name in ("inception", "inception-random"):
+            return mnist_classifier(device)
         from hwlib.metrics.inception import InceptionFeatures
 
         return InceptionFeatures("random" if name == "inception-random" else None, device=device)
-    raise ValueError(f"unknown feature network {name!r}; choose one of {FEATURE_NETS}")
 
 
 def feature_net(name: str | nn.Module = "mnist", device: torch.device | str | None = None) -> nn.Module:
-    """The feature network ``name`` (cached per device), or ``name`` itself when it is already a module."""
+    """The feature network ``name`` (cached per device), or ``name`` itself when it is already a module.
+
+    Building it leaves torch's RNG state as it was (a notebook's first score must not shift its later draws)."""
     if isinstance(name, nn.Module):
         return name
     from hwlib.train import get_device

@@ -67,7 +67,8 @@ def _load(device: str, path: str) -> MnistNet:
     if not Path(path).is_file():
         raise FileNotFoundError(f"no MNIST classifier weights at {path}: run `python -m hwlib.metrics.mnist_net`")
     state = torch.load(path, map_location="cpu", weights_only=True)
-    net = MnistNet(widths=tuple(state["widths"]))
+    with torch.random.fork_rng(devices=[]):  # the throw-away initialisation must not shift the caller's draws
+        net = MnistNet(widths=tuple(state["widths"]))
     net.load_state_dict(state["state_dict"])
     net.tag = "mnist-" + file_digest(path)[:8]  # names the weights in cache keys
     return net.to(device).eval().requires_grad_(False)
