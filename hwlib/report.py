@@ -14,10 +14,10 @@ import numpy as np
 PASS, FAIL = "✓", "✗"
 
 
-def claim(condition: bool, text: str) -> bool:
-    """Print ``✓ text`` when ``condition`` holds, else ``✗ text``; return the condition."""
+def claim(condition: bool, text: str) -> None:
+    """Print ``✓ text`` when ``condition`` holds, else ``✗ text``. A statement, like ``print``: it returns nothing, so
+    a notebook cell that ends with a claim shows the claim's line and no stray ``True`` under it."""
     print(f"{PASS if condition else FAIL} {text}")
-    return bool(condition)
 
 
 def spread(values: list[float] | np.ndarray, digits: int = 2) -> str:

@@ -5,8 +5,8 @@ from hwlib import report
 
 
 def test_claim_prints_its_verdict(capsys):
-    assert report.claim(2 > 1, "two beats one") is True
-    assert report.claim(False, "pigs fly") is False
+    assert report.claim(2 > 1, "two beats one") is None  # a statement: a cell ending in one shows no stray True
+    assert report.claim(False, "pigs fly") is None
     assert capsys.readouterr().out.splitlines() == ["✓ two beats one", "✗ pigs fly"]
 
 
