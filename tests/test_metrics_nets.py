@@ -116,7 +116,9 @@ def test_inception_random_weights_path(tmp_path, monkeypatch):
     path = tmp_path / WEIGHTS_FILE
     torch.save(net.state_dict(), path)
     monkeypatch.setenv("HWLIB_INCEPTION_WEIGHTS", str(path))
+    before = torch.get_rng_state()
     feats_net = InceptionFeatures()  # finds the file through the environment variable
+    assert torch.equal(torch.get_rng_state(), before)  # the initialisation its weights replace leaves the RNG alone
     assert feats_net.tag.startswith("inception-")
     grey = torch.rand(2, 1, 28, 28) * 2 - 1
     with torch.inference_mode():

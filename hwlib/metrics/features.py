@@ -22,16 +22,15 @@ FEATURE_NETS = ("mnist", "inception", "inception-random")
 
 @functools.lru_cache(maxsize=4)
 def _feature_net(name: str, device: str) -> nn.Module:
-    if name not in FEATURE_NETS:
-        raise ValueError(f"unknown feature network {name!r}; choose one of {FEATURE_NETS}")
-    with torch.random.fork_rng(devices=[]):  # a network's initialisation before its weights load draws from the RNG
-        if name == "mnist":
-            from hwlib.metrics.mnist_net import mnist_classifier
+    if name == "mnist":  # each builder initialises its network under torch.random.fork_rng
+        from hwlib.metrics.mnist_net import mnist_classifier
 
-            return mnist_classifier(device)
+        return mnist_classifier(device)
+    if name in ("inception", "inception-random"):
         from hwlib.metrics.inception import InceptionFeatures
 
         return InceptionFeatures("random" if name == "inception-random" else None, device=device)
+    raise ValueError(f"unknown feature network {name!r}; choose one of {FEATURE_NETS}")
 
 
 def feature_net(name: str | nn.Module = "mnist", device: torch.device | str | None = None) -> nn.Module:

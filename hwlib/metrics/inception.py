@@ -130,7 +130,8 @@ class InceptionFeatures(nn.Module):
         else:
             path = Path(weights) if weights is not None else inception_weights_path()
             state = torch.load(path, map_location="cpu", weights_only=True)
-            self.model, net = build_pytorch_fid_inception(state)
+            with torch.random.fork_rng(devices=[]):  # the init the weights replace: leave the RNG be
+                self.model, net = build_pytorch_fid_inception(state)
             self.tag = weights_tag(path)
         self.fc = net.fc  # 2048 -> 1008 logits of the 2015 Inception, for the Inception Score
         self.eval().requires_grad_(False)
