@@ -496,7 +496,9 @@ def fit(
         checkpoint_every: also checkpoint every this many steps (default: at each epoch end only).
         sample_fn: returns images (B, C, H, W) in [-1, 1]; saved after each epoch as
             ``grid_dir/epoch_XXX.png`` and, at the end, gathered into ``grid_dir/progress.gif``.
-        on_epoch_end: called with the finished epoch's number (1-based) before the checkpoint.
+        on_epoch_end: called with the finished epoch's number (1-based) before the checkpoint. After it (and the
+            grid) every module of ``modules`` is back in the mode it trained in, whatever the callback set (e.g.
+            ``eval()`` to score a generator without an EMA copy).
     """
     from hwlib import viz  # local import: viz pulls in matplotlib
 
@@ -583,16 +585,12 @@ DRY_RUN_STEPS = 2  # optimiser steps per training call in a dry run ($HWLIB_DRYR
 class _Grids:
     """Per-epoch sample grids (``grid_dir/epoch_XXX.png``) and, at the end, their GIF: an epoch-end callback."""
 
-    def __init__(self, sample_fn: Callable[[], torch.Tensor], grid_dir: str | os.PathLike, nrow: int,
-                 modules: dict[str, nn.Module], viz: Any) -> None:
-        self.sample_fn, self.dir, self.nrow, self.modules, self.viz = sample_fn, Path(grid_dir), nrow, modules, viz
+    def __init__(self, sample_fn: Callable[[], torch.Tensor], grid_dir: str | os.PathLike, nrow: int, viz: Any) -> None:
+        self.sample_fn, self.dir, self.nrow, self.viz = sample_fn, Path(grid_dir), nrow, viz
 
     def __call__(self, epoch: int) -> None:
-        was_training = {k: m.training for k, m in self.modules.items()}
         with torch.no_grad():
-            images = self.sample_fn()
-        for k, m in self.modules.items():
-            m.train(was_training[k])
+            images = self.sample_fn()  # may put modules in eval mode: fit restores their modes after the callbacks
         self.viz.save_grid(images, self.dir / f"epoch_{epoch:03d}.png", nrow=self.nrow)
 
     def finish(self, epochs: int) -> None:
@@ -701,7 +699,7 @@ def _fit_locked(step_fn, loader, *, epochs, run_dir, modules, optimizers, emas, 
     run = _Run(run_dir, modules, optimizers, emas, schedulers, identity, schedule)
     run.start(step_fn, loader, epochs=epochs, seed=seed, deterministic=deterministic, resume=resume, config=config,
               desc=desc, dry_run=dry_run)
-    grids = _Grids(sample_fn, grid_dir, grid_nrow, modules, viz) if sample_fn is not None and grid_dir is not None else None
+    grids = _Grids(sample_fn, grid_dir, grid_nrow, viz) if sample_fn is not None and grid_dir is not None else None
     callbacks = [c for c in (grids, on_epoch_end) if c is not None]
     per_step = [s for s in schedulers.values() if getattr(s, "per_step", False)]
     per_epoch = [s for s in schedulers.values() if not getattr(s, "per_step", False)]
@@ -735,8 +733,11 @@ def _fit_locked(step_fn, loader, *, epochs, run_dir, modules, optimizers, emas, 
             for s in per_epoch:
                 s.step()
             with torch.profiler.record_function("hwlib.callbacks"):
+                modes = {k: m.training for k, m in modules.items()}
                 for callback in callbacks:
                     callback(run.epoch)
+                for k, m in modules.items():  # a callback that scores or samples in eval mode leaves training as it was
+                    m.train(modes[k])
             run.save()
     finally:
         bar.close()

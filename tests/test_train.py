@@ -187,6 +187,27 @@ def test_training_seconds_add_up_over_resumes(tmp_path):
     assert longer.seconds >= hist.seconds + 4 * 0.02
 
 
+def test_fit_trains_on_in_train_mode_after_a_callback_that_scores_in_eval_mode(tmp_path):
+    modes, nets = [], []
+
+    def step_fn(model, opt):
+        nets.append(model)
+        inner = _sgd_step(model, opt)
+
+        def step(batch, i):
+            modes.append(model.training)
+            return inner(batch, i)
+        return step
+
+    def to_eval(_epoch):
+        nets[0].eval()
+
+    model, _ = _tiny(tmp_path, step_fn, epochs=3, on_epoch_end=to_eval, grid_dir=tmp_path / "grids",
+                     sample_fn=lambda: nets[0].eval()(torch.rand(4, 4)).view(4, 1, 1, 1).tanh())
+    assert len(modes) >= 12 and all(modes)  # every step of epochs 2 and 3 too (fit times a few before training)
+    assert model.training
+
+
 def test_sample_grids_and_gif(tmp_path):
     _tiny(tmp_path, _sgd_step, sample_fn=lambda: torch.rand(4, 1, 8, 8) * 2 - 1, grid_dir=tmp_path / "grids", grid_nrow=2)
     names = sorted(p.name for p in (tmp_path / "grids").iterdir())
