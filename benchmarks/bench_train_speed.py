@@ -16,8 +16,10 @@ machine's load hits both alike (the faster round of each is kept):
   since 2026-12-07; ``--ablate fused_bn`` times it against ``nn.BatchNorm2d``), and in fp32 on a CPU a nearest
   ×2 and its 3×3 convolution computed as one transposed convolution (:mod:`hwlib.models.upsample_conv`: StackGAN's
   up-blocks, the U-Net's ``Upsample``; since the same day; ``--ablate folded_up``), and the DCGAN generators'
-  first layer (a transposed convolution of a 1×1 input) as a matrix product (:class:`hwlib.models.dcgan.ConvTranspose2d`,
-  the same day; ``--ablate matmul_projection``).
+  first layer (a transposed convolution of a 1×1 input) as a matrix product (:class:`hwlib.models.matmul_conv.ConvTranspose2d`,
+  the same day), and StackGAN's discriminator heads (a 4×4 kernel over 4×4 features) as matrix products
+  (:class:`hwlib.models.matmul_conv.Conv2d`, 2026-12-07, later; ``--ablate matmul_conv`` switches both, named
+  ``matmul_projection`` before the heads joined).
 
 Both settings run in one process, and ``fit`` sets :func:`hwlib.train.keep_freed_memory` for the whole process from
 the first run on (glibc's setting cannot be undone), so since 2026-12-06 ``before`` keeps freed memory too: these
@@ -88,7 +90,7 @@ from hwlib.data import ResidentLoader, cub, load_mnist
 from hwlib.data.cub import index_loader
 from hwlib.diffusion import Diffusion, make_diffusion_step
 from hwlib.gan import make_gan_step
-from hwlib.models import batch_norm_act, cgan, dcgan, stackgan, upsample_conv, vae
+from hwlib.models import batch_norm_act, cgan, dcgan, matmul_conv, stackgan, upsample_conv, vae
 from hwlib.models.unet import build as build_unet
 from hwlib.models.vae import make_vae_step
 from hwlib.train import EMA, Warmup, adam, fit, get_device, maybe_compile, unwrap
@@ -122,7 +124,7 @@ class Core:
     joint_d: bool = False  # make_gan_step's one D pass over real and fakes (where D has no batch norm)
     fused_bn: bool = False  # StackGAN's batch norms in training on hwlib's CPU kernel (stackgan.BatchNorm2d, batch_norm_act)
     folded_up: bool = False  # nearest x2 + 3x3 conv as one transposed convolution (hwlib.models.upsample_conv)
-    matmul_projection: bool = False  # the DCGAN generators' first layer as a matrix product (dcgan.ConvTranspose2d)
+    matmul_conv: bool = False  # DCGAN G's first layer and StackGAN D's heads as matrix products (hwlib.models.matmul_conv)
 
     def net(self, module: torch.nn.Module, enabled: bool) -> torch.nn.Module:
         return maybe_compile(module, self.compile and enabled)
@@ -257,7 +259,7 @@ def train(name: str, core: Core, steps: int, device: torch.device, profile: bool
     with mock.patch.dict(os.environ, {"HWLIB_CPU_BF16": bf16 if core.bf16 else "0"}), \
             mock.patch.object(batch_norm_act, "enabled", batch_norm_act.enabled and core.fused_bn), \
             mock.patch.object(upsample_conv, "enabled", upsample_conv.enabled and core.folded_up), \
-            mock.patch.object(dcgan, "matmul_projection", dcgan.matmul_projection and core.matmul_projection):
+            mock.patch.object(matmul_conv, "enabled", matmul_conv.enabled and core.matmul_conv):
         torch.manual_seed(0)
         run = RUNS[name](core, steps, device)
         start = time.perf_counter()

@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from hwlib.models.matmul_conv import ConvTranspose2d
+
 
 class DCGANGenerator(nn.Module):
     """z (B, z_dim) [+ labels y (B,) int64 in [0, num_classes)] -> images (B, img_channels, 28, 28) in [-1, 1]."""
@@ -32,7 +34,7 @@ class DCGANGenerator(nn.Module):
         self.embed = nn.Embedding(num_classes, embed_dim) if num_classes > 0 else None
         in_dim = z_dim + (embed_dim if num_classes > 0 else 0)
         self.net = nn.Sequential(
-            ConvTranspose2d(in_dim, ch * 2, 7, 1, 0, bias=False),  # 1x1 -> 7x7 (project and reshape)
+            ConvTranspose2d(in_dim, ch * 2, 7, 1, 0, bias=False),  # 1x1 -> 7x7 (project and reshape; a matrix product)
             nn.BatchNorm2d(ch * 2), nn.ReLU(True),
             nn.ConvTranspose2d(ch * 2, ch, 4, 2, 1, bias=False),  # 7 -> 14
             nn.BatchNorm2d(ch), nn.ReLU(True),
@@ -47,28 +49,6 @@ class DCGANGenerator(nn.Module):
                 raise ValueError("a conditional generator needs labels y")
             z = torch.cat([z, self.embed(y)], dim=1)
         return self.net(z[:, :, None, None])
-
-
-matmul_projection = True
-"""Compute G's first layer as a matrix product where :class:`ConvTranspose2d` can (False: PyTorch's layer always; a
-module global, so ``torch.compile`` guards on it)."""
-
-
-class ConvTranspose2d(nn.ConvTranspose2d):
-    """``nn.ConvTranspose2d`` (same parameters, state-dict keys and printout) for G's first layer: on a 1×1 input
-    (B, C_in, 1, 1) with stride 1 and no padding, ``out[b, o, i, j] = sum_c x[b, c] W[c, o, i, j]`` is a matrix
-    product, computed as one in float32 on a CPU outside autocast, where oneDNN's transposed convolution of a 1×1 input
-    is slow (forward and backward at (32, 100) -> (64, 7, 7): 2.1 against 0.42 ms, 2 threads, Intel Xeon without
-    AMX). Elsewhere (bf16, CUDA, other inputs) ``nn.ConvTranspose2d`` itself, so results made there are unchanged."""
-
-    def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
-        one_by_one = (x.dim() == 4 and x.shape[-2:] == (1, 1) and output_size is None and self.stride == (1, 1)
-                      and self.padding == (0, 0) and self.dilation == (1, 1) and self.groups == 1)
-        if not (matmul_projection and one_by_one and x.device.type == "cpu" and x.dtype == torch.float32
-                and not torch.is_autocast_enabled("cpu")):
-            return super().forward(x, output_size)
-        out = (x.flatten(1) @ self.weight.flatten(1)).view(len(x), self.out_channels, *self.kernel_size)
-        return out if self.bias is None else out + self.bias[:, None, None]
 
 
 class DCGANDiscriminator(nn.Module):

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hwlib.divergences import kl_to_standard_normal
-from hwlib.models import batch_norm_act, upsample_conv
+from hwlib.models import batch_norm_act, matmul_conv, upsample_conv
 
 if TYPE_CHECKING:
     from hwlib.train import History
@@ -808,8 +808,8 @@ class StageD(nn.Module):
             self.embed = sn(nn.Linear(c_dim, c * (16 if projection == "map" else 1), bias=False))
         else:
             self.joint = nn.Sequential(sn(nn.Conv2d(c + c_dim, c, 3, 1, 1, bias=False)), *bn_act(c))
-            self.logit = sn(nn.Conv2d(c, 1, 4, 4))
-        self.logit_uncond = sn(nn.Conv2d(c, 1, 4, 4)) if (uncond or projection) else None
+            self.logit = sn(matmul_conv.Conv2d(c, 1, 4, 4))  # 4x4 features -> 1: a matrix product on a CPU
+        self.logit_uncond = sn(matmul_conv.Conv2d(c, 1, 4, 4)) if (uncond or projection) else None
         # contrastive matching head (Recipe.contrastive): image features and condition into one c_dim space
         self.match = nn.ModuleDict({"image": nn.Linear(16 * c, c_dim), "text": nn.Linear(c_dim, c_dim)}) if match else None
         # per-part colour head (Recipe.parts): (parts, classes per part) logits from the 4x4 features
