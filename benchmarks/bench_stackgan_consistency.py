@@ -245,8 +245,7 @@ def main() -> None:
             res = consistency(clf, low, targets, real_feats[split_name])
             row[split_name] = {**{k: round(res[k], 3) for k in COLOURS}, "fid": round(res["fid"], 2)}
             row[split_name]["spread"] = round(noise_spread(sampler, text, cfg.z_dim, seed), 4)
-        curve.append(row)
-        G.train()
+        curve.append(row)  # fit puts G back in training mode after this callback
         print(f"step {row['step']:6d} ({row['seconds']:.0f} s): " + "; ".join(
             f"{s} body {r['body']:.3f} wing {r['wing']:.3f} crown {r['crown']:.3f} belly {r['belly']:.3f} FID {r['fid']:.1f}"
             for s, r in ((s, row[s]) for s in evals)), flush=True)
