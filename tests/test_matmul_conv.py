@@ -45,7 +45,7 @@ def test_a_kernel_over_the_whole_input_is_a_matrix_product(bias, channels_last):
     _same_gradients(out, ref, [x, layer.weight] + ([layer.bias] if bias else []))
 
 
-def test_other_inputs_and_precisions_keep_pytorchs_convolution():
+def test_other_inputs_and_precisions_keep_pytorchs_convolution(monkeypatch):
     torch.manual_seed(0)
     layer = matmul_conv.Conv2d(8, 2, 4)  # stride 1
     bigger = torch.randn(3, 8, 6, 6)  # the kernel does not cover the input: a real convolution
@@ -53,14 +53,11 @@ def test_other_inputs_and_precisions_keep_pytorchs_convolution():
     x = torch.randn(3, 8, 4, 4)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert torch.equal(layer(x), nn.Conv2d.forward(layer, x))
-    matmul_conv.enabled = False
-    try:
-        assert torch.equal(layer(x), torch.nn.functional.conv2d(x, layer.weight, layer.bias))
-    finally:
-        matmul_conv.enabled = True
+    monkeypatch.setattr(matmul_conv, "enabled", False)
+    assert torch.equal(layer(x), torch.nn.functional.conv2d(x, layer.weight, layer.bias))
 
 
-def test_stackgans_heads_with_spectral_norm_match_the_convolution():
+def test_stackgans_heads_with_spectral_norm_match_the_convolution(monkeypatch):
     torch.manual_seed(0)
     D = StageD(64, c_dim=8, df=4, uncond=True, spectral_norm=True).to(memory_format=torch.channels_last)
     assert isinstance(D.logit.parametrizations.weight.original, torch.Tensor)  # spectral norm on the subclass
@@ -68,11 +65,8 @@ def test_stackgans_heads_with_spectral_norm_match_the_convolution():
     D.eval()  # spectral norm's power iteration then leaves u alone: both sides see one weight
     h = torch.randn(6, 32, 4, 4).contiguous(memory_format=torch.channels_last).requires_grad_()
     out = D.uncond_logit(h)
-    matmul_conv.enabled = False
-    try:
-        ref = D.uncond_logit(h)
-    finally:
-        matmul_conv.enabled = True
+    monkeypatch.setattr(matmul_conv, "enabled", False)
+    ref = D.uncond_logit(h)
     scale = ref.abs().max().item()  # logits up to ~100 here: sums of 512 products agree to float32 rounding of that
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-6 * scale)
     _same_gradients(out, ref, [h, D.logit_uncond.parametrizations.weight.original], rtol=1e-5, atol=1e-6 * scale)
