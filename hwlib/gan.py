@@ -94,7 +94,7 @@ def _translate(x: torch.Tensor, ty: torch.Tensor, tx: torch.Tensor) -> torch.Ten
     sy, sx = max(map(abs, ty)), max(map(abs, tx))
     images = F.pad(x, [sx, sx, sy, sy]).unbind(0)  # one view per image: its gradient is that image's alone
     windows = [im[:, sy + dy:sy + dy + h, sx + dx:sx + dx + w] for im, dy, dx in zip(images, ty, tx)]
-    layout = torch.channels_last if _channels_last(x) else torch.contiguous_format
+    layout = torch.channels_last if is_channels_last(x) else torch.contiguous_format
     return torch.stack(windows).contiguous(memory_format=layout)
 
 
@@ -107,7 +107,7 @@ def diff_augment(x: torch.Tensor, policy: str = "translation,cutout") -> torch.T
     memory format (channels-last stays channels-last, as StackGAN trains: no copy into D's first convolution and
     back in its gradient), else contiguous.
     """
-    layout = torch.channels_last if x.dim() == 4 and _channels_last(x) else torch.contiguous_format
+    layout = torch.channels_last if x.dim() == 4 and is_channels_last(x) else torch.contiguous_format
     for name in filter(None, (p.strip() for p in policy.split(","))):
         b, _, h, w = x.shape
         dev = x.device
@@ -128,7 +128,7 @@ def diff_augment(x: torch.Tensor, policy: str = "translation,cutout") -> torch.T
     return x.contiguous(memory_format=layout)
 
 
-def _channels_last(x: torch.Tensor) -> bool:
+def is_channels_last(x: torch.Tensor) -> bool:
     """Whether x (B, C, H, W) is channels-last and not also contiguous (one channel or 1x1 images are both)."""
     return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
 

@@ -171,6 +171,25 @@ def test_augment_crops_flips_and_scales() -> None:
     assert 0 < flips.float().mean() < 1
 
 
+def test_augment_index_layout_and_both_crop_paths_agree() -> None:
+    images = torch.randint(0, 256, (9, 3, 76, 76), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    index = torch.tensor([4, 0, 4, 8, 2])
+    for layout in (torch.contiguous_format, torch.channels_last):
+        x = images.contiguous(memory_format=layout)
+        for flip in (True, False):
+            rows = cub.augment(x[index], 64, flip, torch.Generator().manual_seed(0))
+            out = cub.augment(x, 64, flip, torch.Generator().manual_seed(0), index=index)  # no copy of the rows first
+            assert torch.equal(out, rows) and out.is_contiguous(memory_format=layout)
+            assert out.is_contiguous() == (layout == torch.contiguous_format)  # channels-last stays channels-last
+        g = torch.Generator().manual_seed(2)
+        oy, ox, flips = torch.randint(0, 13, (5,), generator=g), torch.randint(0, 13, (5,), generator=g), torch.rand(5, generator=g) < 0.5
+        hwc = x.permute(0, 2, 3, 1)  # the CPU's windows and the GPU's gather: the same crops
+        windows = cub._crop_windows(hwc, 64, index, oy, ox, flips)
+        assert torch.equal(windows, cub._crop_gather(hwc, 64, index, oy, ox, flips))
+        i = int(flips.float().argmax())  # a mirrored one, read back from the source image
+        assert torch.equal(windows[i], hwc[index[i], oy[i]:oy[i] + 64, ox[i]:ox[i] + 64].flip(1))
+
+
 def test_wrong_images_come_from_other_classes() -> None:
     class_ids = torch.tensor([1, 1, 2, 2, 3, 3, 3])
     idx = torch.arange(7).repeat(20)

@@ -50,6 +50,7 @@ import numpy as np
 import torch
 
 from hwlib.files import publish_dir, read_arrays, staging_dir, write_arrays
+from hwlib.gan import is_channels_last
 from hwlib.paths import data_dir, shown
 
 EMBEDDINGS = {"char-CNN-RNN": ("char-CNN-RNN-embeddings.pickle", 1024), "all-MiniLM-L6-v2": ("all-MiniLM-L6-v2-embeddings.npy", 384),
@@ -576,22 +577,45 @@ def _read_boxes(path: Path, ids: list[int], keys: list[str]) -> np.ndarray:
 # ----------------------------------------------------------------------------- training-time sampling
 
 
-def augment(images: torch.Tensor, out_size: int, flip: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Random ``out_size`` crop (one offset per sample) and horizontal flip of uint8 images (B, 3, L, L).
+def augment(images: torch.Tensor, out_size: int, flip: bool = True, generator: torch.Generator | None = None,
+            index: torch.Tensor | None = None) -> torch.Tensor:
+    """Random ``out_size`` crop (one offset per sample) and horizontal flip of uint8 images (N, 3, L, L), or of the
+    rows ``index`` (B,) of them (no copy of the rows first).
 
-    Returns float (B, 3, out_size, out_size) in [-1, 1] on the images' device.
+    Returns float (B, 3, out_size, out_size) in [-1, 1] on the images' device, in their memory format (channels-last
+    stays channels-last, as StackGAN trains: D's first convolution then takes it without a copy; else contiguous). On
+    a CPU each sample's window is a view and one stack copies them (0.23 against 0.74 ms for 16 of (480, 3, 76, 76)
+    in channels-last, 2 threads); elsewhere one gather, a single kernel where the windows would be B launches. The
+    same random draws, values and layout on both paths.
     """
-    b, _, h, w = images.shape
-    dev = images.device
-    oy = torch.randint(0, h - out_size + 1, (b,), generator=generator).to(dev)
-    ox = torch.randint(0, w - out_size + 1, (b,), generator=generator).to(dev)
-    ar = torch.arange(out_size, device=dev)
+    n, _, h, w = images.shape
+    b = n if index is None else len(index)
+    oy = torch.randint(0, h - out_size + 1, (b,), generator=generator)
+    ox = torch.randint(0, w - out_size + 1, (b,), generator=generator)
+    do = (torch.rand(b, generator=generator) < 0.5) if flip else torch.zeros(b, dtype=torch.bool)
+    layout = torch.channels_last if is_channels_last(images) else torch.contiguous_format
+    crop = _crop_windows if images.device.type == "cpu" else _crop_gather
+    crops = crop(images.permute(0, 2, 3, 1), out_size, torch.arange(n) if index is None else index, oy, ox, do)
+    return crops.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0).contiguous(memory_format=layout)
+
+
+def _crop_windows(hwc: torch.Tensor, size: int, index: torch.Tensor, oy: torch.Tensor, ox: torch.Tensor,
+                  flip: torch.Tensor) -> torch.Tensor:
+    """Images (N, L, L, C) -> (B, size, size, C): row ``index[i]``'s window at (``oy[i]``, ``ox[i]``), mirrored where
+    ``flip[i]``; one view per sample, one copy (the stack)."""
+    crops = [hwc[i, y:y + size, x:x + size] for i, y, x in zip(index.tolist(), oy.tolist(), ox.tolist())]
+    return torch.stack([c.flip(1) if f else c for c, f in zip(crops, flip.tolist())])
+
+
+def _crop_gather(hwc: torch.Tensor, size: int, index: torch.Tensor, oy: torch.Tensor, ox: torch.Tensor,
+                 flip: torch.Tensor) -> torch.Tensor:
+    """As :func:`_crop_windows`, as one gather on the images' device."""
+    dev = hwc.device
+    index, oy, ox, flip = index.to(dev), oy.to(dev), ox.to(dev), flip.to(dev)
+    ar = torch.arange(size, device=dev)
     rows, cols = (oy[:, None] + ar)[:, :, None], (ox[:, None] + ar)[:, None, :]
-    if flip:
-        do = (torch.rand(b, generator=generator) < 0.5).to(dev)
-        cols = torch.where(do[:, None, None], ox[:, None, None] + out_size - 1 - ar[None, None, :], cols)
-    crops = images[torch.arange(b, device=dev)[:, None, None], :, rows, cols]  # (B, S, S, 3)
-    return crops.permute(0, 3, 1, 2).float().div(127.5).sub(1.0).contiguous()
+    cols = torch.where(flip[:, None, None], ox[:, None, None] + size - 1 - ar[None, None, :], cols)
+    return hwc[index[:, None, None], rows, cols]
 
 
 def center_crop(images: torch.Tensor, out_size: int) -> torch.Tensor:

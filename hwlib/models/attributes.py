@@ -203,7 +203,7 @@ def train_attribute_net(images: torch.Tensor, labels: dict[str, np.ndarray], *, 
         net = net.to(memory_format=torch.channels_last)
 
     def loss(idx: torch.Tensor) -> torch.Tensor:
-        batch, targets = augment(x[idx], 64), {k: t[idx] for k, t in zip(names, ys)}
+        batch, targets = augment(x, 64, index=idx), {k: t[idx] for k, t in zip(names, ys)}
         if not amp:
             return net.loss(batch, targets)
         with autocast(device):

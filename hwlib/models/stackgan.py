@@ -997,7 +997,7 @@ def make_stackgan_step(G: nn.Module, D: StageD, opt_g: torch.optim.Optimizer, op
 
     def step(batch: tuple[torch.Tensor, ...], _: int) -> dict[str, torch.Tensor]:
         (idx,) = batch
-        real = augment(images[idx], out_size)
+        real = augment(images, out_size, index=idx)
         near = asked = None
         if swapped is not None or r.parts:  # one caption index for the embedding, its near miss and its labels
             rows = [embeddings[idx]] + ([swapped[idx]] if swapped is not None else [])
@@ -1037,7 +1037,7 @@ def make_stackgan_step(G: nn.Module, D: StageD, opt_g: torch.optim.Optimizer, op
             if r.wrong == "shift":  # official: image i-1's features with caption i
                 wrong_logit = D.cond_logit(h_real[:-1], cond[1:])
             elif r.wrong == "class":
-                wrong = augment(images[wrong_indices(class_ids, idx)], out_size)
+                wrong = augment(images, out_size, index=wrong_indices(class_ids, idx))
                 wrong_logit = D.cond_logit(D.features(aug(wrong)), cond)
             elif r.wrong == "hardest":
                 pick, valid = hardest_negatives(text, class_ids[idx])
