@@ -193,6 +193,25 @@ def test_contrastive_loss_is_log_b_at_chance_and_falls_as_the_diagonal_wins():
     assert contrastive_loss(10 * torch.eye(6).flip(0)) > math.log(6)  # each image prefers another's caption
 
 
+def test_translation_gradient_is_the_opposite_shift_in_the_gradients_memory_format():
+    """On a CPU the shift's backward shifts the gradient back (gan._Windows): autograd's values through the pad and
+    slices, bit for bit, and a channels-last gradient stays channels-last for the generator behind it."""
+    from hwlib import gan
+
+    x0 = torch.randn(5, 3, 16, 16).contiguous(memory_format=torch.channels_last)
+    ty, tx = torch.tensor([0, 2, -2, 1, -1]).view(5, 1, 1), torch.tensor([1, -2, 0, 2, 0]).view(5, 1, 1)
+    for g in (torch.randn(5, 3, 16, 16), torch.randn(5, 3, 16, 16).contiguous(memory_format=torch.channels_last)):
+        x = x0.clone().requires_grad_(True)
+        out = gan._translate(x, ty, tx)
+        ref = gan._shift_windows(x, ty.flatten().tolist(), tx.flatten().tolist())  # autograd through pad and slices
+        (grad,), (ref_grad,) = torch.autograd.grad(out, x, g), torch.autograd.grad(ref, x, g)
+        assert torch.equal(out, ref) and torch.equal(grad, ref_grad)
+        assert out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()
+        assert gan.is_channels_last(grad) == gan.is_channels_last(g)
+    torch.autograd.gradcheck(lambda v: gan._translate(v, ty[:2], tx[:2]), torch.randn(2, 2, 5, 5, dtype=torch.float64,
+                                                                                     requires_grad=True))
+
+
 def test_diff_augment_translation_equals_a_gather_from_the_zero_padded_batch():
     """The windows of the zero-padded batch (the CPU's way) give the values and gradients, bit for bit, of the
     zero-padded index gather, which other devices keep (the checkpoints trained with that gather stay reproducible)."""

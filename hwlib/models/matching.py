@@ -92,7 +92,7 @@ def train_matcher(images: torch.Tensor, embeddings: torch.Tensor, swapped: torch
     both = torch.cat([emb, swapped.to(device)], -1) if swapped is not None else None
 
     def loss(idx: torch.Tensor) -> torch.Tensor:
-        real = diff_augment(augment(x[idx], 64), "translation,cutout")
+        real = diff_augment(augment(x, 64, index=idx), "translation,cutout")
         if both is None:
             text, near = pick_embedding(emb[idx]), None
         else:
