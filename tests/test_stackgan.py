@@ -338,6 +338,18 @@ def test_stage2_skip_paints_a_residual_over_the_bicubic_upsampled_stage1_image()
     assert flat.std() < 0.5 * up.std()  # without the skip the paper's G2 starts near a flat grey
 
 
+def test_condition_joins_the_features_in_their_memory_format() -> None:
+    h, c = torch.randn(2, 5, 4, 4), torch.randn(2, 3)
+    ref = torch.cat([h, c[:, :, None, None].expand(-1, -1, 4, 4)], 1)
+    assert torch.equal(stackgan.with_condition(h, c), ref) and stackgan.with_condition(h, c).is_contiguous()
+    joined = stackgan.with_condition(h.contiguous(memory_format=torch.channels_last), c)
+    assert torch.equal(joined, ref) and joined.is_contiguous(memory_format=torch.channels_last)
+    torch.manual_seed(0)  # Stage-II's image skip keeps G's channels-last layout for D's first convolution
+    g = stackgan.Stage2G(t_dim=16, c_dim=8, gf=4, n_res=1, n_up=3, skip=True).to(memory_format=torch.channels_last)
+    out = g(torch.rand(2, 3, 64, 64).contiguous(memory_format=torch.channels_last), torch.randn(2, 16))[0]
+    assert out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()
+
+
 def _stage2_step_logs(**fields) -> dict[str, torch.Tensor]:
     """One Stage-II step's logs with Recipe(stage2_skip=True, **fields): the same networks, data and noise every call."""
     n = 8

@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hwlib.divergences import kl_to_standard_normal
+from hwlib.gan import is_channels_last
 from hwlib.models import batch_norm_act, matmul_conv, upsample_conv
 
 if TYPE_CHECKING:
@@ -453,6 +454,17 @@ class CondAugment(nn.Module):
         return c, mu, logvar
 
 
+def with_condition(h: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    """Features (B, C, H, W) and a condition (B, D) -> (B, C + D, H, W), the condition repeated at every pixel, in h's
+    memory format: ``torch.cat`` of a channels-last h and the expanded condition would be contiguous, and the
+    convolution after it would take it so (StackGAN-II's joint layer forward and backward 5.4 against 4.7 ms at batch 8,
+    2 threads). The same values."""
+    if not is_channels_last(h):
+        return torch.cat([h, cond[:, :, None, None].expand(-1, -1, *h.shape[2:])], 1)
+    rows = cond[:, None, None, :].expand(-1, *h.shape[2:], -1)
+    return torch.cat([h.permute(0, 2, 3, 1), rows], 3).permute(0, 3, 1, 2)
+
+
 def icnr_(weight: torch.Tensor, scale: int = 2) -> torch.Tensor:
     """ICNR init of a conv weight (C_out * scale**2, C_in, k, k) feeding ``PixelShuffle(scale)``.
 
@@ -692,7 +704,7 @@ class Stage2G(nn.Module):
         ``sr_paired`` branch learns; elsewhere its output is detached."""
         c, mu, logvar = self.ca(text)
         h = self.encoder(image)
-        h = self.joint(torch.cat([h, c[:, :, None, None].expand(-1, -1, *h.shape[2:])], 1))
+        h = self.joint(with_condition(h, c))
         h = self.up(self.res(h))
         if self.skip or self.refine is not None:  # the input up-sampled, for the residual and / or the image skip
             base = bicubic_up(image, h.shape[-1]).to(h.dtype)
@@ -703,7 +715,7 @@ class Stage2G(nn.Module):
             detail = self.sr_branch(image.to(out.dtype))
             out = out + (detail.detach() if self.sr_paired and not paired else detail)
         if self.skip:
-            out = torch.tanh(torch.atanh(base.clamp(-0.999, 0.999)) + out)
+            out = torch.tanh(out + torch.atanh(base.clamp(-0.999, 0.999)))  # out first: in its memory format
         if self.keep_low:
             out = keep_low(out, image)
         return out, mu, logvar
@@ -825,7 +837,7 @@ class StageD(nn.Module):
             return self.logit_uncond(h).view(-1) + (self.embed(cond.to(h.dtype)).view(h.shape) * h).sum((1, 2, 3))
         if self.projection:
             return self.logit_uncond(h).view(-1) + (self.embed(cond.to(h.dtype)) * h.sum((2, 3))).sum(1)
-        h = self.joint(torch.cat([h, cond.to(h.dtype)[:, :, None, None].expand(-1, -1, *h.shape[2:])], 1))
+        h = self.joint(with_condition(h, cond.to(h.dtype)))
         return self.logit(h).view(-1)
 
     def uncond_logit(self, h: torch.Tensor) -> torch.Tensor | None:
