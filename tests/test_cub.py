@@ -183,11 +183,10 @@ def test_augment_index_layout_and_both_crop_paths_agree() -> None:
             assert out.is_contiguous() == (layout == torch.contiguous_format)  # channels-last stays channels-last
         g = torch.Generator().manual_seed(2)
         oy, ox, flips = torch.randint(0, 13, (5,), generator=g), torch.randint(0, 13, (5,), generator=g), torch.rand(5, generator=g) < 0.5
-        hwc = x.permute(0, 2, 3, 1)  # the CPU's windows and the GPU's gather: the same crops
-        windows = cub._crop_windows(hwc, 64, index, oy, ox, flips)
-        assert torch.equal(windows, cub._crop_gather(hwc, 64, index, oy, ox, flips))
+        windows = cub._crop_windows(x, 64, index, oy, ox, flips)  # the CPU's windows and the GPU's gather agree
+        assert torch.equal(windows, cub._crop_gather(x, 64, index, oy, ox, flips))
         i = int(flips.float().argmax())  # a mirrored one, read back from the source image
-        assert torch.equal(windows[i], hwc[index[i], oy[i]:oy[i] + 64, ox[i]:ox[i] + 64].flip(1))
+        assert torch.equal(windows[i], x[index[i], :, oy[i]:oy[i] + 64, ox[i]:ox[i] + 64].flip(-1))
 
 
 def test_wrong_images_come_from_other_classes() -> None:
