@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hwlib.models import shift_cutout
+
 
 def _bce(logits: torch.Tensor, target: float) -> torch.Tensor:
     """Mean BCE of ``logits`` against the constant label ``target``, computed in float32."""
@@ -135,24 +137,43 @@ def diff_augment(x: torch.Tensor, policy: str = "translation,cutout") -> torch.T
     back in its gradient), else contiguous.
     """
     layout = torch.channels_last if x.dim() == 4 and is_channels_last(x) else torch.contiguous_format
-    for name in filter(None, (p.strip() for p in policy.split(","))):
-        b, _, h, w = x.shape
-        dev = x.device
+    names = [p.strip() for p in policy.split(",") if p.strip()]
+    for name in names:
+        if name not in ("translation", "cutout"):
+            raise ValueError(f"unknown DiffAugment policy {name!r}; use 'translation' and/or 'cutout'")
+    if names in (["translation"], ["cutout"], ["translation", "cutout"]) and shift_cutout.available(x):
+        _, _, h, w = x.shape  # one kernel pass (a float32 CPU batch): the same draws, values and gradients
+        shift = _translation_draws(x) if names[0] == "translation" else None
+        cut = _cutout_draws(x) if names[-1] == "cutout" else None
+        return shift_cutout.shift_cutout(x, shift, None if cut is None else (*cut, int(h / 2 + 0.5), int(w / 2 + 0.5)))
+    for name in names:
+        _, _, h, w = x.shape
         if name == "translation":
-            sy, sx = int(h / 8 + 0.5), int(w / 8 + 0.5)
-            ty = torch.randint(-sy, sy + 1, (b, 1, 1), device=dev)
-            tx = torch.randint(-sx, sx + 1, (b, 1, 1), device=dev)
-            x = _translate(x, ty, tx)
-        elif name == "cutout":
+            x = _translate(x, *_translation_draws(x))
+        else:
             ch, cw = int(h / 2 + 0.5), int(w / 2 + 0.5)
-            oy = torch.randint(0, h + (1 - ch % 2), (b, 1, 1), device=dev) - ch // 2
-            ox = torch.randint(0, w + (1 - cw % 2), (b, 1, 1), device=dev) - cw // 2
-            ys, xs = torch.arange(h, device=dev)[None, :, None], torch.arange(w, device=dev)[None, None, :]
+            oy, ox = _cutout_draws(x)
+            ys, xs = torch.arange(h, device=x.device)[None, :, None], torch.arange(w, device=x.device)[None, None, :]
             inside = (ys >= oy) & (ys < oy + ch) & (xs >= ox) & (xs < ox + cw)
             x = x * (~inside)[:, None].to(x.dtype)
-        else:
-            raise ValueError(f"unknown DiffAugment policy {name!r}; use 'translation' and/or 'cutout'")
     return x.contiguous(memory_format=layout)
+
+
+def _translation_draws(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The translation's shifts for images x (B, C, H, W): (ty, tx), int64 (B, 1, 1) each, up to 1/8 of the size."""
+    b, _, h, w = x.shape
+    sy, sx = int(h / 8 + 0.5), int(w / 8 + 0.5)
+    return (torch.randint(-sy, sy + 1, (b, 1, 1), device=x.device),
+            torch.randint(-sx, sx + 1, (b, 1, 1), device=x.device))
+
+
+def _cutout_draws(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The cutout squares' top-left corners for images x (B, C, H, W): (oy, ox), int64 (B, 1, 1) each, the squares of
+    half the size centred anywhere in the image (so partly outside it at the edges)."""
+    b, _, h, w = x.shape
+    ch, cw = int(h / 2 + 0.5), int(w / 2 + 0.5)
+    return (torch.randint(0, h + (1 - ch % 2), (b, 1, 1), device=x.device) - ch // 2,
+            torch.randint(0, w + (1 - cw % 2), (b, 1, 1), device=x.device) - cw // 2)
 
 
 def is_channels_last(x: torch.Tensor) -> bool:

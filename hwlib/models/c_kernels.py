@@ -4,8 +4,8 @@ compiled on first use with the machine's C compiler (the one ``torch.compile`` a
 (no compiler, not Linux) :func:`library` returns None after one warning, and its callers compute the same thing with
 PyTorch's operators.
 
-Used by :mod:`hwlib.models.group_norm_silu` (the U-Net's GroupNorm + SiLU) and :mod:`hwlib.models.batch_norm_act`
-(StackGAN's batch norms).
+Used by :mod:`hwlib.models.group_norm_silu` (the U-Net's GroupNorm + SiLU), :mod:`hwlib.models.batch_norm_act`
+(StackGAN's batch norms) and :mod:`hwlib.models.shift_cutout` (StackGAN's DiffAugment).
 """
 from __future__ import annotations
 
