@@ -144,17 +144,15 @@ def diff_augment(x: torch.Tensor, policy: str = "translation,cutout") -> torch.T
         if name not in ("translation", "cutout"):
             raise ValueError(f"unknown DiffAugment policy {name!r}; use 'translation' and/or 'cutout'")
     if names in (["translation"], ["cutout"], ["translation", "cutout"]) and shift_cutout.available(x):
-        _, _, h, w = x.shape  # one kernel pass (a float32 CPU batch): the same draws, values and gradients
-        shift = _translation_draws(x) if names[0] == "translation" else None
-        cut = _cutout_draws(x) if names[-1] == "cutout" else None
-        return shift_cutout.shift_cutout(x, shift, None if cut is None else (*cut, int(h / 2 + 0.5), int(w / 2 + 0.5)))
+        shift = _translation_draws(x) if names[0] == "translation" else None  # one kernel pass: the same draws,
+        cut = _cutout_draws(x) if names[-1] == "cutout" else None  # values and gradients
+        return shift_cutout.shift_cutout(x, shift, cut)
     for name in names:
         _, _, h, w = x.shape
         if name == "translation":
             x = _translate(x, *_translation_draws(x))
         else:
-            ch, cw = int(h / 2 + 0.5), int(w / 2 + 0.5)
-            oy, ox = _cutout_draws(x)
+            oy, ox, ch, cw = _cutout_draws(x)
             ys, xs = torch.arange(h, device=x.device)[None, :, None], torch.arange(w, device=x.device)[None, None, :]
             inside = (ys >= oy) & (ys < oy + ch) & (xs >= ox) & (xs < ox + cw)
             x = x * (~inside)[:, None].to(x.dtype)
@@ -169,13 +167,13 @@ def _translation_draws(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             torch.randint(-sx, sx + 1, (b, 1, 1), device=x.device))
 
 
-def _cutout_draws(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The cutout squares' top-left corners for images x (B, C, H, W): (oy, ox), int64 (B, 1, 1) each, the squares of
-    half the size centred anywhere in the image (so partly outside it at the edges)."""
+def _cutout_draws(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+    """The cutout squares for images x (B, C, H, W): top-left corners (oy, ox), int64 (B, 1, 1) each, and the size
+    (ch, cw), half the image's: squares centred anywhere in the image (so partly outside it at the edges)."""
     b, _, h, w = x.shape
     ch, cw = int(h / 2 + 0.5), int(w / 2 + 0.5)
     return (torch.randint(0, h + (1 - ch % 2), (b, 1, 1), device=x.device) - ch // 2,
-            torch.randint(0, w + (1 - cw % 2), (b, 1, 1), device=x.device) - cw // 2)
+            torch.randint(0, w + (1 - cw % 2), (b, 1, 1), device=x.device) - cw // 2, ch, cw)
 
 
 def is_channels_last(x: torch.Tensor) -> bool:
