@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hwlib.layout import is_channels_last, memory_format
 from hwlib.models import shift_cutout
 
 
@@ -138,7 +139,7 @@ def diff_augment(x: torch.Tensor, policy: str = "translation,cutout") -> torch.T
     order) run as one kernel each way (:mod:`hwlib.models.shift_cutout`): the same draws, values and gradients, bit
     for bit.
     """
-    layout = torch.channels_last if x.dim() == 4 and is_channels_last(x) else torch.contiguous_format
+    layout = memory_format(x) if x.dim() == 4 else torch.contiguous_format
     names = [p.strip() for p in policy.split(",") if p.strip()]
     for name in names:
         if name not in ("translation", "cutout"):
@@ -174,11 +175,6 @@ def _cutout_draws(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int, int
     ch, cw = int(h / 2 + 0.5), int(w / 2 + 0.5)
     return (torch.randint(0, h + (1 - ch % 2), (b, 1, 1), device=x.device) - ch // 2,
             torch.randint(0, w + (1 - cw % 2), (b, 1, 1), device=x.device) - cw // 2, ch, cw)
-
-
-def is_channels_last(x: torch.Tensor) -> bool:
-    """Whether x (B, C, H, W) is channels-last and not also contiguous (one channel or 1x1 images are both)."""
-    return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
 
 
 def make_gan_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer, *,

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from hwlib.gan import d_loss, g_loss, make_gan_step, matching_aware_d_loss
+from hwlib.layout import is_channels_last
 
 
 def test_losses_at_the_equilibrium_logit():
@@ -207,7 +208,7 @@ def test_translation_gradient_is_the_opposite_shift_in_the_gradients_memory_form
         (grad,), (ref_grad,) = torch.autograd.grad(out, x, g), torch.autograd.grad(ref, x, g)
         assert torch.equal(out, ref) and torch.equal(grad, ref_grad)
         assert out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()
-        assert gan.is_channels_last(grad) == gan.is_channels_last(g)
+        assert is_channels_last(grad) == is_channels_last(g)
     torch.autograd.gradcheck(lambda v: gan._translate(v, ty[:2], tx[:2]), torch.randn(2, 2, 5, 5, dtype=torch.float64,
                                                                                      requires_grad=True))
 

@@ -50,7 +50,7 @@ import numpy as np
 import torch
 
 from hwlib.files import publish_dir, read_arrays, staging_dir, write_arrays
-from hwlib.gan import is_channels_last
+from hwlib.layout import is_channels_last, memory_format
 from hwlib.paths import data_dir, shown
 
 EMBEDDINGS = {"char-CNN-RNN": ("char-CNN-RNN-embeddings.pickle", 1024), "all-MiniLM-L6-v2": ("all-MiniLM-L6-v2-embeddings.npy", 384),
@@ -593,7 +593,7 @@ def augment(images: torch.Tensor, out_size: int, flip: bool = True, generator: t
     oy = torch.randint(0, h - out_size + 1, (b,), generator=generator)
     ox = torch.randint(0, w - out_size + 1, (b,), generator=generator)
     do = (torch.rand(b, generator=generator) < 0.5) if flip else torch.zeros(b, dtype=torch.bool)
-    layout = torch.channels_last if is_channels_last(images) else torch.contiguous_format
+    layout = memory_format(images)
     crop = _crop_windows if images.device.type == "cpu" else _crop_gather
     crops = crop(images, out_size, torch.arange(n) if index is None else index, oy, ox, do)
     return crops.float().div_(127.5).sub_(1.0).contiguous(memory_format=layout)

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from hwlib.layout import is_channels_last
 from hwlib.models import c_kernels
 
 _P, _I64, _F32 = ctypes.c_void_p, ctypes.c_long, ctypes.c_float
@@ -38,7 +39,7 @@ def available(x: torch.Tensor) -> bool:
     channels-last layout (and not also contiguous), gradients on, not inside ``torch.compile``, :data:`enabled`,
     the library built."""
     return (enabled and torch.is_grad_enabled() and x.device.type == "cpu" and x.dtype == torch.float32
-            and x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+            and x.dim() == 4 and is_channels_last(x)
             and not torch.compiler.is_compiling() and _library() is not None)
 
 

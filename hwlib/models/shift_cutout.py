@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from hwlib.layout import memory_format
 from hwlib.models import c_kernels
 
 _P, _I64 = ctypes.c_void_p, ctypes.c_long
@@ -41,14 +42,14 @@ def available(x: torch.Tensor) -> bool:
 
 
 def _run(src: torch.Tensor, direction: int, draws: tuple[torch.Tensor, ...], square: tuple[int, int]) -> torch.Tensor:
-    last = src.is_contiguous(memory_format=torch.channels_last) and not src.is_contiguous()
-    src = src.contiguous(memory_format=torch.channels_last if last else torch.contiguous_format)
+    layout = memory_format(src)
+    src = src.contiguous(memory_format=layout)  # a strided gradient: a contiguous copy
     dst = torch.empty_like(src)
     b, c, h, w = src.shape
     ty, tx, oy, ox = draws
-    _library().shift_cutout(src.data_ptr(), dst.data_ptr(), b, c, h, w, int(last), direction, ty.data_ptr(),
-                            tx.data_ptr(), None if oy is None else oy.data_ptr(), None if ox is None else ox.data_ptr(),
-                            square[0], square[1], torch.get_num_threads())
+    _library().shift_cutout(src.data_ptr(), dst.data_ptr(), b, c, h, w, int(layout == torch.channels_last), direction,
+                            ty.data_ptr(), tx.data_ptr(), None if oy is None else oy.data_ptr(),
+                            None if ox is None else ox.data_ptr(), square[0], square[1], torch.get_num_threads())
     return dst
 
 
@@ -60,8 +61,6 @@ class _ShiftCutout(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
-        if not (grad.is_contiguous() or grad.is_contiguous(memory_format=torch.channels_last)):
-            grad = grad.contiguous()
         return _run(grad, -1, ctx.draws, ctx.square), None, None
 
 

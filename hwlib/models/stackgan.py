@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hwlib.divergences import kl_to_standard_normal
-from hwlib.gan import is_channels_last
+from hwlib.layout import is_channels_last
 from hwlib.models import batch_norm_act, matmul_conv, upsample_conv
 
 if TYPE_CHECKING:
