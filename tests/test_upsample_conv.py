@@ -65,3 +65,27 @@ def test_available_for_float32_cpu_outside_autocast_only(monkeypatch):
 def test_only_a_3x3_kernel_folds():
     with pytest.raises(ValueError, match="3x3"):
         uc.upsample_conv(torch.randn(1, 2, 3, 3), torch.randn(2, 2, 5, 5))
+
+
+@pytest.mark.parametrize("x_format", [CL, torch.contiguous_format], ids=["x_cl", "x_nchw"])
+@pytest.mark.parametrize("w_format", [CL, torch.contiguous_format], ids=["w_cl", "w_nchw"])
+def test_backward_is_the_transposed_convolutions_bit_for_bit(x_format, w_format):
+    """The input and kernel gradients, taken as those of the stride-2 convolution the layer transposes, are bitwise
+    autograd's of ``F.conv_transpose2d`` (float32, both layouts); the bias gradient is dL/dy summed over batch and
+    pixels."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 8, 6, 6).to(memory_format=x_format).requires_grad_()
+    w = torch.randn(5, 8, 3, 3).to(memory_format=w_format).requires_grad_()
+    b = torch.randn(5, requires_grad=True)
+    kernel = uc.fold_kernel(w)
+    if not (x.is_contiguous() and w.is_contiguous()):
+        kernel = kernel.contiguous(memory_format=CL)
+    ref = F.conv_transpose2d(x, kernel, b, stride=2, padding=1)
+    out = uc.upsample_conv(x, w, b)
+    assert torch.equal(out, ref) and out.stride() == ref.stride()
+    dout = torch.randn_like(ref)
+    gx, gw, gb = torch.autograd.grad(out, (x, w, b), dout)
+    rx, rw, _ = torch.autograd.grad(ref, (x, w, b), dout)
+    assert torch.equal(gx, rx) and gx.stride() == rx.stride()
+    assert torch.equal(gw, rw)
+    torch.testing.assert_close(gb, dout.double().sum((0, 2, 3)).float())
