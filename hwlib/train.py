@@ -317,6 +317,18 @@ class Warmup(torch.optim.lr_scheduler.LRScheduler):
 # ----------------------------------------------------------------------------- EMA
 
 
+def _slots(module: nn.Module, kind: str) -> list[tuple[nn.Module, str]]:
+    """(owning module, attribute name) of each of ``module``'s ``kind`` ("parameters" or "buffers"), in the order
+    ``named_parameters()`` / ``named_buffers()`` list them (a shared tensor once)."""
+    named = module.named_parameters() if kind == "parameters" else module.named_buffers()
+    return [(module.get_submodule(owner), name) for owner, _, name in (key.rpartition(".") for key, _ in named)]
+
+
+def _read(slots: list[tuple[nn.Module, str]], kind: str) -> list[torch.Tensor]:
+    """The tensors in ``slots`` (from :func:`_slots`) as the modules hold them now."""
+    return [getattr(module, "_" + kind)[name] for module, name in slots]
+
+
 class EMA:
     """Exponential moving average of a model's weights: ``shadow = decay * shadow + (1 - decay) * weights``.
 
@@ -327,17 +339,26 @@ class EMA:
     def __init__(self, model: nn.Module, decay: float = 0.999, warmup: bool = True) -> None:
         self.module = deepcopy(unwrap(model)).eval().requires_grad_(False)
         self.decay, self.warmup, self.updates = decay, warmup, 0
+        self._slots: tuple | None = None
+
+    def _tensors(self, src: nn.Module) -> dict[str, tuple[list[torch.Tensor], list[torch.Tensor]]]:
+        """The averaged copy's parameters and buffers beside the model's, read through (module, name) slots found once
+        per model: walking both module trees every update (``parameters()``, ``buffers()``) took 0.6 of the 0.9 ms an
+        update of notebook 02's U-Net (167 tensors) cost. The slots are read every time, so a tensor that a module
+        replaces is the one averaged."""
+        if self._slots is None or self._slots[0] is not src:
+            self._slots = (src, {kind: (_slots(self.module, kind), _slots(src, kind)) for kind in ("parameters", "buffers")})
+        return {kind: (_read(mine, kind), _read(theirs, kind)) for kind, (mine, theirs) in self._slots[1].items()}
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         self.updates += 1
         d = min(self.decay, (1 + self.updates) / (10 + self.updates)) if self.warmup else self.decay
-        src = unwrap(model)
         with torch.profiler.record_function("hwlib.ema"):  # one kernel per list, bitwise the per-tensor lerp_ / copy_
-            torch._foreach_lerp_(list(self.module.parameters()), [p.detach() for p in src.parameters()], 1.0 - d)
-            buffers = list(self.module.buffers())
-            if buffers:
-                torch._foreach_copy_(buffers, list(src.buffers()))
+            tensors = self._tensors(unwrap(model))
+            torch._foreach_lerp_(*tensors["parameters"], 1.0 - d)
+            if tensors["buffers"][0]:
+                torch._foreach_copy_(*tensors["buffers"])
 
     def state_dict(self) -> dict[str, Any]:
         return {"module": self.module.state_dict(), "updates": self.updates}

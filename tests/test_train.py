@@ -371,6 +371,26 @@ def test_ema_update_is_bitwise_the_per_tensor_lerp():
     assert all(torch.equal(b, e) for b, e in zip(model.buffers(), ema.module.buffers()))
 
 
+
+def test_ema_averages_the_tensors_the_modules_hold_now_and_shared_ones_once():
+    """EMA finds each tensor's (module, name) slot once and reads the slots at every update: a parameter or buffer a
+    module replaces after the first update is the one averaged or copied; a weight two modules share is averaged once."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3), nn.Linear(3, 3))
+    model[2].weight = model[0].weight  # tied
+    ema = EMA(model, decay=0.5, warmup=False)
+    assert len(list(ema.module.parameters())) == 5  # the shared weight once
+    ema.update(model)
+    model[0].bias = nn.Parameter(torch.full((3,), 4.0))
+    model[1].running_mean = torch.full((3,), 7.0)
+    before = ema.module[0].bias.detach().clone()
+    w = ema.module[0].weight.detach().clone()
+    ema.update(model)
+    assert torch.equal(ema.module[0].bias, before.lerp(torch.full((3,), 4.0), 0.5))
+    assert torch.equal(ema.module[1].running_mean, torch.full((3,), 7.0))
+    assert torch.equal(ema.module[0].weight, w.lerp(model[0].weight.detach(), 0.5))  # the shared weight once, not twice
+    assert ema.module[2].weight is ema.module[0].weight
+
 def test_adam_is_fused_and_makes_the_loop_update():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(5, 16), nn.Tanh(), nn.Linear(16, 1))
