@@ -191,7 +191,73 @@ def adam(params: Any, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999
     tensors = [p for group in params for p in (group["params"] if isinstance(group, dict) else [group])]
     if "fused" not in kwargs and "foreach" not in kwargs and tensors and all(p.device.type in ("cpu", "cuda") for p in tensors):
         kwargs["fused"] = True
-    return torch.optim.Adam(params, lr=lr, betas=tuple(betas), **kwargs)
+    return LeanAdam(params, lr=lr, betas=tuple(betas), **kwargs)
+
+
+class LeanAdam(torch.optim.Adam):
+    """``torch.optim.Adam`` whose fused step gathers its per-parameter lists once: PyTorch's step walks every parameter
+    in Python each time (its state, its gradient, checks) and then calls one fused kernel; this one keeps each group's
+    parameters and their state tensors from the first step and, every step after, reads only the gradients and calls
+    the same ``_foreach_add_`` on the step counters and the same ``_fused_adam_``, with the same arguments: the same
+    update bit for bit (``tests/test_train.py``). Notebook 02's U-Net (167 tensors) 1.09 against 0.70 ms a step;
+    03's MLP CGAN's two optimisers 0.39 + 0.36 against 0.27 + 0.25 (2 threads, Intel Xeon without AMX). Anything else
+    (not fused, amsgrad, capturable, a tensor learning rate, a parameter without a gradient, mixed devices or dtypes,
+    a closure, a grad scaler's attributes) takes PyTorch's step; loading a state dict or adding a group starts over."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._lists: list[tuple[list, list, list, list]] | None = None
+
+    def _gather(self) -> list[tuple[list, list, list, list]] | None:
+        """Per group: (params, exp_avgs, exp_avg_sqs, steps), or None where a group is not the simple fused case."""
+        lists = []
+        for group in self.param_groups:
+            ps = group["params"]
+            simple = (group["fused"] and not (group["amsgrad"] or group["capturable"] or group["differentiable"]
+                                              or group["decoupled_weight_decay"])
+                      and not isinstance(group["lr"], torch.Tensor) and ps
+                      and len({(p.device, p.dtype) for p in ps}) == 1 and all(self.state.get(p) for p in ps))
+            if not simple:
+                return None
+            states = [self.state[p] for p in ps]
+            lists.append((list(ps), [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
+                          [s["step"] for s in states]))
+        return lists
+
+    def _torch_step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """PyTorch's Adam step, without the step hooks and profiler scope its class may be wrapped in once an Adam has
+        been made (this class's own step runs them)."""
+        step = torch.optim.Adam.step
+        return (step.__wrapped__ if getattr(step, "hooked", False) else step)(self, closure)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._lists = None
+        super().load_state_dict(state_dict)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        self._lists = None
+        super().add_param_group(param_group)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        if closure is not None or getattr(self, "grad_scale", None) is not None or getattr(self, "found_inf", None) is not None:
+            return self._torch_step(closure)
+        if self._lists is None:
+            loss = self._torch_step()  # the first step creates the state
+            self._lists = self._gather() or []
+            return loss
+        if len(self._lists) != len(self.param_groups):
+            return self._torch_step()
+        grads = [[p.grad for p in ps] for ps, *_ in self._lists]
+        if any(g is None for gs in grads for g in gs):
+            return self._torch_step()
+        for group, (ps, exp_avgs, exp_avg_sqs, steps), gs in zip(self.param_groups, self._lists, grads):
+            beta1, beta2 = group["betas"]
+            torch._foreach_add_(steps, 1)
+            torch._fused_adam_(ps, gs, exp_avgs, exp_avg_sqs, [], steps, amsgrad=False, lr=group["lr"],
+                               beta1=float(beta1), beta2=float(beta2), weight_decay=group["weight_decay"],
+                               eps=group["eps"], maximize=group["maximize"], grad_scale=None, found_inf=None)
+        return None
 
 
 def maybe_compile(module: nn.Module, enabled: bool, dynamic: bool | None = None) -> nn.Module:

@@ -408,6 +408,40 @@ def test_adam_is_fused_and_makes_the_loop_update():
         torch.testing.assert_close(p, r, rtol=1e-5, atol=1e-6)  # the same update up to float rounding
 
 
+
+def test_lean_adam_is_bitwise_torchs_fused_adam():
+    """``adam``'s LeanAdam keeps its per-parameter lists after the first step and calls the same fused kernel: the
+    same weights and state bit for bit as ``torch.optim.Adam(fused=True)`` through a schedule, weight decay, changed
+    betas, a state-dict round trip and a step where one parameter has no gradient (PyTorch's step then); the step
+    hooks run once per step."""
+    torch.manual_seed(0)
+    torch.optim.Adam([torch.zeros(1, requires_grad=True)])  # an Adam made first wraps the Adam class's step in hooks
+    net = nn.Sequential(nn.Linear(5, 16), nn.Tanh(), nn.Linear(16, 1))
+    ref = deepcopy(net)
+    opt = adam(net.parameters(), lr=1e-2, betas=(0.5, 0.999), weight_decay=0.01)
+    ref_opt = torch.optim.Adam(ref.parameters(), lr=1e-2, betas=(0.5, 0.999), weight_decay=0.01, fused=True)
+    scheds = [torch.optim.lr_scheduler.LambdaLR(o, lambda k: 1 / (1 + k)) for o in (opt, ref_opt)]
+    hooks = []
+    opt.register_step_pre_hook(lambda *_: hooks.append(1))
+    for k in range(12):
+        x = torch.randn(32, 5)
+        for m, o in ((net, opt), (ref, ref_opt)):
+            o.zero_grad()
+            m(x).pow(2).mean().backward()
+            if k == 7:
+                m[2].bias.grad = None
+            if k == 9:
+                o.param_groups[0]["betas"] = (0.9, 0.99)
+            o.step()
+        for sched in scheds:
+            sched.step()
+        if k == 4:
+            opt.load_state_dict(deepcopy(opt.state_dict()))
+    assert len(hooks) == 12 and opt._lists
+    assert all(torch.equal(p, r) for p, r in zip(net.parameters(), ref.parameters()))
+    for p, r in zip(net.parameters(), ref.parameters()):
+        assert all(torch.equal(opt.state[p][key], ref_opt.state[r][key]) for key in ("step", "exp_avg", "exp_avg_sq"))
+
 def test_autocast_is_bf16_on_a_cpu_where_bf16_is_faster_unless_turned_off(monkeypatch):
     monkeypatch.delenv("HWLIB_DRYRUN", raising=False)
     monkeypatch.delenv("HWLIB_CPU_BF16", raising=False)
