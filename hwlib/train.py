@@ -199,8 +199,8 @@ class LeanAdam(torch.optim.Adam):
     in Python each time (its state, its gradient, checks) and then calls one fused kernel; this one keeps each group's
     parameters and their state tensors from the first step and, every step after, reads only the gradients and calls
     the same ``_foreach_add_`` on the step counters and the same ``_fused_adam_``, with the same arguments: the same
-    update bit for bit (``tests/test_train.py``). Notebook 02's U-Net (167 tensors) 1.09 against 0.70 ms a step;
-    03's MLP CGAN's two optimisers 0.39 + 0.36 against 0.27 + 0.25 (2 threads, Intel Xeon without AMX). Anything else
+    update bit for bit (``tests/test_train.py``). Notebook 02's U-Net (167 tensors) 1.26 against 0.85 ms a step, 03's
+    MLP CGAN step 1.033x in an A/B probe (2 threads, Intel Xeon without AMX). Anything else
     (not fused, amsgrad, capturable, a tensor learning rate, a parameter without a gradient, mixed devices or dtypes,
     a closure, a grad scaler's attributes) takes PyTorch's step; loading a state dict or adding a group starts over."""
 
