@@ -234,6 +234,10 @@ class LeanAdam(torch.optim.Adam):
         self._lists = None
         super().load_state_dict(state_dict)
 
+    def __setstate__(self, state: dict[str, Any]) -> None:  # a copy or unpickled optimiser gathers its own lists
+        super().__setstate__(state)
+        self._lists = None
+
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         self._lists = None
         super().add_param_group(param_group)

@@ -438,6 +438,9 @@ def test_lean_adam_is_bitwise_torchs_fused_adam():
         if k == 4:
             opt.load_state_dict(deepcopy(opt.state_dict()))
     assert len(hooks) == 12 and opt._lists
+    twin = deepcopy(opt)  # a copy gathers its own lists (of its own copied parameters)
+    assert twin._lists is None
+    twin.step()
     assert all(torch.equal(p, r) for p, r in zip(net.parameters(), ref.parameters()))
     for p, r in zip(net.parameters(), ref.parameters()):
         assert all(torch.equal(opt.state[p][key], ref_opt.state[r][key]) for key in ("step", "exp_avg", "exp_avg_sq"))
