@@ -182,8 +182,9 @@ def _cpuinfo() -> str:
 
 
 def adam(params: Any, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), **kwargs: Any) -> torch.optim.Adam:
-    """The Adam every hwlib model trains with: ``torch.optim.Adam`` with the fused implementation (one kernel updates
-    every parameter) on the CPU and CUDA, PyTorch's default elsewhere. The same update as the per-tensor loop up to
+    """The Adam every hwlib model trains with: :class:`LeanAdam` (``torch.optim.Adam`` with its fused step's Python
+    bookkeeping done once) with the fused implementation (one kernel updates every parameter) on the CPU and CUDA,
+    PyTorch's default elsewhere. The same update as the per-tensor loop up to
     float rounding (``tests/test_train.py``); with the foreach EMA it makes notebook 03's MLP CGAN, which stays in fp32
     and uncompiled, step 1.5x faster on this project's CPU (``benchmarks/bench_train_speed.py``).
     """
