@@ -249,9 +249,9 @@ class LeanAdam(torch.optim.Adam):
             return self._torch_step(closure)
         if self._lists is None:
             loss = self._torch_step()  # the first step creates the state
-            self._lists = self._gather() or []
+            self._lists = self._gather() or []  # []: not the simple fused case, PyTorch's step from now on
             return loss
-        if len(self._lists) != len(self.param_groups):
+        if not self._lists:
             return self._torch_step()
         grads = [[p.grad for p in ps] for ps, *_ in self._lists]
         if any(g is None for gs in grads for g in gs):

@@ -72,7 +72,6 @@ class _UpConv(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, kernel: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         ctx.save_for_backward(x, kernel)
-        ctx.has_bias = bias is not None
         return F.conv_transpose2d(x, kernel, bias, stride=2, padding=1)
 
     @staticmethod
@@ -84,6 +83,6 @@ class _UpConv(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             gk = torch.ops.aten.convolution_backward(x, grad, kernel, None, [2, 2], [1, 1], [1, 1], False, [0, 0], 1,
                                                      [False, True, False])[1]
-        if ctx.has_bias and ctx.needs_input_grad[2]:
+        if ctx.needs_input_grad[2]:  # False where there is no bias
             gb = grad.sum((0, 2, 3))
         return gx, gk, gb
