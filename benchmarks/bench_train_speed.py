@@ -20,7 +20,9 @@ machine's load hits both alike (the faster round of each is kept):
   the same day), and StackGAN's discriminator heads (a 4×4 kernel over 4×4 features) as matrix products
   (:class:`hwlib.models.matmul_conv.Conv2d`, 2026-12-07, later; ``--ablate matmul_conv`` switches both, named
   ``matmul_projection`` before the heads joined), and StackGAN's DiffAugment (translation and cutout) as one CPU
-  kernel each way (:mod:`hwlib.models.shift_cutout`, the same day, later; ``--ablate shift_cutout``).
+  kernel each way (:mod:`hwlib.models.shift_cutout`, the same day, later; ``--ablate shift_cutout``), and dropout's
+  random noise (notebook 03's MLP discriminator) drawn by hwlib's CPU kernel, the same mask bit for bit
+  (:mod:`hwlib.models.dropout`, since 2026-12-07, later still; ``--ablate fast_dropout``).
 
 Both settings run in one process, and ``fit`` sets :func:`hwlib.train.keep_freed_memory` for the whole process from
 the first run on (glibc's setting cannot be undone), so since 2026-12-06 ``before`` keeps freed memory too: these
@@ -91,7 +93,7 @@ from hwlib.data import ResidentLoader, cub, load_mnist
 from hwlib.data.cub import index_loader
 from hwlib.diffusion import Diffusion, make_diffusion_step
 from hwlib.gan import make_gan_step
-from hwlib.models import batch_norm_act, cgan, dcgan, matmul_conv, shift_cutout, stackgan, upsample_conv, vae
+from hwlib.models import batch_norm_act, cgan, dcgan, dropout, matmul_conv, shift_cutout, stackgan, upsample_conv, vae
 from hwlib.models.unet import build as build_unet
 from hwlib.models.vae import make_vae_step
 from hwlib.train import EMA, Warmup, adam, fit, get_device, maybe_compile, unwrap
@@ -127,6 +129,7 @@ class Core:
     folded_up: bool = False  # nearest x2 + 3x3 conv as one transposed convolution (hwlib.models.upsample_conv)
     matmul_conv: bool = False  # DCGAN G's first layer and StackGAN D's heads as matrix products (hwlib.models.matmul_conv)
     shift_cutout: bool = False  # StackGAN's DiffAugment in one CPU kernel each way (hwlib.models.shift_cutout)
+    fast_dropout: bool = False  # dropout's noise from hwlib's CPU kernel (hwlib.models.dropout; 03's MLP D)
 
     def net(self, module: torch.nn.Module, enabled: bool) -> torch.nn.Module:
         return maybe_compile(module, self.compile and enabled)
@@ -134,7 +137,7 @@ class Core:
 
 BEFORE = Core("before", lambda params, lr, betas=(0.9, 0.999): torch.optim.Adam(params, lr=lr, betas=tuple(betas),
                                                                                  foreach=False), LoopEMA, False, False, False)
-AFTER = Core("after", adam, EMA, True, True, True, True, True, True, True, True)
+AFTER = Core("after", adam, EMA, True, True, True, True, True, True, True, True, True)
 
 
 @dataclass
@@ -262,7 +265,8 @@ def train(name: str, core: Core, steps: int, device: torch.device, profile: bool
             mock.patch.object(batch_norm_act, "enabled", batch_norm_act.enabled and core.fused_bn), \
             mock.patch.object(upsample_conv, "enabled", upsample_conv.enabled and core.folded_up), \
             mock.patch.object(matmul_conv, "enabled", matmul_conv.enabled and core.matmul_conv), \
-            mock.patch.object(shift_cutout, "enabled", shift_cutout.enabled and core.shift_cutout):
+            mock.patch.object(shift_cutout, "enabled", shift_cutout.enabled and core.shift_cutout), \
+            mock.patch.object(dropout, "enabled", dropout.enabled and core.fast_dropout):
         torch.manual_seed(0)
         run = RUNS[name](core, steps, device)
         start = time.perf_counter()

@@ -8,10 +8,10 @@ from unittest import mock
 
 import pytest
 
-from hwlib.models import batch_norm_act, c_kernels, group_norm_silu, shift_cutout
+from hwlib.models import batch_norm_act, c_kernels, dropout, group_norm_silu, shift_cutout
 
 LIBRARIES = {"group_norm_silu": group_norm_silu.SIGNATURES, "batch_norm_act": batch_norm_act.SIGNATURES,
-             "shift_cutout": shift_cutout.SIGNATURES}
+             "shift_cutout": shift_cutout.SIGNATURES, "bernoulli_noise": dropout.SIGNATURES}
 
 
 @pytest.mark.parametrize("name", LIBRARIES)

@@ -29,6 +29,7 @@ from torch import nn
 
 from hwlib.files import atomic_write, file_digest
 from hwlib.metrics.features import map_batches
+from hwlib.models.dropout import Dropout
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 WEIGHTS = ASSETS / "mnist_cnn.pt"
@@ -51,7 +52,7 @@ class MnistNet(nn.Module):
         self.body = nn.Sequential(*_block(1, c1, 5), *_block(c1, c2, 3), *_block(c2, c3, 3), nn.Flatten(),
                                   nn.Linear(c3 * 9, feature_dim, bias=False), nn.BatchNorm1d(feature_dim),
                                   nn.ReLU(inplace=True))
-        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(feature_dim, 10))
+        self.head = nn.Sequential(Dropout(dropout), nn.Linear(feature_dim, 10))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 1, 28, 28) in [-1, 1] -> (B, 128) non-negative penultimate activations."""

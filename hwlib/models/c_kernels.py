@@ -5,7 +5,8 @@ compiled on first use with the machine's C compiler (the one ``torch.compile`` a
 PyTorch's operators.
 
 Used by :mod:`hwlib.models.group_norm_silu` (the U-Net's GroupNorm + SiLU), :mod:`hwlib.models.batch_norm_act`
-(StackGAN's batch norms) and :mod:`hwlib.models.shift_cutout` (StackGAN's DiffAugment).
+(StackGAN's batch norms), :mod:`hwlib.models.shift_cutout` (StackGAN's DiffAugment) and
+:mod:`hwlib.models.dropout` (dropout's random noise).
 """
 from __future__ import annotations
 

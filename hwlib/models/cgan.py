@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from hwlib.models.dropout import Dropout
+
 if TYPE_CHECKING:
     from hwlib.train import EMA
 
@@ -23,7 +25,7 @@ def _mlp(sizes: Sequence[int], dropout: float = 0.0, batchnorm: bool = False) ->
     for a, b in zip(sizes[:-1], sizes[1:]):
         layers += [nn.Linear(a, b), *([nn.BatchNorm1d(b)] if batchnorm else []), nn.LeakyReLU(0.2, True)]
         if dropout > 0:
-            layers.append(nn.Dropout(dropout))
+            layers.append(Dropout(dropout))
     return nn.Sequential(*layers)
 
 

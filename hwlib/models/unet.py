@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hwlib.models import group_norm_silu, upsample_conv
+from hwlib.models.dropout import Dropout
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
@@ -171,7 +172,7 @@ class TimeResBlock(nn.Module):
         super().__init__()
         self.norm1, self.conv1 = norm(c_in), nn.Conv2d(c_in, c_out, 3, padding=1)
         self.emb = nn.Linear(emb_dim, c_out)
-        self.norm2, self.drop, self.conv2 = norm(c_out), nn.Dropout(dropout), nn.Conv2d(c_out, c_out, 3, padding=1)
+        self.norm2, self.drop, self.conv2 = norm(c_out), Dropout(dropout), nn.Conv2d(c_out, c_out, 3, padding=1)
         nn.init.zeros_(self.conv2.weight)  # each block starts as the identity (as in the DDPM code)
         nn.init.zeros_(self.conv2.bias)
         self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
