@@ -1,11 +1,13 @@
-"""Dropout for float32 training on a CPU whose random mask PyTorch would draw, drawn faster.
+"""Dropout on a CPU with PyTorch's own random mask, drawn faster.
 
 PyTorch's CPU dropout is ``x * empty_like(x).bernoulli_(1 - p).div_(1 - p)``, and its ``bernoulli_`` draws each
 element in a generic serial loop from the default generator (MT19937, two 32-bit words per element): about 11 ns an
 element on the 2-core Intel Xeon, 0.7 ms for a (128, 512) batch, 12–15 % of notebook 03's MLP CGAN step with its
 three dropout layers. :file:`hwlib/csrc/bernoulli_noise.c` draws the same words from the same generator state
 (read with ``torch.get_rng_state`` and written back advanced as ``bernoulli_`` advances it) and writes the noise in one
-pass: the same mask, output, gradient and generator state bit for bit (``tests/test_dropout.py``).
+pass: the same mask, output, gradient and generator state bit for bit (``tests/test_dropout.py``). Reading and writing
+the state is not one atomic step: another thread drawing from the default generator at that moment would see the
+draws twice (hwlib's loaders draw in the training thread).
 
 :class:`Dropout` is ``nn.Dropout`` (same arguments, repr and state dict) that takes this path for contiguous float32
 CPU tensors in eager training, built and loaded by :mod:`hwlib.models.c_kernels`; elsewhere (CUDA, other dtypes,
