@@ -371,7 +371,6 @@ def test_ema_update_is_bitwise_the_per_tensor_lerp():
     assert all(torch.equal(b, e) for b, e in zip(model.buffers(), ema.module.buffers()))
 
 
-
 def test_ema_averages_the_tensors_the_modules_hold_now_and_shared_ones_once():
     """EMA finds each tensor's (module, name) slot once and reads the slots at every update: a parameter or buffer a
     module replaces after the first update is the one averaged or copied; a weight two modules share is averaged once."""
@@ -391,6 +390,7 @@ def test_ema_averages_the_tensors_the_modules_hold_now_and_shared_ones_once():
     assert torch.equal(ema.module[0].weight, w.lerp(model[0].weight.detach(), 0.5))  # the shared weight once, not twice
     assert ema.module[2].weight is ema.module[0].weight
 
+
 def test_adam_is_fused_and_makes_the_loop_update():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(5, 16), nn.Tanh(), nn.Linear(16, 1))
@@ -406,7 +406,6 @@ def test_adam_is_fused_and_makes_the_loop_update():
             o.step()
     for p, r in zip(net.parameters(), ref.parameters()):
         torch.testing.assert_close(p, r, rtol=1e-5, atol=1e-6)  # the same update up to float rounding
-
 
 
 def test_lean_adam_is_bitwise_torchs_fused_adam():
@@ -444,6 +443,7 @@ def test_lean_adam_is_bitwise_torchs_fused_adam():
     assert all(torch.equal(p, r) for p, r in zip(net.parameters(), ref.parameters()))
     for p, r in zip(net.parameters(), ref.parameters()):
         assert all(torch.equal(opt.state[p][key], ref_opt.state[r][key]) for key in ("step", "exp_avg", "exp_avg_sq"))
+
 
 def test_autocast_is_bf16_on_a_cpu_where_bf16_is_faster_unless_turned_off(monkeypatch):
     monkeypatch.delenv("HWLIB_DRYRUN", raising=False)

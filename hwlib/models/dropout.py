@@ -19,7 +19,6 @@ import ctypes
 import os
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from hwlib.models import c_kernels
@@ -61,9 +60,9 @@ def bernoulli_noise(like: torch.Tensor, keep: float) -> torch.Tensor:
 
 class Dropout(nn.Dropout):
     """``nn.Dropout(p, inplace)``: in eager float32 training on a CPU its noise comes from :func:`bernoulli_noise`
-    (bit for bit PyTorch's), elsewhere from ``F.dropout``. x: any shape, float; the output has x's shape."""
+    (bit for bit PyTorch's), elsewhere ``nn.Dropout``'s own. x: any shape, float; the output has x's shape."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training and 0.0 < self.p < 1.0 and not self.inplace and available(x):
             return x * bernoulli_noise(x, 1.0 - self.p)
-        return F.dropout(x, self.p, self.training, self.inplace)
+        return super().forward(x)
