@@ -136,8 +136,10 @@ class Core:
 
 
 BEFORE = Core("before", lambda params, lr, betas=(0.9, 0.999): torch.optim.Adam(params, lr=lr, betas=tuple(betas),
-                                                                                 foreach=False), LoopEMA, False, False, False)
-AFTER = Core("after", adam, EMA, True, True, True, True, True, True, True, True, True)
+                                                                                 foreach=False), LoopEMA,
+              bf16=False, compile=False, channels_last=False)
+AFTER = Core("after", adam, EMA, bf16=True, compile=True, channels_last=True, joint_d=True, fused_bn=True, folded_up=True,
+             matmul_conv=True, shift_cutout=True, fast_dropout=True)
 
 
 @dataclass
