@@ -1,5 +1,5 @@
 """The CPU batch-norm kernel: values, gradients and running statistics against PyTorch's in float64, every block
-width of its channel loop, each activation, thread-count independence, and when it applies."""
+width of its channel loop, each activation, float32 and bf16, thread-count independence, and when it applies."""
 from __future__ import annotations
 
 from unittest import mock
@@ -65,15 +65,75 @@ def test_film_between_norm_and_activation_has_pytorchs_values_and_gradients(shap
         torch.testing.assert_close(mine.double(), theirs.detach(), atol=2e-6 * tol, rtol=1e-5)
 
 
-def test_film_must_be_one_float32_pair_per_sample_and_channel():
+@pytest.mark.parametrize("film", [False, True], ids=["plain", "film"])
+@pytest.mark.parametrize("slope", [0.0, 0.2], ids=["relu", "leaky"])
+@pytest.mark.parametrize("shape", [(4, 8, 16, 16), (2, 40, 6, 6), (5, 24, 1, 1)], ids=["8", "16+16+8", "16+8-1x1"])
+def test_bf16_reads_and_writes_bf16_and_computes_as_float32(shape, slope, film):
+    """bf16 x and dL/dout (autocast): the output and dx are the float64 results rounded to bf16; the parameters'
+    gradients, FiLM's and the running statistics are as exact as in float32."""
+    x, w, b = _inputs(*shape)
+    x = x.detach().bfloat16().contiguous(memory_format=CL).requires_grad_()
+    c = shape[1]
+    running = torch.randn(c), torch.rand(c) + 0.5
+    mine_running = tuple(t.clone() for t in running)
+    extra = ((1 + 0.5 * torch.randn(shape[:2])).requires_grad_(), torch.randn(shape[:2], requires_grad=True)) if film else ()
+    out = bna.batch_norm_act(x, w, b, *mine_running, momentum=0.1, eps=1e-5, slope=slope, film=extra or None)
+    dout = torch.randn(shape).bfloat16()
+    grads = torch.autograd.grad(out, (x, w, b, *extra), dout)
+
+    xd, wd, bd, *fd = (t.detach().double().requires_grad_() for t in (x, w, b, *extra))
+    ref_running = tuple(t.double() for t in running)
+    ref = F.batch_norm(xd, *ref_running, wd, bd, training=True, momentum=0.1, eps=1e-5)
+    if film:
+        ref = ref * fd[0][:, :, None, None] + fd[1][:, :, None, None]
+    ref = F.leaky_relu(ref, slope)
+    ref_grads = torch.autograd.grad(ref, (xd, wd, bd, *fd), dout.double())
+
+    assert out.dtype == grads[0].dtype == torch.bfloat16 and out.is_contiguous(memory_format=CL)
+    assert all(g.dtype == torch.float32 for g in grads[1:])
+    for mine, theirs in ((out, ref), (grads[0], ref_grads[0])):  # one rounding to bf16 (8 bits): 2^-9 relative
+        scale = theirs.abs().max().item()
+        torch.testing.assert_close(mine.double(), theirs.detach(), atol=1e-5 * scale, rtol=2 ** -8)
+    for mine, theirs in zip((*grads[1:], *mine_running), (*ref_grads[1:], *ref_running)):
+        scale = max(theirs.abs().max().item(), 1.0)
+        torch.testing.assert_close(mine.double(), theirs.detach(), atol=2e-6 * scale, rtol=1e-5)
+
+
+def test_bf16_training_matches_pytorchs_autocast_batch_norm():
+    """StackGAN's BatchNorm2d + LeakyReLU under bf16 autocast, the kernel against PyTorch's own bf16 batch norm: the
+    same values and gradients up to bf16 rounding (PyTorch rounds the norm's output once more, before the activation)."""
+    from hwlib.models.stackgan import norm_act
+
+    torch.manual_seed(0)
+    x0 = (torch.randn(4, 16, 8, 8) * 2 + 1).bfloat16().contiguous(memory_format=CL)
+    dout = torch.randn(4, 16, 8, 8).bfloat16()
+    results = []
+    for use_kernel in (True, False):
+        torch.manual_seed(1)
+        layer = torch.nn.Sequential(*norm_act(16, slope=0.2)).train()
+        x = x0.clone().requires_grad_()
+        with mock.patch.object(bna, "enabled", use_kernel), torch.autocast("cpu", dtype=torch.bfloat16):
+            out = layer(x)
+        out.backward(dout)
+        bn = layer[0]
+        results.append((out, x.grad, bn.weight.grad, bn.bias.grad, bn.running_mean, bn.running_var))
+    for mine, theirs in zip(*results):
+        assert mine.dtype == theirs.dtype
+        scale = theirs.abs().max().item()
+        torch.testing.assert_close(mine.double(), theirs.double(), atol=1e-2 * scale, rtol=2 ** -7)
+
+
+def test_film_must_be_one_pair_per_sample_and_channel():
     x, w, b = _inputs(2, 8, 4, 4)
-    with pytest.raises(ValueError, match=r"film's scale and shift must be float32 \(2, 8\)"):
+    with pytest.raises(ValueError, match=r"film's scale and shift must be \(2, 8\) tensors"):
         bna.batch_norm_act(x, w, b, None, None, 0.1, 1e-5, film=(torch.ones(2, 8, 1, 1), torch.zeros(2, 8, 1, 1)))
 
 
-def test_results_do_not_depend_on_the_thread_count():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bf16"])
+def test_results_do_not_depend_on_the_thread_count(dtype):
     x, w, b = _inputs(6, 24, 9, 9, seed=1)
-    dout = torch.randn(6, 24, 9, 9)
+    x = x.detach().to(dtype).contiguous(memory_format=CL).requires_grad_()
+    dout = torch.randn(6, 24, 9, 9).to(dtype)
     runs, threads = [], torch.get_num_threads()
     try:
         for n in (1, 2, 3):
@@ -88,11 +148,12 @@ def test_results_do_not_depend_on_the_thread_count():
             assert torch.equal(a, r)
 
 
-def test_it_applies_to_float32_channels_last_cpu_training_only():
+def test_it_applies_to_float32_and_bf16_channels_last_cpu_training_only():
     x = torch.randn(2, 8, 4, 4)
     assert bna.available(x.contiguous(memory_format=CL))
+    assert bna.available(x.contiguous(memory_format=CL).bfloat16())  # autocast
+    assert not bna.available(x.contiguous(memory_format=CL).half())
     assert not bna.available(x)  # contiguous: PyTorch's kernel is fast there
-    assert not bna.available(x.contiguous(memory_format=CL).bfloat16())  # autocast
     assert not bna.available(torch.randn(2, 8, 1, 1).contiguous(memory_format=CL))  # both layouts at once
     with torch.no_grad():  # sampling, standing statistics
         assert not bna.available(x.contiguous(memory_format=CL))

@@ -9,8 +9,12 @@
  * Optionally a per-sample, per-channel affine map between the norm and the activation (FiLM, a conditional batch
  * norm): z = bn(x) * fs[n, c] + fb[n, c], folded into each sample's scale and shift; its gradients come out of the
  * same per-sample sums (d fs = sum over pixels of g bn(x), d fb = sum of g).
+ * Each function comes twice (batch_norm_act_body.h): for float32 tensors, and with the suffix _bf16 for bfloat16 x,
+ * out, dout and dx (bf16 autocast), read as float and written rounded to the nearest bf16; every other tensor and
+ * every sum as in float32.
  * Compiled with -ffast-math (not linked with it: see hwlib/models/c_kernels.py). */
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 
 #include "channel_blocks.h"
@@ -20,55 +24,19 @@ static inline float act(float z, float slope) { return z > 0.0f ? z : slope * z;
 /* dL/dz from dL/dout at z */
 static inline float act_grad(float z, float dout, float slope) { return z > 0.0f ? dout : slope * dout; }
 
-static inline void out_block(const float *xs, float *os, long P, long C, long c0, long cw, const float *scale,
-                             const float *shift, float slope) {
-    float sc[CB], sf[CB];
-    for (long k = 0; k < cw; k++) sc[k] = scale[c0 + k], sf[k] = shift[c0 + k];
-    for (long p = 0; p < P; p++) {
-        const float *row = xs + p * C + c0;
-        float *orow = os + p * C + c0;
-#pragma omp simd
-        for (long k = 0; k < cw; k++) orow[k] = act(row[k] * sc[k] + sf[k], slope);
-    }
+/* bfloat16 (the top half of a float32) to float, and float to the nearest bfloat16, ties to even (NaN kept NaN) */
+static inline float bf16_load(uint16_t v) {
+    union { uint32_t u; float f; } c = {.u = (uint32_t)v << 16};
+    return c.f;
 }
 
-/* one sample's sums of g = dL/dz and g (x - mean) */
-static inline void grad_block(const float *xs, const float *ds, long P, long C, long c0, long cw, const float *scale,
-                              const float *shift, const float *mean, float slope, double *s1, double *s2) {
-    float sc[CB], sf[CB], mu[CB];
-    double a[CB] = {0}, q[CB] = {0};
-    for (long k = 0; k < cw; k++) sc[k] = scale[c0 + k], sf[k] = shift[c0 + k], mu[k] = mean[c0 + k];
-    for (long p = 0; p < P; p++) {
-        const float *row = xs + p * C + c0, *drow = ds + p * C + c0;
-#pragma omp simd
-        for (long k = 0; k < cw; k++) {
-            float g = act_grad(row[k] * sc[k] + sf[k], drow[k], slope);
-            a[k] += (double)g;
-            q[k] += (double)(g * (row[k] - mu[k]));
-        }
-    }
-    for (long k = 0; k < cw; k++) s1[c0 + k] = a[k], s2[c0 + k] = q[k];
+static inline uint16_t bf16_store(float f) {
+    union { float f; uint32_t u; } c = {.f = f};
+    if ((c.u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((c.u >> 16) | 0x40u);
+    return (uint16_t)((c.u + 0x7fffu + ((c.u >> 16) & 1u)) >> 16);
 }
 
-/* dx = ca g + cb (x - mean) + cc */
-static inline void dx_block(const float *xs, const float *ds, float *dxs, long P, long C, long c0, long cw,
-                            const float *scale, const float *shift, const float *mean, const float *ca,
-                            const float *cb, const float *cc, float slope) {
-    float sc[CB], sf[CB], mu[CB], fa[CB], fb[CB], fc[CB];
-    for (long k = 0; k < cw; k++) {
-        long c = c0 + k;
-        sc[k] = scale[c], sf[k] = shift[c], mu[k] = mean[c], fa[k] = ca[c], fb[k] = cb[c], fc[k] = cc[c];
-    }
-    for (long p = 0; p < P; p++) {
-        const float *row = xs + p * C + c0, *drow = ds + p * C + c0;
-        float *dxrow = dxs + p * C + c0;
-#pragma omp simd
-        for (long k = 0; k < cw; k++) {
-            float g = act_grad(row[k] * sc[k] + sf[k], drow[k], slope);
-            dxrow[k] = fa[k] * g + fb[k] * (row[k] - mu[k]) + fc[k];
-        }
-    }
-}
+DEFINE_STATS_BLOCK(stats_block_bf16, uint16_t, bf16_load)
 
 /* sample n's scale and shift: the channel's, or with FiLM (fs, fb (N, C), or NULL) (bn * fs + fb) folded in */
 static inline void sample_affine(const float *scale, const float *shift, const float *fs, const float *fb, long n,
@@ -79,89 +47,16 @@ static inline void sample_affine(const float *scale, const float *shift, const f
     }
 }
 
-/* mean and rstd per channel out; running_mean and running_var (NULL: not tracked) updated; out = act(bn(x)), or
- * act(bn(x) * fs + fb) with FiLM (fs, fb (N, C); NULL: none).
- * Returns 0, or -1 where the work memory could not be allocated (nothing written). */
-int bn_act_forward_cl(const float *x, const float *w, const float *b, const float *fs, const float *fb, float *out,
-                      float *mean, float *rstd, float *running_mean, float *running_var, long N, long P, long C,
-                      float eps, float momentum, float slope, int threads) {
-    double *p1 = malloc(2 * N * C * sizeof(double));
-    if (!p1) return -1;
-    double *p2 = p1 + N * C;
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (long n = 0; n < N; n++) {
-        const float *xs = x + n * P * C;
-        BLOCKS(C, c0, stats_block(xs, x, P, C, c0, cw, p1 + n * C, p2 + n * C))
-    }
-    double M = (double)N * (double)P;
-    float scale[C], shift[C];
-    for (long c = 0; c < C; c++) {
-        double s1 = 0.0, s2 = 0.0;
-        for (long n = 0; n < N; n++) s1 += p1[n * C + c], s2 += p2[n * C + c];
-        double m = s1 / M, v = s2 / M - m * m;
-        v = v > 0.0 ? v : 0.0;
-        mean[c] = (float)(m + (double)x[c]);
-        rstd[c] = (float)(1.0 / sqrt(v + (double)eps));
-        if (running_mean && running_var) {
-            double mom = momentum, unbiased = M > 1.0 ? v * M / (M - 1.0) : v;
-            running_mean[c] = (float)(mom * (m + (double)x[c]) + (1.0 - mom) * running_mean[c]);
-            running_var[c] = (float)(mom * unbiased + (1.0 - mom) * running_var[c]);
-        }
-        scale[c] = rstd[c] * w[c];
-        shift[c] = b[c] - mean[c] * scale[c];
-    }
-    free(p1);
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (long n = 0; n < N; n++) {
-        float sn[C], hn[C];
-        sample_affine(scale, shift, fs, fb, n, C, sn, hn);
-        BLOCKS(C, c0, out_block(x + n * P * C, out + n * P * C, P, C, c0, cw, sn, hn, slope))
-    }
-    return 0;
-}
+#define T float
+#define LOAD AS_IS
+#define STORE AS_IS
+#define STATS stats_block
+#define SUFFIX
+#include "batch_norm_act_body.h"
 
-/* dx (N, P, C), dw and db (C,) from dL/dout, x and the forward's mean and rstd; with FiLM (fs, fb (N, C); NULL:
- * none) also dfs and dfb (N, C). 0, or -1 (no memory). */
-int bn_act_backward_cl(const float *dout, const float *x, const float *w, const float *b, const float *fs,
-                       const float *fb, const float *mean, const float *rstd, float *dx, float *dw, float *db,
-                       float *dfs, float *dfb, long N, long P, long C, float slope, int threads) {
-    double *p1 = malloc(2 * N * C * sizeof(double));
-    if (!p1) return -1;
-    double *p2 = p1 + N * C;
-    float scale[C], shift[C], cb[C], cc[C];
-    for (long c = 0; c < C; c++) scale[c] = rstd[c] * w[c], shift[c] = b[c] - mean[c] * scale[c];
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (long n = 0; n < N; n++) {
-        long o = n * P * C;
-        float sn[C], hn[C];
-        sample_affine(scale, shift, fs, fb, n, C, sn, hn);
-        BLOCKS(C, c0, grad_block(x + o, dout + o, P, C, c0, cw, sn, hn, mean, slope, p1 + n * C, p2 + n * C))
-    }
-    double M = (double)N * (double)P;
-    for (long c = 0; c < C; c++) {
-        double sg = 0.0, sgx = 0.0;  /* sums of dL/dbn and dL/dbn (x - mean) */
-        double r = rstd[c];
-        for (long n = 0; n < N; n++) {
-            double a = p1[n * C + c], q = p2[n * C + c], g = fs ? fs[n * C + c] : 1.0;
-            if (fs) {
-                dfs[n * C + c] = (float)(q * r * w[c] + a * b[c]);  /* sum over pixels of dL/dz bn(x) */
-                dfb[n * C + c] = (float)a;
-            }
-            sg += g * a, sgx += g * q;
-        }
-        db[c] = (float)sg;
-        dw[c] = (float)(sgx * r);
-        cb[c] = (float)(-(double)scale[c] * r * r * sgx / M);
-        cc[c] = (float)(-(double)scale[c] * sg / M);
-    }
-    free(p1);
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (long n = 0; n < N; n++) {
-        long o = n * P * C;
-        float sn[C], hn[C], ca[C];  /* ca: dL/dz -> dx, rstd w fs */
-        sample_affine(scale, shift, fs, fb, n, C, sn, hn);
-        for (long c = 0; c < C; c++) ca[c] = scale[c] * (fs ? fs[n * C + c] : 1.0f);
-        BLOCKS(C, c0, dx_block(x + o, dout + o, dx + o, P, C, c0, cw, sn, hn, mean, ca, cb, cc, slope))
-    }
-    return 0;
-}
+#define T uint16_t
+#define LOAD bf16_load
+#define STORE bf16_store
+#define STATS stats_block_bf16
+#define SUFFIX _bf16
+#include "batch_norm_act_body.h"

@@ -15,22 +15,26 @@
         else { long cw = (C) - c0; call; } \
     }
 
-/* one sample's sums of (x - pilot) and their squares over its P rows, in double, channels c0 .. c0+cw-1 */
-static inline void stats_block(const float *xs, const float *pilot, long P, long C, long c0, long cw, double *s1,
-                               double *s2) {
-    double a[CB] = {0}, q[CB] = {0};
-    float pl[CB];
-    for (long k = 0; k < cw; k++) pl[k] = pilot[c0 + k];
-    for (long p = 0; p < P; p++) {
-        const float *row = xs + p * C + c0;
-#pragma omp simd
-        for (long k = 0; k < cw; k++) {
-            double d = (double)row[k] - (double)pl[k];
-            a[k] += d;
-            q[k] += d * d;
-        }
-    }
-    for (long k = 0; k < cw; k++) s1[c0 + k] = a[k], s2[c0 + k] = q[k];
+/* one sample's sums of (x - pilot) and their squares over its P rows, in double, channels c0 .. c0+cw-1: defines
+ * `name` for elements of type T read as float by LOAD (float: as they are; batch_norm_act.c also makes a bf16 one) */
+#define DEFINE_STATS_BLOCK(name, T, LOAD) \
+static inline void name(const T *xs, const T *pilot, long P, long C, long c0, long cw, double *s1, double *s2) { \
+    double a[CB] = {0}, q[CB] = {0}; \
+    float pl[CB]; \
+    for (long k = 0; k < cw; k++) pl[k] = LOAD(pilot[c0 + k]); \
+    for (long p = 0; p < P; p++) { \
+        const T *row = xs + p * C + c0; \
+        _Pragma("omp simd") \
+        for (long k = 0; k < cw; k++) { \
+            double d = (double)LOAD(row[k]) - (double)pl[k]; \
+            a[k] += d; \
+            q[k] += d * d; \
+        } \
+    } \
+    for (long k = 0; k < cw; k++) s1[c0 + k] = a[k], s2[c0 + k] = q[k]; \
 }
+
+#define AS_IS(v) (v)
+DEFINE_STATS_BLOCK(stats_block, float, AS_IS)
 
 #endif

@@ -1,5 +1,5 @@
-"""BatchNorm in training, optionally followed by a (leaky) ReLU, as one CPU kernel each way for float32 channels-last
-tensors: ``act(batch_norm(x))``, x (B, C, H, W) -> (B, C, H, W), with gradients and the running statistics updated
+"""BatchNorm in training, optionally followed by a (leaky) ReLU, as one CPU kernel each way for float32 or bfloat16
+(bf16 autocast) channels-last tensors: ``act(batch_norm(x))``, x (B, C, H, W) -> (B, C, H, W), with gradients and the running statistics updated
 as ``nn.BatchNorm2d`` updates them.
 
 StackGAN trains channels-last on a CPU, where PyTorch's batch norm for that layout is slow, worst for few channels
@@ -8,8 +8,10 @@ StackGAN trains channels-last on a CPU, where PyTorch's batch norm for that layo
 :file:`hwlib/csrc/batch_norm_act.c` reads x twice forward (statistics, output) and x and dL/dout twice backward, one
 sample per task with the partial sums added in sample order, so its results do not depend on the thread count.
 Built and loaded by :mod:`hwlib.models.c_kernels`; an ``autograd.Function`` for eager training (StackGAN is not
-compiled). :func:`available` says whether it applies; where it does not (no compiler, eval mode, no gradient, bf16,
-another layout), :class:`hwlib.models.stackgan.BatchNorm2d` is ``nn.BatchNorm2d``.
+compiled). In bf16 the kernel reads x and dL/dout as bf16 and writes the output and dx rounded to bf16, with every
+sum and statistic as in float32 (PyTorch's bf16 batch norm computes in float32 too, then rounds the norm's output once
+more before the activation). :func:`available` says whether it applies; where it does not (no compiler, eval mode, no
+gradient, another dtype or layout), :class:`hwlib.models.stackgan.BatchNorm2d` is ``nn.BatchNorm2d``.
 """
 from __future__ import annotations
 
@@ -23,8 +25,11 @@ from hwlib.layout import is_channels_last
 from hwlib.models import c_kernels
 
 _P, _I64, _F32 = ctypes.c_void_p, ctypes.c_long, ctypes.c_float
-SIGNATURES = {"bn_act_forward_cl": ([_P] * 10 + [_I64] * 3 + [_F32, _F32, _F32, ctypes.c_int], ctypes.c_int),
-              "bn_act_backward_cl": ([_P] * 13 + [_I64] * 3 + [_F32, ctypes.c_int], ctypes.c_int)}
+_FORWARD = ([_P] * 10 + [_I64] * 3 + [_F32, _F32, _F32, ctypes.c_int], ctypes.c_int)
+_BACKWARD = ([_P] * 13 + [_I64] * 3 + [_F32, ctypes.c_int], ctypes.c_int)
+SIGNATURES = {"bn_act_forward_cl": _FORWARD, "bn_act_backward_cl": _BACKWARD,
+              "bn_act_forward_cl_bf16": _FORWARD, "bn_act_backward_cl_bf16": _BACKWARD}
+_SUFFIX = {torch.float32: "", torch.bfloat16: "_bf16"}  # the kernels for each dtype of x
 
 enabled = os.environ.get("HWLIB_FUSED_NORM", "1") != "0"
 """Use the kernel where it applies (``HWLIB_FUSED_NORM=0`` at import, or setting this to False, turns it off)."""
@@ -35,10 +40,10 @@ def _library() -> ctypes.CDLL | None:
 
 
 def available(x: torch.Tensor) -> bool:
-    """Whether :func:`batch_norm_act` runs the kernel for ``x``: a float32 CPU tensor (B, C, H, W) in the
+    """Whether :func:`batch_norm_act` runs the kernel for ``x``: a float32 or bfloat16 CPU tensor (B, C, H, W) in the
     channels-last layout (and not also contiguous), gradients on, not inside ``torch.compile``, :data:`enabled`,
     the library built."""
-    return (enabled and torch.is_grad_enabled() and x.device.type == "cpu" and x.dtype == torch.float32
+    return (enabled and torch.is_grad_enabled() and x.device.type == "cpu" and x.dtype in _SUFFIX
             and x.dim() == 4 and is_channels_last(x)
             and not torch.compiler.is_compiling() and _library() is not None)
 
@@ -58,10 +63,10 @@ class _BatchNormAct(torch.autograd.Function):
         weight, bias = weight.detach().contiguous(), bias.detach().contiguous()
         film = None if scale is None else (scale.detach().contiguous(), shift.detach().contiguous())
         out = torch.empty_like(x, memory_format=torch.channels_last)
-        mean, rstd = x.new_empty(c), x.new_empty(c)
+        mean, rstd = weight.new_empty(c), weight.new_empty(c)  # float32
         rm, rv = (None, None) if running is None else (running[0].data_ptr(), running[1].data_ptr())
         fs, fb = (None, None) if film is None else (film[0].data_ptr(), film[1].data_ptr())
-        _call(_library().bn_act_forward_cl, x.data_ptr(), weight.data_ptr(), bias.data_ptr(), fs, fb, out.data_ptr(),
+        _call(getattr(_library(), "bn_act_forward_cl" + _SUFFIX[x.dtype]), x.data_ptr(), weight.data_ptr(), bias.data_ptr(), fs, fb, out.data_ptr(),
               mean.data_ptr(), rstd.data_ptr(), rm, rv, b, h * w, c, eps, momentum, slope)
         ctx.save_for_backward(x, weight, bias, *(film or ()))
         ctx.mean, ctx.rstd, ctx.slope = mean, rstd, slope
@@ -71,13 +76,13 @@ class _BatchNormAct(torch.autograd.Function):
     def backward(ctx: Any, dout: torch.Tensor) -> tuple:
         x, weight, bias, *film = ctx.saved_tensors
         b, c, h, w = x.shape
-        dout = dout.contiguous(memory_format=torch.channels_last)
+        dout = dout.to(x.dtype).contiguous(memory_format=torch.channels_last)
         dx = torch.empty_like(x, memory_format=torch.channels_last)
-        dw, db = x.new_empty(c), x.new_empty(c)
-        dfilm = [x.new_empty(b, c) for _ in film]
+        dw, db = weight.new_empty(c), weight.new_empty(c)
+        dfilm = [weight.new_empty(b, c) for _ in film]
         ptrs = [t.data_ptr() for t in film] or [None, None]
         dptrs = [t.data_ptr() for t in dfilm] or [None, None]
-        _call(_library().bn_act_backward_cl, dout.data_ptr(), x.data_ptr(), weight.data_ptr(), bias.data_ptr(), *ptrs,
+        _call(getattr(_library(), "bn_act_backward_cl" + _SUFFIX[x.dtype]), dout.data_ptr(), x.data_ptr(), weight.data_ptr(), bias.data_ptr(), *ptrs,
               ctx.mean.data_ptr(), ctx.rstd.data_ptr(), dx.data_ptr(), dw.data_ptr(), db.data_ptr(), *dptrs, b, h * w,
               c, ctx.slope)
         return dx, dw, db, *(dfilm or (None, None)), None, None, None, None
@@ -89,9 +94,9 @@ def batch_norm_act(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, ru
     """``act(F.batch_norm(x, running_mean, running_var, weight, bias, training=True, momentum, eps))`` with
     act(z) = z for z > 0, else ``slope`` z (1: none, 0: ReLU), for x as :func:`available` accepts (B > 1 or H W > 1);
     the running statistics (if given) move by ``momentum`` towards the batch's mean and unbiased variance, in place.
-    ``film``: (scale, shift), each (B, C) float32, applied per sample between the norm and the activation,
+    ``film``: (scale, shift), each (B, C) (computed in float32), applied per sample between the norm and the activation,
     ``act(bn(x) * scale[:, :, None, None] + shift[:, :, None, None])`` (a conditional batch norm), with their
-    gradients. The result is channels-last."""
+    gradients. The result is channels-last, of x's dtype."""
     if x.shape[0] * x.shape[2] * x.shape[3] < 2:
         raise ValueError(f"batch_norm_act: expected more than 1 value per channel when training, got {tuple(x.shape)}")
     if running_mean is not None and running_var is not None:
@@ -102,7 +107,9 @@ def batch_norm_act(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, ru
     else:
         running = None
     scale, shift = film if film is not None else (None, None)
-    if film is not None and not (scale.shape == shift.shape == x.shape[:2] and scale.dtype == shift.dtype == torch.float32):
-        raise ValueError(f"batch_norm_act: film's scale and shift must be float32 {tuple(x.shape[:2])} tensors, got "
-                         f"{tuple(scale.shape)} {scale.dtype} and {tuple(shift.shape)} {shift.dtype}")
+    if film is not None:
+        if not scale.shape == shift.shape == x.shape[:2]:
+            raise ValueError(f"batch_norm_act: film's scale and shift must be {tuple(x.shape[:2])} tensors, got "
+                             f"{tuple(scale.shape)} and {tuple(shift.shape)}")
+        scale, shift = scale.float(), shift.float()  # bf16 under autocast; their gradients come back in their dtype
     return _BatchNormAct.apply(x, weight, bias, scale, shift, running, momentum, eps, slope)
