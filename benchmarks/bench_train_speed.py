@@ -12,10 +12,10 @@ machine's load hits both alike (the faster round of each is kept):
   ``joint_d``: 03's MLP CGAN), :func:`hwlib.train.autocast` (bf16 on CPUs that compute it faster than fp32) and
   :func:`hwlib.train.maybe_compile` where the profile turns them on (``compile``; 03's MLP: neither), and
   StackGAN's networks and images in channels-last memory format, as ``stackgan.train_stage`` keeps them, with its
-  batch norms trained on hwlib's CPU kernel in fp32 (``stackgan.BatchNorm2d``, :mod:`hwlib.models.batch_norm_act`,
-  since 2026-12-07; ``--ablate fused_bn`` times it against ``nn.BatchNorm2d``), and in fp32 on a CPU a nearest
-  ×2 and its 3×3 convolution computed as one transposed convolution (:mod:`hwlib.models.upsample_conv`: StackGAN's
-  up-blocks, the U-Net's ``Upsample``; since the same day; ``--ablate folded_up``), and the DCGAN generators'
+  batch norms trained on hwlib's CPU kernel (``stackgan.BatchNorm2d``, :mod:`hwlib.models.batch_norm_act`: in fp32
+  since 2026-12-07, in bf16 too since 2026-12-08; ``--ablate fused_bn`` times it against ``nn.BatchNorm2d``), and in
+  fp32 on a CPU a nearest ×2 and its 3×3 convolution computed as one transposed convolution
+  (:mod:`hwlib.models.upsample_conv`: StackGAN's up-blocks, the U-Net's ``Upsample``; since the same day; ``--ablate folded_up``), and the DCGAN generators'
   first layer (a transposed convolution of a 1×1 input) as a matrix product (:class:`hwlib.models.matmul_conv.ConvTranspose2d`,
   the same day), and StackGAN's discriminator heads (a 4×4 kernel over 4×4 features) as matrix products
   (:class:`hwlib.models.matmul_conv.Conv2d`, 2026-12-07, later; ``--ablate matmul_conv`` switches both, named
