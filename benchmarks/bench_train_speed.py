@@ -13,7 +13,7 @@ machine's load hits both alike (the faster round of each is kept):
   :func:`hwlib.train.maybe_compile` where the profile turns them on (``compile``; 03's MLP: neither), and
   StackGAN's networks and images in channels-last memory format, as ``stackgan.train_stage`` keeps them, with its
   batch norms trained on hwlib's CPU kernel (``stackgan.BatchNorm2d``, :mod:`hwlib.models.batch_norm_act`: in fp32
-  since 2026-12-07, in bf16 too since 2026-12-08; ``--ablate fused_bn`` times it against ``nn.BatchNorm2d``), and in
+  since 2026-12-07, in bf16 too with ``HWLIB_BF16_NORM=1``; ``--ablate fused_bn`` times it against ``nn.BatchNorm2d``), and in
   fp32 on a CPU a nearest ×2 and its 3×3 convolution computed as one transposed convolution
   (:mod:`hwlib.models.upsample_conv`: StackGAN's up-blocks, the U-Net's ``Upsample``; since the same day; ``--ablate folded_up``), and the DCGAN generators'
   first layer (a transposed convolution of a 1×1 input) as a matrix product (:class:`hwlib.models.matmul_conv.ConvTranspose2d`,

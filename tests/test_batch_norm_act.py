@@ -68,6 +68,7 @@ def test_film_between_norm_and_activation_has_pytorchs_values_and_gradients(shap
 @pytest.mark.parametrize("film", [False, True], ids=["plain", "film"])
 @pytest.mark.parametrize("slope", [0.0, 0.2], ids=["relu", "leaky"])
 @pytest.mark.parametrize("shape", [(4, 8, 16, 16), (2, 40, 6, 6), (5, 24, 1, 1)], ids=["8", "16+16+8", "16+8-1x1"])
+@mock.patch.object(bna, "bf16", True)
 def test_bf16_reads_and_writes_bf16_and_computes_as_float32(shape, slope, film):
     """bf16 x and dL/dout (autocast): the output and dx are the float64 results rounded to bf16; the parameters'
     gradients, FiLM's and the running statistics are as exact as in float32."""
@@ -104,6 +105,8 @@ def test_bf16_training_matches_pytorchs_autocast_batch_norm():
     same values and gradients up to bf16 rounding (PyTorch rounds the norm's output once more, before the activation)."""
     from hwlib.models.stackgan import norm_act
 
+    assert not bna.bf16  # off by default (HWLIB_BF16_NORM)
+
     torch.manual_seed(0)
     x0 = (torch.randn(4, 16, 8, 8) * 2 + 1).bfloat16().contiguous(memory_format=CL)
     dout = torch.randn(4, 16, 8, 8).bfloat16()
@@ -112,7 +115,7 @@ def test_bf16_training_matches_pytorchs_autocast_batch_norm():
         torch.manual_seed(1)
         layer = torch.nn.Sequential(*norm_act(16, slope=0.2)).train()
         x = x0.clone().requires_grad_()
-        with mock.patch.object(bna, "enabled", use_kernel), torch.autocast("cpu", dtype=torch.bfloat16):
+        with mock.patch.object(bna, "bf16", use_kernel), torch.autocast("cpu", dtype=torch.bfloat16):
             out = layer(x)
         out.backward(dout)
         bn = layer[0]
@@ -130,6 +133,7 @@ def test_film_must_be_one_pair_per_sample_and_channel():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bf16"])
+@mock.patch.object(bna, "bf16", True)
 def test_results_do_not_depend_on_the_thread_count(dtype):
     x, w, b = _inputs(6, 24, 9, 9, seed=1)
     x = x.detach().to(dtype).contiguous(memory_format=CL).requires_grad_()
@@ -148,11 +152,13 @@ def test_results_do_not_depend_on_the_thread_count(dtype):
             assert torch.equal(a, r)
 
 
-def test_it_applies_to_float32_and_bf16_channels_last_cpu_training_only():
+def test_it_applies_to_float32_channels_last_cpu_training_only_and_to_bf16_when_asked():
     x = torch.randn(2, 8, 4, 4)
     assert bna.available(x.contiguous(memory_format=CL))
-    assert bna.available(x.contiguous(memory_format=CL).bfloat16())  # autocast
-    assert not bna.available(x.contiguous(memory_format=CL).half())
+    assert not bna.available(x.contiguous(memory_format=CL).bfloat16())  # autocast: off by default
+    with mock.patch.object(bna, "bf16", True):  # HWLIB_BF16_NORM=1
+        assert bna.available(x.contiguous(memory_format=CL).bfloat16())
+        assert not bna.available(x.contiguous(memory_format=CL).half())
     assert not bna.available(x)  # contiguous: PyTorch's kernel is fast there
     assert not bna.available(torch.randn(2, 8, 1, 1).contiguous(memory_format=CL))  # both layouts at once
     with torch.no_grad():  # sampling, standing statistics

@@ -480,8 +480,9 @@ def icnr_(weight: torch.Tensor, scale: int = 2) -> torch.Tensor:
 
 
 class BatchNorm2d(nn.BatchNorm2d):
-    """``nn.BatchNorm2d`` (same parameters, buffers and state-dict keys) that trains a float32 or bf16 channels-last CPU input
-    with hwlib's batch-norm kernel (:func:`hwlib.models.batch_norm_act.batch_norm_act`): PyTorch's CPU batch norm
+    """``nn.BatchNorm2d`` (same parameters, buffers and state-dict keys) that trains a float32 channels-last CPU input
+    (bf16 too with ``HWLIB_BF16_NORM=1``) with hwlib's batch-norm kernel
+    (:func:`hwlib.models.batch_norm_act.batch_norm_act`): PyTorch's CPU batch norm
     for that layout is 2-14x slower, worst for StackGAN's 8-channel layers at 64-256 px. The same normalisation and
     running statistics up to float rounding (in bf16 autocast, up to bf16 rounding). Only in training where gradients
     are taken (:func:`hwlib.models.batch_norm_act.available`); evaluation, passes without gradients (sampling,
