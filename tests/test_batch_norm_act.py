@@ -77,7 +77,8 @@ def test_bf16_reads_and_writes_bf16_and_computes_as_float32(shape, slope, film):
     c = shape[1]
     running = torch.randn(c), torch.rand(c) + 0.5
     mine_running = tuple(t.clone() for t in running)
-    extra = ((1 + 0.5 * torch.randn(shape[:2])).requires_grad_(), torch.randn(shape[:2], requires_grad=True)) if film else ()
+    extra = ((1 + 0.5 * torch.randn(shape[:2])).requires_grad_(),
+             torch.randn(shape[:2], requires_grad=True)) if film else ()
     out = bna.batch_norm_act(x, w, b, *mine_running, momentum=0.1, eps=1e-5, slope=slope, film=extra or None)
     dout = torch.randn(shape).bfloat16()
     grads = torch.autograd.grad(out, (x, w, b, *extra), dout)
@@ -102,7 +103,8 @@ def test_bf16_reads_and_writes_bf16_and_computes_as_float32(shape, slope, film):
 
 def test_bf16_training_matches_pytorchs_autocast_batch_norm():
     """StackGAN's BatchNorm2d + LeakyReLU under bf16 autocast, the kernel against PyTorch's own bf16 batch norm: the
-    same values and gradients up to bf16 rounding (PyTorch rounds the norm's output once more, before the activation)."""
+    same values and gradients up to bf16 rounding (PyTorch rounds the norm's output once more, before the
+    activation)."""
     from hwlib.models.stackgan import norm_act
 
     assert not bna.bf16  # off by default (HWLIB_BF16_NORM)

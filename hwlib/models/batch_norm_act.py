@@ -1,6 +1,6 @@
 """BatchNorm in training, optionally followed by a (leaky) ReLU, as one CPU kernel each way for float32 or bfloat16
-(bf16 autocast) channels-last tensors: ``act(batch_norm(x))``, x (B, C, H, W) -> (B, C, H, W), with gradients and the running statistics updated
-as ``nn.BatchNorm2d`` updates them.
+(bf16 autocast) channels-last tensors: ``act(batch_norm(x))``, x (B, C, H, W) -> (B, C, H, W), with gradients and the
+running statistics updated as ``nn.BatchNorm2d`` updates them.
 
 StackGAN trains channels-last on a CPU, where PyTorch's batch norm for that layout is slow, worst for few channels
 (forward and backward of (16, 8, 64, 64): 4.4 ms, 3.9 ms through the contiguous layout, 0.37 ms here; (8, 8, 256,
@@ -10,8 +10,9 @@ sample per task with the partial sums added in sample order, so its results do n
 Built and loaded by :mod:`hwlib.models.c_kernels`; an ``autograd.Function`` for eager training (StackGAN is not
 compiled). In bf16 the kernel reads x and dL/dout as bf16 and writes the output and dx rounded to bf16, with every
 sum and statistic as in float32 (PyTorch's bf16 batch norm computes in float32 too, then rounds the norm's output once
-more before the activation); it is off by default (:data:`bf16`). :func:`available` says whether it applies; where it does not (no compiler, eval mode, no
-gradient, another dtype or layout), :class:`hwlib.models.stackgan.BatchNorm2d` is ``nn.BatchNorm2d``.
+more before the activation); it is off by default (:data:`bf16`). :func:`available` says whether it applies; where
+it does not (no compiler, eval mode, no gradient, another dtype or layout), :class:`hwlib.models.stackgan.BatchNorm2d`
+is ``nn.BatchNorm2d``.
 """
 from __future__ import annotations
 
@@ -52,11 +53,13 @@ def available(x: torch.Tensor) -> bool:
     tensor (B, C, H, W) in the channels-last layout (and not also contiguous), gradients on, not inside
     ``torch.compile``, :data:`enabled`, the library built."""
     dtype_ok = x.dtype == torch.float32 or (bf16 and x.dtype == torch.bfloat16)
-    return (enabled and torch.is_grad_enabled() and x.device.type == "cpu" and dtype_ok and x.dim() == 4 and is_channels_last(x)
-            and not torch.compiler.is_compiling() and _library() is not None)
+    return (enabled and torch.is_grad_enabled() and x.device.type == "cpu" and dtype_ok and x.dim() == 4
+            and is_channels_last(x) and not torch.compiler.is_compiling() and _library() is not None)
 
 
-def _call(kernel: Any, *args: Any) -> None:
+def _call(direction: str, dtype: torch.dtype, *args: Any) -> None:
+    """Run ``bn_act_<direction>_cl`` (forward or backward) for x of ``dtype`` on ``args`` and the thread count."""
+    kernel = getattr(_library(), f"bn_act_{direction}_cl{_SUFFIX[dtype]}")
     if kernel(*args, torch.get_num_threads()) != 0:
         raise MemoryError(f"hwlib's batch-norm kernel ({c_kernels.source('batch_norm_act')}) could not allocate its "
                           "work memory; free memory or set HWLIB_FUSED_NORM=0")
@@ -74,7 +77,7 @@ class _BatchNormAct(torch.autograd.Function):
         mean, rstd = weight.new_empty(c), weight.new_empty(c)  # float32
         rm, rv = (None, None) if running is None else (running[0].data_ptr(), running[1].data_ptr())
         fs, fb = (None, None) if film is None else (film[0].data_ptr(), film[1].data_ptr())
-        _call(getattr(_library(), "bn_act_forward_cl" + _SUFFIX[x.dtype]), x.data_ptr(), weight.data_ptr(), bias.data_ptr(), fs, fb, out.data_ptr(),
+        _call("forward", x.dtype, x.data_ptr(), weight.data_ptr(), bias.data_ptr(), fs, fb, out.data_ptr(),
               mean.data_ptr(), rstd.data_ptr(), rm, rv, b, h * w, c, eps, momentum, slope)
         ctx.save_for_backward(x, weight, bias, *(film or ()))
         ctx.mean, ctx.rstd, ctx.slope = mean, rstd, slope
@@ -90,7 +93,7 @@ class _BatchNormAct(torch.autograd.Function):
         dfilm = [weight.new_empty(b, c) for _ in film]
         ptrs = [t.data_ptr() for t in film] or [None, None]
         dptrs = [t.data_ptr() for t in dfilm] or [None, None]
-        _call(getattr(_library(), "bn_act_backward_cl" + _SUFFIX[x.dtype]), dout.data_ptr(), x.data_ptr(), weight.data_ptr(), bias.data_ptr(), *ptrs,
+        _call("backward", x.dtype, dout.data_ptr(), x.data_ptr(), weight.data_ptr(), bias.data_ptr(), *ptrs,
               ctx.mean.data_ptr(), ctx.rstd.data_ptr(), dx.data_ptr(), dw.data_ptr(), db.data_ptr(), *dptrs, b, h * w,
               c, ctx.slope)
         return dx, dw, db, *(dfilm or (None, None)), None, None, None, None
@@ -102,7 +105,7 @@ def batch_norm_act(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, ru
     """``act(F.batch_norm(x, running_mean, running_var, weight, bias, training=True, momentum, eps))`` with
     act(z) = z for z > 0, else ``slope`` z (1: none, 0: ReLU), for x as :func:`available` accepts (B > 1 or H W > 1);
     the running statistics (if given) move by ``momentum`` towards the batch's mean and unbiased variance, in place.
-    ``film``: (scale, shift), each (B, C) (computed in float32), applied per sample between the norm and the activation,
+    ``film``: (scale, shift), each (B, C) (taken in float32), applied per sample between the norm and the activation,
     ``act(bn(x) * scale[:, :, None, None] + shift[:, :, None, None])`` (a conditional batch norm), with their
     gradients. The result is channels-last, of x's dtype."""
     if x.shape[0] * x.shape[2] * x.shape[3] < 2:

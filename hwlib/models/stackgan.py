@@ -482,12 +482,13 @@ def icnr_(weight: torch.Tensor, scale: int = 2) -> torch.Tensor:
 class BatchNorm2d(nn.BatchNorm2d):
     """``nn.BatchNorm2d`` (same parameters, buffers and state-dict keys) that trains a float32 channels-last CPU input
     (bf16 too with ``HWLIB_BF16_NORM=1``) with hwlib's batch-norm kernel
-    (:func:`hwlib.models.batch_norm_act.batch_norm_act`): PyTorch's CPU batch norm
-    for that layout is 2-14x slower, worst for StackGAN's 8-channel layers at 64-256 px. The same normalisation and
-    running statistics up to float rounding (in bf16 autocast, up to bf16 rounding). Only in training where gradients
-    are taken (:func:`hwlib.models.batch_norm_act.available`); evaluation, passes without gradients (sampling,
-    :func:`standing_stats`) and other layouts go through ``nn.BatchNorm2d`` unchanged, bitwise as before. ``act``: the slope of the :class:`ReLU` (0) or :class:`LeakyReLU` that follows it (:func:`norm_act`),
-    which the kernel then applies in the same pass, marking its output so that the activation module passes it on.
+    (:func:`hwlib.models.batch_norm_act.batch_norm_act`): PyTorch's CPU batch norm for that layout is 2-14x slower,
+    worst for StackGAN's 8-channel layers at 64-256 px. The same normalisation and running statistics up to float
+    rounding (in bf16 autocast, up to bf16 rounding). Only in training where gradients are taken
+    (:func:`hwlib.models.batch_norm_act.available`); evaluation, passes without gradients (sampling,
+    :func:`standing_stats`) and other layouts go through ``nn.BatchNorm2d`` unchanged, bitwise as before. ``act``:
+    the slope of the :class:`ReLU` (0) or :class:`LeakyReLU` that follows it (:func:`norm_act`), which the kernel
+    then applies in the same pass, marking its output so that the activation module passes it on.
     ``forward(x, film=(gamma, beta))``, each (B, C): the conditional norm ``bn(x) * (1 + gamma) + beta`` before that
     activation (Stage-I's ``Recipe.g_cond_norm``), in the kernel's pass where it trains, else as two operations."""
 
